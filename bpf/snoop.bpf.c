@@ -1,0 +1,454 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * containerdsnoop: copy the bytes that processes send on AF_UNIX stream
+ * sockets into a ring buffer, exactly as the kernel accepted them.
+ *
+ * Every backend ends in emit_send(): it is given where the bytes are (a user
+ * buffer, a user or kernel iovec array) and how many the kernel accepted
+ * (the send's return value, never the requested length: a non-blocking
+ * socket may accept less, and the retry sends the tail again), and submits
+ * them as chunks of at most SNOOP_CHUNK bytes. Each chunk carries the offset
+ * of its first byte in the sender socket's stream, so userspace detects any
+ * chunk the ring buffer had no room for as a gap of a known size.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "snoop.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define AF_UNIX 1
+#define SOCK_STREAM 1
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+
+/* Sends larger than this many chunks (1 GiB) are cut, and the cut counted. */
+#define MAX_CHUNKS_PER_SEND (1 << 16)
+/* Kernels without bpf_loop (before 5.17) get a bounded loop instead. */
+#define MAX_CHUNKS_NO_LOOP 64
+
+const volatile struct config cfg = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 << 20); /* resized from Go (--ringbuf-size) */
+} events SEC(".maps");
+
+struct emit_state {
+	__u64 base;
+	__u64 nr_segs;
+	__u64 seg;      /* next segment to load */
+	__u64 cur;      /* next byte to copy */
+	__u64 cur_left; /* bytes left in the current segment */
+	__u64 left;     /* bytes of the send not yet emitted */
+	__u64 off;      /* stream offset of cur */
+	__u64 skip;
+	__u32 kind;
+};
+
+struct scratch {
+	/* The loop state lives in the map, not on the stack: the verifier then
+	 * sees every bpf_loop iteration start from the same unknown values and
+	 * converges at once, instead of following each byte count. */
+	struct emit_state st;
+	struct event ev;
+	__u8 data[SNOOP_CHUNK];
+};
+
+/* The record is assembled here rather than on the 512-byte stack, then
+ * copied into the ring buffer with its real size. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct stats);
+} stats_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SNOOP_MAX_PIDS);
+	__type(key, __u32);
+	__type(value, __u8);
+} pid_filter SEC(".maps");
+
+/* Bytes sent so far on each traced socket: the stream offset of the next
+ * chunk. LRU so that closed sockets age out without a close hook. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u64);
+} send_pos SEC(".maps");
+
+enum src_kind {
+	SRC_UBUF = 1, /* one user buffer */
+	SRC_UIOV = 2, /* iovec array in user memory, user buffers */
+	SRC_KIOV = 3, /* iovec array in kernel memory, user buffers */
+	SRC_KVEC = 4, /* kvec array in kernel memory, kernel buffers */
+};
+
+/* Where a send's bytes are, saved at entry and consumed at exit. */
+struct send_src {
+	__u64 sock; /* struct socket * */
+	__u64 base; /* the buffer, or the (i)ovec array */
+	__u64 nr_segs;
+	__u64 skip; /* bytes of the first segment already consumed */
+	__u32 kind;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32); /* tid */
+	__type(value, struct send_src);
+} inflight SEC(".maps");
+
+
+static __always_inline struct stats *stats(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&stats_map, &zero);
+}
+
+static __always_inline __u64 socket_ino(struct socket *sock)
+{
+	/* The socket and its inode are allocated together (struct socket_alloc);
+	 * socket is its first member. */
+	struct socket_alloc *sa = (struct socket_alloc *)sock;
+	return BPF_CORE_READ(sa, vfs_inode.i_ino);
+}
+
+/* fd of the current task → struct socket *, or NULL when fd is not a socket. */
+static __always_inline struct socket *fd_socket(__u64 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *file;
+
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return NULL;
+	if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return NULL;
+	return BPF_CORE_READ(file, private_data);
+}
+
+/* The struct sock of an AF_UNIX stream socket, or NULL. */
+static __always_inline struct sock *unix_stream_sk(struct socket *sock)
+{
+	struct sock *sk;
+
+	if (!sock || BPF_CORE_READ(sock, type) != SOCK_STREAM)
+		return NULL;
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk || BPF_CORE_READ(sk, __sk_common.skc_family) != AF_UNIX)
+		return NULL;
+	return sk;
+}
+
+static __always_inline __u32 peer_pid_of(struct sock *sk)
+{
+	struct pid *pid = BPF_CORE_READ(sk, sk_peer_pid);
+
+	if (!pid)
+		return 0;
+	/* numbers[0] is the pid in the initial namespace, like bpf_get_current_pid_tgid. */
+	return BPF_CORE_READ(pid, numbers[0].nr);
+}
+
+static __always_inline bool wanted(__u32 tgid, struct sock *sk)
+{
+	__u32 peer;
+
+	if (tgid == cfg.self_pid)
+		return false;
+	if (!cfg.filter_pids)
+		return true;
+	if (bpf_map_lookup_elem(&pid_filter, &tgid))
+		return true;
+	peer = peer_pid_of(sk);
+	return peer && bpf_map_lookup_elem(&pid_filter, &peer);
+}
+
+/* Fill what every chunk of one send shares. */
+static __always_inline void fill_header(struct event *ev, struct socket *sock,
+					struct sock *sk, __u64 send_len)
+{
+	struct unix_sock *u = (struct unix_sock *)sk;
+	struct sock *peer = BPF_CORE_READ(u, peer);
+	struct unix_address *addr = BPF_CORE_READ(u, addr);
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 len;
+
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->sk = (__u64)sk;
+	ev->peer_sk = (__u64)peer;
+	ev->sock_ino = socket_ino(sock);
+	ev->peer_ino = 0;
+	if (peer) {
+		struct socket *psock = BPF_CORE_READ(peer, sk_socket);
+		if (psock)
+			ev->peer_ino = socket_ino(psock);
+	}
+	ev->cgroup_id = bpf_get_current_cgroup_id();
+	ev->pid = pid_tgid >> 32;
+	ev->tid = (__u32)pid_tgid;
+	ev->peer_pid = peer_pid_of(sk);
+	ev->send_len = send_len;
+	ev->flags = 0;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+
+	/* A client socket is usually unbound; the accepted socket on the
+	 * server side carries the listener's address. */
+	if (!addr && peer)
+		addr = BPF_CORE_READ((struct unix_sock *)peer, addr);
+	ev->path_len = 0;
+	if (addr) {
+		len = BPF_CORE_READ(addr, len);
+		if (len > sizeof(__u16)) {
+			len -= sizeof(__u16);
+			if (len > SNOOP_PATH_MAX)
+				len = SNOOP_PATH_MAX;
+			/* Past here clang would drop the mask it can prove redundant;
+			 * the verifier needs it to bound the read. */
+			barrier_var(len);
+			len &= 0x7f;
+			if (!bpf_core_read(ev->path, len, &addr->name[0].sun_path))
+				ev->path_len = len;
+		}
+	}
+}
+
+static long emit_step(__u64 index, void *ctx)
+{
+	struct stats *s = stats();
+	struct emit_state *st;
+	struct scratch *sc;
+	__u32 zero = 0;
+	__u64 n, size;
+	long err;
+
+	sc = bpf_map_lookup_elem(&scratch_map, &zero);
+	if (!sc)
+		return 1;
+	st = &sc->st;
+	if (st->left == 0)
+		return 1;
+	if (st->cur_left == 0) {
+		struct iovec iov = {};
+
+		if (st->seg >= st->nr_segs)
+			return 1;
+		if (st->kind == SRC_UIOV)
+			err = bpf_probe_read_user(&iov, sizeof(iov), (void *)(st->base + st->seg * sizeof(iov)));
+		else
+			err = bpf_probe_read_kernel(&iov, sizeof(iov), (void *)(st->base + st->seg * sizeof(iov)));
+		if (err)
+			return 1;
+		st->cur = (__u64)iov.iov_base;
+		st->cur_left = iov.iov_len;
+		if (st->seg == 0 && st->skip <= st->cur_left) {
+			st->cur += st->skip;
+			st->cur_left -= st->skip;
+		}
+		st->seg++;
+		return 0;
+	}
+
+	n = st->cur_left < st->left ? st->cur_left : st->left;
+	barrier_var(n);
+	if (n > SNOOP_CHUNK)
+		n = SNOOP_CHUNK;
+	sc->ev.len = n;
+	sc->ev.stream_off = st->off;
+	if (st->kind == SRC_KVEC)
+		err = bpf_probe_read_kernel(sc->data, n, (void *)st->cur);
+	else
+		err = bpf_probe_read_user(sc->data, n, (void *)st->cur);
+	size = sizeof(sc->ev) + n;
+	if (err) {
+		sc->ev.flags |= EVENT_F_FAULT;
+		size = sizeof(sc->ev);
+		if (s)
+			s->faults++;
+	}
+	if (bpf_ringbuf_output(&events, &sc->ev, size, 0)) {
+		if (s) {
+			s->lost_events++;
+			s->lost_bytes += n;
+		}
+	} else if (s) {
+		s->events++;
+		s->bytes += n;
+	}
+	sc->ev.flags &= ~(EVENT_F_FAULT | EVENT_F_NEW);
+	st->cur += n;
+	st->cur_left -= n;
+	st->left -= n;
+	st->off += n;
+	return 0;
+}
+
+static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 backend)
+{
+	struct socket *sock = (struct socket *)src->sock;
+	struct sock *sk = unix_stream_sk(sock);
+	struct emit_state *st;
+	struct scratch *sc;
+	__u64 *pos, zero64 = 0, key;
+	__u32 zero = 0, iters;
+	struct stats *s;
+
+	if (!sk)
+		return;
+	sc = bpf_map_lookup_elem(&scratch_map, &zero);
+	if (!sc)
+		return;
+	fill_header(&sc->ev, sock, sk, sent);
+	sc->ev.backend = backend;
+
+	key = (__u64)sk;
+	pos = bpf_map_lookup_elem(&send_pos, &key);
+	if (!pos) {
+		bpf_map_update_elem(&send_pos, &key, &zero64, BPF_NOEXIST);
+		pos = bpf_map_lookup_elem(&send_pos, &key);
+		if (!pos)
+			return;
+		sc->ev.flags |= EVENT_F_NEW;
+	}
+	st = &sc->st;
+	st->off = __sync_fetch_and_add(pos, sent);
+	st->kind = src->kind;
+	st->left = sent;
+	st->skip = src->skip;
+	if (src->kind == SRC_UBUF) {
+		st->base = 0;
+		st->cur = src->base + src->skip;
+		st->cur_left = sent;
+		st->seg = st->nr_segs = 1;
+	} else {
+		st->base = src->base;
+		st->nr_segs = src->nr_segs;
+		st->cur = st->cur_left = st->seg = 0;
+	}
+
+	/* A step either loads a segment or emits a chunk, and a chunk ends at
+	 * a segment's end at the latest. */
+	iters = sent / SNOOP_CHUNK + 2 * st->nr_segs + 1;
+	if (iters > MAX_CHUNKS_PER_SEND)
+		iters = MAX_CHUNKS_PER_SEND;
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_loop)) {
+		bpf_loop(iters, emit_step, NULL, 0);
+	} else {
+		for (int i = 0; i < MAX_CHUNKS_NO_LOOP; i++)
+			if (emit_step(i, NULL))
+				break;
+	}
+	/* Whatever could not be walked (bad iovec, loop bound) is lost, and
+	 * the next send's stream offset will show the gap to userspace. */
+	if (st->left && (s = stats()))
+		s->lost_bytes += st->left;
+}
+
+/* ---- backend: syscall tracepoints -------------------------------------- */
+
+static __always_inline int enter_send(__u64 fd, __u32 kind, __u64 base, __u64 nr_segs)
+{
+	struct socket *sock = fd_socket(fd);
+	struct sock *sk = unix_stream_sk(sock);
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
+	struct send_src src = {};
+
+	if (!sk || !wanted(pid_tgid >> 32, sk))
+		return 0;
+	src.sock = (__u64)sock;
+	src.kind = kind;
+	src.base = base;
+	src.nr_segs = nr_segs;
+	bpf_map_update_elem(&inflight, &tid, &src, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int exit_send(long ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct send_src *p = bpf_map_lookup_elem(&inflight, &tid);
+	struct send_src src;
+
+	if (!p)
+		return 0;
+	src = *p;
+	bpf_map_delete_elem(&inflight, &tid);
+	if (ret > 0)
+		emit_send(&src, ret, BACKEND_TRACEPOINT);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int tp_enter_write(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_send(ctx->args[0], SRC_UBUF, ctx->args[1], 1);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int tp_enter_sendto(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_send(ctx->args[0], SRC_UBUF, ctx->args[1], 1);
+}
+
+SEC("tracepoint/syscalls/sys_enter_writev")
+int tp_enter_writev(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_send(ctx->args[0], SRC_UIOV, ctx->args[1], ctx->args[2]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int tp_enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	struct user_msghdr msg;
+
+	if (bpf_probe_read_user(&msg, sizeof(msg), (void *)ctx->args[1]))
+		return 0;
+	return enter_send(ctx->args[0], SRC_UIOV, (__u64)msg.msg_iov, msg.msg_iovlen);
+}
+
+SEC("tracepoint/syscalls/sys_exit_write")
+int tp_exit_write(struct trace_event_raw_sys_exit *ctx)
+{
+	return exit_send(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int tp_exit_sendto(struct trace_event_raw_sys_exit *ctx)
+{
+	return exit_send(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_writev")
+int tp_exit_writev(struct trace_event_raw_sys_exit *ctx)
+{
+	return exit_send(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_sendmsg")
+int tp_exit_sendmsg(struct trace_event_raw_sys_exit *ctx)
+{
+	return exit_send(ctx->ret);
+}
+
+/* Keep the enums in BTF so bpf2go generates them for Go. */
+const enum event_flag *unused_flags __attribute__((unused));
+const enum backend_id *unused_backend __attribute__((unused));

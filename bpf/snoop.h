@@ -1,0 +1,68 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The record shared between snoop.bpf.c and Go (bpf2go -type). Go reads it
+ * through the generated type, so a field changed here changes there.
+ */
+#ifndef SNOOP_H
+#define SNOOP_H
+
+/* Bytes of payload per ring-buffer record. A send larger than this becomes
+ * several records with consecutive stream offsets. Must be a power of two. */
+#define SNOOP_CHUNK 16384
+#define SNOOP_PATH_MAX 108
+#define SNOOP_COMM_LEN 16
+#define SNOOP_MAX_PIDS 64
+
+/* Bits of event.flags. */
+enum event_flag {
+	/* bpf_probe_read_user failed: len bytes belong at stream_off but are not
+	 * in the record. Userspace treats them as a gap. */
+	EVENT_F_FAULT = 1 << 0,
+	/* The sender's send-counter entry was created by this send, so the
+	 * stream offset restarted at 0 (a new socket, or an LRU eviction). */
+	EVENT_F_NEW = 1 << 1,
+};
+
+enum backend_id {
+	BACKEND_TRACEPOINT = 1,
+	BACKEND_FENTRY = 2,
+	BACKEND_KPROBE = 3,
+};
+
+struct event {
+	__u64 ts_ns;      /* bpf_ktime_get_ns (CLOCK_MONOTONIC) at syscall exit */
+	__u64 sk;         /* sender's struct sock: identifies the direction */
+	__u64 peer_sk;    /* receiver's struct sock */
+	__u64 sock_ino;   /* sender's socket inode, as in /proc/PID/fd and ss -x */
+	__u64 peer_ino;   /* receiver's socket inode, 0 until it is accepted */
+	__u64 cgroup_id;
+	__u64 stream_off; /* offset of the first byte of this chunk in sk's sent stream */
+	__u32 pid;        /* sender tgid */
+	__u32 tid;
+	__u32 peer_pid;   /* from the socket's peer credentials */
+	__u32 len;        /* payload bytes this chunk stands for */
+	__u32 send_len;   /* bytes the whole send accepted (the syscall's return) */
+	__u16 path_len;   /* bytes of path, 0 when neither end is bound */
+	__u8 flags;
+	__u8 backend;
+	char comm[SNOOP_COMM_LEN];
+	char path[SNOOP_PATH_MAX];
+	/* len payload bytes follow unless EVENT_F_FAULT */
+};
+
+/* Per-CPU loss counters, summed by userspace. */
+struct stats {
+	__u64 events;       /* records submitted */
+	__u64 bytes;        /* payload bytes submitted */
+	__u64 lost_events;  /* records the ring buffer had no room for */
+	__u64 lost_bytes;   /* payload bytes in those records, and truncated sends */
+	__u64 faults;       /* reads of user memory that failed */
+};
+
+/* Set from Go before load; const volatile so the verifier prunes what is off. */
+struct config {
+	__u32 self_pid;     /* the tracer itself: never traced, or it would trace its own output */
+	__u32 filter_pids;  /* nonzero: only connections whose sender or peer is in pid_filter */
+};
+
+#endif

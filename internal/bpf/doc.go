@@ -1,0 +1,4 @@
+// Package bpf loads bpf/snoop.bpf.c (compiled ahead of time by bpf2go, so the
+// node needs neither clang nor kernel headers), attaches the chosen capture
+// backend, and turns ring-buffer records into capture.Events.
+package bpf

@@ -1,0 +1,56 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	btfPath     = "/sys/kernel/btf/vmlinux"
+	tracefsPath = "/sys/kernel/tracing"
+)
+
+var errPrivilege = errors.New("needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN): run as root")
+
+func privilegeError(err error) error {
+	return fmt.Errorf("%w: %v", errPrivilege, err)
+}
+
+// checkKernel fails early, with the fix in the message, on what would
+// otherwise surface as an obscure load error.
+func checkKernel() error {
+	if _, err := os.Stat(btfPath); err != nil {
+		return fmt.Errorf("kernel BTF not found at %s: the kernel needs CONFIG_DEBUG_INFO_BTF=y (Ubuntu 20.10+, Debian 11+, RHEL 8.2+ have it)", btfPath)
+	}
+	if os.Geteuid() != 0 {
+		var caps unix.CapUserHeader
+		caps.Version = unix.LINUX_CAPABILITY_VERSION_3
+		var data [2]unix.CapUserData
+		if err := unix.Capget(&caps, &data[0]); err == nil {
+			const capPerfmon, capBPF, capSysAdmin = 38, 39, 21
+			has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
+			if !has(capSysAdmin) && !(has(capBPF) && has(capPerfmon)) {
+				return errPrivilege
+			}
+		}
+	}
+	return nil
+}
+
+// ensureTracefs mounts tracefs where the tracepoint attach looks for it,
+// because minimal hosts and containers often lack it.
+func ensureTracefs() error {
+	if _, err := os.Stat(tracefsPath + "/events"); err == nil {
+		return nil
+	}
+	if _, err := os.Stat("/sys/kernel/debug/tracing/events"); err == nil {
+		return nil
+	}
+	if err := unix.Mount("nodev", tracefsPath, "tracefs", 0, ""); err != nil {
+		return fmt.Errorf("mount tracefs at %s: %w", tracefsPath, err)
+	}
+	return nil
+}

@@ -1,0 +1,306 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/capture"
+)
+
+// DefaultRingBufSize holds a burst of large messages: a 16 MiB send fits
+// whole while userspace is busy elsewhere.
+const DefaultRingBufSize = 32 << 20
+
+// Options configure the capture.
+type Options struct {
+	// Attach is the backend: "auto" or one of Backends.
+	Attach string
+	// RingBufSize is rounded up to a power of two of at least a page.
+	RingBufSize int
+	// PIDs, when not empty, keeps only connections whose sender or peer is
+	// one of them. Decided in the kernel, so the rest costs no copy.
+	PIDs []uint32
+	// IncludeSelf traces this process too. Off in the tool, where tracing
+	// its own writes could feed back (stdout may be a unix socket to
+	// journald); on in tests that drive sockets from the test process.
+	IncludeSelf bool
+	// Logf receives decisions worth explaining at --verbose. May be nil.
+	Logf func(format string, args ...any)
+}
+
+// Tracer is an attached capture.
+type Tracer struct {
+	objs    snoopObjects
+	links   []link.Link
+	reader  *ringbuf.Reader
+	backend string
+	record  ringbuf.Record
+	// bootOffset converts the kernel's CLOCK_MONOTONIC stamps to wall time.
+	bootOffset time.Duration
+	comms      map[[16]byte]string
+	paths      map[string]string
+	closeOnce  sync.Once
+}
+
+var eventSize = int(unsafe.Sizeof(snoopEvent{}))
+
+// Open checks the kernel, loads the programs of one backend and attaches them.
+func Open(opts Options) (*Tracer, error) {
+	if err := checkKernel(); err != nil {
+		return nil, err
+	}
+	if opts.Attach == "" {
+		opts.Attach = "auto"
+	}
+	logf := opts.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, privilegeError(fmt.Errorf("raise the memlock limit: %w", err))
+	}
+
+	candidates, err := backendsFor(opts.Attach)
+	if err != nil {
+		return nil, err
+	}
+	var errs []string
+	for _, b := range candidates {
+		t, err := openBackend(b, opts)
+		if err == nil {
+			logf("capture backend %s attached", b.name)
+			return t, nil
+		}
+		if errors.Is(err, errPrivilege) || len(candidates) == 1 {
+			return nil, err
+		}
+		logf("capture backend %s unavailable: %v", b.name, err)
+		errs = append(errs, fmt.Sprintf("%s: %v", b.name, err))
+	}
+	return nil, fmt.Errorf("no capture backend works on this kernel (%s)", strings.Join(errs, "; "))
+}
+
+func openBackend(b backend, opts Options) (*Tracer, error) {
+	spec, err := loadSnoop()
+	if err != nil {
+		return nil, fmt.Errorf("parse embedded BPF object: %w", err)
+	}
+	// Load only this backend's programs: another backend's may not even
+	// pass the verifier on this kernel.
+	for name := range spec.Programs {
+		if !b.owns(name) {
+			delete(spec.Programs, name)
+		}
+	}
+	spec.Maps["events"].MaxEntries = ringBufSize(opts.RingBufSize)
+	cfg := snoopConfig{}
+	if !opts.IncludeSelf {
+		cfg.SelfPid = uint32(os.Getpid())
+	}
+	if len(opts.PIDs) > 0 {
+		cfg.FilterPids = 1
+		if n := len(opts.PIDs); n > int(spec.Maps["pid_filter"].MaxEntries) {
+			return nil, fmt.Errorf("at most %d pids can be filtered, got %d", spec.Maps["pid_filter"].MaxEntries, n)
+		}
+	}
+	if err := spec.Variables["cfg"].Set(cfg); err != nil {
+		return nil, fmt.Errorf("set BPF config: %w", err)
+	}
+
+	t := &Tracer{backend: b.name, comms: map[[16]byte]string{}, paths: map[string]string{}}
+	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return nil, privilegeError(err)
+		}
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			return nil, fmt.Errorf("kernel rejected the %s programs: %w", b.name, err)
+		}
+		return nil, fmt.Errorf("load %s programs: %w", b.name, err)
+	}
+	for _, pid := range opts.PIDs {
+		if err := t.objs.PidFilter.Put(pid, uint8(1)); err != nil {
+			t.Close()
+			return nil, fmt.Errorf("set pid filter: %w", err)
+		}
+	}
+	if err := b.attach(t); err != nil {
+		t.Close()
+		return nil, err
+	}
+	if t.reader, err = ringbuf.NewReader(t.objs.Events); err != nil {
+		t.Close()
+		return nil, fmt.Errorf("open ring buffer: %w", err)
+	}
+	t.bootOffset = monotonicToWall()
+	return t, nil
+}
+
+// Backend names the attached backend.
+func (t *Tracer) Backend() string { return t.backend }
+
+// Read blocks for the next chunk. ev.Data aliases an internal buffer that
+// the next Read overwrites. It returns ErrClosed after Close.
+func (t *Tracer) Read(ev *capture.Event) error {
+	for {
+		if err := t.reader.ReadInto(&t.record); err != nil {
+			if errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
+				return ErrClosed
+			}
+			return fmt.Errorf("read ring buffer: %w", err)
+		}
+		if t.decode(t.record.RawSample, ev) {
+			return nil
+		}
+	}
+}
+
+// ErrClosed is returned by Read once the tracer is closed.
+var ErrClosed = errors.New("tracer closed")
+
+func (t *Tracer) decode(raw []byte, ev *capture.Event) bool {
+	if len(raw) < eventSize {
+		return false
+	}
+	k := (*snoopEvent)(unsafe.Pointer(&raw[0]))
+	*ev = capture.Event{
+		Time:     time.Unix(0, int64(k.TsNs)).Add(t.bootOffset),
+		Sock:     k.Sk,
+		PeerSock: k.PeerSk,
+		Ino:      k.SockIno,
+		PeerIno:  k.PeerIno,
+		CgroupID: k.CgroupId,
+		Offset:   k.StreamOff,
+		Len:      k.Len,
+		SendLen:  k.SendLen,
+		PID:      k.Pid,
+		TID:      k.Tid,
+		PeerPID:  k.PeerPid,
+		Comm:     t.comm(&k.Comm),
+		Path:     t.path(k.Path[:min(int(k.PathLen), len(k.Path))]),
+		Fault:    k.Flags&uint8(snoopEventFlagEVENT_F_FAULT) != 0,
+		Restart:  k.Flags&uint8(snoopEventFlagEVENT_F_NEW) != 0,
+	}
+	if !ev.Fault {
+		end := eventSize + int(k.Len)
+		if end > len(raw) {
+			return false
+		}
+		ev.Data = raw[eventSize:end]
+	}
+	return true
+}
+
+// comm and path intern the few distinct values so that a busy node does not
+// allocate two strings per chunk.
+func (t *Tracer) comm(c *[16]int8) string {
+	b := *(*[16]byte)(unsafe.Pointer(c))
+	if s, ok := t.comms[b]; ok {
+		return s
+	}
+	n := 0
+	for n < len(b) && b[n] != 0 {
+		n++
+	}
+	s := string(b[:n])
+	if len(t.comms) > 4096 {
+		clear(t.comms)
+	}
+	t.comms[b] = s
+	return s
+}
+
+func (t *Tracer) path(p []int8) string {
+	if len(p) == 0 {
+		return ""
+	}
+	b := unsafe.Slice((*byte)(unsafe.Pointer(&p[0])), len(p))
+	if s, ok := t.paths[string(b)]; ok {
+		return s
+	}
+	s := SocketPath(b)
+	if len(t.paths) > 4096 {
+		clear(t.paths)
+	}
+	t.paths[string(b)] = s
+	return s
+}
+
+// SocketPath renders a sun_path as users write it: a filesystem path up to
+// its NUL, or an abstract name as "@name".
+func SocketPath(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	if b[0] == 0 {
+		return "@" + string(b[1:])
+	}
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i])
+		}
+	}
+	return string(b)
+}
+
+// Stats sums the per-CPU counters.
+func (t *Tracer) Stats() (capture.Stats, error) {
+	var per []snoopStats
+	if err := t.objs.StatsMap.Lookup(uint32(0), &per); err != nil {
+		return capture.Stats{}, fmt.Errorf("read loss counters: %w", err)
+	}
+	var s capture.Stats
+	for _, c := range per {
+		s.Events += c.Events
+		s.Bytes += c.Bytes
+		s.LostEvents += c.LostEvents
+		s.LostBytes += c.LostBytes
+		s.Faults += c.Faults
+	}
+	return s, nil
+}
+
+// Close detaches everything; a blocked Read returns ErrClosed.
+func (t *Tracer) Close() error {
+	t.closeOnce.Do(func() {
+		for _, l := range t.links {
+			l.Close()
+		}
+		if t.reader != nil {
+			t.reader.Close()
+		}
+		t.objs.Close()
+	})
+	return nil
+}
+
+func ringBufSize(n int) uint32 {
+	if n <= 0 {
+		n = DefaultRingBufSize
+	}
+	size := uint32(os.Getpagesize())
+	for int(size) < n && size < 1<<30 {
+		size <<= 1
+	}
+	return size
+}
+
+func monotonicToWall() time.Duration {
+	var ts unix.Timespec
+	wall := time.Now()
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0
+	}
+	return wall.Sub(time.Unix(ts.Unix()))
+}

@@ -1,0 +1,52 @@
+// Package capture defines what a capture backend delivers: chunks of the
+// bytes one socket sent, with who sent them and where they belong in that
+// socket's stream. Everything after capture (reassembly, HTTP/2, gRPC,
+// output, recordings) depends on this package and not on BPF, so decoders
+// can be tested and recordings replayed without a kernel.
+package capture
+
+import "time"
+
+// Event is one chunk of a send on a unix stream socket.
+type Event struct {
+	// Time is when the send returned, from the kernel's clock.
+	Time time.Time
+	// Sock and PeerSock identify the sending and receiving socket for the
+	// connection's lifetime (kernel addresses: unlike inodes, the receiver's
+	// is known before it is accepted).
+	Sock, PeerSock uint64
+	// Ino and PeerIno are the socket inodes that ss -xp and /proc/PID/fd
+	// show; PeerIno is 0 until the receiving end has been accepted.
+	Ino, PeerIno uint64
+	CgroupID     uint64
+	// Offset is the position of Data's first byte in Sock's sent stream,
+	// counted from when tracing started. A jump between events is a gap.
+	Offset uint64
+	// Len is how many stream bytes this chunk stands for; Data holds them
+	// unless Fault is set.
+	Len     uint32
+	SendLen uint32
+	PID     uint32
+	TID     uint32
+	PeerPID uint32
+	Comm    string
+	// Path is the socket path as bound ("@name" for abstract sockets), from
+	// whichever end has an address.
+	Path string
+	// Fault means the kernel could not read the bytes: Len bytes are missing.
+	Fault bool
+	// Restart means the kernel's stream offset for Sock restarted at 0 with
+	// this event: a new socket, or state the kernel had to evict.
+	Restart bool
+	Data    []byte
+}
+
+// Stats are the capture's own counters of what it submitted and lost.
+type Stats struct {
+	Events, Bytes         uint64
+	LostEvents, LostBytes uint64
+	Faults                uint64
+}
+
+// Lost reports whether anything was lost or unreadable.
+func (s Stats) Lost() bool { return s.LostEvents+s.LostBytes+s.Faults > 0 }
