@@ -1,0 +1,407 @@
+package hpack
+
+import (
+	"errors"
+	"math"
+	"strconv"
+
+	xhpack "golang.org/x/net/http2/hpack"
+)
+
+const (
+	// staticLen is the number of static table entries; dynamic indices
+	// start right after it.
+	staticLen    = 61
+	firstDynamic = staticLen + 1
+
+	// defaultTableSize is HTTP/2's initial SETTINGS_HEADER_TABLE_SIZE.
+	defaultTableSize = 4096
+
+	// entryOverhead is the per-entry cost RFC 7541 section 4.1 adds to
+	// the name and value lengths.
+	entryOverhead = 32
+
+	// maxStringLen bounds what one malformed or hostile length prefix can
+	// make us allocate.
+	maxStringLen = 1 << 20
+
+	// scratchKeep bounds the field buffer kept between calls, so one huge
+	// block does not pin its memory for the life of the connection.
+	scratchKeep = 256
+)
+
+var (
+	errTruncatedInt       = errors.New("hpack: truncated integer")
+	errTruncatedString    = errors.New("hpack: truncated string")
+	errIntTooLarge        = errors.New("hpack: integer too large")
+	errStringTooLong      = errors.New("hpack: string longer than 1 MiB")
+	errHuffman            = errors.New("hpack: invalid huffman-encoded string")
+	errIndexZero          = errors.New("hpack: index 0 is not a valid table index")
+	errIndexRange         = errors.New("hpack: table index out of range")
+	errSizeUpdateTooLarge = errors.New("hpack: dynamic table size update above the allowed maximum")
+	errSizeUpdatePosition = errors.New("hpack: dynamic table size update after a header field")
+)
+
+// indexError keeps the offending index for the log while still matching
+// errIndexRange with errors.Is.
+type indexError uint64
+
+func (e indexError) Error() string {
+	return "hpack: table index " + strconv.FormatUint(uint64(e), 10) + " out of range"
+}
+
+func (e indexError) Is(target error) bool { return target == errIndexRange }
+
+// Field is one decoded header field.
+type Field struct {
+	Name, Value string
+	NameKnown   bool // false when the name came from an unresolved table index
+	ValueKnown  bool // false when the value came from an unresolved table index
+	Sensitive   bool // literal never-indexed
+}
+
+// Known reports whether both name and value were decoded.
+func (f Field) Known() bool { return f.NameKnown && f.ValueKnown }
+
+// entry is one dynamic table entry recorded since the attach.
+type entry struct {
+	name, value string
+	nameKnown   bool
+	// size is exact when nameKnown, otherwise a lower bound: eviction
+	// decisions made with it can only keep too much, never drop too much.
+	size uint64
+}
+
+// Decoder decodes the header blocks of one direction of one connection.
+// It is not safe for concurrent use.
+type Decoder struct {
+	// ring holds the recorded entries, newest at ring[head]; its length
+	// is a power of two so positions wrap with a mask.
+	ring []entry
+	head int
+	n    int
+	size uint64 // sum of the entries' sizes (lower bounds)
+
+	maxSize  uint32 // M: upper bound on the encoder's table size limit
+	allowed  uint32 // largest size update the peer's settings permit
+	complete bool   // no entry from before the attach can remain
+
+	unresolved uint64
+	scratch    []Field
+}
+
+// NewDecoder returns a decoder for a connection joined mid-stream: the table
+// size limit is taken to be the protocol default of 4096 and the table
+// contents are unknown.
+func NewDecoder() *Decoder {
+	return &Decoder{maxSize: defaultTableSize, allowed: defaultTableSize}
+}
+
+// Reset prepares d for a new connection, whose preface has just been seen:
+// the table is empty and therefore fully known, and the size limit is the
+// protocol default. The unresolved count restarts too, since it is reported
+// per connection.
+func (d *Decoder) Reset() {
+	d.clearTable()
+	if len(d.ring) > scratchKeep {
+		d.ring = nil
+	}
+	d.maxSize = defaultTableSize
+	d.allowed = defaultTableSize
+	d.complete = true
+	d.unresolved = 0
+}
+
+// SetMaxTableSize records the SETTINGS_HEADER_TABLE_SIZE the decoding peer
+// advertised. Call it when the encoding peer acknowledges that SETTINGS frame
+// (its ACK in the same byte stream as the header blocks), so that blocks
+// encoded under the old value have all been decoded.
+//
+// It bounds later in-band size updates. It raises M when n is larger, which
+// is only cautious (a compliant encoder must signal the change in-band), but
+// never lowers it: an encoder that shrinks its table must say so in-band at
+// the start of its next block, and lowering M early could drop entries that
+// blocks still in flight refer to.
+func (d *Decoder) SetMaxTableSize(n uint32) {
+	d.allowed = n
+	if n > d.maxSize {
+		d.maxSize = n
+	}
+}
+
+// Synced reports whether the table is fully known: no entry from before the
+// attach can remain, so every index either resolves or is a protocol error.
+// Entries whose name was inherited from a pre-attach entry may still be held;
+// references to them keep reporting NameKnown false.
+func (d *Decoder) Synced() bool { return d.complete }
+
+// Unresolved returns the number of fields decoded with an unknown name or
+// value since NewDecoder or the last Reset.
+func (d *Decoder) Unresolved() uint64 { return d.unresolved }
+
+// TableLen returns the number of dynamic table entries recorded since the
+// attach and not yet known to be evicted, including entries of unknown name.
+func (d *Decoder) TableLen() int { return d.n }
+
+// Decode decodes one complete header block (the HEADERS or PUSH_PROMISE
+// fragment joined with its CONTINUATION fragments). Unresolvable references
+// produce fields with NameKnown or ValueKnown false. It returns an error only
+// for a malformed block; the table is then in an undefined state and d must
+// be discarded or Reset (see the package documentation). The returned slice
+// is the caller's; its strings do not alias block.
+func (d *Decoder) Decode(block []byte) ([]Field, error) {
+	fields, err := d.decode(d.scratch[:0], block)
+	var out []Field
+	if err == nil && len(fields) > 0 {
+		// One exact-size allocation per block; fields itself is reused.
+		out = make([]Field, len(fields))
+		copy(out, fields)
+	}
+	// Drop the string references so the scratch buffer does not keep
+	// header values alive between blocks.
+	clear(fields)
+	if cap(fields) <= scratchKeep {
+		d.scratch = fields[:0]
+	} else {
+		d.scratch = nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (d *Decoder) decode(fields []Field, p []byte) ([]Field, error) {
+	var err error
+	for len(p) > 0 {
+		b := p[0]
+		switch {
+		case b&0x80 != 0: // indexed field, RFC 7541 section 6.1
+			var idx uint64
+			if idx, p, err = readInt(p, 7); err != nil {
+				return fields, err
+			}
+			var e entry
+			var found bool
+			if e, found, err = d.lookup(idx); err != nil {
+				return fields, err
+			}
+			f := Field{Name: e.name, Value: e.value, NameKnown: found && e.nameKnown, ValueKnown: found}
+			if !f.Known() {
+				d.unresolved++
+			}
+			fields = append(fields, f)
+		case b&0xc0 == 0x40: // literal with incremental indexing, section 6.2.1
+			if fields, p, err = d.literal(fields, p, 6, true, false); err != nil {
+				return fields, err
+			}
+		case b&0xe0 == 0x20: // dynamic table size update, section 6.3
+			// Section 4.2 allows updates only at the start of a block.
+			if len(fields) > 0 {
+				return fields, errSizeUpdatePosition
+			}
+			if p, err = d.sizeUpdate(p); err != nil {
+				return fields, err
+			}
+		default: // literal without indexing (0000) or never indexed (0001), sections 6.2.2-3
+			if fields, p, err = d.literal(fields, p, 4, false, b&0x10 != 0); err != nil {
+				return fields, err
+			}
+		}
+	}
+	return fields, nil
+}
+
+// literal decodes a literal field representation whose name index has the
+// given prefix width, inserting it into the table when index is set.
+func (d *Decoder) literal(fields []Field, p []byte, prefix uint8, index, sensitive bool) ([]Field, []byte, error) {
+	nameIdx, p, err := readInt(p, prefix)
+	if err != nil {
+		return fields, p, err
+	}
+	var name string
+	nameKnown := true
+	if nameIdx == 0 {
+		if name, p, err = readString(p); err != nil {
+			return fields, p, err
+		}
+	} else {
+		e, found, err := d.lookup(nameIdx)
+		if err != nil {
+			return fields, p, err
+		}
+		name, nameKnown = e.name, found && e.nameKnown
+	}
+	value, p, err := readString(p)
+	if err != nil {
+		return fields, p, err
+	}
+	if index {
+		// Insert even when the name is unknown: skipping it would shift
+		// every later index by one (see the package documentation).
+		size := uint64(len(value)) + entryOverhead
+		if nameKnown {
+			size += uint64(len(name))
+		} else {
+			size++
+		}
+		d.insert(entry{name: name, value: value, nameKnown: nameKnown, size: size})
+	}
+	if !nameKnown {
+		d.unresolved++
+	}
+	fields = append(fields, Field{Name: name, Value: value, NameKnown: nameKnown, ValueKnown: true, Sensitive: sensitive})
+	return fields, p, nil
+}
+
+// lookup resolves a table index. found is false for a reference to an entry
+// from before the attach.
+func (d *Decoder) lookup(idx uint64) (e entry, found bool, err error) {
+	switch {
+	case idx == 0:
+		return e, false, errIndexZero
+	case idx <= staticLen:
+		s := &staticTable[idx-1]
+		return entry{name: s.name, value: s.value, nameKnown: true}, true, nil
+	}
+	i := idx - firstDynamic
+	if i < uint64(d.n) {
+		return *d.at(int(i)), true, nil
+	}
+	if d.complete || i >= uint64(d.maxSize/entryOverhead) {
+		return e, false, indexError(idx)
+	}
+	return e, false, nil
+}
+
+func (d *Decoder) sizeUpdate(p []byte) ([]byte, error) {
+	v, p, err := readInt(p, 5)
+	if err != nil {
+		return p, err
+	}
+	if v > uint64(d.allowed) {
+		return p, errSizeUpdateTooLarge
+	}
+	// An in-band update is the encoder's actual limit, so M may shrink here.
+	d.maxSize = uint32(v)
+	d.evict()
+	return p, nil
+}
+
+// at returns the i-th newest recorded entry; i must be below d.n.
+func (d *Decoder) at(i int) *entry {
+	return &d.ring[(d.head+i)&(len(d.ring)-1)]
+}
+
+func (d *Decoder) insert(e entry) {
+	if d.n == len(d.ring) {
+		d.grow()
+	}
+	d.head = (d.head - 1) & (len(d.ring) - 1)
+	d.ring[d.head] = e
+	d.n++
+	d.size += e.size
+	d.evict()
+}
+
+func (d *Decoder) grow() {
+	c := 2 * len(d.ring)
+	if c == 0 {
+		c = 16
+	}
+	r := make([]entry, c)
+	for i := 0; i < d.n; i++ {
+		r[i] = *d.at(i)
+	}
+	d.ring, d.head = r, 0
+}
+
+// evict drops the entries that are certainly gone under the limit M and
+// notes when no pre-attach entry can remain.
+func (d *Decoder) evict() {
+	limit := uint64(d.maxSize)
+	// Any pre-attach entry is older than all recorded ones and needs at
+	// least 32 bytes: if they leave less room than that, either they all
+	// survive and nothing older fits, or some were evicted and everything
+	// older went first. This also covers a size update to 0 and an entry
+	// larger than the whole table, which both empty it.
+	if d.size+entryOverhead > limit {
+		d.complete = true
+	}
+	for d.size > limit {
+		e := d.at(d.n - 1)
+		d.size -= e.size
+		*e = entry{}
+		d.n--
+	}
+}
+
+func (d *Decoder) clearTable() {
+	for i := 0; i < d.n; i++ {
+		*d.at(i) = entry{}
+	}
+	d.n, d.head, d.size = 0, 0, 0
+}
+
+// readInt reads an integer with an n-bit prefix (RFC 7541 section 5.1).
+// Values above 2^32-1 are rejected: no HPACK quantity (index, string length,
+// table size) can legitimately exceed that.
+func readInt(p []byte, n uint8) (uint64, []byte, error) {
+	if len(p) == 0 {
+		return 0, p, errTruncatedInt
+	}
+	mask := byte(1)<<n - 1
+	v := uint64(p[0] & mask)
+	if v < uint64(mask) {
+		return v, p[1:], nil
+	}
+	var shift uint
+	for i := 1; i < len(p); i++ {
+		b := p[i]
+		v += uint64(b&0x7f) << shift
+		if b&0x80 == 0 {
+			if v > math.MaxUint32 {
+				return 0, p, errIntTooLarge
+			}
+			return v, p[i+1:], nil
+		}
+		// Overlong zero padding is legal but pointless; stop where the
+		// stock decoder does, long before the shift could overflow.
+		shift += 7
+		if shift >= 63 {
+			return 0, p, errIntTooLarge
+		}
+	}
+	return 0, p, errTruncatedInt
+}
+
+// readString reads a string literal (RFC 7541 section 5.2) and copies it, so
+// the result never aliases the caller's buffer.
+func readString(p []byte) (string, []byte, error) {
+	if len(p) == 0 {
+		return "", p, errTruncatedString
+	}
+	huffman := p[0]&0x80 != 0
+	n, p, err := readInt(p, 7)
+	if err != nil {
+		return "", p, err
+	}
+	if n > maxStringLen {
+		return "", p, errStringTooLong
+	}
+	if uint64(len(p)) < n {
+		return "", p, errTruncatedString
+	}
+	raw, p := p[:n], p[n:]
+	if !huffman {
+		return string(raw), p, nil
+	}
+	s, err := xhpack.HuffmanDecodeToString(raw)
+	if err != nil {
+		return "", p, errHuffman
+	}
+	if len(s) > maxStringLen {
+		return "", p, errStringTooLong
+	}
+	return s, p, nil
+}
