@@ -1,0 +1,174 @@
+//go:build linux
+
+package containerdtest
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// killShims SIGKILLs shim processes that were started for the containerd
+// listening on socket.
+func killShims(t testing.TB, socket string) {
+	pids, err := findShims(socket)
+	if err != nil {
+		t.Logf("look for leftover shims: %v", err)
+		return
+	}
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			t.Logf("kill leftover shim %d: %v", pid, err)
+			continue
+		}
+		t.Logf("killed leftover shim %d", pid)
+	}
+}
+
+// findShims returns the PIDs of shims serving the containerd on socket. They
+// are recognised by their `-address <socket>` argument, which is unique to one
+// instance because socket lives in its private temporary directory.
+func findShims(socket string) ([]int, error) {
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("list processes: %w", err)
+	}
+	var pids []int
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
+		if err != nil {
+			continue // the process exited meanwhile
+		}
+		args := strings.Split(string(bytes.TrimRight(cmdline, "\x00")), "\x00")
+		if strings.Contains(filepath.Base(args[0]), "containerd-shim") && hasArg(args, "-address", socket) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids, nil
+}
+
+func hasArg(args []string, flag, value string) bool {
+	for i, a := range args {
+		if (a == flag || a == "-"+flag) && i+1 < len(args) && args[i+1] == value {
+			return true
+		}
+		if a == flag+"="+value || a == "-"+flag+"="+value {
+			return true
+		}
+	}
+	return false
+}
+
+// unmountUnder unmounts every mount point at or below dir, innermost and
+// most recent first. containerd and its shims leave overlay rootfs, sandbox
+// shm tmpfs and netns bind mounts behind when a test or the daemon dies
+// early, and os.RemoveAll cannot remove a directory that is still mounted
+// (worse, it would descend into and delete a bind-mounted source).
+func unmountUnder(dir string) error {
+	// Unmounting one mount can uncover another stacked beneath it at the
+	// same path, so repeat until the table is clean, a bounded number of times.
+	for range 5 {
+		points, err := mountPointsUnder(dir)
+		if err != nil {
+			return err
+		}
+		if len(points) == 0 {
+			return nil
+		}
+		var errs []error
+		for i := len(points) - 1; i >= 0; i-- {
+			if err := unmount(points[i]); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if len(errs) > 0 {
+			return errors.Join(errs...)
+		}
+	}
+	points, err := mountPointsUnder(dir)
+	if err != nil {
+		return err
+	}
+	if len(points) > 0 {
+		return fmt.Errorf("mounts still present after repeated unmounting: %s", strings.Join(points, ", "))
+	}
+	return nil
+}
+
+func unmount(path string) error {
+	err := syscall.Unmount(path, 0)
+	switch {
+	case err == nil, errors.Is(err, syscall.EINVAL), errors.Is(err, syscall.ENOENT):
+		// EINVAL: no longer a mount point, e.g. detached with its parent.
+		return nil
+	case errors.Is(err, syscall.EBUSY):
+		// A leftover process still uses it; detach it from the tree so the
+		// directory can be removed and the kernel frees it once unused.
+		if err := syscall.Unmount(path, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) {
+			return fmt.Errorf("lazily unmount %s: %w", path, err)
+		}
+		return nil
+	default:
+		return fmt.Errorf("unmount %s: %w", path, err)
+	}
+}
+
+// mountPointsUnder lists mount points at or below dir in /proc/self/mountinfo
+// order, in which a mount always follows the one it is mounted on.
+func mountPointsUnder(dir string) ([]string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("read mount table: %w", err)
+	}
+	defer f.Close()
+	dir = filepath.Clean(dir)
+	var points []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		// Fields: id parent major:minor root mount-point options ...
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMountinfo(fields[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			points = append(points, mp)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read mount table: %w", err)
+	}
+	return points, nil
+}
+
+// unescapeMountinfo decodes the \ooo octal escapes the kernel uses for space,
+// tab, newline and backslash in mountinfo paths.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
+			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
+			i += 3
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func isOctal(c byte) bool { return c >= '0' && c <= '7' }
