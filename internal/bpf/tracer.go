@@ -304,3 +304,6 @@ func monotonicToWall() time.Duration {
 	}
 	return wall.Sub(time.Unix(ts.Unix()))
 }
+
+// Pending is how many bytes wait in the ring buffer.
+func (t *Tracer) Pending() int { return t.reader.AvailableBytes() }

@@ -1,0 +1,44 @@
+# containerdsnoop. Building needs only Go: the BPF objects are committed.
+GO        ?= go
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X main.version=$(VERSION)
+BIN       := bin/containerdsnoop
+FUZZTIME  ?= 60s
+
+.PHONY: all build generate test test-unit test-deps lint vet fmt fuzz clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/containerdsnoop
+
+# Rebuild bpf/*.c into internal/bpf/snoop_bpfel.{go,o} (needs clang, llvm-strip).
+generate:
+	$(GO) generate ./internal/bpf/
+
+# Every test, privileged ones included: run as root. Installs what the tests
+# need (containerd, runc, clang, ...) from the distribution first.
+test: test-deps
+	CONTAINERDSNOOP_REQUIRE_PRIVILEGED=$${CONTAINERDSNOOP_REQUIRE_PRIVILEGED:-1} $(GO) test -count=1 -timeout 30m ./...
+
+# Tests that need neither root nor a kernel.
+test-unit:
+	$(GO) test -count=1 ./internal/h2/... ./internal/grpcdecode/... ./internal/stream/... ./internal/output/...
+
+test-deps:
+	bash scripts/install-test-deps.sh
+
+fuzz:
+	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME) ./internal/h2/hpack/
+
+lint: vet fmt
+
+vet:
+	$(GO) vet ./...
+
+fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+clean:
+	rm -rf bin dist

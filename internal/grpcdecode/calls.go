@@ -1,0 +1,312 @@
+package grpcdecode
+
+import (
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/h2"
+	"github.com/containerdsnoop/containerdsnoop/internal/stream"
+)
+
+const (
+	req  = 0
+	resp = 1
+	// maxCallsPerConn bounds calls whose end was never seen (lost bytes,
+	// a peer that vanished) on one connection.
+	maxCallsPerConn = 4096
+)
+
+// Decoder is an h2.Handler that emits a Record per message and call end.
+type Decoder struct {
+	emit func(*Record)
+}
+
+// New returns a Decoder that passes each Record to emit. The Record is not
+// retained after emit returns.
+func New(emit func(*Record)) *Decoder { return &Decoder{emit: emit} }
+
+type connState struct {
+	calls map[uint32]*call
+}
+
+type call struct {
+	stream    uint32
+	method    string
+	m         *Method
+	namespace string
+	start     time.Time
+	enc       [2]string // grpc-encoding per direction
+	split     [2]splitter
+	lost      [2]bool
+	// held is a response message kept until the trailers, so a unary call
+	// prints one response line carrying both message and status.
+	held *Record
+}
+
+func state(c *h2.Conn) *connState {
+	if s, ok := c.User.(*connState); ok {
+		return s
+	}
+	s := &connState{calls: map[uint32]*call{}}
+	c.User = s
+	return s
+}
+
+// Event implements h2.Handler.
+func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
+	s := state(c)
+	switch ev.Kind {
+	case h2.Preface:
+		// Calls still open belonged to the previous connection on these
+		// sockets; their ends will never be seen.
+		clear(s.calls)
+	case h2.Lost:
+		for _, cl := range s.calls {
+			dir := d.dirOf(c, ev.End)
+			if dir < 0 {
+				cl.lost = [2]bool{true, true}
+				cl.split[req].reset()
+				cl.split[resp].reset()
+				continue
+			}
+			// Whatever this direction was in the middle of is gone.
+			cl.lost[dir] = true
+			cl.split[dir].reset()
+		}
+	case h2.Headers:
+		d.headers(c, s, ev)
+	case h2.Data:
+		dir := d.dirOf(c, ev.End)
+		cl := s.calls[ev.Stream]
+		if cl == nil || dir < 0 {
+			return
+		}
+		d.data(c, cl, dir, ev)
+		if ev.EndStream && dir == resp {
+			// A response ended without trailers: not gRPC, but the call is over.
+			d.finish(c, s, cl, ev, &Status{Code: codes.Internal, Message: "response ended without grpc-status trailers"})
+		}
+	case h2.ResetStream:
+		if cl := s.calls[ev.Stream]; cl != nil {
+			d.finish(c, s, cl, ev, &Status{Code: rstCode(ev.ErrCode), Message: "stream reset: " + ev.ErrCode.String()})
+		}
+	}
+}
+
+// Closed implements h2.Handler: calls still open on a closed connection
+// never end.
+func (d *Decoder) Closed(c *h2.Conn) {
+	if s, ok := c.User.(*connState); ok {
+		clear(s.calls)
+	}
+}
+
+// dirOf maps a sending end to request (client) or response (server)
+// direction, -1 while the roles are unknown.
+func (d *Decoder) dirOf(c *h2.Conn, end int) int {
+	switch c.Client {
+	case -1:
+		return -1
+	case end:
+		return req
+	default:
+		return resp
+	}
+}
+
+func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
+	dir := d.dirOf(c, ev.End)
+	if dir < 0 {
+		return
+	}
+	cl := s.calls[ev.Stream]
+	if dir == req {
+		if cl != nil && !cl.start.IsZero() {
+			// Request trailers (rare in gRPC): nothing to show.
+			return
+		}
+		if len(s.calls) >= maxCallsPerConn {
+			evictOldest(s)
+		}
+		cl = &call{stream: ev.Stream, start: ev.Cap.Time}
+		s.calls[ev.Stream] = cl
+		for _, f := range ev.Fields {
+			switch {
+			case !f.NameKnown:
+			case f.Name == ":path":
+				if f.ValueKnown {
+					cl.method = f.Value
+					cl.m, _ = Lookup(f.Value)
+				}
+			case f.Name == "grpc-encoding" && f.ValueKnown:
+				cl.enc[req] = f.Value
+			case f.Name == "containerd-namespace" && f.ValueKnown:
+				cl.namespace = f.Value
+			}
+		}
+		return
+	}
+
+	if cl == nil {
+		// The call started before the capture: its method is unknown,
+		// but its end is still worth showing.
+		cl = &call{stream: ev.Stream}
+		s.calls[ev.Stream] = cl
+	}
+	var st *Status
+	httpStatus := ""
+	for _, f := range ev.Fields {
+		if !f.NameKnown {
+			continue
+		}
+		switch f.Name {
+		case ":status":
+			httpStatus = f.Value
+		case "grpc-encoding":
+			cl.enc[resp] = f.Value
+		case "grpc-status":
+			st = &Status{Code: codes.Unknown}
+			if f.ValueKnown {
+				if n, err := strconv.ParseUint(f.Value, 10, 32); err == nil {
+					st.Code = codes.Code(n)
+				}
+			}
+		case "grpc-message":
+			if st == nil {
+				st = &Status{Code: codes.Unknown}
+			}
+			if f.ValueKnown {
+				st.Message = percentDecode(f.Value)
+			}
+		}
+	}
+	if !ev.EndStream {
+		return
+	}
+	if st == nil {
+		st = &Status{Code: httpToCode(httpStatus), Message: "no grpc-status in trailers (HTTP status " + httpStatus + ")"}
+	}
+	d.finish(c, s, cl, ev, st)
+}
+
+func (d *Decoder) data(c *h2.Conn, cl *call, dir int, ev *h2.Event) {
+	if cl.lost[dir] && !cl.split[dir].partial() {
+		// After lost bytes the next DATA may start mid-message: nothing
+		// from this direction of the call can be trusted.
+		return
+	}
+	msgs, err := cl.split[dir].add(ev.Data)
+	for _, m := range msgs {
+		d.message(c, cl, dir, m, ev)
+	}
+	if err != nil {
+		cl.lost[dir] = true
+	}
+}
+
+func (d *Decoder) message(c *h2.Conn, cl *call, dir int, m message, ev *h2.Event) {
+	r := d.record(c, cl, dir, ev)
+	payload := m.payload
+	if m.compressed {
+		var err error
+		if payload, err = inflate(cl.enc[dir], m.payload); err != nil {
+			r.Note = err.Error()
+			payload = nil
+		}
+	}
+	if payload != nil {
+		decodeInto(r, cl, dir, payload)
+	}
+	if dir == req {
+		d.emit(r)
+		return
+	}
+	if cl.m != nil && cl.m.ServerStreaming {
+		d.emit(r)
+		return
+	}
+	// Unary, or unknown: hold until the trailers say how it ended. A
+	// second message proves it streams; the first is shown then.
+	if cl.held != nil {
+		d.emit(cl.held)
+	}
+	cl.held = r
+}
+
+func decodeInto(r *Record, cl *call, dir int, payload []byte) {
+	if cl.m == nil {
+		r.Raw = payload
+		return
+	}
+	mt := cl.m.Input
+	if dir == resp {
+		mt = cl.m.Output
+	}
+	msg := mt.New().Interface()
+	if err := proto.Unmarshal(payload, msg); err != nil {
+		r.Raw = payload
+		r.Note = "does not parse as " + string(mt.Descriptor().FullName()) + ": " + err.Error()
+		return
+	}
+	r.Message = msg
+	r.MessageType = string(mt.Descriptor().FullName())
+}
+
+func (d *Decoder) record(c *h2.Conn, cl *call, dir int, ev *h2.Event) *Record {
+	sc := c.Stream
+	peer := sc.Ends[stream.Peer(ev.End)]
+	r := &Record{
+		Time:      ev.Cap.Time,
+		Protocol:  "grpc",
+		Conn:      sc.ID,
+		Socket:    sc.Socket,
+		Stream:    cl.stream,
+		PID:       ev.Cap.PID,
+		TID:       ev.Cap.TID,
+		Comm:      ev.Cap.Comm,
+		PeerPID:   peer.PID,
+		PeerComm:  peer.Comm,
+		Method:    cl.method,
+		Namespace: cl.namespace,
+		Type:      Request,
+	}
+	if dir == resp {
+		r.Type = Response
+	}
+	return r
+}
+
+func (d *Decoder) finish(c *h2.Conn, s *connState, cl *call, ev *h2.Event, st *Status) {
+	delete(s.calls, cl.stream)
+	r := cl.held
+	if r == nil {
+		r = d.record(c, cl, resp, ev)
+	} else {
+		r.Time, r.PID, r.TID, r.Comm = ev.Cap.Time, ev.Cap.PID, ev.Cap.TID, ev.Cap.Comm
+	}
+	if cl.lost[resp] && r.Note == "" {
+		r.Note = "capture lost bytes of the response"
+	}
+	r.Type = Response
+	r.Final = true
+	r.Status = st
+	if !cl.start.IsZero() {
+		r.Latency = ev.Cap.Time.Sub(cl.start)
+	}
+	d.emit(r)
+}
+
+func evictOldest(s *connState) {
+	var oldest *call
+	for _, cl := range s.calls {
+		if oldest == nil || cl.stream < oldest.stream {
+			oldest = cl
+		}
+	}
+	if oldest != nil {
+		delete(s.calls, oldest.stream)
+	}
+}

@@ -1,0 +1,76 @@
+package grpcdecode
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/binary"
+	"fmt"
+	"io"
+)
+
+// maxMessage bounds what one gRPC message may claim, so a corrupt length
+// prefix cannot make the decoder buffer without end. containerd's own
+// default limit is 16 MiB.
+const maxMessage = 64 << 20
+
+// splitter cuts one direction of a stream into gRPC messages.
+type splitter struct {
+	buf []byte
+}
+
+type message struct {
+	compressed bool
+	payload    []byte
+}
+
+// add appends DATA and returns the messages it completed. A length over
+// maxMessage or a flag other than 0 or 1 means the bytes are not at a
+// message boundary; the error says so and the buffer is dropped.
+func (s *splitter) add(data []byte) ([]message, error) {
+	s.buf = append(s.buf, data...)
+	var out []message
+	off := 0
+	for len(s.buf)-off >= 5 {
+		flag := s.buf[off]
+		n := binary.BigEndian.Uint32(s.buf[off+1 : off+5])
+		if flag > 1 || n > maxMessage {
+			s.buf = s.buf[:0]
+			return out, fmt.Errorf("not at a gRPC message boundary (flag %d, length %d)", flag, n)
+		}
+		if len(s.buf)-off-5 < int(n) {
+			break
+		}
+		out = append(out, message{compressed: flag == 1, payload: bytes.Clone(s.buf[off+5 : off+5+int(n)])})
+		off += 5 + int(n)
+	}
+	if off > 0 {
+		s.buf = append(s.buf[:0], s.buf[off:]...)
+	}
+	return out, nil
+}
+
+func (s *splitter) partial() bool { return len(s.buf) > 0 }
+func (s *splitter) reset()        { s.buf = s.buf[:0] }
+
+// inflate undoes the message compression named by grpc-encoding.
+func inflate(encoding string, b []byte) ([]byte, error) {
+	switch encoding {
+	case "gzip":
+		zr, err := gzip.NewReader(bytes.NewReader(b))
+		if err != nil {
+			return nil, fmt.Errorf("gzip: %w", err)
+		}
+		out, err := io.ReadAll(io.LimitReader(zr, maxMessage+1))
+		if err != nil {
+			return nil, fmt.Errorf("gzip: %w", err)
+		}
+		if len(out) > maxMessage {
+			return nil, fmt.Errorf("gzip: message inflates past %d bytes", maxMessage)
+		}
+		return out, nil
+	case "", "identity":
+		return nil, fmt.Errorf("compressed flag set without a grpc-encoding")
+	default:
+		return nil, fmt.Errorf("unsupported grpc-encoding %q", encoding)
+	}
+}

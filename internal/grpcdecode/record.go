@@ -1,0 +1,65 @@
+package grpcdecode
+
+import (
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+)
+
+// Type tells a request line from a response line.
+type Type uint8
+
+const (
+	Request Type = iota + 1
+	Response
+)
+
+func (t Type) String() string {
+	if t == Request {
+		return "request"
+	}
+	return "response"
+}
+
+// Status is a call's outcome, from grpc-status and grpc-message.
+type Status struct {
+	Code    codes.Code
+	Message string
+}
+
+// Name is the code's name as gRPC spells it, e.g. "NotFound".
+func (s *Status) Name() string { return s.Code.String() }
+
+// Record is one line of output: a message of a call, or its end.
+type Record struct {
+	Time     time.Time
+	Protocol string
+	Conn     uint64
+	Socket   string
+	Type     Type
+	Stream   uint32
+	// The sending thread, and the process at the other end.
+	PID, TID uint32
+	Comm     string
+	PeerPID  uint32
+	PeerComm string
+	// Method is the full path, "" when the capture cannot prove it.
+	Method string
+	// Namespace is the containerd-namespace header of the call, if any.
+	Namespace string
+	// MessageType is the protobuf full name of Message.
+	MessageType string
+	// Message is the decoded message; nil when there is none (e.g. a
+	// trailers-only response) or it could not be decoded (see Raw, Note).
+	Message proto.Message
+	// Raw holds a message whose type is unknown, for schema-less display.
+	Raw []byte
+	// Note says why a message is missing or partial ("capture lost bytes").
+	Note string
+	// Status and Latency are set on the line that ends a call.
+	Status  *Status
+	Latency time.Duration
+	// Final marks the line that ends the call.
+	Final bool
+}

@@ -1,0 +1,314 @@
+package h2
+
+import (
+	"bytes"
+	"errors"
+	"io"
+
+	"golang.org/x/net/http2"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/capture"
+	"github.com/containerdsnoop/containerdsnoop/internal/h2/hpack"
+	"github.com/containerdsnoop/containerdsnoop/internal/stream"
+)
+
+// Kind is what an Event reports.
+type Kind uint8
+
+const (
+	// Headers is a complete header block (HEADERS + CONTINUATION).
+	Headers Kind = iota + 1
+	// Data is a DATA frame's payload.
+	Data
+	// ResetStream is RST_STREAM.
+	ResetStream
+	// GoAway is GOAWAY.
+	GoAway
+	// Lost says bytes of this direction are missing: every stream with a
+	// partly received message or header block in it is unreliable.
+	Lost
+	// Preface is a client preface: a new connection on these sockets,
+	// nothing that came before on them belongs to it.
+	Preface
+)
+
+// Event is one thing a direction said.
+type Event struct {
+	Kind Kind
+	// End is the sending end (index into Conn.Stream.Ends).
+	End       int
+	Stream    uint32
+	Fields    []hpack.Field // Headers; valid during the call only
+	Data      []byte        // Data; valid during the call only
+	EndStream bool
+	ErrCode   http2.ErrCode
+	// Cap is the chunk that completed the frame: its time and thread.
+	Cap *capture.Event
+}
+
+// Handler consumes events. It may keep per-connection state in Conn.User.
+type Handler interface {
+	Event(c *Conn, ev *Event)
+	Closed(c *Conn)
+}
+
+// Conn is the HTTP/2 state of one connection.
+type Conn struct {
+	Stream *stream.Conn
+	// Client is the end index of the HTTP/2 client, -1 while unknown.
+	Client int
+	User   any
+	dirs   [2]direction
+}
+
+// Unresolved counts header references this connection could not resolve
+// because they point into the table from before the capture started.
+func (c *Conn) Unresolved() uint64 {
+	return c.dirs[0].dec.Unresolved() + c.dirs[1].dec.Unresolved()
+}
+
+const (
+	defaultMaxFrame = 16384
+	// maxBuffered bounds what a direction holds while waiting for a frame
+	// or a sync point; a legal frame is at most 16 MiB.
+	maxBuffered = 1<<24 + frameHeaderLen
+)
+
+var preface = []byte(http2.ClientPreface)
+
+type direction struct {
+	buf      []byte
+	started  bool
+	synced   bool
+	maxFrame uint32
+	dec      *hpack.Decoder
+	rd       bytes.Reader
+	fr       *http2.Framer
+	// A header block waiting for its CONTINUATION frames.
+	block       []byte
+	blockStream uint32
+	blockEnd    bool
+	inBlock     bool
+}
+
+// Decoder is a stream.Sink that parses HTTP/2.
+type Decoder struct {
+	h Handler
+}
+
+// NewDecoder returns a Decoder that reports to h.
+func NewDecoder(h Handler) *Decoder { return &Decoder{h: h} }
+
+func (d *Decoder) conn(sc *stream.Conn) *Conn {
+	if c, ok := sc.State.(*Conn); ok {
+		return c
+	}
+	c := &Conn{Stream: sc, Client: -1}
+	for i := range c.dirs {
+		c.dirs[i].init()
+	}
+	sc.State = c
+	return c
+}
+
+func (dir *direction) init() {
+	dir.maxFrame = defaultMaxFrame
+	dir.dec = hpack.NewDecoder()
+	dir.fr = http2.NewFramer(io.Discard, &dir.rd)
+	// Frame sizes are checked by plausible(); the framer must not reject
+	// what the peer legally negotiated.
+	dir.fr.SetMaxReadFrameSize(1<<24 - 1)
+}
+
+// Bytes implements stream.Sink.
+func (d *Decoder) Bytes(sc *stream.Conn, end int, cap *capture.Event, data []byte) {
+	c := d.conn(sc)
+	dir := &c.dirs[end]
+	dir.buf = append(dir.buf, data...)
+	d.parse(c, end, cap)
+	if len(dir.buf) > maxBuffered {
+		d.desync(c, end, cap)
+		dir.buf = dir.buf[:0]
+	}
+}
+
+// Gap implements stream.Sink.
+func (d *Decoder) Gap(sc *stream.Conn, end int, n uint64) {
+	c := d.conn(sc)
+	d.desync(c, end, nil)
+	c.dirs[end].buf = c.dirs[end].buf[:0]
+}
+
+// Closed implements stream.Sink.
+func (d *Decoder) Closed(sc *stream.Conn) {
+	if c, ok := sc.State.(*Conn); ok {
+		d.h.Closed(c)
+	}
+}
+
+// desync drops what the direction was in the middle of and forgets its
+// header table: the lost bytes may have changed it.
+func (d *Decoder) desync(c *Conn, end int, cap *capture.Event) {
+	dir := &c.dirs[end]
+	dir.synced = false
+	dir.started = true
+	dir.inBlock = false
+	dir.block = dir.block[:0]
+	dir.dec = hpack.NewDecoder()
+	dir.fr = http2.NewFramer(io.Discard, &dir.rd)
+	dir.fr.SetMaxReadFrameSize(1<<24 - 1)
+	d.h.Event(c, &Event{Kind: Lost, End: end, Cap: cap})
+}
+
+func (d *Decoder) parse(c *Conn, end int, cap *capture.Event) {
+	dir := &c.dirs[end]
+	consumed := 0
+	defer func() {
+		if consumed > 0 {
+			dir.buf = append(dir.buf[:0], dir.buf[consumed:]...)
+		}
+	}()
+	for {
+		b := dir.buf[consumed:]
+		// A preface can only be at the start of a direction or where a
+		// frame would begin; the kernel may hand a new connection the
+		// memory (and so the identity) of an old one.
+		if !dir.started || dir.synced {
+			if n := min(len(b), len(preface)); n > 0 && bytes.Equal(b[:n], preface[:n]) {
+				if n < len(preface) {
+					return
+				}
+				consumed += len(preface)
+				d.newConnection(c, end, cap)
+				continue
+			}
+		}
+		dir.started = true
+		if !dir.synced {
+			off, res := findSync(b, dir.maxFrame)
+			consumed += off
+			if res != syncFound {
+				return
+			}
+			dir.synced = true
+			b = dir.buf[consumed:]
+		}
+		if len(b) < frameHeaderLen {
+			return
+		}
+		h := parseHeader(b)
+		if !h.plausible(max(dir.maxFrame, defaultMaxFrame)) {
+			d.desync(c, end, cap)
+			continue
+		}
+		n := frameHeaderLen + int(h.length)
+		if len(b) < n {
+			return
+		}
+		consumed += n
+		dir.rd.Reset(b[:n])
+		f, err := dir.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				continue // only that frame is bad
+			}
+			d.desync(c, end, cap)
+			continue
+		}
+		d.frame(c, end, f, cap)
+	}
+}
+
+func (d *Decoder) newConnection(c *Conn, end int, cap *capture.Event) {
+	peerEnd := stream.Peer(end)
+	if c.Client >= 0 || c.dirs[end].started {
+		// Not the first connection seen on these sockets.
+		c.Stream.Renew()
+	}
+	c.Client = end
+	for i := range c.dirs {
+		dir := &c.dirs[i]
+		dir.maxFrame = defaultMaxFrame
+		dir.inBlock = false
+		dir.dec.Reset()
+		dir.fr = http2.NewFramer(io.Discard, &dir.rd)
+		dir.fr.SetMaxReadFrameSize(1<<24 - 1)
+	}
+	c.dirs[end].started, c.dirs[end].synced = true, true
+	// The server's first bytes on a new connection are its SETTINGS, which
+	// it may send before the client's preface is captured: keep them.
+	peer := &c.dirs[peerEnd]
+	if len(peer.buf) >= frameHeaderLen && parseHeader(peer.buf).typ != http2.FrameSettings {
+		peer.buf = peer.buf[:0]
+	}
+	peer.started, peer.synced = true, true
+	d.h.Event(c, &Event{Kind: Preface, End: end, Cap: cap})
+	if len(peer.buf) > 0 {
+		d.parse(c, peerEnd, cap)
+	}
+}
+
+func (d *Decoder) frame(c *Conn, end int, f http2.Frame, cap *capture.Event) {
+	dir := &c.dirs[end]
+	switch f := f.(type) {
+	case *http2.SettingsFrame:
+		if f.IsAck() {
+			return
+		}
+		peer := &c.dirs[stream.Peer(end)]
+		// The sender announces what it accepts: that bounds what the
+		// other direction may send.
+		if v, ok := f.Value(http2.SettingHeaderTableSize); ok {
+			peer.dec.SetMaxTableSize(v)
+		}
+		if v, ok := f.Value(http2.SettingMaxFrameSize); ok && v >= defaultMaxFrame {
+			peer.maxFrame = v
+		}
+	case *http2.HeadersFrame:
+		dir.block = append(dir.block[:0], f.HeaderBlockFragment()...)
+		dir.blockStream, dir.blockEnd = f.StreamID, f.StreamEnded()
+		dir.inBlock = !f.HeadersEnded()
+		if !dir.inBlock {
+			d.headerBlock(c, end, cap)
+		}
+	case *http2.ContinuationFrame:
+		if !dir.inBlock || f.StreamID != dir.blockStream {
+			return
+		}
+		dir.block = append(dir.block, f.HeaderBlockFragment()...)
+		if f.HeadersEnded() {
+			dir.inBlock = false
+			d.headerBlock(c, end, cap)
+		}
+	case *http2.PushPromiseFrame:
+		// gRPC never pushes, but the block still changes the table.
+		dir.dec.Decode(f.HeaderBlockFragment())
+	case *http2.DataFrame:
+		d.h.Event(c, &Event{Kind: Data, End: end, Stream: f.StreamID, Data: f.Data(), EndStream: f.StreamEnded(), Cap: cap})
+	case *http2.RSTStreamFrame:
+		d.h.Event(c, &Event{Kind: ResetStream, End: end, Stream: f.StreamID, ErrCode: f.ErrCode, Cap: cap})
+	case *http2.GoAwayFrame:
+		d.h.Event(c, &Event{Kind: GoAway, End: end, ErrCode: f.ErrCode, Cap: cap})
+	}
+}
+
+func (d *Decoder) headerBlock(c *Conn, end int, cap *capture.Event) {
+	dir := &c.dirs[end]
+	fields, err := dir.dec.Decode(dir.block)
+	if err != nil {
+		// The table is now in an unknown state: say so, start over.
+		d.desync(c, end, cap)
+		return
+	}
+	if c.Client < 0 {
+		for _, f := range fields {
+			if f.NameKnown && (f.Name == ":path" || f.Name == ":method") {
+				c.Client = end
+			} else if f.NameKnown && f.Name == ":status" {
+				c.Client = stream.Peer(end)
+			}
+		}
+	}
+	d.h.Event(c, &Event{Kind: Headers, End: end, Stream: dir.blockStream, Fields: fields, EndStream: dir.blockEnd, Cap: cap})
+}

@@ -1,0 +1,10 @@
+// Package h2 parses each direction of a captured connection into HTTP/2
+// frames with golang.org/x/net/http2's Framer and decodes header blocks with
+// internal/h2/hpack, which stays exact on connections joined mid-stream.
+//
+// A direction is decoded only from a frame boundary it can trust: the
+// client preface, or two consecutive frame headers that validate (see
+// resync.go). After a gap in the capture the direction resynchronizes the
+// same way, and its header table is treated as unknown again, because the
+// missing bytes may have inserted entries.
+package h2

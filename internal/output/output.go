@@ -1,0 +1,33 @@
+// Package output renders decoded calls as a table or as JSON lines. It
+// knows nothing of capture or BPF: it takes grpcdecode.Records.
+package output
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
+)
+
+// Writer renders records.
+type Writer interface {
+	Write(r *grpcdecode.Record) error
+	Flush() error
+}
+
+// Options shape the rendering.
+type Options struct {
+	// Width cuts table messages to fit; 0 means no cut.
+	Width int
+}
+
+// New returns a Writer for format "table" or "json".
+func New(format string, w io.Writer, opts Options) (Writer, error) {
+	switch format {
+	case "table":
+		return newTable(w, opts), nil
+	case "json":
+		return newJSON(w), nil
+	}
+	return nil, fmt.Errorf("unknown output format %q: want table or json", format)
+}

@@ -1,0 +1,90 @@
+package output
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/encoding/prototext"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
+)
+
+// The original tool's columns, with STATUS and LATENCY before MESSAGE.
+const tableHeader = "%-15s %-15s %-7s %-7s %-7s %-4s %-6s %-55s %-16s %-9s %s\n"
+
+type tableWriter struct {
+	w       *bufio.Writer
+	opts    Options
+	started bool
+}
+
+func newTable(w io.Writer, opts Options) *tableWriter {
+	return &tableWriter{w: bufio.NewWriterSize(w, 64<<10), opts: opts}
+}
+
+func (t *tableWriter) Write(r *grpcdecode.Record) error {
+	if !t.started {
+		t.started = true
+		fmt.Fprintf(t.w, tableHeader, "TIMESTAMP", "COMM", "PID", "TID", "PEER", "TYPE", "STREAM", "METHOD", "STATUS", "LATENCY", "MESSAGE")
+	}
+	typ := "REQ"
+	if r.Type == grpcdecode.Response {
+		typ = "RESP"
+	}
+	method := r.Method
+	if method == "" {
+		method = "?"
+	}
+	status, latency := "", ""
+	if r.Status != nil {
+		status = r.Status.Name()
+	}
+	if r.Final && r.Latency > 0 {
+		latency = formatLatency(r.Latency)
+	}
+	line := fmt.Sprintf(tableHeader, r.Time.Format("15:04:05.000000"), r.Comm, fmt.Sprint(r.PID), fmt.Sprint(r.TID),
+		fmt.Sprint(r.PeerPID), typ, fmt.Sprint(r.Stream), method, status, latency, MessageText(r))
+	line = strings.TrimRight(line, "\n")
+	if t.opts.Width > 0 && len(line) > t.opts.Width {
+		line = line[:t.opts.Width]
+	}
+	t.w.WriteString(line)
+	return t.w.WriteByte('\n')
+}
+
+func (t *tableWriter) Flush() error { return t.w.Flush() }
+
+// MessageText is the one-line text form of a record's message.
+func MessageText(r *grpcdecode.Record) string {
+	var s string
+	switch {
+	case r.Message != nil:
+		s = prototext.MarshalOptions{}.Format(r.Message)
+	case r.Raw != nil:
+		if fields, ok := grpcdecode.Schemaless(r.Raw); ok {
+			s = grpcdecode.SchemalessText(fields)
+		} else {
+			s = fmt.Sprintf("<%d bytes, not protobuf>", len(r.Raw))
+		}
+	}
+	if r.Status != nil && r.Status.Message != "" {
+		s = strings.TrimSpace(s + " " + fmt.Sprintf("status_message:%q", r.Status.Message))
+	}
+	if r.Note != "" {
+		s = strings.TrimSpace(s + " [" + r.Note + "]")
+	}
+	return s
+}
+
+func formatLatency(d time.Duration) string {
+	switch {
+	case d < time.Millisecond:
+		return fmt.Sprintf("%.0fµs", float64(d)/float64(time.Microsecond))
+	case d < time.Second:
+		return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
+	}
+	return fmt.Sprintf("%.2fs", d.Seconds())
+}

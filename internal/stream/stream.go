@@ -1,0 +1,179 @@
+// Package stream turns capture events into two ordered byte streams per
+// unix connection, one per sending end, and says exactly where bytes are
+// missing. The kernel stamps every chunk with its offset in the sender's
+// stream, so a chunk the ring buffer dropped shows up here as a gap of a
+// known size instead of silently corrupting what follows.
+package stream
+
+import (
+	"time"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/capture"
+)
+
+// End is one socket of a connection.
+type End struct {
+	Sock    uint64
+	Ino     uint64
+	PID     uint32
+	Comm    string
+	next    uint64
+	started bool
+}
+
+// Conn is one unix stream connection.
+type Conn struct {
+	// ID numbers connections in the order they were first seen.
+	ID     uint64
+	Socket string
+	Ends   [2]End
+	// Last is the time of the newest event on the connection.
+	Last time.Time
+	// State belongs to the Sink (the protocol decoder's per-connection state).
+	State any
+	ids   *uint64
+}
+
+// Renew gives the connection a new ID: the decoder saw a new connection
+// start on the same pair of sockets (the kernel reuses socket memory).
+func (c *Conn) Renew() {
+	*c.ids++
+	c.ID = *c.ids
+}
+
+// Peer returns the index of the other end.
+func Peer(end int) int { return 1 - end }
+
+// Sink receives each connection's streams in order.
+type Sink interface {
+	// Bytes delivers the next contiguous bytes sent by c.Ends[end]; ev is
+	// the chunk they came from (time, thread, comm).
+	Bytes(c *Conn, end int, ev *capture.Event, data []byte)
+	// Gap reports that bytes sent by c.Ends[end] are missing before the next
+	// Bytes: n of them, or an unknown number when n is 0.
+	Gap(c *Conn, end int, n uint64)
+	// Closed is called before the connection's state is dropped.
+	Closed(c *Conn)
+}
+
+type key struct{ a, b uint64 }
+
+func keyOf(ev *capture.Event) key {
+	if ev.Sock < ev.PeerSock {
+		return key{ev.Sock, ev.PeerSock}
+	}
+	return key{ev.PeerSock, ev.Sock}
+}
+
+// Assembler tracks connections. Not safe for concurrent use.
+type Assembler struct {
+	sink   Sink
+	conns  map[key]*Conn
+	nextID *uint64
+	// MaxConns bounds memory on nodes with many short-lived clients: past
+	// it, the least recently active connection is dropped.
+	MaxConns int
+}
+
+// New returns an Assembler feeding sink.
+func New(sink Sink) *Assembler {
+	return &Assembler{sink: sink, conns: map[key]*Conn{}, nextID: new(uint64), MaxConns: 16384}
+}
+
+// Feed takes the next capture event.
+func (a *Assembler) Feed(ev *capture.Event) {
+	k := keyOf(ev)
+	c := a.conns[k]
+	if c == nil {
+		if len(a.conns) >= a.MaxConns {
+			a.evictOldest()
+		}
+		c = &Conn{ids: a.nextID}
+		c.Renew()
+		c.Ends[0].Sock, c.Ends[1].Sock = ev.Sock, ev.PeerSock
+		a.conns[k] = c
+	}
+	end := 0
+	if c.Ends[1].Sock == ev.Sock {
+		end = 1
+	}
+	e, p := &c.Ends[end], &c.Ends[Peer(end)]
+	e.Ino, e.PID, e.Comm = ev.Ino, ev.PID, ev.Comm
+	if ev.PeerIno != 0 {
+		p.Ino = ev.PeerIno
+	}
+	if p.PID == 0 {
+		p.PID = ev.PeerPID
+	}
+	if ev.Path != "" {
+		c.Socket = ev.Path
+	}
+	c.Last = ev.Time
+
+	switch {
+	case !e.started:
+		e.started = true
+		e.next = ev.Offset
+	case ev.Offset > e.next:
+		a.sink.Gap(c, end, ev.Offset-e.next)
+	case ev.Offset < e.next:
+		// The kernel's counter restarted (evicted, or a reused socket
+		// address): how much is missing cannot be known.
+		a.sink.Gap(c, end, 0)
+	}
+	e.next = ev.Offset + uint64(ev.Len)
+	if ev.Fault {
+		a.sink.Gap(c, end, uint64(ev.Len))
+		return
+	}
+	if len(ev.Data) > 0 {
+		a.sink.Bytes(c, end, ev, ev.Data)
+	}
+}
+
+// Expire drops connections idle since before cutoff.
+func (a *Assembler) Expire(cutoff time.Time) {
+	for k, c := range a.conns {
+		if c.Last.Before(cutoff) {
+			a.drop(k, c)
+		}
+	}
+}
+
+// Drop forgets a connection whose sockets are gone.
+func (a *Assembler) Drop(c *Conn) {
+	for k, v := range a.conns {
+		if v == c {
+			a.drop(k, c)
+			return
+		}
+	}
+}
+
+// Len is the number of connections tracked.
+func (a *Assembler) Len() int { return len(a.conns) }
+
+// Close drops every connection, so the sink can flush what they hold.
+func (a *Assembler) Close() {
+	for k, c := range a.conns {
+		a.drop(k, c)
+	}
+}
+
+func (a *Assembler) drop(k key, c *Conn) {
+	a.sink.Closed(c)
+	delete(a.conns, k)
+}
+
+func (a *Assembler) evictOldest() {
+	var oldest *Conn
+	var ok key
+	for k, c := range a.conns {
+		if oldest == nil || c.Last.Before(oldest.Last) {
+			oldest, ok = c, k
+		}
+	}
+	if oldest != nil {
+		a.drop(ok, oldest)
+	}
+}
