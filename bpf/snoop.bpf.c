@@ -330,6 +330,13 @@ static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 bac
 	}
 	st = &sc->st;
 	st->off = __sync_fetch_and_add(pos, sent);
+	if (!src->kind) {
+		/* Bytes we cannot read (pages spliced into the socket): the
+		 * offset still advances, so userspace sees a gap of this size. */
+		if ((s = stats()))
+			s->lost_bytes += sent;
+		return;
+	}
 	st->kind = src->kind;
 	st->left = sent;
 	st->skip = src->skip;
@@ -447,6 +454,95 @@ SEC("tracepoint/syscalls/sys_exit_sendmsg")
 int tp_exit_sendmsg(struct trace_event_raw_sys_exit *ctx)
 {
 	return exit_send(ctx->ret);
+}
+
+/* ---- backends: fentry/fexit and kprobe/kretprobe on unix_stream_sendmsg -
+ *
+ * Every send on a unix stream socket passes here, whatever syscall (or
+ * io_uring) started it, so these backends see more than the tracepoints and
+ * cost nothing on other writes. The bytes are described by msg->msg_iter,
+ * whose layout changed across kernels: read at entry, before the send
+ * advances it.
+ */
+
+/* Before 6.4 the iovec pointer was called iov. */
+struct iov_iter___pre64 {
+	const struct iovec *iov;
+} __attribute__((preserve_access_index));
+
+static __always_inline int enter_sendmsg(struct socket *sock, struct msghdr *msg)
+{
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
+	struct iov_iter *it = &msg->msg_iter;
+	struct send_src src = {};
+	__u8 type;
+
+	if (!sk || BPF_CORE_READ(sock, type) != SOCK_STREAM || !wanted(pid_tgid >> 32, sk))
+		return 0;
+	src.sock = (__u64)sock;
+	type = BPF_CORE_READ(it, iter_type);
+	src.skip = BPF_CORE_READ(it, iov_offset);
+	src.nr_segs = BPF_CORE_READ(it, nr_segs);
+	if (bpf_core_enum_value_exists(enum iter_type, ITER_UBUF) &&
+	    type == bpf_core_enum_value(enum iter_type, ITER_UBUF)) {
+		src.kind = SRC_UBUF;
+		src.base = (__u64)BPF_CORE_READ(it, ubuf);
+		src.nr_segs = 1;
+	} else if (type == bpf_core_enum_value(enum iter_type, ITER_IOVEC)) {
+		src.kind = SRC_KIOV;
+		if (bpf_core_field_exists(it->__iov))
+			src.base = (__u64)BPF_CORE_READ(it, __iov);
+		else
+			src.base = (__u64)BPF_CORE_READ((struct iov_iter___pre64 *)it, iov);
+	} else if (type == bpf_core_enum_value(enum iter_type, ITER_KVEC)) {
+		src.kind = SRC_KVEC;
+		src.base = (__u64)BPF_CORE_READ(it, kvec);
+	}
+	/* Anything else (bvec from splice/sendfile) keeps kind 0: counted as
+	 * a gap of its exact size at exit. */
+	bpf_map_update_elem(&inflight, &tid, &src, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int exit_sendmsg(long ret, __u8 backend)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct send_src *p = bpf_map_lookup_elem(&inflight, &tid);
+	struct send_src src;
+
+	if (!p)
+		return 0;
+	src = *p;
+	bpf_map_delete_elem(&inflight, &tid);
+	if (ret > 0)
+		emit_send(&src, ret, backend);
+	return 0;
+}
+
+SEC("fentry/unix_stream_sendmsg")
+int BPF_PROG(fentry_unix_stream_sendmsg, struct socket *sock, struct msghdr *msg, size_t len)
+{
+	return enter_sendmsg(sock, msg);
+}
+
+SEC("fexit/unix_stream_sendmsg")
+int BPF_PROG(fexit_unix_stream_sendmsg, struct socket *sock, struct msghdr *msg, size_t len, int ret)
+{
+	return exit_sendmsg(ret, BACKEND_FENTRY);
+}
+
+SEC("kprobe/unix_stream_sendmsg")
+int BPF_KPROBE(kprobe_unix_stream_sendmsg, struct socket *sock, struct msghdr *msg)
+{
+	return enter_sendmsg(sock, msg);
+}
+
+SEC("kretprobe/unix_stream_sendmsg")
+int BPF_KRETPROBE(kretprobe_unix_stream_sendmsg, int ret)
+{
+	return exit_sendmsg(ret, BACKEND_KPROBE);
 }
 
 /* Keep the enums in BTF so bpf2go generates them for Go. */

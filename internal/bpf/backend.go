@@ -11,16 +11,27 @@ import (
 // A backend is one way of seeing sends on unix sockets. All of them feed
 // emit_send() in snoop.bpf.c, so events look the same whichever is used.
 type backend struct {
-	name   string
-	prefix string // of its programs' names in snoop.bpf.c
-	attach func(*Tracer) error
+	name     string
+	prefixes []string // of its programs' names in snoop.bpf.c
+	attach   func(*Tracer) error
 }
 
-func (b backend) owns(program string) bool { return strings.HasPrefix(program, b.prefix) }
+func (b backend) owns(program string) bool {
+	for _, p := range b.prefixes {
+		if strings.HasPrefix(program, p) {
+			return true
+		}
+	}
+	return false
+}
 
-// backends in the order auto-selection tries them.
+// backends in the order auto-selection tries them: the probes on the unix
+// socket send path see every send (io_uring included) and cost nothing on
+// other writes; the syscall tracepoints work where neither is allowed.
 var backends = []backend{
-	{name: "tracepoint", prefix: "tp_", attach: attachTracepoints},
+	{name: "fentry", prefixes: []string{"fentry_", "fexit_"}, attach: attachFentry},
+	{name: "kprobe", prefixes: []string{"kprobe_", "kretprobe_"}, attach: attachKprobes},
+	{name: "tracepoint", prefixes: []string{"tp_"}, attach: attachTracepoints},
 }
 
 // Backends lists the names accepted by Options.Attach besides "auto".
@@ -51,19 +62,19 @@ func attachTracepoints(t *Tracer) error {
 	if err := ensureTracefs(); err != nil {
 		return err
 	}
-	p := &t.objs.snoopPrograms
+	// Exits first, so no entry is recorded that no exit consumes.
 	for _, tp := range []struct {
 		name string
 		prog *ebpf.Program
 	}{
-		{"sys_enter_write", p.TpEnterWrite},
-		{"sys_exit_write", p.TpExitWrite},
-		{"sys_enter_writev", p.TpEnterWritev},
-		{"sys_exit_writev", p.TpExitWritev},
-		{"sys_enter_sendto", p.TpEnterSendto},
-		{"sys_exit_sendto", p.TpExitSendto},
-		{"sys_enter_sendmsg", p.TpEnterSendmsg},
-		{"sys_exit_sendmsg", p.TpExitSendmsg},
+		{"sys_exit_write", t.progs["tp_exit_write"]},
+		{"sys_exit_writev", t.progs["tp_exit_writev"]},
+		{"sys_exit_sendto", t.progs["tp_exit_sendto"]},
+		{"sys_exit_sendmsg", t.progs["tp_exit_sendmsg"]},
+		{"sys_enter_write", t.progs["tp_enter_write"]},
+		{"sys_enter_writev", t.progs["tp_enter_writev"]},
+		{"sys_enter_sendto", t.progs["tp_enter_sendto"]},
+		{"sys_enter_sendmsg", t.progs["tp_enter_sendmsg"]},
 	} {
 		l, err := link.Tracepoint("syscalls", tp.name, tp.prog, nil)
 		if err != nil {
@@ -71,5 +82,31 @@ func attachTracepoints(t *Tracer) error {
 		}
 		t.links = append(t.links, l)
 	}
+	return nil
+}
+
+// attachFentry uses BPF trampolines (5.5+, x86 and arm64 6.0+).
+func attachFentry(t *Tracer) error {
+	for _, prog := range []*ebpf.Program{t.progs["fexit_unix_stream_sendmsg"], t.progs["fentry_unix_stream_sendmsg"]} {
+		l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+		if err != nil {
+			return fmt.Errorf("attach %s: %w", prog, err)
+		}
+		t.links = append(t.links, l)
+	}
+	return nil
+}
+
+// attachKprobes is for kernels without trampolines.
+func attachKprobes(t *Tracer) error {
+	l, err := link.Kretprobe("unix_stream_sendmsg", t.progs["kretprobe_unix_stream_sendmsg"], nil)
+	if err != nil {
+		return fmt.Errorf("attach kretprobe unix_stream_sendmsg: %w", err)
+	}
+	t.links = append(t.links, l)
+	if l, err = link.Kprobe("unix_stream_sendmsg", t.progs["kprobe_unix_stream_sendmsg"], nil); err != nil {
+		return fmt.Errorf("attach kprobe unix_stream_sendmsg: %w", err)
+	}
+	t.links = append(t.links, l)
 	return nil
 }

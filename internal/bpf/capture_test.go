@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -139,8 +140,46 @@ func randomBytes(n int) []byte {
 	return b
 }
 
+// availableBackends tries every backend. CONTAINERDSNOOP_EXPECT_BACKENDS
+// (comma-separated, default "tracepoint") lists those that must work on
+// this kernel: the kernel matrix sets it per kernel.
+func availableBackends(t *testing.T) []string {
+	t.Helper()
+	privileged.Require(t)
+	expect := os.Getenv("CONTAINERDSNOOP_EXPECT_BACKENDS")
+	if expect == "" {
+		expect = "tracepoint"
+	}
+	var ok []string
+	for _, b := range Backends() {
+		tr, err := Open(Options{Attach: b, IncludeSelf: true, RingBufSize: 1 << 16})
+		if err != nil {
+			if slices.Contains(strings.Split(expect, ","), b) {
+				t.Errorf("backend %s is expected to work on this kernel: %v", b, err)
+			} else {
+				t.Logf("backend %s not available on this kernel: %v", b, err)
+			}
+			continue
+		}
+		tr.Close()
+		ok = append(ok, b)
+	}
+	return ok
+}
+
+// forEachBackend runs f as a subtest per backend that works here.
+func forEachBackend(t *testing.T, f func(t *testing.T, backend string)) {
+	for _, b := range availableBackends(t) {
+		t.Run(b, func(t *testing.T) { f(t, b) })
+	}
+}
+
 func TestCaptureSyscallsByteExact(t *testing.T) {
-	tr, c := startCapture(t, Options{Attach: "tracepoint", IncludeSelf: true})
+	forEachBackend(t, testCaptureByteExact)
+}
+
+func testCaptureByteExact(t *testing.T, backend string) {
+	tr, c := startCapture(t, Options{Attach: backend, IncludeSelf: true})
 	client, server, path := listenPair(t)
 	fd := rawFD(t, client)
 
@@ -209,6 +248,9 @@ func TestCaptureSyscallsByteExact(t *testing.T) {
 	if st.Lost() {
 		t.Errorf("loss reported: %+v", st)
 	}
+	if got := tr.Backend(); got != backend {
+		t.Errorf("backend %s, want %s", got, backend)
+	}
 }
 
 func commonPrefix(a, b []byte) int {
@@ -220,7 +262,11 @@ func commonPrefix(a, b []byte) int {
 }
 
 func TestCapturePartialWritesNonBlocking(t *testing.T) {
-	_, c := startCapture(t, Options{Attach: "tracepoint", IncludeSelf: true})
+	forEachBackend(t, testCapturePartialWrites)
+}
+
+func testCapturePartialWrites(t *testing.T, backend string) {
+	_, c := startCapture(t, Options{Attach: backend, IncludeSelf: true})
 	client, server, _ := listenPair(t)
 	fd := rawFD(t, client)
 	if err := unix.SetNonblock(fd, true); err != nil {
@@ -264,7 +310,11 @@ func TestCapturePartialWritesNonBlocking(t *testing.T) {
 }
 
 func TestCaptureIgnoresOtherSockets(t *testing.T) {
-	_, c := startCapture(t, Options{Attach: "tracepoint", IncludeSelf: true})
+	forEachBackend(t, testCaptureIgnoresOtherSockets)
+}
+
+func testCaptureIgnoresOtherSockets(t *testing.T, backend string) {
+	_, c := startCapture(t, Options{Attach: backend, IncludeSelf: true})
 	// Datagram unix sockets and pipes are not HTTP/2 carriers.
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM, 0)
 	if err != nil {

@@ -41,7 +41,9 @@ type Options struct {
 
 // Tracer is an attached capture.
 type Tracer struct {
-	objs    snoopObjects
+	maps    snoopMaps
+	progs   map[string]*ebpf.Program
+	coll    *ebpf.Collection
 	links   []link.Link
 	reader  *ringbuf.Reader
 	backend string
@@ -82,7 +84,7 @@ func Open(opts Options) (*Tracer, error) {
 			logf("capture backend %s attached", b.name)
 			return t, nil
 		}
-		if errors.Is(err, errPrivilege) || len(candidates) == 1 {
+		if len(candidates) == 1 {
 			return nil, err
 		}
 		logf("capture backend %s unavailable: %v", b.name, err)
@@ -119,9 +121,12 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 	}
 
 	t := &Tracer{backend: b.name, comms: map[[16]byte]string{}, paths: map[string]string{}}
-	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
 		if errors.Is(err, unix.EPERM) {
-			return nil, privilegeError(err)
+			// checkKernel saw the capabilities, so this is the kernel
+			// refusing this program type (lockdown, a restricted build).
+			return nil, fmt.Errorf("kernel refused to load the %s programs (%w: lockdown or a restricted BPF build)", b.name, unix.EPERM)
 		}
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
@@ -129,8 +134,13 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 		}
 		return nil, fmt.Errorf("load %s programs: %w", b.name, err)
 	}
+	t.coll, t.progs = coll, coll.Programs
+	if err := coll.Assign(&t.maps); err != nil {
+		t.Close()
+		return nil, fmt.Errorf("load maps: %w", err)
+	}
 	for _, pid := range opts.PIDs {
-		if err := t.objs.PidFilter.Put(pid, uint8(1)); err != nil {
+		if err := t.maps.PidFilter.Put(pid, uint8(1)); err != nil {
 			t.Close()
 			return nil, fmt.Errorf("set pid filter: %w", err)
 		}
@@ -139,7 +149,7 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 		t.Close()
 		return nil, err
 	}
-	if t.reader, err = ringbuf.NewReader(t.objs.Events); err != nil {
+	if t.reader, err = ringbuf.NewReader(t.maps.Events); err != nil {
 		t.Close()
 		return nil, fmt.Errorf("open ring buffer: %w", err)
 	}
@@ -257,7 +267,7 @@ func SocketPath(b []byte) string {
 // Stats sums the per-CPU counters.
 func (t *Tracer) Stats() (capture.Stats, error) {
 	var per []snoopStats
-	if err := t.objs.StatsMap.Lookup(uint32(0), &per); err != nil {
+	if err := t.maps.StatsMap.Lookup(uint32(0), &per); err != nil {
 		return capture.Stats{}, fmt.Errorf("read loss counters: %w", err)
 	}
 	var s capture.Stats
@@ -280,7 +290,10 @@ func (t *Tracer) Close() error {
 		if t.reader != nil {
 			t.reader.Close()
 		}
-		t.objs.Close()
+		t.maps.Close()
+		if t.coll != nil {
+			t.coll.Close()
+		}
 	})
 	return nil
 }
