@@ -28,8 +28,14 @@ test-unit:
 test-deps:
 	bash scripts/install-test-deps.sh
 
+# Each fuzz target for FUZZTIME (CI: a minute each). Seeds are committed.
+FUZZ_TARGETS := FuzzDecode:./internal/h2/hpack/ FuzzAttach:./internal/h2/ FuzzSplitter:./internal/grpcdecode/
+
 fuzz:
-	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME) ./internal/h2/hpack/
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t%%:*} in $${t#*:} for $(FUZZTIME)"; \
+		$(GO) test -run='^$$' -fuzz="^$${t%%:*}$$" -fuzztime=$(FUZZTIME) "$${t#*:}"; \
+	done
 
 lint: vet fmt
 

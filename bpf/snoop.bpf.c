@@ -208,11 +208,14 @@ static __always_inline void fill_header(struct event *ev, struct socket *sock,
 	ev->peer_pid = peer_pid_of(sk);
 	ev->send_len = send_len;
 	ev->flags = 0;
+	ev->len = 0;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 
 	/* A client socket is usually unbound; the accepted socket on the
 	 * server side carries the listener's address. */
-	if (!addr && peer)
+	if (addr)
+		ev->flags |= EVENT_F_BOUND;
+	else if (peer)
 		addr = BPF_CORE_READ((struct unix_sock *)peer, addr);
 	ev->path_len = 0;
 	if (addr) {
@@ -454,6 +457,40 @@ SEC("tracepoint/syscalls/sys_exit_sendmsg")
 int tp_exit_sendmsg(struct trace_event_raw_sys_exit *ctx)
 {
 	return exit_send(ctx->ret);
+}
+
+/* ---- every backend: closes ---------------------------------------------
+ *
+ * A close tells userspace to free the connection's decoder state now rather
+ * than after an idle timeout, and resets the socket's stream offset so a new
+ * socket at the same address starts clean. A close of one of several
+ * descriptors of a socket is reported too; if the socket sends again,
+ * userspace simply picks the connection up again mid-stream.
+ */
+SEC("tracepoint/syscalls/sys_enter_close")
+int any_enter_close(struct trace_event_raw_sys_enter *ctx)
+{
+	struct socket *sock = fd_socket(ctx->args[0]);
+	struct sock *sk = unix_stream_sk(sock);
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct scratch *sc;
+	__u32 zero = 0;
+	__u64 key;
+
+	if (!sk || !wanted(pid_tgid >> 32, sk))
+		return 0;
+	key = (__u64)sk;
+	if (!bpf_map_lookup_elem(&send_pos, &key))
+		return 0; /* never sent anything while traced: nothing to free */
+	bpf_map_delete_elem(&send_pos, &key);
+	sc = bpf_map_lookup_elem(&scratch_map, &zero);
+	if (!sc)
+		return 0;
+	fill_header(&sc->ev, sock, sk, 0);
+	sc->ev.flags |= EVENT_F_CLOSE;
+	sc->ev.stream_off = 0;
+	bpf_ringbuf_output(&events, &sc->ev, sizeof(sc->ev), 0);
+	return 0;
 }
 
 /* ---- backends: fentry/fexit and kprobe/kretprobe on unix_stream_sendmsg -

@@ -21,6 +21,13 @@ enum event_flag {
 	/* The sender's send-counter entry was created by this send, so the
 	 * stream offset restarted at 0 (a new socket, or an LRU eviction). */
 	EVENT_F_NEW = 1 << 1,
+	/* The sender's own socket carries the address: it is the accepting,
+	 * server end. Lets userspace tell client from server on connections
+	 * it joined after their start. */
+	EVENT_F_BOUND = 1 << 2,
+	/* Not data: the sender closed a file descriptor of this socket.
+	 * len is 0. */
+	EVENT_F_CLOSE = 1 << 3,
 };
 
 enum backend_id {

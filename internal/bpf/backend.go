@@ -17,6 +17,9 @@ type backend struct {
 }
 
 func (b backend) owns(program string) bool {
+	if strings.HasPrefix(program, "any_") {
+		return true // shared by every backend
+	}
 	for _, p := range b.prefixes {
 		if strings.HasPrefix(program, p) {
 			return true
@@ -106,6 +109,20 @@ func attachKprobes(t *Tracer) error {
 	t.links = append(t.links, l)
 	if l, err = link.Kprobe("unix_stream_sendmsg", t.progs["kprobe_unix_stream_sendmsg"], nil); err != nil {
 		return fmt.Errorf("attach kprobe unix_stream_sendmsg: %w", err)
+	}
+	t.links = append(t.links, l)
+	return nil
+}
+
+// attachClose reports closes of traced sockets, for every backend: the
+// syscall tracepoint exists wherever BPF does.
+func attachClose(t *Tracer) error {
+	if err := ensureTracefs(); err != nil {
+		return err
+	}
+	l, err := link.Tracepoint("syscalls", "sys_enter_close", t.progs["any_enter_close"], nil)
+	if err != nil {
+		return fmt.Errorf("attach tracepoint syscalls:sys_enter_close: %w", err)
 	}
 	t.links = append(t.links, l)
 	return nil

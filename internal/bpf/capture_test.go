@@ -352,3 +352,43 @@ func TestAttachUnknownBackend(t *testing.T) {
 		t.Fatalf("error %v does not list the known backends", err)
 	}
 }
+
+func TestCaptureCloseAndRoles(t *testing.T) {
+	forEachBackend(t, testCaptureCloseAndRoles)
+}
+
+// The accepting end is marked as bound (it carries the listener's path),
+// and closing a socket that sent while traced is reported.
+func testCaptureCloseAndRoles(t *testing.T, backend string) {
+	_, c := startCapture(t, Options{Attach: backend, IncludeSelf: true})
+	client, server, _ := listenPair(t)
+	cfd, sfd := rawFD(t, client), rawFD(t, server)
+	cino, sino := inode(t, cfd), inode(t, sfd)
+	unix.Write(cfd, []byte("request"))
+	unix.Write(sfd, []byte("response"))
+	c.waitFor(t, cino, 7)
+	c.waitFor(t, sino, 8)
+	// Close every descriptor of the client socket: the runtime's and the dup.
+	client.Close()
+	unix.Close(cfd)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c.mu.Lock()
+		var closed bool
+		for _, ev := range c.events[cino] {
+			closed = closed || ev.Close
+		}
+		cev, sev := c.events[cino][0], c.events[sino][0]
+		c.mu.Unlock()
+		if cev.Bound || !sev.Bound {
+			t.Fatalf("bound flags: client %v, server %v", cev.Bound, sev.Bound)
+		}
+		if closed {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no close event for the client socket")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

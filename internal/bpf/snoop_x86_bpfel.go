@@ -54,6 +54,8 @@ type snoopEventFlag uint32
 const (
 	snoopEventFlagEVENT_F_FAULT snoopEventFlag = 1
 	snoopEventFlagEVENT_F_NEW   snoopEventFlag = 2
+	snoopEventFlagEVENT_F_BOUND snoopEventFlag = 4
+	snoopEventFlagEVENT_F_CLOSE snoopEventFlag = 8
 )
 
 type snoopScratch struct {
@@ -104,6 +106,7 @@ const (
 	snoopMapScratchMap                  = "scratch_map"
 	snoopMapSendPos                     = "send_pos"
 	snoopMapStatsMap                    = "stats_map"
+	snoopProgAnyEnterClose              = "any_enter_close"
 	snoopProgFentryUnixStreamSendmsg    = "fentry_unix_stream_sendmsg"
 	snoopProgFexitUnixStreamSendmsg     = "fexit_unix_stream_sendmsg"
 	snoopProgKprobeUnixStreamSendmsg    = "kprobe_unix_stream_sendmsg"
@@ -163,6 +166,7 @@ type snoopSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type snoopProgramSpecs struct {
+	AnyEnterClose              *ebpf.ProgramSpec `ebpf:"any_enter_close"`
 	FentryUnixStreamSendmsg    *ebpf.ProgramSpec `ebpf:"fentry_unix_stream_sendmsg"`
 	FexitUnixStreamSendmsg     *ebpf.ProgramSpec `ebpf:"fexit_unix_stream_sendmsg"`
 	KprobeUnixStreamSendmsg    *ebpf.ProgramSpec `ebpf:"kprobe_unix_stream_sendmsg"`
@@ -250,6 +254,7 @@ type snoopVariables struct {
 //
 // It can be passed to loadSnoopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type snoopPrograms struct {
+	AnyEnterClose              *ebpf.Program `ebpf:"any_enter_close"`
 	FentryUnixStreamSendmsg    *ebpf.Program `ebpf:"fentry_unix_stream_sendmsg"`
 	FexitUnixStreamSendmsg     *ebpf.Program `ebpf:"fexit_unix_stream_sendmsg"`
 	KprobeUnixStreamSendmsg    *ebpf.Program `ebpf:"kprobe_unix_stream_sendmsg"`
@@ -266,6 +271,7 @@ type snoopPrograms struct {
 
 func (p *snoopPrograms) Close() error {
 	return _SnoopClose(
+		p.AnyEnterClose,
 		p.FentryUnixStreamSendmsg,
 		p.FexitUnixStreamSendmsg,
 		p.KprobeUnixStreamSendmsg,

@@ -53,6 +53,11 @@ type Tracer struct {
 	comms      map[[16]byte]string
 	paths      map[string]string
 	closeOnce  sync.Once
+	// statsMu guards the counters map against Close; final holds the
+	// counters as Close found them, so that Stats still answers after it
+	// (the totals printed and recorded at exit).
+	statsMu sync.Mutex
+	final   *capture.Stats
 }
 
 var eventSize = int(unsafe.Sizeof(snoopEvent{}))
@@ -149,6 +154,10 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 		t.Close()
 		return nil, err
 	}
+	if err := attachClose(t); err != nil {
+		t.Close()
+		return nil, err
+	}
 	if t.reader, err = ringbuf.NewReader(t.maps.Events); err != nil {
 		t.Close()
 		return nil, fmt.Errorf("open ring buffer: %w", err)
@@ -201,6 +210,8 @@ func (t *Tracer) decode(raw []byte, ev *capture.Event) bool {
 		Path:     t.path(k.Path[:min(int(k.PathLen), len(k.Path))]),
 		Fault:    k.Flags&uint8(snoopEventFlagEVENT_F_FAULT) != 0,
 		Restart:  k.Flags&uint8(snoopEventFlagEVENT_F_NEW) != 0,
+		Bound:    k.Flags&uint8(snoopEventFlagEVENT_F_BOUND) != 0,
+		Close:    k.Flags&uint8(snoopEventFlagEVENT_F_CLOSE) != 0,
 	}
 	if !ev.Fault {
 		end := eventSize + int(k.Len)
@@ -264,8 +275,21 @@ func SocketPath(b []byte) string {
 	return string(b)
 }
 
-// Stats sums the per-CPU counters.
+// Stats sums the per-CPU counters. After Close it returns the counters as
+// they were when the tracer was closed.
 func (t *Tracer) Stats() (capture.Stats, error) {
+	t.statsMu.Lock()
+	defer t.statsMu.Unlock()
+	if t.final != nil {
+		return *t.final, nil
+	}
+	return t.readStats()
+}
+
+func (t *Tracer) readStats() (capture.Stats, error) {
+	if t.maps.StatsMap == nil {
+		return capture.Stats{}, errors.New("read loss counters: tracer not loaded")
+	}
 	var per []snoopStats
 	if err := t.maps.StatsMap.Lookup(uint32(0), &per); err != nil {
 		return capture.Stats{}, fmt.Errorf("read loss counters: %w", err)
@@ -284,6 +308,11 @@ func (t *Tracer) Stats() (capture.Stats, error) {
 // Close detaches everything; a blocked Read returns ErrClosed.
 func (t *Tracer) Close() error {
 	t.closeOnce.Do(func() {
+		t.statsMu.Lock()
+		if s, err := t.readStats(); err == nil {
+			t.final = &s
+		}
+		t.statsMu.Unlock()
 		for _, l := range t.links {
 			l.Close()
 		}

@@ -38,7 +38,12 @@ type Event struct {
 	// Restart means the kernel's stream offset for Sock restarted at 0 with
 	// this event: a new socket, or state the kernel had to evict.
 	Restart bool
-	Data    []byte
+	// Bound: the sender's own socket has the address, so it is the
+	// accepting (server) end of the connection.
+	Bound bool
+	// Close: no data; the sender closed a descriptor of this socket.
+	Close bool
+	Data  []byte
 }
 
 // Stats are the capture's own counters of what it submitted and lost.

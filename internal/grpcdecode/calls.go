@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/h2"
 	"github.com/containerdsnoop/containerdsnoop/internal/stream"
 )
@@ -44,6 +45,11 @@ type call struct {
 	// held is a response message kept until the trailers, so a unary call
 	// prints one response line carrying both message and status.
 	held *Record
+	// note explains an unprovable status on the final line.
+	note string
+	// guess is a method the request payload uniquely fits, when the real
+	// one is unknown.
+	guess string
 }
 
 func state(c *h2.Conn) *connState {
@@ -96,12 +102,30 @@ func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
 	}
 }
 
-// Closed implements h2.Handler: calls still open on a closed connection
-// never end.
+// Closed implements h2.Handler. Calls still open on a connection whose
+// socket was closed will never end: say so, rather than let them vanish.
+// (At exit or idle expiry nothing is claimed.)
 func (d *Decoder) Closed(c *h2.Conn) {
-	if s, ok := c.User.(*connState); ok {
-		clear(s.calls)
+	s, ok := c.User.(*connState)
+	if !ok {
+		return
 	}
+	if c.Stream.Closed {
+		for _, cl := range s.calls {
+			if cl.start.IsZero() {
+				continue
+			}
+			r := cl.held
+			if r == nil {
+				r = d.record(c, cl, resp, &h2.Event{End: stream.Peer(c.Client), Cap: &capture.Event{Time: c.Stream.Last}})
+				r.PID, r.TID, r.Comm = 0, 0, ""
+			}
+			r.Type, r.Final = Response, true
+			r.Note = "connection closed before the call ended"
+			d.emit(r)
+		}
+	}
+	clear(s.calls)
 }
 
 // dirOf maps a sending end to request (client) or response (server)
@@ -157,9 +181,12 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 		s.calls[ev.Stream] = cl
 	}
 	var st *Status
-	httpStatus := ""
+	httpStatus, note := "", ""
+	statusUnknown := false
 	for _, f := range ev.Fields {
 		if !f.NameKnown {
+			// Could be grpc-status itself: the outcome is not provable.
+			statusUnknown = true
 			continue
 		}
 		switch f.Name {
@@ -168,27 +195,42 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 		case "grpc-encoding":
 			cl.enc[resp] = f.Value
 		case "grpc-status":
-			st = &Status{Code: codes.Unknown}
-			if f.ValueKnown {
-				if n, err := strconv.ParseUint(f.Value, 10, 32); err == nil {
-					st.Code = codes.Code(n)
-				}
+			if !f.ValueKnown {
+				statusUnknown = true
+				continue
 			}
+			n, err := strconv.ParseUint(f.Value, 10, 32)
+			if err != nil {
+				note = "malformed grpc-status " + strconv.Quote(f.Value)
+				continue
+			}
+			if st == nil {
+				st = &Status{}
+			}
+			st.Code = codes.Code(n)
 		case "grpc-message":
 			if st == nil {
-				st = &Status{Code: codes.Unknown}
+				st = &Status{}
 			}
 			if f.ValueKnown {
 				st.Message = percentDecode(f.Value)
+			} else {
+				note = "status message refers to a header from before the capture started"
 			}
 		}
 	}
 	if !ev.EndStream {
 		return
 	}
-	if st == nil {
+	switch {
+	case statusUnknown && (st == nil || st.Code == 0):
+		// Never report a status the bytes do not prove.
+		st = nil
+		note = "status refers to a header from before the capture started"
+	case st == nil && note == "":
 		st = &Status{Code: httpToCode(httpStatus), Message: "no grpc-status in trailers (HTTP status " + httpStatus + ")"}
 	}
+	cl.note = note
 	d.finish(c, s, cl, ev, st)
 }
 
@@ -239,6 +281,10 @@ func (d *Decoder) message(c *h2.Conn, cl *call, dir int, m message, ev *h2.Event
 func decodeInto(r *Record, cl *call, dir int, payload []byte) {
 	if cl.m == nil {
 		r.Raw = payload
+		if cl.method == "" && dir == req && cl.guess == "" {
+			cl.guess = guessMethod(payload)
+		}
+		r.MethodGuess = cl.guess
 		return
 	}
 	mt := cl.m.Input
@@ -259,19 +305,21 @@ func (d *Decoder) record(c *h2.Conn, cl *call, dir int, ev *h2.Event) *Record {
 	sc := c.Stream
 	peer := sc.Ends[stream.Peer(ev.End)]
 	r := &Record{
-		Time:      ev.Cap.Time,
-		Protocol:  "grpc",
-		Conn:      sc.ID,
-		Socket:    sc.Socket,
-		Stream:    cl.stream,
-		PID:       ev.Cap.PID,
-		TID:       ev.Cap.TID,
-		Comm:      ev.Cap.Comm,
-		PeerPID:   peer.PID,
-		PeerComm:  peer.Comm,
-		Method:    cl.method,
-		Namespace: cl.namespace,
-		Type:      Request,
+		Time:        ev.Cap.Time,
+		Protocol:    "grpc",
+		Conn:        sc.ID,
+		Socket:      sc.Socket,
+		Stream:      cl.stream,
+		PID:         ev.Cap.PID,
+		TID:         ev.Cap.TID,
+		Comm:        ev.Cap.Comm,
+		PeerPID:     peer.PID,
+		PeerComm:    peer.Comm,
+		Method:      cl.method,
+		MethodGuess: cl.guess,
+		Namespace:   cl.namespace,
+		Unresolved:  c.Unresolved(),
+		Type:        Request,
 	}
 	if dir == resp {
 		r.Type = Response
@@ -290,6 +338,10 @@ func (d *Decoder) finish(c *h2.Conn, s *connState, cl *call, ev *h2.Event, st *S
 	if cl.lost[resp] && r.Note == "" {
 		r.Note = "capture lost bytes of the response"
 	}
+	if cl.note != "" && r.Note == "" {
+		r.Note = cl.note
+	}
+	r.MethodGuess = cl.guess
 	r.Type = Response
 	r.Final = true
 	r.Status = st

@@ -46,8 +46,19 @@ type Record struct {
 	PeerComm string
 	// Method is the full path, "" when the capture cannot prove it.
 	Method string
+	// MethodGuess, only when Method is unknown, is the one registered
+	// method whose request type the payload fits. A guess, labelled so.
+	MethodGuess string
+	// Unresolved counts header references on this connection that pointed
+	// into the header table from before the capture started.
+	Unresolved uint64
 	// Namespace is the containerd-namespace header of the call, if any.
 	Namespace string
+	// ShimPID (ttrpc) is the pid of the shim end of the connection.
+	ShimPID uint32
+	// ContainerID (ttrpc) is the container or sandbox the call is about:
+	// the request's id/container_id field, else from the socket path.
+	ContainerID string
 	// MessageType is the protobuf full name of Message.
 	MessageType string
 	// Message is the decoded message; nil when there is none (e.g. a

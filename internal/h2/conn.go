@@ -302,6 +302,14 @@ func (d *Decoder) headerBlock(c *Conn, end int, cap *capture.Event) {
 		return
 	}
 	if c.Client < 0 {
+		switch {
+		case c.Stream.Ends[end].Bound:
+			c.Client = stream.Peer(end)
+		case c.Stream.Ends[stream.Peer(end)].Bound:
+			c.Client = end
+		}
+	}
+	if c.Client < 0 {
 		for _, f := range fields {
 			if f.NameKnown && (f.Name == ":path" || f.Name == ":method") {
 				c.Client = end

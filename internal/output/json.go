@@ -26,7 +26,11 @@ type jsonRecord struct {
 	Type        string          `json:"type"`
 	Stream      uint32          `json:"stream"`
 	Method      *string         `json:"method"`
+	MethodGuess string          `json:"method_guess,omitempty"`
+	Unresolved  uint64          `json:"unresolved_headers,omitempty"`
 	Namespace   string          `json:"namespace,omitempty"`
+	ContainerID string          `json:"container_id,omitempty"`
+	ShimPID     uint32          `json:"shim_pid,omitempty"`
 	MessageType *string         `json:"message_type"`
 	Message     json.RawMessage `json:"message"`
 	MessageText string          `json:"message_text,omitempty"`
@@ -73,8 +77,12 @@ func (j *jsonWriter) Write(r *grpcdecode.Record) error {
 	}
 	if r.Method != "" {
 		out.Method = &r.Method
+	} else {
+		out.MethodGuess = r.MethodGuess
 	}
+	out.Unresolved = r.Unresolved
 	out.Namespace = r.Namespace
+	out.ContainerID, out.ShimPID = r.ContainerID, r.ShimPID
 	switch {
 	case r.Message != nil:
 		out.MessageType = &r.MessageType

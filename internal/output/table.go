@@ -37,6 +37,9 @@ func (t *tableWriter) Write(r *grpcdecode.Record) error {
 	method := r.Method
 	if method == "" {
 		method = "?"
+		if r.MethodGuess != "" {
+			method = "? guess:" + r.MethodGuess
+		}
 	}
 	status, latency := "", ""
 	if r.Status != nil {
@@ -46,7 +49,7 @@ func (t *tableWriter) Write(r *grpcdecode.Record) error {
 		latency = formatLatency(r.Latency)
 	}
 	line := fmt.Sprintf(tableHeader, r.Time.Format("15:04:05.000000"), r.Comm, fmt.Sprint(r.PID), fmt.Sprint(r.TID),
-		fmt.Sprint(r.PeerPID), typ, fmt.Sprint(r.Stream), method, status, latency, MessageText(r))
+		fmt.Sprint(r.PeerPID), typ, fmt.Sprint(r.Stream), method, status, latency, tableMessage(r))
 	line = strings.TrimRight(line, "\n")
 	if t.opts.Width > 0 && len(line) > t.opts.Width {
 		line = line[:t.opts.Width]
@@ -87,4 +90,14 @@ func formatLatency(d time.Duration) string {
 		return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
 	}
 	return fmt.Sprintf("%.2fs", d.Seconds())
+}
+
+// tableMessage is the MESSAGE column: the message, and the container a
+// ttrpc call is about.
+func tableMessage(r *grpcdecode.Record) string {
+	s := MessageText(r)
+	if r.ContainerID != "" {
+		s = strings.TrimSpace(s + " container=" + r.ContainerID)
+	}
+	return s
 }

@@ -41,6 +41,8 @@ type line struct {
 	Type        string          `json:"type"`
 	Stream      uint32          `json:"stream"`
 	Method      *string         `json:"method"`
+	MethodGuess string          `json:"method_guess"`
+	Unresolved  uint64          `json:"unresolved_headers"`
 	Namespace   string          `json:"namespace"`
 	MessageType *string         `json:"message_type"`
 	Message     json.RawMessage `json:"message"`
@@ -72,7 +74,7 @@ func events(recs []wirerec.Record) []capture.Event {
 			Sock: sock, PeerSock: peer, Ino: sock + 1000, PeerIno: peer + 1000,
 			Offset: offsets[sock], Len: uint32(len(r.Data)), SendLen: uint32(len(r.Data)),
 			PID: pid, TID: pid, PeerPID: 300 - pid, Comm: comm, Path: "/run/test.sock",
-			Data: r.Data,
+			Bound: r.FromServer, Data: r.Data,
 		})
 		offsets[sock] += uint64(len(r.Data))
 	}

@@ -13,10 +13,12 @@ import (
 
 // End is one socket of a connection.
 type End struct {
-	Sock    uint64
-	Ino     uint64
-	PID     uint32
-	Comm    string
+	Sock uint64
+	Ino  uint64
+	PID  uint32
+	Comm string
+	// Bound: this end's socket carries the address (the accepting end).
+	Bound   bool
 	next    uint64
 	started bool
 }
@@ -31,7 +33,10 @@ type Conn struct {
 	Last time.Time
 	// State belongs to the Sink (the protocol decoder's per-connection state).
 	State any
-	ids   *uint64
+	// Closed is set when the connection is dropped because an end closed
+	// its socket (rather than for idleness or at exit).
+	Closed bool
+	ids    *uint64
 }
 
 // Renew gives the connection a new ID: the decoder saw a new connection
@@ -84,6 +89,21 @@ func New(sink Sink) *Assembler {
 func (a *Assembler) Feed(ev *capture.Event) {
 	k := keyOf(ev)
 	c := a.conns[k]
+	if ev.Close {
+		// What the closing end sent is already delivered: the ring buffer
+		// is ordered. Anything the other end sends later fails.
+		if c != nil {
+			c.Closed = true
+			a.drop(k, c)
+		}
+		return
+	}
+	if c != nil && ev.Restart && ev.Offset == 0 && c.endOf(ev.Sock).started {
+		// The kernel started this socket's stream over: a new socket at
+		// the address of a closed one. Nothing of the old state applies.
+		a.drop(k, c)
+		c = nil
+	}
 	if c == nil {
 		if len(a.conns) >= a.MaxConns {
 			a.evictOldest()
@@ -99,6 +119,7 @@ func (a *Assembler) Feed(ev *capture.Event) {
 	}
 	e, p := &c.Ends[end], &c.Ends[Peer(end)]
 	e.Ino, e.PID, e.Comm = ev.Ino, ev.PID, ev.Comm
+	e.Bound = e.Bound || ev.Bound
 	if ev.PeerIno != 0 {
 		p.Ino = ev.PeerIno
 	}
@@ -129,6 +150,13 @@ func (a *Assembler) Feed(ev *capture.Event) {
 	if len(ev.Data) > 0 {
 		a.sink.Bytes(c, end, ev, ev.Data)
 	}
+}
+
+func (c *Conn) endOf(sock uint64) *End {
+	if c.Ends[1].Sock == sock {
+		return &c.Ends[1]
+	}
+	return &c.Ends[0]
 }
 
 // Expire drops connections idle since before cutoff.

@@ -1,0 +1,88 @@
+package pipeline
+
+import "testing"
+
+// TestAttachMidConnection starts decoding long_lived.wire (one connection,
+// 300 CRI calls with per-call deadlines, as kubelet makes them) at many
+// points, as a tracer started on a live node would. Whatever it shows must
+// be true; what it cannot prove must be shown as unknown; and full
+// decoding must resume within a bounded number of calls.
+func TestAttachMidConnection(t *testing.T) {
+	// Each call inserts a new grpc-timeout value (about 50 bytes of the
+	// 4096-byte table), so the encoder's table turns over within about 80
+	// calls, after which every path is sent as a literal again.
+	// docs/attach.md reports the measured figures.
+	const recoveryBound = 80
+	recs, calls := load(t, "long_lived")
+	want := map[uint32]expectedCall{}
+	for _, c := range calls {
+		want[c.Stream] = c
+	}
+	evs := events(recs)
+	worst, guesses := 0, 0
+	for start := 1; start < len(evs); start += 7 {
+		lines := replay(t, evs[start:])
+		firstFull := -1 // index (in stream order) after which every call decodes fully
+		decoded, unknown := 0, 0
+		seen := map[uint32]bool{}
+		for _, l := range lines {
+			c, ok := want[l.Stream]
+			if !ok {
+				t.Fatalf("start %d: line for stream %d that the recording has no call for", start, l.Stream)
+			}
+			if l.Method != nil && *l.Method != c.Method {
+				t.Fatalf("start %d: stream %d shown as %s, was %s", start, l.Stream, *l.Method, c.Method)
+			}
+			if l.Method != nil && l.MessageType != nil && string(l.Message) != "null" {
+				wantMsg := c.Request
+				if l.Type == "response" {
+					wantMsg = c.Response
+				}
+				if !jsonEqual(l.Message, wantMsg) {
+					t.Fatalf("start %d: stream %d %s message\n got %s\nwant %s", start, l.Stream, l.Type, l.Message, wantMsg)
+				}
+			}
+			if l.MethodGuess != "" {
+				// A unique fit among registered request types can only be
+				// the real one when the real one is registered.
+				if l.MethodGuess != c.Method {
+					t.Fatalf("start %d: stream %d guessed %s, was %s", start, l.Stream, l.MethodGuess, c.Method)
+				}
+				guesses++
+			}
+			if l.Method == nil && l.Unresolved == 0 {
+				t.Fatalf("start %d: unknown method without unresolved header count", start)
+			}
+			if l.Status != nil && l.Status.Code != c.StatusCode {
+				t.Fatalf("start %d: stream %d status %d, was %d", start, l.Stream, l.Status.Code, c.StatusCode)
+			}
+			if l.Type != "request" || seen[l.Stream] {
+				continue
+			}
+			seen[l.Stream] = true
+			if l.Method == nil {
+				unknown++
+				firstFull = -1
+			} else {
+				decoded++
+				if firstFull < 0 {
+					firstFull = decoded + unknown
+				}
+			}
+		}
+		if firstFull < 0 {
+			if decoded+unknown > recoveryBound {
+				t.Fatalf("start %d: never fully decoded again (%d unknown, %d decoded)", start, unknown, decoded)
+			}
+			continue // the recording ends before the table turns over
+		}
+		worst = max(worst, firstFull)
+		if start < 40 || start%70 == 1 {
+			t.Logf("attach at write %d: %d calls shown, %d with method unknown, full decoding from call %d on", start, decoded+unknown, unknown, firstFull)
+		}
+	}
+	t.Logf("worst case: full decoding resumed at call %d after attach; %d lines carried a (correct) method guess", worst, guesses)
+	if worst > recoveryBound {
+		t.Errorf("full decoding resumed only after %d calls", worst)
+	}
+}
