@@ -493,6 +493,38 @@ int any_enter_close(struct trace_event_raw_sys_enter *ctx)
 	return 0;
 }
 
+/* ---- trace -- CMD: follow the command's process tree -------------------
+ *
+ * Children join the filter at fork, in the kernel, so not even their first
+ * call can be missed. Threads share their process's tgid and are not
+ * added. Loaded only when following (programs named follow_*).
+ */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(follow_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	__u32 ctgid = BPF_CORE_READ(child, tgid);
+	__u8 one = 1;
+
+	if (!cfg.follow_forks || ctgid != BPF_CORE_READ(child, pid))
+		return 0;
+	if (bpf_map_lookup_elem(&pid_filter, &ptgid))
+		bpf_map_update_elem(&pid_filter, &ctgid, &one, BPF_ANY);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(follow_exit, struct task_struct *task)
+{
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+
+	/* The whole process is gone when its leader exits; its pid may be
+	 * reused by an unrelated process. */
+	if (cfg.follow_forks && tgid == BPF_CORE_READ(task, pid) && tgid != cfg.self_pid)
+		bpf_map_delete_elem(&pid_filter, &tgid);
+	return 0;
+}
+
 /* ---- backends: fentry/fexit and kprobe/kretprobe on unix_stream_sendmsg -
  *
  * Every send on a unix stream socket passes here, whatever syscall (or

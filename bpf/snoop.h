@@ -11,7 +11,7 @@
 #define SNOOP_CHUNK 16384
 #define SNOOP_PATH_MAX 108
 #define SNOOP_COMM_LEN 16
-#define SNOOP_MAX_PIDS 64
+#define SNOOP_MAX_PIDS 4096
 
 /* Bits of event.flags. */
 enum event_flag {
@@ -70,6 +70,7 @@ struct stats {
 struct config {
 	__u32 self_pid;     /* the tracer itself: never traced, or it would trace its own output */
 	__u32 filter_pids;  /* nonzero: only connections whose sender or peer is in pid_filter */
+	__u32 follow_forks; /* nonzero: processes forked by one in pid_filter join it */
 };
 
 #endif

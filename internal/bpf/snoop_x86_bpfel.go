@@ -22,9 +22,10 @@ const (
 )
 
 type snoopConfig struct {
-	_          structs.HostLayout
-	SelfPid    uint32
-	FilterPids uint32
+	_           structs.HostLayout
+	SelfPid     uint32
+	FilterPids  uint32
+	FollowForks uint32
 }
 
 type snoopEvent struct {
@@ -109,6 +110,8 @@ const (
 	snoopProgAnyEnterClose              = "any_enter_close"
 	snoopProgFentryUnixStreamSendmsg    = "fentry_unix_stream_sendmsg"
 	snoopProgFexitUnixStreamSendmsg     = "fexit_unix_stream_sendmsg"
+	snoopProgFollowExit                 = "follow_exit"
+	snoopProgFollowFork                 = "follow_fork"
 	snoopProgKprobeUnixStreamSendmsg    = "kprobe_unix_stream_sendmsg"
 	snoopProgKretprobeUnixStreamSendmsg = "kretprobe_unix_stream_sendmsg"
 	snoopProgTpEnterSendmsg             = "tp_enter_sendmsg"
@@ -169,6 +172,8 @@ type snoopProgramSpecs struct {
 	AnyEnterClose              *ebpf.ProgramSpec `ebpf:"any_enter_close"`
 	FentryUnixStreamSendmsg    *ebpf.ProgramSpec `ebpf:"fentry_unix_stream_sendmsg"`
 	FexitUnixStreamSendmsg     *ebpf.ProgramSpec `ebpf:"fexit_unix_stream_sendmsg"`
+	FollowExit                 *ebpf.ProgramSpec `ebpf:"follow_exit"`
+	FollowFork                 *ebpf.ProgramSpec `ebpf:"follow_fork"`
 	KprobeUnixStreamSendmsg    *ebpf.ProgramSpec `ebpf:"kprobe_unix_stream_sendmsg"`
 	KretprobeUnixStreamSendmsg *ebpf.ProgramSpec `ebpf:"kretprobe_unix_stream_sendmsg"`
 	TpEnterSendmsg             *ebpf.ProgramSpec `ebpf:"tp_enter_sendmsg"`
@@ -257,6 +262,8 @@ type snoopPrograms struct {
 	AnyEnterClose              *ebpf.Program `ebpf:"any_enter_close"`
 	FentryUnixStreamSendmsg    *ebpf.Program `ebpf:"fentry_unix_stream_sendmsg"`
 	FexitUnixStreamSendmsg     *ebpf.Program `ebpf:"fexit_unix_stream_sendmsg"`
+	FollowExit                 *ebpf.Program `ebpf:"follow_exit"`
+	FollowFork                 *ebpf.Program `ebpf:"follow_fork"`
 	KprobeUnixStreamSendmsg    *ebpf.Program `ebpf:"kprobe_unix_stream_sendmsg"`
 	KretprobeUnixStreamSendmsg *ebpf.Program `ebpf:"kretprobe_unix_stream_sendmsg"`
 	TpEnterSendmsg             *ebpf.Program `ebpf:"tp_enter_sendmsg"`
@@ -274,6 +281,8 @@ func (p *snoopPrograms) Close() error {
 		p.AnyEnterClose,
 		p.FentryUnixStreamSendmsg,
 		p.FexitUnixStreamSendmsg,
+		p.FollowExit,
+		p.FollowFork,
 		p.KprobeUnixStreamSendmsg,
 		p.KretprobeUnixStreamSendmsg,
 		p.TpEnterSendmsg,

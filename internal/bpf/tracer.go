@@ -31,6 +31,9 @@ type Options struct {
 	// PIDs, when not empty, keeps only connections whose sender or peer is
 	// one of them. Decided in the kernel, so the rest costs no copy.
 	PIDs []uint32
+	// FollowChildren adds, in the kernel, every process forked by a
+	// process in PIDs to PIDs (trace -- CMD).
+	FollowChildren bool
 	// IncludeSelf traces this process too. Off in the tool, where tracing
 	// its own writes could feed back (stdout may be a unix socket to
 	// journald); on in tests that drive sockets from the test process.
@@ -106,7 +109,8 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 	// Load only this backend's programs: another backend's may not even
 	// pass the verifier on this kernel.
 	for name := range spec.Programs {
-		if !b.owns(name) {
+		follow := strings.HasPrefix(name, "follow_")
+		if (follow && !opts.FollowChildren) || (!follow && !b.owns(name)) {
 			delete(spec.Programs, name)
 		}
 	}
@@ -114,6 +118,9 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 	cfg := snoopConfig{}
 	if !opts.IncludeSelf {
 		cfg.SelfPid = uint32(os.Getpid())
+	}
+	if opts.FollowChildren {
+		cfg.FollowForks = 1
 	}
 	if len(opts.PIDs) > 0 {
 		cfg.FilterPids = 1
@@ -158,6 +165,16 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 		t.Close()
 		return nil, err
 	}
+	if opts.FollowChildren {
+		for _, name := range []string{"follow_fork", "follow_exit"} {
+			l, err := link.AttachTracing(link.TracingOptions{Program: t.progs[name]})
+			if err != nil {
+				t.Close()
+				return nil, fmt.Errorf("attach %s: %w", name, err)
+			}
+			t.links = append(t.links, l)
+		}
+	}
 	if t.reader, err = ringbuf.NewReader(t.maps.Events); err != nil {
 		t.Close()
 		return nil, fmt.Errorf("open ring buffer: %w", err)
@@ -177,6 +194,9 @@ func (t *Tracer) Read(ev *capture.Event) error {
 			if errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
 				return ErrClosed
 			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return ErrDrained
+			}
 			return fmt.Errorf("read ring buffer: %w", err)
 		}
 		if t.decode(t.record.RawSample, ev) {
@@ -187,6 +207,14 @@ func (t *Tracer) Read(ev *capture.Event) error {
 
 // ErrClosed is returned by Read once the tracer is closed.
 var ErrClosed = errors.New("tracer closed")
+
+// ErrDrained is returned by Read when a deadline set by Drain has passed
+// and nothing is left in the ring buffer.
+var ErrDrained = errors.New("ring buffer drained")
+
+// Drain makes Read return ErrDrained, instead of blocking, once the ring
+// buffer is empty: for stopping after everything already captured.
+func (t *Tracer) Drain() { t.reader.SetDeadline(time.Now()) }
 
 func (t *Tracer) decode(raw []byte, ev *capture.Event) bool {
 	if len(raw) < eventSize {

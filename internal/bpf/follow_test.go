@@ -1,0 +1,148 @@
+package bpf
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/capture"
+)
+
+// TestHelperProcess is not a test: the follow test runs this binary as
+// the processes of its scenario.
+func TestHelperProcess(t *testing.T) {
+	mode := os.Getenv("CDSNOOP_HELPER")
+	if mode == "" {
+		t.Skip("helper process only")
+	}
+	sock := os.Getenv("CDSNOOP_SOCK")
+	switch mode {
+	case "server":
+		ln, err := net.Listen("unix", sock)
+		if err != nil {
+			os.Exit(2)
+		}
+		fmt.Println("ready")
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				os.Exit(0)
+			}
+			go io.Copy(c, c) // echo: the peer's replies are traced too
+		}
+	case "client", "child":
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			os.Exit(2)
+		}
+		fmt.Fprintf(c, "%s-%d", mode, os.Getpid())
+		buf := make([]byte, 64)
+		c.Read(buf)
+		if mode == "client" {
+			// A grandchild of the traced command.
+			cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$")
+			cmd.Env = append(os.Environ(), "CDSNOOP_HELPER=child")
+			cmd.Stdout = os.Stdout
+			if cmd.Run() != nil {
+				os.Exit(3)
+			}
+		}
+		os.Exit(0)
+	case "unrelated":
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			os.Exit(2)
+		}
+		in := bufio.NewScanner(os.Stdin)
+		for in.Scan() { // writes whenever told, long after the attach
+			fmt.Fprintf(c, "unrelated-%d", os.Getpid())
+			buf := make([]byte, 64)
+			c.Read(buf) // echoed: the send and the reply are both done
+			fmt.Println("sent")
+		}
+		os.Exit(0)
+	}
+}
+
+func helper(t *testing.T, mode, sock string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$")
+	cmd.Env = append(os.Environ(), "CDSNOOP_HELPER="+mode, "CDSNOOP_SOCK="+sock)
+	return cmd
+}
+
+// TestFollowChildren is trace -- CMD: with this process as the filter and
+// children followed, a command started after the attach and its own child
+// are traced, with replies to them; a process started before is not.
+func TestFollowChildren(t *testing.T) {
+	if len(availableBackends(t)) == 0 {
+		t.Fatal("no backend")
+	}
+	dir, _ := os.MkdirTemp("/tmp", "cdsnoop-follow-")
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "s.sock")
+
+	server := helper(t, "server", sock)
+	out, _ := server.StdoutPipe()
+	if err := server.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Process.Kill(); server.Wait() })
+	if line, _ := bufio.NewReader(out).ReadString('\n'); line != "ready\n" {
+		t.Fatalf("server: %q", line)
+	}
+	unrelated := helper(t, "unrelated", sock)
+	poke, _ := unrelated.StdinPipe()
+	acks, _ := unrelated.StdoutPipe()
+	ack := bufio.NewReader(acks)
+	if err := unrelated.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sendUnrelated := func() {
+		fmt.Fprintln(poke)
+		if line, _ := ack.ReadString('\n'); line != "sent\n" {
+			t.Fatalf("unrelated: %q", line)
+		}
+	}
+	t.Cleanup(func() { poke.Close(); unrelated.Wait() })
+
+	tr, err := Open(Options{PIDs: []uint32{uint32(os.Getpid())}, FollowChildren: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	sendUnrelated() // while we trace
+
+	client := helper(t, "client", sock)
+	if out, err := client.CombinedOutput(); err != nil {
+		t.Fatalf("client: %v %s", err, out)
+	}
+	sendUnrelated()
+	// Everything the command tree did is in the ring buffer once it has
+	// exited; drain what is there.
+	tr.Drain()
+	var payloads []string
+	var ev capture.Event
+	for {
+		if err := tr.Read(&ev); err != nil {
+			break
+		}
+		if len(ev.Data) > 0 {
+			payloads = append(payloads, string(ev.Data))
+		}
+	}
+	joined := strings.Join(payloads, "|")
+	for _, want := range []string{fmt.Sprintf("client-%d", client.Process.Pid), "child-"} {
+		if strings.Count(joined, want) != 2 { // the send and its echo
+			t.Errorf("%q seen %d times, want 2 (sent and echoed); captured %q", want, strings.Count(joined, want), joined)
+		}
+	}
+	if strings.Contains(joined, "unrelated") {
+		t.Errorf("an unfollowed process was traced: %q", joined)
+	}
+}
