@@ -282,8 +282,15 @@ func (d *Decoder) frame(c *Conn, end int, f http2.Frame, cap *capture.Event) {
 			d.headerBlock(c, end, cap)
 		}
 	case *http2.PushPromiseFrame:
-		// gRPC never pushes, but the block still changes the table.
-		dir.dec.Decode(f.HeaderBlockFragment())
+		// gRPC never pushes, but the block still changes the table: one
+		// that cannot be decoded whole leaves the table unknown.
+		if !f.HeadersEnded() {
+			d.desync(c, end, cap)
+			return
+		}
+		if _, err := dir.dec.Decode(f.HeaderBlockFragment()); err != nil {
+			d.desync(c, end, cap)
+		}
 	case *http2.DataFrame:
 		d.h.Event(c, &Event{Kind: Data, End: end, Stream: f.StreamID, Data: f.Data(), EndStream: f.StreamEnded(), Cap: cap})
 	case *http2.RSTStreamFrame:

@@ -328,7 +328,7 @@ func (d *Decoder) evict() {
 	if d.size+entryOverhead > limit {
 		d.complete = true
 	}
-	for d.size > limit {
+	for d.size > limit && d.n > 0 {
 		e := d.at(d.n - 1)
 		d.size -= e.size
 		*e = entry{}
