@@ -251,6 +251,7 @@ func (d *Decoder) data(c *h2.Conn, cl *call, dir int, ev *h2.Event) {
 
 func (d *Decoder) message(c *h2.Conn, cl *call, dir int, m message, ev *h2.Event) {
 	r := d.record(c, cl, dir, ev)
+	r.WireBytes = 5 + len(m.payload)
 	payload := m.payload
 	if m.compressed {
 		var err error

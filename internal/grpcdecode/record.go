@@ -73,4 +73,7 @@ type Record struct {
 	Latency time.Duration
 	// Final marks the line that ends the call.
 	Final bool
+	// WireBytes is the size of this message as sent (gRPC prefix and
+	// payload, compressed if it was), for byte counts in summaries.
+	WireBytes int
 }

@@ -1,0 +1,167 @@
+// Package summary counts calls per method for --summary: how many, how
+// they ended, how long they took and how many bytes they moved.
+package summary
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
+)
+
+// Summary accumulates records. Not safe for concurrent use.
+type Summary struct {
+	methods map[string]*method
+	start   time.Time
+	end     time.Time
+}
+
+type method struct {
+	name       string
+	calls      int
+	statuses   map[string]int
+	latencies  []time.Duration
+	reqBytes   int64
+	respBytes  int64
+	unfinished int
+}
+
+// New returns an empty Summary.
+func New() *Summary { return &Summary{methods: map[string]*method{}} }
+
+// Add counts one record. Every record adds its bytes; the line that ends a
+// call counts the call, its status and latency.
+func (s *Summary) Add(r *grpcdecode.Record) {
+	if s.start.IsZero() || r.Time.Before(s.start) {
+		s.start = r.Time
+	}
+	if r.Time.After(s.end) {
+		s.end = r.Time
+	}
+	name := r.Method
+	if name == "" {
+		name = "?"
+	}
+	m := s.methods[name]
+	if m == nil {
+		m = &method{name: name, statuses: map[string]int{}}
+		s.methods[name] = m
+	}
+	if r.Type == grpcdecode.Request {
+		m.reqBytes += int64(r.WireBytes)
+	} else {
+		m.respBytes += int64(r.WireBytes)
+	}
+	if !r.Final {
+		return
+	}
+	m.calls++
+	switch {
+	case r.Status != nil:
+		m.statuses[r.Status.Name()]++
+	default:
+		m.unfinished++
+	}
+	if r.Latency > 0 {
+		m.latencies = append(m.latencies, r.Latency)
+	}
+}
+
+// Row is one method's figures.
+type Row struct {
+	Method    string         `json:"method"`
+	Calls     int            `json:"calls"`
+	Errors    int            `json:"errors"`
+	Statuses  map[string]int `json:"statuses"`
+	Unknown   int            `json:"status_unknown,omitempty"`
+	P50NS     int64          `json:"p50_ns"`
+	P99NS     int64          `json:"p99_ns"`
+	MaxNS     int64          `json:"max_ns"`
+	ReqBytes  int64          `json:"request_bytes"`
+	RespBytes int64          `json:"response_bytes"`
+}
+
+// Rows returns the methods, most called first.
+func (s *Summary) Rows() []Row {
+	rows := make([]Row, 0, len(s.methods))
+	for _, m := range s.methods {
+		r := Row{Method: m.name, Calls: m.calls, Statuses: m.statuses, Unknown: m.unfinished, ReqBytes: m.reqBytes, RespBytes: m.respBytes}
+		for st, n := range m.statuses {
+			if st != "OK" {
+				r.Errors += n
+			}
+		}
+		if len(m.latencies) > 0 {
+			l := slices.Clone(m.latencies)
+			slices.Sort(l)
+			r.P50NS, r.P99NS, r.MaxNS = int64(quantile(l, 0.50)), int64(quantile(l, 0.99)), int64(l[len(l)-1])
+		}
+		rows = append(rows, r)
+	}
+	sort.Slice(rows, func(i, j int) bool {
+		if rows[i].Calls != rows[j].Calls {
+			return rows[i].Calls > rows[j].Calls
+		}
+		return rows[i].Method < rows[j].Method
+	})
+	return rows
+}
+
+// quantile is the nearest-rank quantile of sorted values.
+func quantile(sorted []time.Duration, q float64) time.Duration {
+	i := int(q*float64(len(sorted))+0.999999) - 1
+	return sorted[max(0, min(i, len(sorted)-1))]
+}
+
+// WriteTable prints the summary for people.
+func (s *Summary) WriteTable(w io.Writer) error {
+	rows := s.Rows()
+	fmt.Fprintf(w, "%-60s %7s %7s %10s %10s %10s %10s %10s  %s\n", "METHOD", "CALLS", "ERRORS", "P50", "P99", "MAX", "REQ_BYTES", "RESP_BYTES", "STATUSES")
+	for _, r := range rows {
+		var st []string
+		for name, n := range r.Statuses {
+			st = append(st, fmt.Sprintf("%s=%d", name, n))
+		}
+		if r.Unknown > 0 {
+			st = append(st, fmt.Sprintf("unknown=%d", r.Unknown))
+		}
+		sort.Strings(st)
+		_, err := fmt.Fprintf(w, "%-60s %7d %7d %10s %10s %10s %10d %10d  %s\n", r.Method, r.Calls, r.Errors,
+			dur(r.P50NS), dur(r.P99NS), dur(r.MaxNS), r.ReqBytes, r.RespBytes, strings.Join(st, " "))
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func dur(ns int64) string {
+	if ns == 0 {
+		return "-"
+	}
+	return time.Duration(ns).Round(time.Microsecond).String()
+}
+
+// WriteJSON prints the summary as one object with "type": "summary".
+func (s *Summary) WriteJSON(w io.Writer) error {
+	out := struct {
+		Type    string `json:"type"`
+		Start   string `json:"start,omitempty"`
+		End     string `json:"end,omitempty"`
+		Methods []Row  `json:"methods"`
+	}{Type: "summary", Methods: s.Rows()}
+	if !s.start.IsZero() {
+		out.Start, out.End = s.start.Format(time.RFC3339Nano), s.end.Format(time.RFC3339Nano)
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
