@@ -1,0 +1,68 @@
+package callfilter
+
+import (
+	"regexp"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
+)
+
+func call(stream uint32, method string, code codes.Code, lat time.Duration) []*grpcdecode.Record {
+	return []*grpcdecode.Record{
+		{Conn: 1, Stream: stream, Protocol: "grpc", Method: method, Type: grpcdecode.Request, Comm: "crictl", PeerComm: "containerd", Namespace: "k8s.io"},
+		{Conn: 1, Stream: stream, Protocol: "grpc", Method: method, Type: grpcdecode.Response, Final: true, Status: &grpcdecode.Status{Code: code}, Latency: lat, Comm: "containerd", PeerComm: "crictl", Namespace: "k8s.io"},
+	}
+}
+
+func run(opts Options) []*grpcdecode.Record {
+	var out []*grpcdecode.Record
+	f := New(opts, func(r *grpcdecode.Record) { out = append(out, r) })
+	// Interleaved, as calls on one connection are.
+	a := call(1, "/runtime.v1.RuntimeService/ListContainers", codes.OK, time.Millisecond)
+	b := call(3, "/runtime.v1.RuntimeService/ContainerStatus", codes.NotFound, 300*time.Millisecond)
+	for _, r := range []*grpcdecode.Record{a[0], b[0], a[1], b[1]} {
+		f.Add(r)
+	}
+	return out
+}
+
+func TestFilters(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		opts    Options
+		streams []uint32
+	}{
+		{"none", Options{}, []uint32{1, 3, 1, 3}},
+		{"errors", Options{Errors: true}, []uint32{3, 3}},
+		{"slow", Options{Slow: 100 * time.Millisecond}, []uint32{3, 3}},
+		{"slow none", Options{Slow: time.Second}, nil},
+		{"method", Options{Method: regexp.MustCompile("ListContainers$")}, []uint32{1, 1}},
+		{"method and errors", Options{Method: regexp.MustCompile("ListContainers$"), Errors: true}, nil},
+		{"namespace", Options{Namespace: "default"}, nil},
+		{"comm peer", Options{Comm: "containerd"}, []uint32{1, 3, 1, 3}},
+		{"comm other", Options{Comm: "kubelet"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := run(tc.opts)
+			var got []uint32
+			for _, r := range out {
+				got = append(got, r.Stream)
+			}
+			if len(got) != len(tc.streams) {
+				t.Fatalf("got streams %v, want %v", got, tc.streams)
+			}
+			for i := range got {
+				if got[i] != tc.streams[i] {
+					t.Fatalf("got streams %v, want %v", got, tc.streams)
+				}
+			}
+			// Held calls print request first.
+			if len(out) == 2 && out[0].Type != grpcdecode.Request {
+				t.Fatal("response printed before its request")
+			}
+		})
+	}
+}
