@@ -1,0 +1,54 @@
+package output
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
+)
+
+// TestShimFields: ttrpc records carry the shim's pid and the container;
+// JSON shows them (omitted when unset), the table appends container=.
+func TestShimFields(t *testing.T) {
+	ttrpc := &grpcdecode.Record{
+		Time: time.Unix(1700000000, 0), Protocol: "ttrpc", Type: grpcdecode.Response, Final: true,
+		Method: "/containerd.task.v2.Task/Kill", Message: &emptypb.Empty{}, MessageType: "google.protobuf.Empty",
+		Status: &grpcdecode.Status{}, Latency: time.Millisecond, ShimPID: 4242, ContainerID: "abc123",
+	}
+	grpc := &grpcdecode.Record{Time: time.Unix(1700000000, 0), Protocol: "grpc", Type: grpcdecode.Request, Method: "/x.Y/Z"}
+
+	var buf bytes.Buffer
+	w, _ := New("json", &buf, Options{})
+	w.Write(ttrpc)
+	w.Write(grpc)
+	w.Flush()
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	var a, b map[string]any
+	if json.Unmarshal([]byte(lines[0]), &a) != nil || json.Unmarshal([]byte(lines[1]), &b) != nil {
+		t.Fatalf("not JSON: %s", buf.String())
+	}
+	if a["container_id"] != "abc123" || a["shim_pid"] != 4242.0 || a["protocol"] != "ttrpc" {
+		t.Errorf("ttrpc line: %s", lines[0])
+	}
+	if _, ok := b["container_id"]; ok {
+		t.Errorf("gRPC line has container_id: %s", lines[1])
+	}
+	if _, ok := b["shim_pid"]; ok {
+		t.Errorf("gRPC line has shim_pid: %s", lines[1])
+	}
+
+	buf.Reset()
+	w, _ = New("table", &buf, Options{})
+	w.Write(ttrpc)
+	w.Write(grpc)
+	w.Flush()
+	rows := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if !strings.HasSuffix(rows[1], " container=abc123") || strings.Contains(rows[2], "container=") {
+		t.Errorf("table:\n%s", buf.String())
+	}
+}

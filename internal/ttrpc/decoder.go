@@ -1,0 +1,507 @@
+package ttrpc
+
+import (
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/capture"
+	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
+	"github.com/containerdsnoop/containerdsnoop/internal/stream"
+)
+
+// Protocol is the Record.Protocol of ttrpc calls.
+const Protocol = "ttrpc"
+
+const (
+	req  = 0
+	resp = 1
+	// maxCallsPerConn bounds calls whose end was never seen.
+	maxCallsPerConn = 4096
+	// maxBuffered bounds what a direction holds: one whole frame, and
+	// the header after it while resynchronizing.
+	maxBuffered = HeaderLen + MaxLength + HeaderLen
+	// streamWindow bounds how far past the highest request seen a stream
+	// id may be when resynchronizing: ids grow by 2 per call.
+	streamWindow = 1 << 20
+)
+
+// Decoder is a stream.Sink that decodes ttrpc calls into Records.
+type Decoder struct {
+	emit func(*grpcdecode.Record)
+}
+
+// NewDecoder returns a Decoder that passes each Record to emit. The Record
+// is not retained after emit returns.
+func NewDecoder(emit func(*grpcdecode.Record)) *Decoder { return &Decoder{emit: emit} }
+
+// conn is the ttrpc state of one connection (stream.Conn.State).
+type conn struct {
+	sc *stream.Conn
+	// client is the end that sends requests, -1 while unknown.
+	client  int
+	dirs    [2]direction
+	calls   map[uint32]*call
+	lastReq uint32
+	// restarted: a gap of unknown size, which is what a new connection on
+	// the same sockets looks like; its stream ids start again at 1.
+	restarted bool
+}
+
+type direction struct {
+	buf    []byte
+	synced bool
+	// start is when the first byte in buf was sent.
+	start time.Time
+	// last is the newest chunk of this direction (time, thread), for
+	// bytes decoded later, when the other direction makes them decodable.
+	last capture.Event
+}
+
+type call struct {
+	stream      uint32
+	method      string // full path; "" when the request was not seen
+	service     string
+	m           *grpcdecode.Method
+	namespace   string
+	containerID string
+	start       time.Time
+	seen        bool // the request was decoded
+	streaming   [2]bool
+	lost        [2]bool
+}
+
+func (d *Decoder) state(sc *stream.Conn) *conn {
+	if s, ok := sc.State.(*conn); ok {
+		return s
+	}
+	s := &conn{sc: sc, client: -1, calls: map[uint32]*call{}}
+	sc.State = s
+	return s
+}
+
+// Bytes implements stream.Sink.
+func (d *Decoder) Bytes(sc *stream.Conn, end int, ev *capture.Event, data []byte) {
+	s := d.state(sc)
+	dir := &s.dirs[end]
+	if len(dir.buf) == 0 {
+		dir.start = ev.Time
+	}
+	dir.buf = append(dir.buf, data...)
+	dir.last = *ev
+	dir.last.Data = nil
+	d.parse(s, end)
+	if len(dir.buf) > maxBuffered {
+		s.desync(end)
+		dir.buf = dir.buf[:0]
+	}
+}
+
+// Gap implements stream.Sink: whatever the direction was in the middle of
+// is dropped, and it is decoded again from a frame boundary that validates.
+func (d *Decoder) Gap(sc *stream.Conn, end int, n uint64) {
+	s := d.state(sc)
+	s.desync(end)
+	s.dirs[end].buf = s.dirs[end].buf[:0]
+	if n == 0 {
+		s.restarted = true
+	}
+	for _, cl := range s.calls {
+		if dir := s.dirOf(end); dir >= 0 {
+			cl.lost[dir] = true
+		} else {
+			cl.lost = [2]bool{true, true}
+		}
+	}
+}
+
+// Closed implements stream.Sink: calls still open never end.
+func (d *Decoder) Closed(sc *stream.Conn) {
+	if s, ok := sc.State.(*conn); ok {
+		clear(s.calls)
+	}
+}
+
+func (s *conn) desync(end int) { s.dirs[end].synced = false }
+
+// dirOf maps a sending end to req or resp, -1 while the roles are unknown.
+func (s *conn) dirOf(end int) int {
+	switch s.client {
+	case -1:
+		return -1
+	case end:
+		return req
+	}
+	return resp
+}
+
+func (s *conn) senderOf(end int) sender {
+	switch s.dirOf(end) {
+	case req:
+		return fromClient
+	case resp:
+		return fromServer
+	}
+	return fromUnknown
+}
+
+// plausible adds what the connection knows to header.plausible: stream ids
+// near the ones seen.
+func (s *conn) plausible(h header, end int) bool {
+	if !h.plausible(s.senderOf(end)) {
+		return false
+	}
+	return s.lastReq == 0 || uint64(h.stream) <= uint64(s.lastReq)+streamWindow
+}
+
+// parse decodes every complete frame in the direction's buffer.
+func (d *Decoder) parse(s *conn, end int) {
+	dir := &s.dirs[end]
+	ev := &dir.last
+	consumed := 0
+	start := dir.start
+	defer func() {
+		if consumed > 0 {
+			dir.buf = append(dir.buf[:0], dir.buf[consumed:]...)
+			// Frames after the first start in the newest chunk.
+			dir.start = ev.Time
+		}
+	}()
+	for {
+		b := dir.buf[consumed:]
+		if !dir.synced {
+			off, v := s.findSync(b, end)
+			consumed += off
+			if v != verdictYes {
+				return
+			}
+			dir.synced = true
+			b = dir.buf[consumed:]
+			if off > 0 {
+				start = ev.Time
+			}
+		}
+		if len(b) < HeaderLen {
+			return
+		}
+		h := parseHeader(b)
+		if !s.plausible(h, end) {
+			s.desync(end)
+			continue
+		}
+		n := HeaderLen + int(h.length)
+		if len(b) < n {
+			return
+		}
+		if !d.frame(s, end, h, b[HeaderLen:n], ev, start) {
+			// Not a frame after all: look for the next boundary after
+			// this byte.
+			s.desync(end)
+			consumed++
+			continue
+		}
+		consumed += n
+		start = ev.Time
+	}
+}
+
+// findSync looks for the first offset in b where a frame starts that can
+// be trusted: a frame header that validates and either a payload that
+// proves itself (a Request naming a protobuf service and method; a
+// Response or stream data for a call this connection is waiting for), or
+// a next frame header that validates too.
+func (s *conn) findSync(b []byte, end int) (int, verdict) {
+	from := s.senderOf(end)
+	for off := 0; off+HeaderLen <= len(b); off++ {
+		h := parseHeader(b[off:])
+		if !s.plausible(h, end) {
+			continue
+		}
+		frameEnd := off + HeaderLen + int(h.length)
+		if frameEnd > len(b) {
+			if h.typ == typeRequest && requestPrefix(b[off+HeaderLen:]) == verdictNo {
+				continue
+			}
+			return off, verdictMore
+		}
+		payload := b[off+HeaderLen : frameEnd]
+		switch s.selfValid(h, payload) {
+		case verdictYes:
+			return off, verdictYes
+		case verdictNo:
+			continue
+		}
+		// Not proven by itself: the next header must validate.
+		rest := b[frameEnd:]
+		if len(rest) < HeaderLen {
+			if headerPrefix(rest) == verdictNo {
+				continue
+			}
+			return off, verdictMore
+		}
+		next := parseHeader(rest)
+		if s.plausible(next, end) && next.plausible(senderOf(h, from)) {
+			if next.typ != typeRequest || requestFrame(rest, next) != verdictNo {
+				return off, verdictYes
+			}
+		}
+	}
+	// Keep the last bytes: a header may start there.
+	return max(len(b)-HeaderLen+1, 0), verdictNo
+}
+
+// selfValid says whether a complete frame proves it is at a boundary
+// (Yes), proves it is not (No), or needs the next header (More).
+func (s *conn) selfValid(h header, payload []byte) verdict {
+	switch h.typ {
+	case typeRequest:
+		r, ok := parseRequest(payload)
+		if !ok {
+			return verdictNo
+		}
+		if strictRequest(r) && (h.stream > s.lastReq || s.restarted) {
+			return verdictYes
+		}
+	case typeResponse:
+		r, ok := parseResponse(payload)
+		if !ok {
+			return verdictNo
+		}
+		if cl := s.calls[h.stream]; cl != nil && cl.seen && !r.unknown {
+			return verdictYes
+		}
+	case typeData:
+		if cl := s.calls[h.stream]; cl != nil && cl.seen && (cl.streaming[req] || cl.streaming[resp]) {
+			return verdictYes
+		}
+	}
+	return verdictMore
+}
+
+// frame handles one complete frame; false means it is not a valid frame.
+func (d *Decoder) frame(s *conn, end int, h header, payload []byte, ev *capture.Event, start time.Time) bool {
+	switch h.typ {
+	case typeRequest:
+		if s.client < 0 {
+			s.client = end
+		} else if s.client != end {
+			return false
+		}
+		r, ok := parseRequest(payload)
+		if !ok {
+			return false
+		}
+		d.request(s, end, h, r, ev, start)
+		// The server's bytes may have waited for this call to prove
+		// where its frames start.
+		if peer := &s.dirs[stream.Peer(end)]; !peer.synced && len(peer.buf) > 0 {
+			d.parse(s, stream.Peer(end))
+		}
+	case typeResponse:
+		if s.client < 0 {
+			s.client = stream.Peer(end)
+		} else if s.client == end {
+			return false
+		}
+		r, ok := parseResponse(payload)
+		if !ok {
+			return false
+		}
+		d.response(s, end, h, r, ev)
+	case typeData:
+		if s.client < 0 {
+			// Neither end has shown its role: there is no telling
+			// whether this is request or response data.
+			return true
+		}
+		d.data(s, end, h, payload, ev)
+	}
+	return true
+}
+
+func (d *Decoder) request(s *conn, end int, h header, r request, ev *capture.Event, start time.Time) {
+	if s.lastReq != 0 && h.stream <= s.lastReq {
+		// Stream ids only grow on a connection: this is a new one on the
+		// same sockets (the kernel reuses their memory).
+		s.sc.Renew()
+		clear(s.calls)
+	}
+	s.lastReq = h.stream
+	s.restarted = false
+	if len(s.calls) >= maxCallsPerConn {
+		evictOldest(s)
+	}
+	cl := &call{
+		stream:  h.stream,
+		service: r.service,
+		method:  "/" + r.service + "/" + r.method,
+		start:   start,
+		seen:    true,
+	}
+	cl.m, _ = grpcdecode.Lookup(cl.method)
+	switch h.flags {
+	case flagRemoteOpen:
+		cl.streaming = [2]bool{true, true}
+	case flagRemoteClosed:
+		cl.streaming[resp] = true
+	}
+	if cl.m != nil {
+		cl.streaming[req] = cl.streaming[req] || cl.m.ClientStreaming
+		cl.streaming[resp] = cl.streaming[resp] || cl.m.ServerStreaming
+	}
+	for _, kv := range r.metadata {
+		switch kv.key {
+		case "containerd-namespace-ttrpc", "containerd-namespace":
+			if cl.namespace == "" {
+				cl.namespace = kv.value
+			}
+		}
+	}
+	s.calls[h.stream] = cl
+	rec := d.record(s, cl, end, ev, grpcdecode.Request)
+	// A stream opened without a message (a client-streaming call) has
+	// no payload; a unary call with an empty message has an empty one.
+	if r.payload != nil || !cl.streaming[req] {
+		decodeInto(rec, cl, req, r.payload)
+	}
+	if id := containerIDOf(rec.Message); id != "" {
+		cl.containerID = id
+		rec.ContainerID = id
+	}
+	d.emit(rec)
+}
+
+func (d *Decoder) response(s *conn, end int, h header, r response, ev *capture.Event) {
+	cl := s.call(h.stream)
+	delete(s.calls, h.stream)
+	rec := d.record(s, cl, end, ev, grpcdecode.Response)
+	st := &grpcdecode.Status{Code: codes.Code(uint32(r.code)), Message: r.message}
+	if r.payload != nil || st.Code == codes.OK {
+		// An OK response with no payload carries the empty message.
+		decodeInto(rec, cl, resp, r.payload)
+	}
+	d.finish(rec, cl, ev, st)
+}
+
+func (d *Decoder) data(s *conn, end int, h header, payload []byte, ev *capture.Event) {
+	dir := s.dirOf(end)
+	closed := h.flags&flagRemoteClosed != 0
+	hasData := h.flags&flagNoData == 0
+	if dir == req && !hasData {
+		return // the client closed its side: nothing to show
+	}
+	cl := s.call(h.stream)
+	if dir == req {
+		rec := d.record(s, cl, end, ev, grpcdecode.Request)
+		decodeInto(rec, cl, req, payload)
+		d.emit(rec)
+		return
+	}
+	rec := d.record(s, cl, end, ev, grpcdecode.Response)
+	if hasData {
+		decodeInto(rec, cl, resp, payload)
+	}
+	if !closed {
+		d.emit(rec)
+		return
+	}
+	// The server closed the stream: the call ended well (errors end
+	// with a response frame).
+	delete(s.calls, h.stream)
+	d.finish(rec, cl, ev, &grpcdecode.Status{Code: codes.OK})
+}
+
+func (d *Decoder) finish(rec *grpcdecode.Record, cl *call, ev *capture.Event, st *grpcdecode.Status) {
+	rec.Final = true
+	rec.Status = st
+	if cl.seen {
+		rec.Latency = ev.Time.Sub(cl.start)
+	}
+	if rec.Note == "" {
+		switch {
+		case cl.lost[resp] && cl.streaming[resp]:
+			rec.Note = "capture lost bytes of the response stream"
+		case cl.lost[req] && cl.streaming[req]:
+			rec.Note = "capture lost bytes of the request stream"
+		}
+	}
+	d.emit(rec)
+}
+
+// call returns the call on stream id, creating one for a call whose
+// request was not seen (it started before the capture, or was lost).
+func (s *conn) call(id uint32) *call {
+	if cl := s.calls[id]; cl != nil {
+		return cl
+	}
+	if len(s.calls) >= maxCallsPerConn {
+		evictOldest(s)
+	}
+	cl := &call{stream: id}
+	s.calls[id] = cl
+	return cl
+}
+
+func (d *Decoder) record(s *conn, cl *call, end int, ev *capture.Event, typ grpcdecode.Type) *grpcdecode.Record {
+	sc := s.sc
+	peer := sc.Ends[stream.Peer(end)]
+	r := &grpcdecode.Record{
+		Time:        ev.Time,
+		Protocol:    Protocol,
+		Conn:        sc.ID,
+		Socket:      sc.Socket,
+		Type:        typ,
+		Stream:      cl.stream,
+		PID:         ev.PID,
+		TID:         ev.TID,
+		Comm:        ev.Comm,
+		PeerPID:     peer.PID,
+		PeerComm:    peer.Comm,
+		Method:      cl.method,
+		Namespace:   cl.namespace,
+		ContainerID: cl.containerID,
+		ShimPID:     s.shimPID(cl),
+	}
+	if r.ContainerID == "" {
+		r.ContainerID = containerIDFromPath(sc.Socket)
+	}
+	return r
+}
+
+// decodeInto decodes a message of the call's direction dir into r: with
+// the method's type when it is known, else kept raw for display by field
+// number.
+func decodeInto(r *grpcdecode.Record, cl *call, dir int, payload []byte) {
+	if payload == nil {
+		payload = []byte{}
+	}
+	if cl.m == nil {
+		r.Raw = payload
+		return
+	}
+	mt := cl.m.Input
+	if dir == resp {
+		mt = cl.m.Output
+	}
+	msg := mt.New().Interface()
+	if err := proto.Unmarshal(payload, msg); err != nil {
+		r.Raw = payload
+		r.Note = "does not parse as " + string(mt.Descriptor().FullName()) + ": " + err.Error()
+		return
+	}
+	r.Message = msg
+	r.MessageType = string(mt.Descriptor().FullName())
+}
+
+func evictOldest(s *conn) {
+	var oldest *call
+	for _, cl := range s.calls {
+		if oldest == nil || cl.stream < oldest.stream {
+			oldest = cl
+		}
+	}
+	if oldest != nil {
+		delete(s.calls, oldest.stream)
+	}
+}

@@ -1,0 +1,20 @@
+// Package ttrpc decodes ttrpc, containerd's lightweight RPC protocol over
+// unix sockets (containerd ↔ shims: the Task and Sandbox APIs, and the
+// events shims forward), into the same Records as gRPC calls, with
+// Protocol "ttrpc".
+//
+// Each direction of a connection is a sequence of frames: a 10-byte header
+// (length uint32, stream id uint32, type, flags, all big-endian) and the
+// payload. A request frame carries a ttrpc.Request (service, method, the
+// request message, timeout, metadata); a response frame a ttrpc.Response
+// (google.rpc.Status and the response message); data frames carry the
+// messages of streaming calls. Calls are keyed by (connection, stream id);
+// the client is the end that sends requests.
+//
+// A direction is decoded only from a frame boundary it can trust: a
+// request frame whose payload is a Request naming a protobuf service and
+// method, a response or stream data for a call the connection is waiting
+// for, or a frame header that validates followed by another that does.
+// After a gap in the capture the direction resynchronizes the same way; a
+// frame cut by the gap is never decoded.
+package ttrpc

@@ -1,0 +1,372 @@
+package ttrpc
+
+import (
+	"encoding/binary"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// The wire format, as github.com/containerd/ttrpc v1.2 writes it
+// (channel.go, PROTOCOL.md): a 10-byte header, then Length bytes.
+const (
+	// HeaderLen is the size of a frame header.
+	HeaderLen = 10
+	// MaxLength is the largest payload ttrpc accepts (messageLengthMax).
+	MaxLength = 4 << 20
+
+	typeRequest  = 0x1
+	typeResponse = 0x2
+	typeData     = 0x3
+
+	flagRemoteClosed = 0x1
+	flagRemoteOpen   = 0x2
+	flagNoData       = 0x4
+
+	// minRequestLen is the smallest Request that names a service and a
+	// method: two one-character strings with their tags and lengths.
+	minRequestLen = 6
+	maxNameLen    = 1024
+)
+
+type header struct {
+	length uint32
+	stream uint32
+	typ    uint8
+	flags  uint8
+}
+
+func parseHeader(b []byte) header {
+	return header{
+		length: binary.BigEndian.Uint32(b[0:4]),
+		stream: binary.BigEndian.Uint32(b[4:8]),
+		typ:    b[8],
+		flags:  b[9],
+	}
+}
+
+// sender says which end sent a frame, as far as the decoder knows.
+type sender int
+
+const (
+	fromUnknown sender = iota
+	fromClient
+	fromServer
+)
+
+// plausible reports whether h is a header that a ttrpc peer in role from
+// could send: length within the limit, a known type with only the flags
+// that type defines, an odd (client-initiated) stream id, and a type the
+// role sends (requests come from clients, responses from servers).
+func (h header) plausible(from sender) bool {
+	if h.length > MaxLength || h.stream%2 == 0 {
+		return false
+	}
+	switch h.typ {
+	case typeRequest:
+		// Unary (no flags), or a stream opened closed or open.
+		return from != fromServer && (h.flags == 0 || h.flags == flagRemoteClosed || h.flags == flagRemoteOpen) &&
+			h.length >= minRequestLen
+	case typeResponse:
+		return from != fromClient && h.flags == 0
+	case typeData:
+		if h.flags&^(flagRemoteClosed|flagNoData) != 0 {
+			return false
+		}
+		return h.flags&flagNoData == 0 || h.length == 0
+	}
+	return false
+}
+
+// request is a decoded ttrpc.Request (request.proto).
+type request struct {
+	service, method string
+	payload         []byte
+	timeoutNano     int64
+	metadata        []keyValue
+	// unknown is set when the message has fields request.proto does not
+	// declare (legal protobuf, but not what any ttrpc client writes).
+	unknown bool
+}
+
+type keyValue struct{ key, value string }
+
+// parseRequest decodes a Request; ok is false when b is not one: bad wire
+// format, a declared field with the wrong wire type, or names that are not
+// text.
+func parseRequest(b []byte) (r request, ok bool) {
+	haveService, haveMethod := false, false
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return r, false
+		}
+		b = b[n:]
+		switch {
+		case num == 1 && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return r, false
+			}
+			r.service, haveService = string(v), true
+			b = b[n:]
+		case num == 2 && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return r, false
+			}
+			r.method, haveMethod = string(v), true
+			b = b[n:]
+		case num == 3 && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return r, false
+			}
+			r.payload = v
+			b = b[n:]
+		case num == 4 && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return r, false
+			}
+			r.timeoutNano = int64(v)
+			b = b[n:]
+		case num == 5 && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return r, false
+			}
+			kv, ok := parseKeyValue(v)
+			if !ok {
+				return r, false
+			}
+			r.metadata = append(r.metadata, kv)
+			b = b[n:]
+		case num >= 1 && num <= 5:
+			return r, false // a declared field with the wrong wire type
+		default:
+			n := protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return r, false
+			}
+			r.unknown = true
+			b = b[n:]
+		}
+	}
+	if !haveService || !haveMethod || !isName(r.service) || !isName(r.method) {
+		return r, false
+	}
+	return r, true
+}
+
+func parseKeyValue(b []byte) (kv keyValue, ok bool) {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return kv, false
+		}
+		b = b[n:]
+		if typ != protowire.BytesType {
+			n = protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 || num <= 2 {
+				return kv, false
+			}
+			b = b[n:]
+			continue
+		}
+		v, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return kv, false
+		}
+		b = b[n:]
+		switch num {
+		case 1:
+			kv.key = string(v)
+		case 2:
+			kv.value = string(v)
+		}
+	}
+	return kv, true
+}
+
+// isName accepts what a service or method name can be on the wire: short
+// UTF-8 text without control characters or '/' (the separator of the full
+// method path, which could otherwise be forged from the two names).
+func isName(s string) bool {
+	if s == "" || len(s) > maxNameLen || !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || r == '/' {
+			return false
+		}
+	}
+	return true
+}
+
+// isProtoName is the stricter test used to trust an unsynchronized frame:
+// a protobuf full name (service) or identifier (method).
+func isProtoName(s string, dotted bool) bool {
+	if s == "" || len(s) > maxNameLen {
+		return false
+	}
+	start := true
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z':
+			start = false
+		case c >= '0' && c <= '9':
+			if start {
+				return false
+			}
+		case c == '.' && dotted:
+			if start {
+				return false
+			}
+			start = true
+		default:
+			return false
+		}
+	}
+	return !start
+}
+
+// strictRequest reports whether r is exactly what a ttrpc client writes:
+// only declared fields and protobuf names. A frame that passes is trusted
+// as a frame boundary on its own.
+func strictRequest(r request) bool {
+	return !r.unknown && isProtoName(r.service, true) && isProtoName(r.method, false)
+}
+
+// requestPrefix checks the start of a Request payload that has not fully
+// arrived: ttrpc clients write the service (field 1) and then the method
+// (field 2) first. It returns verdictYes once both names are complete and
+// valid, verdictMore while they are cut, verdictNo when the bytes cannot
+// be the start of a Request.
+func requestPrefix(b []byte) verdict {
+	for _, field := range []protowire.Number{1, 2} {
+		if len(b) == 0 {
+			return verdictMore
+		}
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			if len(b) < 2 {
+				return verdictMore
+			}
+			return verdictNo
+		}
+		if num != field || typ != protowire.BytesType {
+			return verdictNo
+		}
+		b = b[n:]
+		l, n := protowire.ConsumeVarint(b)
+		if n < 0 {
+			if len(b) < 3 {
+				return verdictMore
+			}
+			return verdictNo
+		}
+		if l == 0 || l > maxNameLen {
+			return verdictNo
+		}
+		b = b[n:]
+		if uint64(len(b)) < l {
+			return verdictMore
+		}
+		if !isProtoName(string(b[:l]), field == 1) {
+			return verdictNo
+		}
+		b = b[l:]
+	}
+	return verdictYes
+}
+
+// response is a decoded ttrpc.Response.
+type response struct {
+	hasStatus bool
+	code      int32
+	message   string
+	payload   []byte
+	unknown   bool
+}
+
+// parseResponse decodes a Response and its google.rpc.Status (code 1,
+// message 2, details 3).
+func parseResponse(b []byte) (r response, ok bool) {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return r, false
+		}
+		b = b[n:]
+		switch {
+		case (num == 1 || num == 2) && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return r, false
+			}
+			b = b[n:]
+			if num == 2 {
+				r.payload = v
+				continue
+			}
+			r.hasStatus = true
+			if !parseStatus(v, &r) {
+				return r, false
+			}
+		case num == 1 || num == 2:
+			return r, false
+		default:
+			n := protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return r, false
+			}
+			r.unknown = true
+			b = b[n:]
+		}
+	}
+	return r, true
+}
+
+func parseStatus(b []byte, r *response) bool {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		switch {
+		case num == 1 && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return false
+			}
+			r.code = int32(v)
+			b = b[n:]
+		case num == 2 && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return false
+			}
+			r.message = string(v)
+			b = b[n:]
+		case num == 3 && typ == protowire.BytesType:
+			_, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return false
+			}
+			b = b[n:]
+		case num >= 1 && num <= 3:
+			return false
+		default:
+			n := protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return false
+			}
+			r.unknown = true
+			b = b[n:]
+		}
+	}
+	return true
+}
