@@ -12,9 +12,21 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/containerdsnoop
 
-# Rebuild bpf/*.c into internal/bpf/snoop_bpfel.{go,o} (needs clang, llvm-strip).
+# Rebuild bpf/*.c into internal/bpf/snoop_{x86,arm64}_bpfel.{go,o} (needs clang, llvm-strip).
 generate:
 	$(GO) generate ./internal/bpf/
+
+# Regenerate bpf/vmlinux_{x86,arm64}.h from kernel BTF (this host's for x86,
+# Debian's arm64 kernel package for arm64; needs bpftool), then `make generate`.
+vmlinux:
+	GO='$(GO)' bash scripts/gen-vmlinux.sh
+
+# Static linux/amd64 and linux/arm64 tarballs and sha256sums.txt in $(DIST).
+DIST ?= dist
+release:
+	VERSION='$(VERSION)' DIST='$(DIST)' GO='$(GO)' bash scripts/release.sh
+
+.PHONY: vmlinux release
 
 # Every test, privileged ones included: run as root. Installs what the tests
 # need (containerd, runc, clang, ...) from the distribution first.
@@ -23,13 +35,13 @@ test: test-deps
 
 # Tests that need neither root nor a kernel.
 test-unit:
-	$(GO) test -count=1 ./internal/h2/... ./internal/grpcdecode/... ./internal/stream/... ./internal/output/...
+	$(GO) test -count=1 ./internal/h2/... ./internal/grpcdecode/... ./internal/stream/... ./internal/output/... ./internal/recording/... ./internal/pcapout/... ./internal/ttrpc/...
 
 test-deps:
 	bash scripts/install-test-deps.sh
 
 # Each fuzz target for FUZZTIME (CI: a minute each). Seeds are committed.
-FUZZ_TARGETS := FuzzDecode:./internal/h2/hpack/ FuzzAttach:./internal/h2/ FuzzSplitter:./internal/grpcdecode/
+FUZZ_TARGETS := FuzzDecode:./internal/h2/hpack/ FuzzAttach:./internal/h2/ FuzzSplitter:./internal/grpcdecode/ FuzzReader:./internal/recording/ FuzzTTRPC:./internal/ttrpc/
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

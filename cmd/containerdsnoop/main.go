@@ -41,7 +41,7 @@ func run(args []string) error {
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())
 	})
-	root.AddCommand(newTraceCommand(), newVersionCommand())
+	root.AddCommand(newTraceCommand(), newDecodeCommand(), newVersionCommand())
 	return root.Execute()
 }
 

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -14,15 +16,12 @@ import (
 
 	"github.com/containerdsnoop/containerdsnoop/internal/bpf"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
-	"github.com/containerdsnoop/containerdsnoop/internal/output"
 	"github.com/containerdsnoop/containerdsnoop/internal/pipeline"
 )
 
 type traceFlags struct {
-	pids        []uint
-	socket      string
-	output      string
-	full        bool
+	viewFlags   // filters, output, --pcap, --summary (view.go)
+	record      string
 	attach      string
 	ringBufSize int
 	verbose     bool
@@ -31,50 +30,70 @@ type traceFlags struct {
 func newTraceCommand() *cobra.Command {
 	var f traceFlags
 	cmd := &cobra.Command{
-		Use:   "trace",
-		Short: "Trace gRPC calls on unix sockets until interrupted",
-		Long: `Trace gRPC calls on unix sockets (containerd, CRI) until Ctrl-C or SIGTERM.
+		Use:   "trace [flags] [-- COMMAND [ARGS...]]",
+		Short: "Trace gRPC and ttrpc calls on unix sockets until interrupted, or for one command",
+		Long: `Trace gRPC (containerd, CRI) and ttrpc (containerd's shims) calls on unix
+sockets until Ctrl-C or SIGTERM.
 
 The tracer can be started at any time: connections opened afterwards (crictl,
-ctr, nerdctl) are decoded from their first byte.`,
+ctr, nerdctl) are decoded from their first byte; connections already open
+(kubelet's) are decoded from the next call whose headers can be proved.
+
+With -- COMMAND, it starts the command, shows only the calls its process tree
+makes and receives (children are followed from fork, in the kernel), stops
+when it exits and exits with its exit code.
+
+Credentials in messages (registry passwords and tokens) are shown as
+"[redacted]" unless --show-secrets.`,
 		Example: `  # everything, as a table
   sudo containerdsnoop trace
+
+  # what does crictl send?
+  sudo containerdsnoop trace -- crictl ps
 
   # only calls made or served by kubelet, as JSON lines
   sudo containerdsnoop trace --pid $(pidof kubelet) --output json | jq .
 
-  # only containerd's socket
-  sudo containerdsnoop trace --socket /run/containerd/containerd.sock`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return runTrace(cmd, f) },
+  # failed or slow calls on containerd's socket, with their requests
+  sudo containerdsnoop trace --socket /run/containerd/containerd.sock --errors
+  sudo containerdsnoop trace --slow 500ms
+
+  # who keeps calling ListContainers? counts per method on exit
+  sudo containerdsnoop trace --method ListContainers --summary`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 && cmd.ArgsLenAtDash() != 0 {
+				return fmt.Errorf("unexpected argument %q: to trace a command, put it after --, e.g. 'containerdsnoop trace -- crictl ps'", args[0])
+			}
+			return runTrace(cmd, f, args)
+		},
 	}
 	fl := cmd.Flags()
-	fl.UintSliceVar(&f.pids, "pid", nil, "only connections whose sender or peer is this process (repeatable)")
-	fl.StringVar(&f.socket, "socket", "", "only connections on this socket path (as bound; symlinks resolved; @name for abstract)")
-	fl.StringVarP(&f.output, "output", "o", "table", "output format: table or json")
-	fl.BoolVar(&f.full, "full", false, "do not cut table messages to the terminal width")
+	f.viewFlags.register(cmd)
+	fl.StringVar(&f.record, "record", "", "also write every captured event to this file, for 'containerdsnoop decode' (raw payloads)")
 	fl.StringVar(&f.attach, "attach", "auto", "capture backend: auto or "+strings.Join(bpf.Backends(), ", "))
 	fl.IntVar(&f.ringBufSize, "ringbuf-size", bpf.DefaultRingBufSize, "bytes of kernel ring buffer between the capture and this process")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "explain decisions (backend selection) on stderr")
 	return cmd
 }
 
-func runTrace(cmd *cobra.Command, f traceFlags) error {
+func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	stderr := cmd.ErrOrStderr()
-	width := 0
-	if !f.full {
-		width = terminalWidth(int(os.Stdout.Fd()))
-	}
-	out, err := output.New(f.output, cmd.OutOrStdout(), output.Options{Width: width})
+	filter, err := f.filter()
 	if err != nil {
 		return err
 	}
-	opts := bpf.Options{Attach: f.attach, RingBufSize: f.ringBufSize}
-	for _, pid := range f.pids {
-		if pid == 0 || pid > 1<<22 {
-			return fmt.Errorf("invalid --pid %d", pid)
-		}
-		opts.PIDs = append(opts.PIDs, uint32(pid))
+	out, err := f.newOutput(cmd)
+	if err != nil {
+		return err
+	}
+	opts := bpf.Options{Attach: f.attach, RingBufSize: f.ringBufSize, PIDs: filter.PIDs}
+	if len(command) > 0 {
+		// This process is the root of the followed tree: what it forks
+		// (the command) joins the filter in the kernel before it runs.
+		// Its own sends are never traced.
+		opts.PIDs = append(opts.PIDs, uint32(os.Getpid()))
+		opts.FollowChildren = true
+		filter.PIDs = nil // the kernel filter is exact; the tree grows there
 	}
 	if f.verbose {
 		opts.Logf = func(format string, args ...any) { fmt.Fprintf(stderr, "containerdsnoop: "+format+"\n", args...) }
@@ -85,13 +104,29 @@ func runTrace(cmd *cobra.Command, f traceFlags) error {
 	}
 	defer tracer.Close()
 
-	p := pipeline.New(out, pipeline.Filter{Socket: f.socket})
-	stop := make(chan os.Signal, 1)
-	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(stop)
+	p := pipeline.New(out, filter)
+	files, err := openTraceFiles(f, tracer, p, opts.PIDs)
+	if err != nil {
+		return err
+	}
+	defer files.close(tracer)
+
+	// A signal or the command's exit asks the loop to stop: the probes
+	// come off at once, then the loop reads what was already captured
+	// and ends. Only the loop closes the tracer.
+	var stopping atomic.Bool
+	stop := func() {
+		stopping.Store(true)
+		tracer.Detach()
+		tracer.Drain()
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sig)
 	go func() {
-		<-stop
-		tracer.Close()
+		if _, ok := <-sig; ok {
+			stop()
+		}
 	}()
 	loss := startLossWatch(tracer, stderr)
 	defer loss.stop()
@@ -99,13 +134,34 @@ func runTrace(cmd *cobra.Command, f traceFlags) error {
 	// Tests and scripts wait for this line before driving traffic.
 	fmt.Fprintf(stderr, "containerdsnoop: tracing gRPC on unix sockets (backend %s); Ctrl-C to stop\n", tracer.Backend())
 
+	var child *exec.Cmd
+	childDone := make(chan error, 1)
+	if len(command) > 0 {
+		child = exec.Command(command[0], command[1:]...)
+		child.Stdin, child.Stdout, child.Stderr = os.Stdin, os.Stdout, os.Stderr
+		if err := child.Start(); err != nil {
+			return fmt.Errorf("start %s: %w", command[0], err)
+		}
+		signal.Ignore(os.Interrupt) // Ctrl-C is for the command; we stop when it exits
+		go func() {
+			childDone <- child.Wait()
+			stop()
+		}()
+	}
+
 	var ev capture.Event
 	for {
 		err := tracer.Read(&ev)
-		if errors.Is(err, bpf.ErrClosed) {
-			break
+		if errors.Is(err, bpf.ErrDrained) || errors.Is(err, bpf.ErrClosed) {
+			if stopping.Load() {
+				break
+			}
+			continue
 		}
 		if err != nil {
+			return err
+		}
+		if err := files.write(&ev); err != nil {
 			return err
 		}
 		p.Feed(&ev)
@@ -113,18 +169,45 @@ func runTrace(cmd *cobra.Command, f traceFlags) error {
 			return fmt.Errorf("write output: %w", err)
 		}
 		if tracer.Pending() == 0 {
+			if stopping.Load() {
+				break
+			}
 			// Caught up: show what was decoded now rather than when the
 			// buffer fills.
 			if err := p.Flush(); err != nil {
 				return fmt.Errorf("write output: %w", err)
+			}
+			if err := files.flush(); err != nil {
+				return err
 			}
 		}
 	}
 	if err := p.Close(); err != nil {
 		return fmt.Errorf("write output: %w", err)
 	}
+	if err := f.writeSummary(cmd, filter); err != nil {
+		return err
+	}
+	if err := files.close(tracer); err != nil {
+		return err
+	}
 	loss.stop()
+	if child != nil {
+		return exitStatus(<-childDone)
+	}
 	return nil
+}
+
+// exitStatus passes on the traced command's exit status.
+func exitStatus(err error) error {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if code := ee.ExitCode(); code > 0 {
+			return exitError(code)
+		}
+		return exitError(128 + 1) // killed by a signal
+	}
+	return err
 }
 
 // lossWatch prints a line when the capture starts losing data and a total

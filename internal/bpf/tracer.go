@@ -56,6 +56,7 @@ type Tracer struct {
 	comms      map[[16]byte]string
 	paths      map[string]string
 	closeOnce  sync.Once
+	detachOnce sync.Once
 	// statsMu guards the counters map against Close; final holds the
 	// counters as Close found them, so that Stats still answers after it
 	// (the totals printed and recorded at exit).
@@ -194,7 +195,7 @@ func (t *Tracer) Read(ev *capture.Event) error {
 			if errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
 				return ErrClosed
 			}
-			if errors.Is(err, os.ErrDeadlineExceeded) {
+			if errors.Is(err, ringbuf.ErrFlushed) || errors.Is(err, os.ErrDeadlineExceeded) {
 				return ErrDrained
 			}
 			return fmt.Errorf("read ring buffer: %w", err)
@@ -208,13 +209,14 @@ func (t *Tracer) Read(ev *capture.Event) error {
 // ErrClosed is returned by Read once the tracer is closed.
 var ErrClosed = errors.New("tracer closed")
 
-// ErrDrained is returned by Read when a deadline set by Drain has passed
-// and nothing is left in the ring buffer.
+// ErrDrained is returned by Read after Drain, once what the ring buffer
+// held at that moment has been read.
 var ErrDrained = errors.New("ring buffer drained")
 
-// Drain makes Read return ErrDrained, instead of blocking, once the ring
-// buffer is empty: for stopping after everything already captured.
-func (t *Tracer) Drain() { t.reader.SetDeadline(time.Now()) }
+// Drain makes Read return what the ring buffer holds now and then
+// ErrDrained, instead of blocking: for stopping after everything already
+// captured. Unlike Close, it is safe while another goroutine reads.
+func (t *Tracer) Drain() { t.reader.Flush() }
 
 func (t *Tracer) decode(raw []byte, ev *capture.Event) bool {
 	if len(raw) < eventSize {
@@ -331,6 +333,16 @@ func (t *Tracer) readStats() (capture.Stats, error) {
 		s.Faults += c.Faults
 	}
 	return s, nil
+}
+
+// Detach removes the probes: nothing more is captured, and what the ring
+// buffer holds can still be read. Safe while another goroutine reads.
+func (t *Tracer) Detach() {
+	t.detachOnce.Do(func() {
+		for _, l := range t.links {
+			l.Close()
+		}
+	})
 }
 
 // Close detaches everything; a blocked Read returns ErrClosed.

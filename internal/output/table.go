@@ -13,7 +13,7 @@ import (
 )
 
 // The original tool's columns, with STATUS and LATENCY before MESSAGE.
-const tableHeader = "%-15s %-15s %-7s %-7s %-7s %-4s %-6s %-55s %-16s %-9s %s\n"
+const tableHeader = "%-15s %-15s %-7s %-7s %-7s %-4s %-6s %-62s %-18s %-9s %s\n"
 
 type tableWriter struct {
 	w       *bufio.Writer
@@ -51,9 +51,7 @@ func (t *tableWriter) Write(r *grpcdecode.Record) error {
 	line := fmt.Sprintf(tableHeader, r.Time.Format("15:04:05.000000"), r.Comm, fmt.Sprint(r.PID), fmt.Sprint(r.TID),
 		fmt.Sprint(r.PeerPID), typ, fmt.Sprint(r.Stream), method, status, latency, tableMessage(r))
 	line = strings.TrimRight(line, "\n")
-	if t.opts.Width > 0 && len(line) > t.opts.Width {
-		line = line[:t.opts.Width]
-	}
+	line = cut(line, t.opts.Width)
 	t.w.WriteString(line)
 	return t.w.WriteByte('\n')
 }
@@ -98,6 +96,22 @@ func tableMessage(r *grpcdecode.Record) string {
 	s := MessageText(r)
 	if r.ContainerID != "" {
 		s = strings.TrimSpace(s + " container=" + r.ContainerID)
+	}
+	return s
+}
+
+// cut shortens s to width columns, counting runes (not bytes, which would
+// split a multi-byte character); 0 means no limit.
+func cut(s string, width int) string {
+	if width <= 0 || len(s) <= width {
+		return s
+	}
+	n := 0
+	for i := range s {
+		if n == width {
+			return s[:i]
+		}
+		n++
 	}
 	return s
 }

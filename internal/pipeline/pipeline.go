@@ -1,5 +1,6 @@
 // Package pipeline connects the stages: capture events → per-connection
-// byte streams (stream) → HTTP/2 (h2) → gRPC calls (grpcdecode) → output.
+// byte streams (stream) → protocol detection (mux.go) → HTTP/2 (h2) → gRPC
+// calls (grpcdecode), or ttrpc calls (ttrpc) → output.
 // It is the same for a live trace and for a replayed recording.
 package pipeline
 
@@ -10,11 +11,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/callfilter"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
 	"github.com/containerdsnoop/containerdsnoop/internal/h2"
 	"github.com/containerdsnoop/containerdsnoop/internal/output"
+	"github.com/containerdsnoop/containerdsnoop/internal/redact"
 	"github.com/containerdsnoop/containerdsnoop/internal/stream"
+	"github.com/containerdsnoop/containerdsnoop/internal/summary"
+	"github.com/containerdsnoop/containerdsnoop/internal/ttrpc"
 )
 
 // Filter selects what is shown.
@@ -22,6 +27,21 @@ type Filter struct {
 	// Socket keeps connections whose bound path is this one, also when
 	// it was given through a symlink (/var/run → /run) or as @abstract.
 	Socket string
+	// PIDs, when not empty, keeps events whose sender or peer is one of
+	// these processes. trace also filters them in the kernel; decode,
+	// replaying a recording, has only this.
+	PIDs []uint32
+	// Protocol keeps connections of one protocol, "grpc" or "ttrpc";
+	// "" (or "all") keeps both. It is applied before decoding.
+	Protocol string
+	// Calls selects decoded calls (method, namespace, comm, errors, slow).
+	Calls callfilter.Options
+	// ShowSecrets turns off the redaction of credentials.
+	ShowSecrets bool
+	// Summary, when set, counts every call shown; with SummaryOnly the
+	// calls are counted and not printed.
+	Summary     *summary.Summary
+	SummaryOnly bool
 }
 
 // Pipeline decodes events and writes records. Not safe for concurrent use.
@@ -30,11 +50,19 @@ type Pipeline struct {
 	asm        *stream.Assembler
 	socket     string
 	socketOK   map[string]bool
+	pids       map[uint32]bool
+	filter     Filter
+	calls      *callfilter.Filter
+	sinks      tee
 	comms      map[uint32]string
 	lastExpiry time.Time
 	err        error
 	// Records counts what was written.
 	Records uint64
+	// Replay says the events come from a recording: this machine's /proc
+	// says nothing about their processes, so a peer that never sent
+	// anything keeps an empty comm.
+	Replay bool
 }
 
 // IdleTimeout is how long a silent connection is kept. Its HTTP/2 state
@@ -43,18 +71,57 @@ const IdleTimeout = 15 * time.Minute
 
 // New returns a Pipeline writing to out.
 func New(out output.Writer, f Filter) *Pipeline {
-	p := &Pipeline{out: out, socketOK: map[string]bool{}, comms: map[uint32]string{}}
+	p := &Pipeline{out: out, socketOK: map[string]bool{}, comms: map[uint32]string{}, filter: f}
+	p.calls = callfilter.New(f.Calls, p.emit)
 	if f.Socket != "" {
 		p.socket = canonicalPath(f.Socket)
 	}
+	if len(f.PIDs) > 0 {
+		p.pids = make(map[uint32]bool, len(f.PIDs))
+		for _, pid := range f.PIDs {
+			p.pids[pid] = true
+		}
+	}
 	grpc := grpcdecode.New(p.write)
-	p.asm = stream.New(h2.NewDecoder(grpc))
+	p.sinks = tee{newMux(h2.NewDecoder(grpc), ttrpc.NewDecoder(p.write), f.Protocol)}
+	p.asm = stream.New(&p.sinks)
 	return p
+}
+
+// AddSink also hands every connection's byte streams (after filtering) to
+// s, e.g. a pcap writer. s is called after the decoder, so the decoder's
+// per-connection state (Conn.State, an *h2.Conn for a connection decoded
+// as HTTP/2; nil while its protocol is not yet known) is up to date, and it
+// must not set Conn.State itself. Call before the first Feed.
+func (p *Pipeline) AddSink(s stream.Sink) { p.sinks = append(p.sinks, s) }
+
+// tee is a stream.Sink feeding several.
+type tee []stream.Sink
+
+func (t *tee) Bytes(c *stream.Conn, end int, ev *capture.Event, data []byte) {
+	for _, s := range *t {
+		s.Bytes(c, end, ev, data)
+	}
+}
+
+func (t *tee) Gap(c *stream.Conn, end int, n uint64) {
+	for _, s := range *t {
+		s.Gap(c, end, n)
+	}
+}
+
+func (t *tee) Closed(c *stream.Conn) {
+	for _, s := range *t {
+		s.Closed(c)
+	}
 }
 
 // Feed takes the next capture event.
 func (p *Pipeline) Feed(ev *capture.Event) {
 	if p.socket != "" && !p.socketMatches(ev.Path) {
+		return
+	}
+	if p.pids != nil && !p.pids[ev.PID] && !p.pids[ev.PeerPID] {
 		return
 	}
 	p.asm.Feed(ev)
@@ -80,8 +147,22 @@ func (p *Pipeline) Close() error {
 func (p *Pipeline) Flush() error { return p.out.Flush() }
 
 func (p *Pipeline) write(r *grpcdecode.Record) {
-	if r.PeerComm == "" && r.PeerPID != 0 {
+	if r.PeerComm == "" && r.PeerPID != 0 && !p.Replay {
 		r.PeerComm = p.comm(r.PeerPID)
+	}
+	if !p.filter.ShowSecrets {
+		redact.Message(r.Message)
+	}
+	p.calls.Add(r)
+}
+
+// emit takes a record the filters selected.
+func (p *Pipeline) emit(r *grpcdecode.Record) {
+	if p.filter.Summary != nil {
+		p.filter.Summary.Add(r)
+		if p.filter.SummaryOnly {
+			return
+		}
 	}
 	p.Records++
 	if err := p.out.Write(r); err != nil && p.err == nil {

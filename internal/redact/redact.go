@@ -141,4 +141,3 @@ func placeholder(fd protoreflect.FieldDescriptor) protoreflect.Value {
 	}
 	return protoreflect.ValueOfString(Placeholder)
 }
-
