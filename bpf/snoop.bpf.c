@@ -392,7 +392,7 @@ static __always_inline int enter_send(__u64 fd, __u32 kind, __u64 base, __u64 nr
 	return 0;
 }
 
-static __always_inline int exit_send(long ret)
+static __always_inline int exit_send(long ret, __u8 backend)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct send_src *p = bpf_map_lookup_elem(&inflight, &tid);
@@ -403,7 +403,7 @@ static __always_inline int exit_send(long ret)
 	src = *p;
 	bpf_map_delete_elem(&inflight, &tid);
 	if (ret > 0)
-		emit_send(&src, ret, BACKEND_TRACEPOINT);
+		emit_send(&src, ret, backend);
 	return 0;
 }
 
@@ -438,25 +438,25 @@ int tp_enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_exit_write")
 int tp_exit_write(struct trace_event_raw_sys_exit *ctx)
 {
-	return exit_send(ctx->ret);
+	return exit_send(ctx->ret, BACKEND_TRACEPOINT);
 }
 
 SEC("tracepoint/syscalls/sys_exit_sendto")
 int tp_exit_sendto(struct trace_event_raw_sys_exit *ctx)
 {
-	return exit_send(ctx->ret);
+	return exit_send(ctx->ret, BACKEND_TRACEPOINT);
 }
 
 SEC("tracepoint/syscalls/sys_exit_writev")
 int tp_exit_writev(struct trace_event_raw_sys_exit *ctx)
 {
-	return exit_send(ctx->ret);
+	return exit_send(ctx->ret, BACKEND_TRACEPOINT);
 }
 
 SEC("tracepoint/syscalls/sys_exit_sendmsg")
 int tp_exit_sendmsg(struct trace_event_raw_sys_exit *ctx)
 {
-	return exit_send(ctx->ret);
+	return exit_send(ctx->ret, BACKEND_TRACEPOINT);
 }
 
 /* ---- every backend: closes ---------------------------------------------
@@ -575,21 +575,6 @@ static __always_inline int enter_sendmsg(struct socket *sock, struct msghdr *msg
 	return 0;
 }
 
-static __always_inline int exit_sendmsg(long ret, __u8 backend)
-{
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct send_src *p = bpf_map_lookup_elem(&inflight, &tid);
-	struct send_src src;
-
-	if (!p)
-		return 0;
-	src = *p;
-	bpf_map_delete_elem(&inflight, &tid);
-	if (ret > 0)
-		emit_send(&src, ret, backend);
-	return 0;
-}
-
 SEC("fentry/unix_stream_sendmsg")
 int BPF_PROG(fentry_unix_stream_sendmsg, struct socket *sock, struct msghdr *msg, size_t len)
 {
@@ -599,7 +584,7 @@ int BPF_PROG(fentry_unix_stream_sendmsg, struct socket *sock, struct msghdr *msg
 SEC("fexit/unix_stream_sendmsg")
 int BPF_PROG(fexit_unix_stream_sendmsg, struct socket *sock, struct msghdr *msg, size_t len, int ret)
 {
-	return exit_sendmsg(ret, BACKEND_FENTRY);
+	return exit_send(ret, BACKEND_FENTRY);
 }
 
 SEC("kprobe/unix_stream_sendmsg")
@@ -611,7 +596,7 @@ int BPF_KPROBE(kprobe_unix_stream_sendmsg, struct socket *sock, struct msghdr *m
 SEC("kretprobe/unix_stream_sendmsg")
 int BPF_KRETPROBE(kretprobe_unix_stream_sendmsg, int ret)
 {
-	return exit_sendmsg(ret, BACKEND_KPROBE);
+	return exit_send(ret, BACKEND_KPROBE);
 }
 
 /* Keep the enums in BTF so bpf2go generates them for Go. */

@@ -280,17 +280,24 @@ func (d *Decoder) message(c *h2.Conn, cl *call, dir int, m message, ev *h2.Event
 }
 
 func decodeInto(r *Record, cl *call, dir int, payload []byte) {
-	if cl.m == nil {
+	if cl.m == nil && cl.method == "" && dir == req && cl.guess == "" {
+		cl.guess = guessMethod(payload)
+	}
+	r.MethodGuess = cl.guess
+	DecodeMessage(r, cl.m, dir == resp, payload)
+}
+
+// DecodeMessage fills r with payload decoded as m's request (or response)
+// type. Without a method, or when the bytes do not parse as its type, the
+// bytes are kept raw, for display by field number.
+func DecodeMessage(r *Record, m *Method, response bool, payload []byte) {
+	if m == nil {
 		r.Raw = payload
-		if cl.method == "" && dir == req && cl.guess == "" {
-			cl.guess = guessMethod(payload)
-		}
-		r.MethodGuess = cl.guess
 		return
 	}
-	mt := cl.m.Input
-	if dir == resp {
-		mt = cl.m.Output
+	mt := m.Input
+	if response {
+		mt = m.Output
 	}
 	msg := mt.New().Interface()
 	if err := proto.Unmarshal(payload, msg); err != nil {

@@ -4,7 +4,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
@@ -476,22 +475,7 @@ func decodeInto(r *grpcdecode.Record, cl *call, dir int, payload []byte) {
 	if payload == nil {
 		payload = []byte{}
 	}
-	if cl.m == nil {
-		r.Raw = payload
-		return
-	}
-	mt := cl.m.Input
-	if dir == resp {
-		mt = cl.m.Output
-	}
-	msg := mt.New().Interface()
-	if err := proto.Unmarshal(payload, msg); err != nil {
-		r.Raw = payload
-		r.Note = "does not parse as " + string(mt.Descriptor().FullName()) + ": " + err.Error()
-		return
-	}
-	r.Message = msg
-	r.MessageType = string(mt.Descriptor().FullName())
+	grpcdecode.DecodeMessage(r, cl.m, dir == resp, payload)
 }
 
 func evictOldest(s *conn) {
