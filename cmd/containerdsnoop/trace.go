@@ -88,6 +88,10 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	}
 	opts := bpf.Options{Attach: f.attach, RingBufSize: f.ringBufSize, PIDs: filter.PIDs}
 	if len(command) > 0 {
+		// Fail before attaching anything when the command cannot run.
+		if _, err := exec.LookPath(command[0]); err != nil {
+			return fmt.Errorf("cannot run %s: %w", command[0], err)
+		}
 		// This process is the root of the followed tree: what it forks
 		// (the command) joins the filter in the kernel before it runs.
 		// Its own sends are never traced.
@@ -202,10 +206,10 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 func exitStatus(err error) error {
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
-		if code := ee.ExitCode(); code > 0 {
-			return exitError(code)
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return exitError(128 + int(ws.Signal())) // as shells report it
 		}
-		return exitError(128 + 1) // killed by a signal
+		return exitError(ee.ExitCode())
 	}
 	return err
 }
