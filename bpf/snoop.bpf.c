@@ -158,10 +158,45 @@ static __always_inline struct sock *unix_stream_sk(struct socket *sock)
 	return sk;
 }
 
+/* Which process holds each socket, learnt when it accepts a connection or
+ * sends. The peer credentials alone can name a process long gone: a shim's
+ * listening socket is created by a short-lived "shim start" process and
+ * handed to the real shim. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);   /* struct sock * */
+	__type(value, __u32); /* tgid */
+} sk_owner SEC(".maps");
+
+static __always_inline void note_owner(struct sock *sk, __u32 tgid)
+{
+	__u64 key = (__u64)sk;
+	__u32 *cur = bpf_map_lookup_elem(&sk_owner, &key);
+
+	if (!cur || *cur != tgid)
+		bpf_map_update_elem(&sk_owner, &key, &tgid, BPF_ANY);
+}
+
+/* The process at the other end of sk's connection. */
 static __always_inline __u32 peer_pid_of(struct sock *sk)
 {
-	struct pid *pid = BPF_CORE_READ(sk, sk_peer_pid);
+	struct sock *peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
+	__u64 key = (__u64)peer;
+	__u32 *owner;
+	struct pid *pid;
 
+	if (peer && (owner = bpf_map_lookup_elem(&sk_owner, &key)))
+		return *owner;
+	/* Not accepted yet (a client may send before the server accepts):
+	 * the process accepting on its listener will hold it. Kernels before
+	 * 6.10 do not link an embryo to its listener. */
+	if (peer && bpf_core_field_exists(((struct unix_sock *)peer)->listener)) {
+		key = (__u64)BPF_CORE_READ((struct unix_sock *)peer, listener);
+		if (key && (owner = bpf_map_lookup_elem(&sk_owner, &key)))
+			return *owner;
+	}
+	pid = BPF_CORE_READ(sk, sk_peer_pid);
 	if (!pid)
 		return 0;
 	/* numbers[0] is the pid in the initial namespace, like bpf_get_current_pid_tgid. */
@@ -316,6 +351,7 @@ static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 bac
 
 	if (!sk)
 		return;
+	note_owner(sk, bpf_get_current_pid_tgid() >> 32);
 	sc = bpf_map_lookup_elem(&scratch_map, &zero);
 	if (!sc)
 		return;
@@ -491,6 +527,61 @@ int any_enter_close(struct trace_event_raw_sys_enter *ctx)
 	sc->ev.stream_off = 0;
 	bpf_ringbuf_output(&events, &sc->ev, sizeof(sc->ev), 0);
 	return 0;
+}
+
+/* ---- every backend: accepts --------------------------------------------
+ *
+ * The process that accepts on a listener, and then holds the accepted
+ * socket, is the server end: recorded so that even a client's first
+ * request, sent before the accept, names the right peer.
+ */
+static __always_inline int enter_accept(__u64 fd)
+{
+	struct socket *sock = fd_socket(fd);
+	struct sock *sk;
+
+	if (!sock || BPF_CORE_READ(sock, type) != SOCK_STREAM)
+		return 0;
+	sk = BPF_CORE_READ(sock, sk);
+	if (sk && BPF_CORE_READ(sk, __sk_common.skc_family) == AF_UNIX)
+		note_owner(sk, bpf_get_current_pid_tgid() >> 32);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_accept4")
+int any_enter_accept4(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_accept(ctx->args[0]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_accept")
+int any_enter_accept(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_accept(ctx->args[0]);
+}
+
+static __always_inline int exit_accept(long fd)
+{
+	struct sock *sk;
+
+	if (fd < 0)
+		return 0;
+	sk = unix_stream_sk(fd_socket(fd));
+	if (sk)
+		note_owner(sk, bpf_get_current_pid_tgid() >> 32);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int any_exit_accept4(struct trace_event_raw_sys_exit *ctx)
+{
+	return exit_accept(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int any_exit_accept(struct trace_event_raw_sys_exit *ctx)
+{
+	return exit_accept(ctx->ret);
 }
 
 /* ---- trace -- CMD: follow the command's process tree -------------------

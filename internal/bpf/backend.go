@@ -114,16 +114,25 @@ func attachKprobes(t *Tracer) error {
 	return nil
 }
 
-// attachClose reports closes of traced sockets, for every backend: the
-// syscall tracepoint exists wherever BPF does.
+// attachClose hooks what every backend shares: closes of traced sockets
+// (to free decoder state) and accepts (to know which process holds the
+// server end). Syscall tracepoints exist wherever BPF does.
 func attachClose(t *Tracer) error {
 	if err := ensureTracefs(); err != nil {
 		return err
 	}
-	l, err := link.Tracepoint("syscalls", "sys_enter_close", t.progs["any_enter_close"], nil)
-	if err != nil {
-		return fmt.Errorf("attach tracepoint syscalls:sys_enter_close: %w", err)
+	for _, tp := range []struct{ name, prog string }{
+		{"sys_enter_close", "any_enter_close"},
+		{"sys_exit_accept4", "any_exit_accept4"},
+		{"sys_exit_accept", "any_exit_accept"},
+		{"sys_enter_accept4", "any_enter_accept4"},
+		{"sys_enter_accept", "any_enter_accept"},
+	} {
+		l, err := link.Tracepoint("syscalls", tp.name, t.progs[tp.prog], nil)
+		if err != nil {
+			return fmt.Errorf("attach tracepoint syscalls:%s: %w", tp.name, err)
+		}
+		t.links = append(t.links, l)
 	}
-	t.links = append(t.links, l)
 	return nil
 }

@@ -106,8 +106,13 @@ const (
 	snoopMapPidFilter                   = "pid_filter"
 	snoopMapScratchMap                  = "scratch_map"
 	snoopMapSendPos                     = "send_pos"
+	snoopMapSkOwner                     = "sk_owner"
 	snoopMapStatsMap                    = "stats_map"
+	snoopProgAnyEnterAccept             = "any_enter_accept"
+	snoopProgAnyEnterAccept4            = "any_enter_accept4"
 	snoopProgAnyEnterClose              = "any_enter_close"
+	snoopProgAnyExitAccept              = "any_exit_accept"
+	snoopProgAnyExitAccept4             = "any_exit_accept4"
 	snoopProgFentryUnixStreamSendmsg    = "fentry_unix_stream_sendmsg"
 	snoopProgFexitUnixStreamSendmsg     = "fexit_unix_stream_sendmsg"
 	snoopProgFollowExit                 = "follow_exit"
@@ -169,7 +174,11 @@ type snoopSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type snoopProgramSpecs struct {
+	AnyEnterAccept             *ebpf.ProgramSpec `ebpf:"any_enter_accept"`
+	AnyEnterAccept4            *ebpf.ProgramSpec `ebpf:"any_enter_accept4"`
 	AnyEnterClose              *ebpf.ProgramSpec `ebpf:"any_enter_close"`
+	AnyExitAccept              *ebpf.ProgramSpec `ebpf:"any_exit_accept"`
+	AnyExitAccept4             *ebpf.ProgramSpec `ebpf:"any_exit_accept4"`
 	FentryUnixStreamSendmsg    *ebpf.ProgramSpec `ebpf:"fentry_unix_stream_sendmsg"`
 	FexitUnixStreamSendmsg     *ebpf.ProgramSpec `ebpf:"fexit_unix_stream_sendmsg"`
 	FollowExit                 *ebpf.ProgramSpec `ebpf:"follow_exit"`
@@ -195,6 +204,7 @@ type snoopMapSpecs struct {
 	PidFilter  *ebpf.MapSpec `ebpf:"pid_filter"`
 	ScratchMap *ebpf.MapSpec `ebpf:"scratch_map"`
 	SendPos    *ebpf.MapSpec `ebpf:"send_pos"`
+	SkOwner    *ebpf.MapSpec `ebpf:"sk_owner"`
 	StatsMap   *ebpf.MapSpec `ebpf:"stats_map"`
 }
 
@@ -232,6 +242,7 @@ type snoopMaps struct {
 	PidFilter  *ebpf.Map `ebpf:"pid_filter"`
 	ScratchMap *ebpf.Map `ebpf:"scratch_map"`
 	SendPos    *ebpf.Map `ebpf:"send_pos"`
+	SkOwner    *ebpf.Map `ebpf:"sk_owner"`
 	StatsMap   *ebpf.Map `ebpf:"stats_map"`
 }
 
@@ -242,6 +253,7 @@ func (m *snoopMaps) Close() error {
 		m.PidFilter,
 		m.ScratchMap,
 		m.SendPos,
+		m.SkOwner,
 		m.StatsMap,
 	)
 }
@@ -259,7 +271,11 @@ type snoopVariables struct {
 //
 // It can be passed to loadSnoopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type snoopPrograms struct {
+	AnyEnterAccept             *ebpf.Program `ebpf:"any_enter_accept"`
+	AnyEnterAccept4            *ebpf.Program `ebpf:"any_enter_accept4"`
 	AnyEnterClose              *ebpf.Program `ebpf:"any_enter_close"`
+	AnyExitAccept              *ebpf.Program `ebpf:"any_exit_accept"`
+	AnyExitAccept4             *ebpf.Program `ebpf:"any_exit_accept4"`
 	FentryUnixStreamSendmsg    *ebpf.Program `ebpf:"fentry_unix_stream_sendmsg"`
 	FexitUnixStreamSendmsg     *ebpf.Program `ebpf:"fexit_unix_stream_sendmsg"`
 	FollowExit                 *ebpf.Program `ebpf:"follow_exit"`
@@ -278,7 +294,11 @@ type snoopPrograms struct {
 
 func (p *snoopPrograms) Close() error {
 	return _SnoopClose(
+		p.AnyEnterAccept,
+		p.AnyEnterAccept4,
 		p.AnyEnterClose,
+		p.AnyExitAccept,
+		p.AnyExitAccept4,
 		p.FentryUnixStreamSendmsg,
 		p.FexitUnixStreamSendmsg,
 		p.FollowExit,

@@ -23,7 +23,7 @@ func TestCRIPodLifecycle(t *testing.T) {
 	privileged.Require(t)
 	privileged.RequireBinary(t, "runc")
 	c := Start(t)
-	if _, err := c.Ctr(t, "-n", "k8s.io", "images", "import", writeBusyboxImage(t, SandboxImage, "/bin/busybox", "sleep", "2147483647")); err != nil {
+	if _, err := c.Ctr(t, "-n", "k8s.io", "images", "import", WriteBusyboxImage(t, SandboxImage, "/bin/busybox", "sleep", "2147483647")); err != nil {
 		t.Fatalf("import sandbox image: %v", err)
 	}
 	ctx := testContext(t)
@@ -104,7 +104,7 @@ func TestCleanupReapsLeftoverContainers(t *testing.T) {
 			}
 			return out
 		}
-		ctr("-n", "containerdtest", "images", "import", writeBusyboxImage(t, image, "/bin/busybox", "sleep", "600"))
+		ctr("-n", "containerdtest", "images", "import", WriteBusyboxImage(t, image, "/bin/busybox", "sleep", "600"))
 		// ctr defaults to the shared /run/containerd/runc and
 		// /run/containerd/fifo; keep this instance's runc state private.
 		ctr("-n", "containerdtest", "run", "-d", "--null-io",

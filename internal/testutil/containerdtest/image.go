@@ -17,11 +17,36 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/privileged"
 )
 
-// writeBusyboxImage writes an OCI image archive, importable with
-// `ctr images import`, whose only layer is the host's static busybox. No
-// registry is reachable from the test machines, so images have to be made
-// locally; busybox-static is one of the test dependencies.
-func writeBusyboxImage(t *testing.T, name string, entrypoint ...string) string {
+// CRINamespace is the containerd namespace the CRI plugin keeps its images,
+// containers and tasks in.
+const CRINamespace = "k8s.io"
+
+// busyboxApplets are the commands the image built by WriteBusyboxImage
+// offers in /bin besides busybox itself, so that pods can run commands the
+// way kubelet passes them (`sleep 3600`, `echo hello`) rather than as
+// busybox arguments.
+var busyboxApplets = []string{"sh", "sleep", "echo", "cat", "true"}
+
+// ImportBusyboxImage builds an image from the host's static busybox (see
+// WriteBusyboxImage) whose entrypoint sleeps forever, and imports it into
+// c's CRI namespace as name. The same image serves as a pod's sandbox
+// (pause) image, when name is SandboxImage, and as a workload image, whose
+// command CRI containers override. t fails if the import fails.
+func ImportBusyboxImage(t testing.TB, c *Containerd, name string) {
+	t.Helper()
+	archive := WriteBusyboxImage(t, name, "/bin/busybox", "sleep", "2147483647")
+	if _, err := c.Ctr(t, "-n", CRINamespace, "images", "import", archive); err != nil {
+		t.Fatalf("import image %s: %v", name, err)
+	}
+}
+
+// WriteBusyboxImage writes an OCI image archive, importable with
+// `ctr images import`, named name, whose only layer is the host's static
+// busybox with a few applet links (sh, sleep, echo, ...) in /bin, and
+// whose entrypoint is entrypoint. No registry is reachable from the test
+// machines, so images have to be made locally; busybox-static is one of the
+// test dependencies. The archive lives in a temporary directory of t.
+func WriteBusyboxImage(t testing.TB, name string, entrypoint ...string) string {
 	t.Helper()
 	bbPath := privileged.RequireBinary(t, "busybox")
 	bb, err := os.ReadFile(bbPath)
@@ -32,11 +57,14 @@ func writeBusyboxImage(t *testing.T, name string, entrypoint ...string) string {
 	var layer bytes.Buffer
 	tw := tar.NewWriter(&layer)
 	mtime := time.Unix(0, 0)
-	for _, h := range []*tar.Header{
+	headers := []*tar.Header{
 		{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mtime},
 		{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(bb)), ModTime: mtime},
-		{Name: "bin/sh", Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777, ModTime: mtime},
-	} {
+	}
+	for _, applet := range busyboxApplets {
+		headers = append(headers, &tar.Header{Name: "bin/" + applet, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777, ModTime: mtime})
+	}
+	for _, h := range headers {
 		if err := tw.WriteHeader(h); err != nil {
 			t.Fatal(err)
 		}
@@ -59,9 +87,8 @@ func writeBusyboxImage(t *testing.T, name string, entrypoint ...string) string {
 	blobs := map[string][]byte{}
 	add := func(mediaType string, data []byte) descriptor {
 		sum := sha256.Sum256(data)
-		d := "sha256:" + hex.EncodeToString(sum[:])
 		blobs[hex.EncodeToString(sum[:])] = data
-		return descriptor{MediaType: mediaType, Digest: d, Size: len(data)}
+		return descriptor{MediaType: mediaType, Digest: "sha256:" + hex.EncodeToString(sum[:]), Size: len(data)}
 	}
 	mustJSON := func(v any) []byte {
 		b, err := json.Marshal(v)
@@ -71,6 +98,7 @@ func writeBusyboxImage(t *testing.T, name string, entrypoint ...string) string {
 		return b
 	}
 
+	// The layer is uncompressed, so its digest is also its diff ID.
 	layerDesc := add("application/vnd.oci.image.layer.v1.tar", layer.Bytes())
 	config := add("application/vnd.oci.image.config.v1+json", mustJSON(map[string]any{
 		"architecture": runtime.GOARCH,
