@@ -199,6 +199,11 @@ static __always_inline __u32 peer_pid_of(struct sock *sk)
 	pid = BPF_CORE_READ(sk, sk_peer_pid);
 	if (!pid)
 		return 0;
+	/* The credentials name the process that connected or listened; if it
+	 * has exited since (a shim's "start" process), no process is its
+	 * thread-group leader any more: say unknown rather than name it. */
+	if (!BPF_CORE_READ(pid, tasks[bpf_core_enum_value(enum pid_type, PIDTYPE_TGID)].first))
+		return 0;
 	/* numbers[0] is the pid in the initial namespace, like bpf_get_current_pid_tgid. */
 	return BPF_CORE_READ(pid, numbers[0].nr);
 }

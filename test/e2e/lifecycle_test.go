@@ -389,7 +389,11 @@ func checkLifecycleLine(t *testing.T, r *record, containerdPID int, begin, end t
 	if int(r.PID) != containerdPID && int(r.PeerPID) != containerdPID {
 		t.Errorf("line with containerd (%d) at neither end, despite --pid:\n    %s", containerdPID, r)
 	}
-	if r.Conn == 0 || r.Stream == 0 || r.PID == 0 || r.TID == 0 || r.PeerPID == 0 {
+	// peer_pid is 0 (unknown) only where the kernel cannot name the peer:
+	// containerd's first request to a new shim, sent before the shim
+	// accepted, whose socket credentials name the exited "shim start".
+	firstShimRequest := r.Protocol == "ttrpc" && r.Type == "request" && r.Stream == 1 && int(r.PID) == containerdPID
+	if r.Conn == 0 || r.Stream == 0 || r.PID == 0 || r.TID == 0 || (r.PeerPID == 0 && !firstShimRequest) {
 		t.Errorf("conn, stream, pid, tid and peer_pid must all be set:\n    %s", r)
 	}
 	switch r.Protocol {
