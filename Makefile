@@ -5,7 +5,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 BIN       := bin/containerdsnoop
 FUZZTIME  ?= 60s
 
-.PHONY: all build generate test test-unit test-deps lint vet fmt fuzz clean
+.PHONY: all build generate test test-unit test-deps test-kernels lint vet fmt fuzz clean
 
 all: build
 
@@ -32,6 +32,13 @@ release:
 # need (containerd, runc, clang, ...) from the distribution first.
 test: test-deps
 	CONTAINERDSNOOP_REQUIRE_PRIVILEGED=$${CONTAINERDSNOOP_REQUIRE_PRIVILEGED:-1} $(GO) test -count=1 -timeout 30m ./...
+	GO=$(GO) bash scripts/test-kernels.sh
+
+# The capture tests on Debian 12's newest 6.1 and 6.12 kernels (generic and
+# cloud), booted under qemu, and on this host's kernel. As root; the first run
+# downloads ~330 MB of kernel packages into /var/cache/containerdsnoop.
+test-kernels:
+	GO=$(GO) bash scripts/test-kernels.sh
 
 # Tests that need neither root nor a kernel.
 test-unit:

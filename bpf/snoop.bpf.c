@@ -413,7 +413,12 @@ static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 bac
 		s->lost_bytes += st->left;
 }
 
-/* ---- backend: syscall tracepoints -------------------------------------- */
+/* ---- backend: syscall tracepoints --------------------------------------
+ *
+ * The context is the kernel's own syscall_trace_enter/exit, read with CO-RE:
+ * real-time kernels (6.1-rt) have a larger trace_entry, which moves args and
+ * ret; trace_event_raw_sys_enter describes raw_syscalls, not these events.
+ */
 
 static __always_inline int enter_send(__u64 fd, __u32 kind, __u64 base, __u64 nr_segs)
 {
@@ -449,25 +454,25 @@ static __always_inline int exit_send(long ret, __u8 backend)
 }
 
 SEC("tracepoint/syscalls/sys_enter_write")
-int tp_enter_write(struct trace_event_raw_sys_enter *ctx)
+int tp_enter_write(struct syscall_trace_enter *ctx)
 {
 	return enter_send(ctx->args[0], SRC_UBUF, ctx->args[1], 1);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendto")
-int tp_enter_sendto(struct trace_event_raw_sys_enter *ctx)
+int tp_enter_sendto(struct syscall_trace_enter *ctx)
 {
 	return enter_send(ctx->args[0], SRC_UBUF, ctx->args[1], 1);
 }
 
 SEC("tracepoint/syscalls/sys_enter_writev")
-int tp_enter_writev(struct trace_event_raw_sys_enter *ctx)
+int tp_enter_writev(struct syscall_trace_enter *ctx)
 {
 	return enter_send(ctx->args[0], SRC_UIOV, ctx->args[1], ctx->args[2]);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int tp_enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
+int tp_enter_sendmsg(struct syscall_trace_enter *ctx)
 {
 	struct user_msghdr msg;
 
@@ -477,25 +482,25 @@ int tp_enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
 }
 
 SEC("tracepoint/syscalls/sys_exit_write")
-int tp_exit_write(struct trace_event_raw_sys_exit *ctx)
+int tp_exit_write(struct syscall_trace_exit *ctx)
 {
 	return exit_send(ctx->ret, BACKEND_TRACEPOINT);
 }
 
 SEC("tracepoint/syscalls/sys_exit_sendto")
-int tp_exit_sendto(struct trace_event_raw_sys_exit *ctx)
+int tp_exit_sendto(struct syscall_trace_exit *ctx)
 {
 	return exit_send(ctx->ret, BACKEND_TRACEPOINT);
 }
 
 SEC("tracepoint/syscalls/sys_exit_writev")
-int tp_exit_writev(struct trace_event_raw_sys_exit *ctx)
+int tp_exit_writev(struct syscall_trace_exit *ctx)
 {
 	return exit_send(ctx->ret, BACKEND_TRACEPOINT);
 }
 
 SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int tp_exit_sendmsg(struct trace_event_raw_sys_exit *ctx)
+int tp_exit_sendmsg(struct syscall_trace_exit *ctx)
 {
 	return exit_send(ctx->ret, BACKEND_TRACEPOINT);
 }
@@ -509,7 +514,7 @@ int tp_exit_sendmsg(struct trace_event_raw_sys_exit *ctx)
  * userspace simply picks the connection up again mid-stream.
  */
 SEC("tracepoint/syscalls/sys_enter_close")
-int any_enter_close(struct trace_event_raw_sys_enter *ctx)
+int any_enter_close(struct syscall_trace_enter *ctx)
 {
 	struct socket *sock = fd_socket(ctx->args[0]);
 	struct sock *sk = unix_stream_sk(sock);
@@ -554,13 +559,13 @@ static __always_inline int enter_accept(__u64 fd)
 }
 
 SEC("tracepoint/syscalls/sys_enter_accept4")
-int any_enter_accept4(struct trace_event_raw_sys_enter *ctx)
+int any_enter_accept4(struct syscall_trace_enter *ctx)
 {
 	return enter_accept(ctx->args[0]);
 }
 
 SEC("tracepoint/syscalls/sys_enter_accept")
-int any_enter_accept(struct trace_event_raw_sys_enter *ctx)
+int any_enter_accept(struct syscall_trace_enter *ctx)
 {
 	return enter_accept(ctx->args[0]);
 }
@@ -578,13 +583,13 @@ static __always_inline int exit_accept(long fd)
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept4")
-int any_exit_accept4(struct trace_event_raw_sys_exit *ctx)
+int any_exit_accept4(struct syscall_trace_exit *ctx)
 {
 	return exit_accept(ctx->ret);
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept")
-int any_exit_accept(struct trace_event_raw_sys_exit *ctx)
+int any_exit_accept(struct syscall_trace_exit *ctx)
 {
 	return exit_accept(ctx->ret);
 }
