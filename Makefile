@@ -5,7 +5,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 BIN       := bin/containerdsnoop
 FUZZTIME  ?= 60s
 
-.PHONY: all build generate test test-unit test-deps test-kernels lint vet fmt fuzz clean
+.PHONY: all build generate test test-unit test-deps test-kernels bench lint vet fmt fuzz clean
 
 all: build
 
@@ -48,6 +48,11 @@ test-unit:
 
 test-deps:
 	bash scripts/install-test-deps.sh
+
+# Cost benchmark against the untraced baseline and strace, with the budget
+# verdicts (docs/performance.md). As root: sudo make bench
+bench:
+	bash scripts/bench.sh
 
 # Each fuzz target for FUZZTIME (CI: a minute each). Seeds are committed.
 FUZZ_TARGETS := FuzzDecode:./internal/h2/hpack/ FuzzAttach:./internal/h2/ FuzzSplitter:./internal/grpcdecode/ FuzzReader:./internal/recording/ FuzzTTRPC:./internal/ttrpc/

@@ -1,0 +1,128 @@
+package pipeline_test
+
+// The whole decoding pipeline, as the tracer runs it after the ring buffer:
+// capture events → protocol detection → stream reassembly → HTTP/2 → gRPC →
+// JSON or table, on real grpc-go traffic (testdata/wire). Bytes are wire
+// bytes. A fresh Pipeline per iteration: every connection is decoded from
+// its first byte, as those opened after the tracer started.
+//
+//	go test -run '^$' -bench . -benchmem ./internal/pipeline/
+//	go test -run '^$' -bench 'Pipeline/json/long_lived' -cpuprofile cpu.out ./internal/pipeline/
+
+import (
+	"io"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/capture"
+	"github.com/containerdsnoop/containerdsnoop/internal/output"
+	"github.com/containerdsnoop/containerdsnoop/internal/pipeline"
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
+)
+
+var benchRecordings = []string{"long_lived", "unary_version", "large_split", "compressed", "error_status", "two_conns", "containerd_api", "unknown_method"}
+
+func benchEvents(recs []wirerec.Record, connBase uint64, t0 time.Time) []capture.Event {
+	var out []capture.Event
+	offsets := map[uint64]uint64{}
+	for i, r := range recs {
+		conn := connBase + uint64(r.Conn)
+		client, server := conn*2, conn*2+1
+		sock, peer := client, server
+		pid, comm := uint32(100), "client"
+		if r.FromServer {
+			sock, peer = server, client
+			pid, comm = 200, "server"
+		}
+		out = append(out, capture.Event{
+			Time: t0.Add(time.Duration(i) * time.Millisecond),
+			Sock: sock, PeerSock: peer, Ino: sock + 1000, PeerIno: peer + 1000,
+			Offset: offsets[sock], Len: uint32(len(r.Data)), SendLen: uint32(len(r.Data)),
+			PID: pid, TID: pid, PeerPID: 300 - pid, Comm: comm, Path: "/run/test.sock",
+			Bound: r.FromServer, Data: r.Data,
+		})
+		offsets[sock] += uint64(len(r.Data))
+	}
+	return out
+}
+
+type benchCase struct {
+	name   string
+	events []capture.Event
+	bytes  int64
+}
+
+func benchCases(b *testing.B) []benchCase {
+	b.Helper()
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	var cases []benchCase
+	all := benchCase{name: "all"}
+	for i, name := range benchRecordings {
+		recs, err := wirerec.Load(filepath.Join("../../testdata/wire", name+".wire"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		c := benchCase{name: name, events: benchEvents(recs, 0, t0)}
+		for _, ev := range c.events {
+			c.bytes += int64(len(ev.Data))
+		}
+		cases = append(cases, c)
+		all.events = append(all.events, benchEvents(recs, uint64(i)*1000, t0.Add(time.Duration(len(all.events))*time.Millisecond))...)
+		all.bytes += c.bytes
+	}
+	return append(cases, all)
+}
+
+func BenchmarkPipeline(b *testing.B) {
+	cases := benchCases(b)
+	for _, format := range []string{"json", "table"} {
+		for _, bc := range cases {
+			b.Run(format+"/"+bc.name, func(b *testing.B) {
+				b.SetBytes(bc.bytes)
+				b.ReportAllocs()
+				var records uint64
+				for b.Loop() {
+					w, err := output.New(format, io.Discard, output.Options{})
+					if err != nil {
+						b.Fatal(err)
+					}
+					p := pipeline.New(w, pipeline.Filter{})
+					p.Replay = true // no /proc lookups for the fake pids
+					for i := range bc.events {
+						p.Feed(&bc.events[i])
+					}
+					if err := p.Close(); err != nil {
+						b.Fatal(err)
+					}
+					records = p.Records
+				}
+				if records == 0 {
+					b.Fatal("no records")
+				}
+				b.ReportMetric(float64(records), "records/op")
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(records), "ns/record")
+			})
+		}
+	}
+}
+
+// BenchmarkPipelineSocketFilter is what the tracer does with every chunk of
+// a socket that --socket does not select: the userspace filter is the only
+// one (the kernel copies every unix-socket send).
+func BenchmarkPipelineSocketFilter(b *testing.B) {
+	cases := benchCases(b)
+	bc := cases[len(cases)-1]
+	b.SetBytes(bc.bytes)
+	b.ReportAllocs()
+	w, _ := output.New("json", io.Discard, output.Options{})
+	p := pipeline.New(w, pipeline.Filter{Socket: "/run/containerd/containerd.sock"})
+	for b.Loop() {
+		for i := range bc.events {
+			p.Feed(&bc.events[i])
+		}
+	}
+	if p.Records != 0 {
+		b.Fatal("filtered pipeline wrote records")
+	}
+}
