@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/h2"
@@ -299,8 +298,8 @@ func DecodeMessage(r *Record, m *Method, response bool, payload []byte) {
 	if response {
 		mt = m.Output
 	}
-	msg := mt.New().Interface()
-	if err := proto.Unmarshal(payload, msg); err != nil {
+	msg, err := messages.decode(mt, payload)
+	if err != nil {
 		r.Raw = payload
 		r.Note = "does not parse as " + string(mt.Descriptor().FullName()) + ": " + err.Error()
 		return

@@ -2,117 +2,234 @@ package output
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"io"
+	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
 )
 
-// jsonRecord is the documented schema (README, "JSON output").
-type jsonRecord struct {
-	Time        string          `json:"time"`
-	Comm        string          `json:"comm"`
-	PID         uint32          `json:"pid"`
-	TID         uint32          `json:"tid"`
-	PeerPID     uint32          `json:"peer_pid"`
-	PeerComm    string          `json:"peer_comm"`
-	Socket      string          `json:"socket"`
-	Conn        uint64          `json:"conn"`
-	Protocol    string          `json:"protocol"`
-	Type        string          `json:"type"`
-	Stream      uint32          `json:"stream"`
-	Method      *string         `json:"method"`
-	MethodGuess string          `json:"method_guess,omitempty"`
-	Unresolved  uint64          `json:"unresolved_headers,omitempty"`
-	Namespace   string          `json:"namespace,omitempty"`
-	ContainerID string          `json:"container_id,omitempty"`
-	ShimPID     uint32          `json:"shim_pid,omitempty"`
-	MessageType *string         `json:"message_type"`
-	Message     json.RawMessage `json:"message"`
-	MessageText string          `json:"message_text,omitempty"`
-	Note        string          `json:"note,omitempty"`
-	Status      *jsonStatus     `json:"status,omitempty"`
-	LatencyNS   *int64          `json:"latency_ns,omitempty"`
-}
-
-type jsonStatus struct {
-	Code    uint32 `json:"code"`
-	Name    string `json:"name"`
-	Message string `json:"message"`
-}
-
+// jsonWriter writes the documented schema (README, "JSON output"), one
+// object per line, in this field order:
+//
+//	time comm pid tid peer_pid peer_comm socket conn protocol type stream
+//	method [method_guess] [unresolved_headers] [namespace] [container_id]
+//	[shim_pid] message_type message [message_text] [note] [status]
+//	[latency_ns]
+//
+// Lines are built by appending into one buffer rather than through
+// encoding/json: this runs for every call on a busy node, and the
+// messages' JSON (from protojson, the canonical mapping) is rendered once
+// per distinct message and reused, since decoded messages are shared for
+// identical bytes (grpcdecode).
 type jsonWriter struct {
-	w   *bufio.Writer
-	enc *json.Encoder
+	w        *bufio.Writer
+	line     []byte
+	rendered map[proto.Message]rendering
 }
+
+// rendering is a message's JSON, or, when it has none (an Any of a type not
+// compiled in), its text form and why.
+type rendering struct {
+	json []byte
+	text string
+	note string
+}
+
+const maxRendered = 4096
 
 func newJSON(w io.Writer) *jsonWriter {
-	bw := bufio.NewWriterSize(w, 64<<10)
-	enc := json.NewEncoder(bw)
-	enc.SetEscapeHTML(false)
-	return &jsonWriter{w: bw, enc: enc}
+	return &jsonWriter{w: bufio.NewWriterSize(w, 64<<10), rendered: map[proto.Message]rendering{}}
 }
 
-var null = json.RawMessage("null")
-
 func (j *jsonWriter) Write(r *grpcdecode.Record) error {
-	out := jsonRecord{
-		Time:     r.Time.Format(time.RFC3339Nano),
-		Comm:     r.Comm,
-		PID:      r.PID,
-		TID:      r.TID,
-		PeerPID:  r.PeerPID,
-		PeerComm: r.PeerComm,
-		Socket:   r.Socket,
-		Conn:     r.Conn,
-		Protocol: r.Protocol,
-		Type:     r.Type.String(),
-		Stream:   r.Stream,
-		Note:     r.Note,
-		Message:  null,
-	}
+	b := j.line[:0]
+	b = append(b, `{"time":"`...)
+	b = r.Time.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","comm":`...)
+	b = appendString(b, r.Comm)
+	b = append(b, `,"pid":`...)
+	b = strconv.AppendUint(b, uint64(r.PID), 10)
+	b = append(b, `,"tid":`...)
+	b = strconv.AppendUint(b, uint64(r.TID), 10)
+	b = append(b, `,"peer_pid":`...)
+	b = strconv.AppendUint(b, uint64(r.PeerPID), 10)
+	b = append(b, `,"peer_comm":`...)
+	b = appendString(b, r.PeerComm)
+	b = append(b, `,"socket":`...)
+	b = appendString(b, r.Socket)
+	b = append(b, `,"conn":`...)
+	b = strconv.AppendUint(b, r.Conn, 10)
+	b = append(b, `,"protocol":`...)
+	b = appendString(b, r.Protocol)
+	b = append(b, `,"type":`...)
+	b = appendString(b, r.Type.String())
+	b = append(b, `,"stream":`...)
+	b = strconv.AppendUint(b, uint64(r.Stream), 10)
+	b = append(b, `,"method":`...)
 	if r.Method != "" {
-		out.Method = &r.Method
+		b = appendString(b, r.Method)
 	} else {
-		out.MethodGuess = r.MethodGuess
+		b = append(b, "null"...)
+		if r.MethodGuess != "" {
+			b = append(b, `,"method_guess":`...)
+			b = appendString(b, r.MethodGuess)
+		}
 	}
-	out.Unresolved = r.Unresolved
-	out.Namespace = r.Namespace
-	out.ContainerID, out.ShimPID = r.ContainerID, r.ShimPID
+	if r.Unresolved > 0 {
+		b = append(b, `,"unresolved_headers":`...)
+		b = strconv.AppendUint(b, r.Unresolved, 10)
+	}
+	if r.Namespace != "" {
+		b = append(b, `,"namespace":`...)
+		b = appendString(b, r.Namespace)
+	}
+	if r.ContainerID != "" {
+		b = append(b, `,"container_id":`...)
+		b = appendString(b, r.ContainerID)
+	}
+	if r.ShimPID != 0 {
+		b = append(b, `,"shim_pid":`...)
+		b = strconv.AppendUint(b, uint64(r.ShimPID), 10)
+	}
+	note := r.Note
 	switch {
 	case r.Message != nil:
-		out.MessageType = &r.MessageType
-		b, err := protojson.Marshal(r.Message)
-		if err != nil {
-			// An Any whose type is not compiled in cannot be rendered as
-			// JSON; the text form still shows every byte of it.
-			out.MessageText = prototext.MarshalOptions{}.Format(r.Message)
-			if out.Note == "" {
-				out.Note = "message has no JSON form: " + err.Error()
-			}
+		b = append(b, `,"message_type":`...)
+		b = appendString(b, r.MessageType)
+		m := j.render(r.Message)
+		if m.json != nil {
+			b = append(b, `,"message":`...)
+			b = append(b, m.json...)
 		} else {
-			out.Message = b
-		}
-	case r.Raw != nil:
-		if fields, ok := grpcdecode.Schemaless(r.Raw); ok {
-			b, err := json.Marshal(grpcdecode.SchemalessJSON(fields))
-			if err == nil {
-				out.Message = b
+			b = append(b, `,"message":null,"message_text":`...)
+			b = appendString(b, m.text)
+			if note == "" {
+				note = m.note
 			}
 		}
+	default:
+		b = append(b, `,"message_type":null,"message":`...)
+		b = appendRaw(b, r.Raw)
+	}
+	if note != "" {
+		b = append(b, `,"note":`...)
+		b = appendString(b, note)
 	}
 	if r.Status != nil {
-		out.Status = &jsonStatus{Code: uint32(r.Status.Code), Name: r.Status.Name(), Message: r.Status.Message}
+		b = append(b, `,"status":{"code":`...)
+		b = strconv.AppendUint(b, uint64(r.Status.Code), 10)
+		b = append(b, `,"name":`...)
+		b = appendString(b, r.Status.Name())
+		b = append(b, `,"message":`...)
+		b = appendString(b, r.Status.Message)
+		b = append(b, '}')
 	}
 	if r.Final && r.Latency > 0 {
-		ns := r.Latency.Nanoseconds()
-		out.LatencyNS = &ns
+		b = append(b, `,"latency_ns":`...)
+		b = strconv.AppendInt(b, r.Latency.Nanoseconds(), 10)
 	}
-	return j.enc.Encode(&out)
+	b = append(b, "}\n"...)
+	j.line = b
+	_, err := j.w.Write(b)
+	return err
+}
+
+// render returns m's JSON, computed once per message.
+func (j *jsonWriter) render(m proto.Message) rendering {
+	if out, ok := j.rendered[m]; ok {
+		return out
+	}
+	var out rendering
+	raw, err := protojson.Marshal(m)
+	if err != nil {
+		// An Any whose type is not compiled in cannot be rendered as
+		// JSON; the text form still shows every byte of it.
+		out.text = prototext.MarshalOptions{}.Format(m)
+		out.note = "message has no JSON form: " + err.Error()
+	} else {
+		// protojson's spacing is deliberately unstable; lines are compact.
+		var c bytes.Buffer
+		if json.Compact(&c, raw) == nil {
+			raw = c.Bytes()
+		}
+		out.json = raw
+	}
+	if len(j.rendered) >= maxRendered {
+		clear(j.rendered)
+	}
+	j.rendered[m] = out
+	return out
+}
+
+// appendRaw renders a message of unknown type by field number, or null.
+func appendRaw(b []byte, raw []byte) []byte {
+	if raw != nil {
+		if fields, ok := grpcdecode.Schemaless(raw); ok {
+			if enc, err := json.Marshal(grpcdecode.SchemalessJSON(fields)); err == nil {
+				return append(b, enc...)
+			}
+		}
+	}
+	return append(b, "null"...)
+}
+
+// appendString appends s as a JSON string, as encoding/json writes it
+// without HTML escaping: invalid UTF-8 becomes U+FFFD.
+func appendString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hex[r&0xf])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
 }
 
 func (j *jsonWriter) Flush() error { return j.w.Flush() }

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
 )
@@ -58,12 +60,33 @@ func (t *tableWriter) Write(r *grpcdecode.Record) error {
 
 func (t *tableWriter) Flush() error { return t.w.Flush() }
 
+// texts caches the text form of recent messages: decoded messages are
+// shared for identical bytes (grpcdecode), and formatting is the costly part.
+var texts = struct {
+	sync.Mutex
+	m map[proto.Message]string
+}{m: map[proto.Message]string{}}
+
+func messageText(m proto.Message) string {
+	texts.Lock()
+	defer texts.Unlock()
+	if s, ok := texts.m[m]; ok {
+		return s
+	}
+	s := prototext.MarshalOptions{}.Format(m)
+	if len(texts.m) >= 4096 {
+		clear(texts.m)
+	}
+	texts.m[m] = s
+	return s
+}
+
 // MessageText is the one-line text form of a record's message.
 func MessageText(r *grpcdecode.Record) string {
 	var s string
 	switch {
 	case r.Message != nil:
-		s = prototext.MarshalOptions{}.Format(r.Message)
+		s = messageText(r.Message)
 	case r.Raw != nil:
 		if fields, ok := grpcdecode.Schemaless(r.Raw); ok {
 			s = grpcdecode.SchemalessText(fields)

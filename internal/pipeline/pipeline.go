@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/containerdsnoop/containerdsnoop/internal/callfilter"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
@@ -53,6 +55,7 @@ type Pipeline struct {
 	pids       map[uint32]bool
 	filter     Filter
 	calls      *callfilter.Filter
+	redactions map[proto.Message]proto.Message
 	sinks      tee
 	comms      map[uint32]string
 	lastExpiry time.Time
@@ -150,10 +153,32 @@ func (p *Pipeline) write(r *grpcdecode.Record) {
 	if r.PeerComm == "" && r.PeerPID != 0 && !p.Replay {
 		r.PeerComm = p.comm(r.PeerPID)
 	}
-	if !p.filter.ShowSecrets {
-		redact.Message(r.Message)
+	if !p.filter.ShowSecrets && r.Message != nil {
+		r.Message = p.redacted(r.Message)
 	}
 	p.calls.Add(r)
+}
+
+// redacted returns m with secrets hidden: m itself when it holds none,
+// else a redacted copy. Decoded messages are shared between records with
+// the same bytes (grpcdecode), so m is never changed; the answer is kept
+// per message, so repeated calls cost a map lookup.
+func (p *Pipeline) redacted(m proto.Message) proto.Message {
+	if out, ok := p.redactions[m]; ok {
+		return out
+	}
+	out := m
+	if c := proto.Clone(m); redact.Message(c) {
+		out = c
+	}
+	if len(p.redactions) >= 4096 {
+		clear(p.redactions)
+	}
+	if p.redactions == nil {
+		p.redactions = map[proto.Message]proto.Message{}
+	}
+	p.redactions[m] = out
+	return out
 }
 
 // emit takes a record the filters selected.
