@@ -113,6 +113,18 @@ struct {
 } inflight SEC(".maps");
 
 
+/* Waking the reader for every record costs a context switch per send on a
+ * busy node; userspace polls on a short timer instead, and is woken early
+ * only when unread data passes cfg.wakeup_bytes. */
+static __always_inline __u64 wakeup_flag(void)
+{
+	if (!cfg.wakeup_bytes)
+		return 0;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > cfg.wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline struct stats *stats(void)
 {
 	__u32 zero = 0;
@@ -327,7 +339,7 @@ static long emit_step(__u64 index, void *ctx)
 		if (s)
 			s->faults++;
 	}
-	if (bpf_ringbuf_output(&events, &sc->ev, size, 0)) {
+	if (bpf_ringbuf_output(&events, &sc->ev, size, wakeup_flag())) {
 		if (s) {
 			s->lost_events++;
 			s->lost_bytes += n;
@@ -535,7 +547,7 @@ int any_enter_close(struct syscall_trace_enter *ctx)
 	fill_header(&sc->ev, sock, sk, 0);
 	sc->ev.flags |= EVENT_F_CLOSE;
 	sc->ev.stream_off = 0;
-	bpf_ringbuf_output(&events, &sc->ev, sizeof(sc->ev), 0);
+	bpf_ringbuf_output(&events, &sc->ev, sizeof(sc->ev), wakeup_flag());
 	return 0;
 }
 

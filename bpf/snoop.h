@@ -71,6 +71,7 @@ struct config {
 	__u32 self_pid;     /* the tracer itself: never traced, or it would trace its own output */
 	__u32 filter_pids;  /* nonzero: only connections whose sender or peer is in pid_filter */
 	__u32 follow_forks; /* nonzero: processes forked by one in pid_filter join it */
+	__u32 wakeup_bytes; /* wake the reader only past this much unread data; 0: every record */
 };
 
 #endif

@@ -26,6 +26,7 @@ type snoopConfig struct {
 	SelfPid     uint32
 	FilterPids  uint32
 	FollowForks uint32
+	WakeupBytes uint32
 }
 
 type snoopEvent struct {

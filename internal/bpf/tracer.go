@@ -31,6 +31,11 @@ type Options struct {
 	// PIDs, when not empty, keeps only connections whose sender or peer is
 	// one of them. Decided in the kernel, so the rest costs no copy.
 	PIDs []uint32
+	// PollInterval, when set, lets the kernel skip waking the reader for
+	// every record: Read then waits at most this long before returning
+	// ErrIdle, and is woken early only when an eighth of the ring buffer
+	// is unread. Zero wakes the reader for every record.
+	PollInterval time.Duration
 	// FollowChildren adds, in the kernel, every process forked by a
 	// process in PIDs to PIDs (trace -- CMD).
 	FollowChildren bool
@@ -50,6 +55,7 @@ type Tracer struct {
 	links   []link.Link
 	reader  *ringbuf.Reader
 	backend string
+	poll    time.Duration
 	record  ringbuf.Record
 	// bootOffset converts the kernel's CLOCK_MONOTONIC stamps to wall time.
 	bootOffset time.Duration
@@ -123,6 +129,9 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 	if opts.FollowChildren {
 		cfg.FollowForks = 1
 	}
+	if opts.PollInterval > 0 {
+		cfg.WakeupBytes = spec.Maps["events"].MaxEntries / 8
+	}
 	if len(opts.PIDs) > 0 {
 		cfg.FilterPids = 1
 		if n := len(opts.PIDs); n > int(spec.Maps["pid_filter"].MaxEntries) {
@@ -133,7 +142,7 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 		return nil, fmt.Errorf("set BPF config: %w", err)
 	}
 
-	t := &Tracer{backend: b.name, comms: map[[16]byte]string{}, paths: map[string]string{}}
+	t := &Tracer{backend: b.name, poll: opts.PollInterval, comms: map[[16]byte]string{}, paths: map[string]string{}}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
 		if errors.Is(err, unix.EPERM) {
@@ -180,6 +189,12 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 		t.Close()
 		return nil, fmt.Errorf("open ring buffer: %w", err)
 	}
+	if t.poll > 0 {
+		// Never wait without a deadline: records arrive without a wakeup,
+		// and a wait with data already there would otherwise block until
+		// the next forced one.
+		t.reader.SetDeadline(time.Now())
+	}
 	t.bootOffset = monotonicToWall()
 	return t, nil
 }
@@ -191,12 +206,18 @@ func (t *Tracer) Backend() string { return t.backend }
 // the next Read overwrites. It returns ErrClosed after Close.
 func (t *Tracer) Read(ev *capture.Event) error {
 	for {
+		if t.poll > 0 && t.reader.AvailableBytes() == 0 {
+			t.reader.SetDeadline(time.Now().Add(t.poll))
+		}
 		if err := t.reader.ReadInto(&t.record); err != nil {
 			if errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
 				return ErrClosed
 			}
-			if errors.Is(err, ringbuf.ErrFlushed) || errors.Is(err, os.ErrDeadlineExceeded) {
+			if errors.Is(err, ringbuf.ErrFlushed) {
 				return ErrDrained
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return ErrIdle
 			}
 			return fmt.Errorf("read ring buffer: %w", err)
 		}
@@ -212,6 +233,9 @@ var ErrClosed = errors.New("tracer closed")
 // ErrDrained is returned by Read after Drain, once what the ring buffer
 // held at that moment has been read.
 var ErrDrained = errors.New("ring buffer drained")
+
+// ErrIdle is returned by Read when nothing arrived within PollInterval.
+var ErrIdle = errors.New("nothing captured within the poll interval")
 
 // Drain makes Read return what the ring buffer holds now and then
 // ErrDrained, instead of blocking: for stopping after everything already
