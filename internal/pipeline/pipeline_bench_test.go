@@ -24,27 +24,7 @@ import (
 var benchRecordings = []string{"long_lived", "unary_version", "large_split", "compressed", "error_status", "two_conns", "containerd_api", "unknown_method"}
 
 func benchEvents(recs []wirerec.Record, connBase uint64, t0 time.Time) []capture.Event {
-	var out []capture.Event
-	offsets := map[uint64]uint64{}
-	for i, r := range recs {
-		conn := connBase + uint64(r.Conn)
-		client, server := conn*2, conn*2+1
-		sock, peer := client, server
-		pid, comm := uint32(100), "client"
-		if r.FromServer {
-			sock, peer = server, client
-			pid, comm = 200, "server"
-		}
-		out = append(out, capture.Event{
-			Time: t0.Add(time.Duration(i) * time.Millisecond),
-			Sock: sock, PeerSock: peer, Ino: sock + 1000, PeerIno: peer + 1000,
-			Offset: offsets[sock], Len: uint32(len(r.Data)), SendLen: uint32(len(r.Data)),
-			PID: pid, TID: pid, PeerPID: 300 - pid, Comm: comm, Path: "/run/test.sock",
-			Bound: r.FromServer, Data: r.Data,
-		})
-		offsets[sock] += uint64(len(r.Data))
-	}
-	return out
+	return wirerec.Events(wirerec.ShiftConns(recs, uint32(connBase)), t0)
 }
 
 type benchCase struct {

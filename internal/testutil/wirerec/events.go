@@ -35,3 +35,14 @@ func Events(recs []Record, t0 time.Time) []capture.Event {
 	}
 	return out
 }
+
+// ShiftConns returns recs with every connection number raised by n, so
+// that replaying a recording again yields connections of their own.
+func ShiftConns(recs []Record, n uint32) []Record {
+	out := make([]Record, len(recs))
+	for i, r := range recs {
+		r.Conn += n
+		out[i] = r
+	}
+	return out
+}
