@@ -303,8 +303,9 @@ func (d *Decoder) frame(c *Conn, end int, f http2.Frame, cap *capture.Event) {
 func (d *Decoder) headerBlock(c *Conn, end int, cap *capture.Event) {
 	dir := &c.dirs[end]
 	fields, err := dir.dec.Decode(dir.block)
-	if err != nil {
-		// The table is now in an unknown state: say so, start over.
+	if err != nil || !plausibleFields(fields) {
+		// The table is now in an unknown state, or the block was not a
+		// header block at all (a false frame boundary): start over.
 		d.desync(c, end, cap)
 		return
 	}
@@ -326,4 +327,40 @@ func (d *Decoder) headerBlock(c *Conn, end int, cap *capture.Event) {
 		}
 	}
 	d.h.Event(c, &Event{Kind: Headers, End: end, Stream: dir.blockStream, Fields: fields, EndStream: dir.blockEnd, Cap: cap})
+}
+
+// plausibleFields rejects a header block that no HTTP/2 peer may send
+// (RFC 9113 section 8.2.1: no NUL, CR or LF in values, lower-case names)
+// or a :path that is not an absolute path of visible ASCII. Such a block
+// means the frame boundary it came from was false, and nothing decoded
+// from it may be shown.
+func plausibleFields(fields []hpack.Field) bool {
+	for _, f := range fields {
+		if f.NameKnown {
+			for i := 0; i < len(f.Name); i++ {
+				if c := f.Name[i]; c <= ' ' || c >= 0x7f || ('A' <= c && c <= 'Z') {
+					return false
+				}
+			}
+		}
+		if !f.ValueKnown {
+			continue
+		}
+		for i := 0; i < len(f.Value); i++ {
+			if c := f.Value[i]; c == 0 || c == '\r' || c == '\n' {
+				return false
+			}
+		}
+		if f.NameKnown && f.Name == ":path" {
+			if f.Value == "" || f.Value[0] != '/' {
+				return false
+			}
+			for i := 0; i < len(f.Value); i++ {
+				if c := f.Value[i]; c <= ' ' || c >= 0x7f {
+					return false
+				}
+			}
+		}
+	}
+	return true
 }
