@@ -99,6 +99,7 @@ enum src_kind {
 /* Where a send's bytes are, saved at entry and consumed at exit. */
 struct send_src {
 	__u64 sock; /* struct socket * */
+	__u64 sk;   /* its struct sock, checked at entry to be AF_UNIX stream */
 	__u64 base; /* the buffer, or the (i)ovec array */
 	__u64 nr_segs;
 	__u64 skip; /* bytes of the first segment already consumed */
@@ -288,9 +289,9 @@ static __always_inline void fill_header(struct event *ev, struct socket *sock,
 
 static long emit_step(__u64 index, void *ctx)
 {
-	struct stats *s = stats();
 	struct emit_state *st;
 	struct scratch *sc;
+	struct stats *s;
 	__u32 zero = 0;
 	__u64 n, size;
 	long err;
@@ -333,6 +334,7 @@ static long emit_step(__u64 index, void *ctx)
 	else
 		err = bpf_probe_read_user(sc->data, n, (void *)st->cur);
 	size = sizeof(sc->ev) + n;
+	s = stats();
 	if (err) {
 		sc->ev.flags |= EVENT_F_FAULT;
 		size = sizeof(sc->ev);
@@ -359,7 +361,7 @@ static long emit_step(__u64 index, void *ctx)
 static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 backend)
 {
 	struct socket *sock = (struct socket *)src->sock;
-	struct sock *sk = unix_stream_sk(sock);
+	struct sock *sk = (struct sock *)src->sk;
 	struct emit_state *st;
 	struct scratch *sc;
 	__u64 *pos, zero64 = 0, key;
@@ -443,6 +445,7 @@ static __always_inline int enter_send(__u64 fd, __u32 kind, __u64 base, __u64 nr
 	if (!sk || !wanted(pid_tgid >> 32, sk))
 		return 0;
 	src.sock = (__u64)sock;
+	src.sk = (__u64)sk;
 	src.kind = kind;
 	src.base = base;
 	src.nr_segs = nr_segs;
@@ -664,6 +667,7 @@ static __always_inline int enter_sendmsg(struct socket *sock, struct msghdr *msg
 	if (!sk || BPF_CORE_READ(sock, type) != SOCK_STREAM || !wanted(pid_tgid >> 32, sk))
 		return 0;
 	src.sock = (__u64)sock;
+	src.sk = (__u64)sk;
 	type = BPF_CORE_READ(it, iter_type);
 	src.skip = BPF_CORE_READ(it, iov_offset);
 	src.nr_segs = BPF_CORE_READ(it, nr_segs);

@@ -82,6 +82,7 @@ type snoopScratch struct {
 type snoopSendSrc struct {
 	_      structs.HostLayout
 	Sock   uint64
+	Sk     uint64
 	Base   uint64
 	NrSegs uint64
 	Skip   uint64
