@@ -1,6 +1,7 @@
 package grpcdecode
 
 import (
+	"bytes"
 	"strconv"
 	"time"
 
@@ -291,7 +292,7 @@ func decodeInto(r *Record, cl *call, dir int, payload []byte) {
 // bytes are kept raw, for display by field number.
 func DecodeMessage(r *Record, m *Method, response bool, payload []byte) {
 	if m == nil {
-		r.Raw = payload
+		r.Raw = bytes.Clone(payload) // records outlive the bytes they came from
 		return
 	}
 	mt := m.Input
@@ -300,7 +301,7 @@ func DecodeMessage(r *Record, m *Method, response bool, payload []byte) {
 	}
 	msg, err := messages.decode(mt, payload)
 	if err != nil {
-		r.Raw = payload
+		r.Raw = bytes.Clone(payload)
 		r.Note = "does not parse as " + string(mt.Descriptor().FullName()) + ": " + err.Error()
 		return
 	}

@@ -26,7 +26,7 @@ func FuzzSplitter(f *testing.F) {
 				t.Fatal(err)
 			}
 			for _, m := range out {
-				got = append(got, m.payload)
+				got = append(got, bytes.Clone(m.payload)) // valid until the next add
 			}
 		}
 		if len(got) != len(msgs) {

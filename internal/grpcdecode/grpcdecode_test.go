@@ -27,7 +27,7 @@ func TestSplitterAcrossAndWithinDATA(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, m := range msgs {
-			got = append(got, m.payload)
+			got = append(got, bytes.Clone(m.payload)) // valid until the next add
 		}
 	}
 	if len(got) != 2 || !bytes.Equal(got[0], a) || !bytes.Equal(got[1], b) || s.partial() {

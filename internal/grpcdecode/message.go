@@ -16,41 +16,51 @@ const maxMessage = 64 << 20
 // splitter cuts one direction of a stream into gRPC messages.
 type splitter struct {
 	buf []byte
+	// done is how much of buf the last add returned as messages; it is
+	// dropped at the next add, so those messages stay valid until then.
+	done int
+	out  []message
 }
 
 type message struct {
 	compressed bool
-	payload    []byte
+	// payload points into the splitter's buffer: valid until its next add
+	// or reset. Whatever keeps it longer copies it (decoding copies).
+	payload []byte
 }
 
-// add appends DATA and returns the messages it completed. A length over
-// maxMessage or a flag other than 0 or 1 means the bytes are not at a
-// message boundary; the error says so and the buffer is dropped.
+// add appends DATA and returns the messages it completed, valid until the
+// next add. A length over maxMessage or a flag other than 0 or 1 means the
+// bytes are not at a message boundary; the error says so and the buffer is
+// dropped.
 func (s *splitter) add(data []byte) ([]message, error) {
+	if s.done > 0 {
+		s.buf = append(s.buf[:0], s.buf[s.done:]...)
+		s.done = 0
+	}
 	s.buf = append(s.buf, data...)
-	var out []message
+	out := s.out[:0]
 	off := 0
 	for len(s.buf)-off >= 5 {
 		flag := s.buf[off]
 		n := binary.BigEndian.Uint32(s.buf[off+1 : off+5])
 		if flag > 1 || n > maxMessage {
-			s.buf = s.buf[:0]
+			s.done = len(s.buf) // drop it all at the next add
 			return out, fmt.Errorf("not at a gRPC message boundary (flag %d, length %d)", flag, n)
 		}
 		if len(s.buf)-off-5 < int(n) {
 			break
 		}
-		out = append(out, message{compressed: flag == 1, payload: bytes.Clone(s.buf[off+5 : off+5+int(n)])})
+		out = append(out, message{compressed: flag == 1, payload: s.buf[off+5 : off+5+int(n) : off+5+int(n)]})
 		off += 5 + int(n)
 	}
-	if off > 0 {
-		s.buf = append(s.buf[:0], s.buf[off:]...)
-	}
+	s.done = off
+	s.out = out
 	return out, nil
 }
 
-func (s *splitter) partial() bool { return len(s.buf) > 0 }
-func (s *splitter) reset()        { s.buf = s.buf[:0] }
+func (s *splitter) partial() bool { return len(s.buf) > s.done }
+func (s *splitter) reset()        { s.buf, s.done = s.buf[:0], 0 }
 
 // inflate undoes the message compression named by grpc-encoding.
 func inflate(encoding string, b []byte) ([]byte, error) {
