@@ -17,4 +17,12 @@
 // for, or a frame header that validates followed by another that does.
 // After a gap in the capture the direction resynchronizes the same way; a
 // frame cut by the gap is never decoded.
+//
+// Request and Response envelopes are parsed with protowire by hand rather
+// than unmarshalled into github.com/containerd/ttrpc's generated types:
+// deciding whether unsynchronized bytes are a frame needs a verdict on a
+// Request that has only partly arrived (requestPrefix), a strict one on a
+// complete one (a declared field with the wrong wire type is not a frame,
+// where proto.Unmarshal would keep it as an unknown field), and the
+// payloads stay views into the frame instead of another copy per message.
 package ttrpc
