@@ -168,16 +168,6 @@ func (a *Assembler) Expire(cutoff time.Time) {
 	}
 }
 
-// Drop forgets a connection whose sockets are gone.
-func (a *Assembler) Drop(c *Conn) {
-	for k, v := range a.conns {
-		if v == c {
-			a.drop(k, c)
-			return
-		}
-	}
-}
-
 // Len is the number of connections tracked.
 func (a *Assembler) Len() int { return len(a.conns) }
 
