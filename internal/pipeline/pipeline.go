@@ -60,6 +60,8 @@ type Pipeline struct {
 	comms      map[uint32]string
 	lastExpiry time.Time
 	err        error
+	// Records counts what was written.
+	Records uint64
 	// Replay says the events come from a recording: this machine's /proc
 	// says nothing about their processes, so a peer that never sent
 	// anything keeps an empty comm.
@@ -187,6 +189,7 @@ func (p *Pipeline) emit(r *grpcdecode.Record) {
 			return
 		}
 	}
+	p.Records++
 	if err := p.out.Write(r); err != nil && p.err == nil {
 		p.err = err
 	}
