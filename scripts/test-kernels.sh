@@ -239,7 +239,7 @@ boot_guest() {
 		-M microvm,acpi=off,pit=on,pic=on,rtc=on -accel "$accel_opt" -cpu max -smp "$smp" -m 1024 \
 		-nodefaults -no-user-config -display none -no-reboot \
 		-serial "file:$out" -kernel "$cache/$pkg/vmlinux" -initrd "$initrd" \
-		-append "console=ttyS0 panic=-1 reboot=t mitigations=off" \
+		-append "console=ttyS0 panic=-1 reboot=t mitigations=off printk.time=0" \
 		</dev/null 2>"$tmp/$name.qemu.err" &
 	echo $! >"$tmp/$name.pid"
 	wait $! || rc=$?

@@ -21,13 +21,21 @@ echo "KERNELTEST-EXPECT: $CONTAINERDSNOOP_EXPECT_BACKENDS"
 cd /tmp || exit 1
 /bpf.test -test.v -test.count=1 -test.timeout="$KERNELTEST_GO_TIMEOUT" -test.run "$KERNELTEST_RUN"
 rc=$?
+# The result line also goes through the kernel log at emergency level: the
+# console prints it synchronously, while what init writes to the console
+# tty may still sit in its buffer when the reset below ends the VM.
+# (printk.time=0 on the command line keeps the line's prefix intact.)
+result() {
+	echo "KERNELTEST-RESULT: $1"
+	echo "<0>KERNELTEST-RESULT: $1" >/dev/kmsg
+}
 if [ "$rc" -eq 0 ]; then
-	echo "KERNELTEST-RESULT: PASS"
+	result PASS
 else
 	echo "KERNELTEST-DMESG-BEGIN"
 	dmesg | tail -n 60
 	echo "KERNELTEST-DMESG-END"
-	echo "KERNELTEST-RESULT: FAIL rc=$rc"
+	result "FAIL rc=$rc"
 fi
 # The microvm runs without ACPI, so there is no power-off: reboot at once
 # (reboot=t: triple fault), which qemu's -no-reboot turns into its exit.
