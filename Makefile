@@ -44,7 +44,7 @@ test-kernels:
 
 # Tests that need neither root nor a kernel.
 test-unit:
-	$(GO) test -count=1 ./internal/h2/... ./internal/grpcdecode/... ./internal/stream/... ./internal/output/... ./internal/recording/... ./internal/pcapout/... ./internal/ttrpc/...
+	$(GO) test -count=1 ./internal/h2/... ./internal/call/... ./internal/protoreg/... ./internal/grpcdecode/... ./internal/stream/... ./internal/output/... ./internal/recording/... ./internal/pcapout/... ./internal/ttrpc/...
 
 test-deps:
 	bash scripts/install-test-deps.sh

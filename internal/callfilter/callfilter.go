@@ -10,7 +10,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
-	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
+	"github.com/containerdsnoop/containerdsnoop/internal/call"
 )
 
 // Options are the filters; zero values filter nothing.
@@ -34,8 +34,8 @@ const maxHeld = 256
 // Filter passes the lines of selected calls to next.
 type Filter struct {
 	opts Options
-	next func(*grpcdecode.Record)
-	held map[key][]*grpcdecode.Record
+	next func(*call.Record)
+	held map[key][]*call.Record
 }
 
 type key struct {
@@ -45,8 +45,8 @@ type key struct {
 }
 
 // New returns a Filter; when opts filter nothing it is a plain pass-through.
-func New(opts Options, next func(*grpcdecode.Record)) *Filter {
-	return &Filter{opts: opts, next: next, held: map[key][]*grpcdecode.Record{}}
+func New(opts Options, next func(*call.Record)) *Filter {
+	return &Filter{opts: opts, next: next, held: map[key][]*call.Record{}}
 }
 
 // Active reports whether any filter is set.
@@ -55,7 +55,7 @@ func (o Options) Active() bool {
 }
 
 // Add takes the next line. Records are retained while their call is held.
-func (f *Filter) Add(r *grpcdecode.Record) {
+func (f *Filter) Add(r *call.Record) {
 	if !f.lineMatches(r) {
 		return
 	}
@@ -81,7 +81,7 @@ func (f *Filter) Add(r *grpcdecode.Record) {
 	f.next(r)
 }
 
-func (f *Filter) lineMatches(r *grpcdecode.Record) bool {
+func (f *Filter) lineMatches(r *call.Record) bool {
 	o := &f.opts
 	if o.Method != nil && (r.Method == "" || !o.Method.MatchString(r.Method)) {
 		return false
@@ -95,7 +95,7 @@ func (f *Filter) lineMatches(r *grpcdecode.Record) bool {
 	return true
 }
 
-func (f *Filter) endMatches(r *grpcdecode.Record) bool {
+func (f *Filter) endMatches(r *call.Record) bool {
 	if f.opts.Errors && (r.Status == nil || r.Status.Code == codes.OK) {
 		return false
 	}

@@ -7,23 +7,23 @@ import (
 
 	"google.golang.org/grpc/codes"
 
-	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
+	"github.com/containerdsnoop/containerdsnoop/internal/call"
 )
 
-func call(stream uint32, method string, code codes.Code, lat time.Duration) []*grpcdecode.Record {
-	return []*grpcdecode.Record{
-		{Conn: 1, Stream: stream, Protocol: "grpc", Method: method, Type: grpcdecode.Request, Comm: "crictl", PeerComm: "containerd", Namespace: "k8s.io"},
-		{Conn: 1, Stream: stream, Protocol: "grpc", Method: method, Type: grpcdecode.Response, Final: true, Status: &grpcdecode.Status{Code: code}, Latency: lat, Comm: "containerd", PeerComm: "crictl", Namespace: "k8s.io"},
+func callLines(stream uint32, method string, code codes.Code, lat time.Duration) []*call.Record {
+	return []*call.Record{
+		{Conn: 1, Stream: stream, Protocol: "grpc", Method: method, Type: call.Request, Comm: "crictl", PeerComm: "containerd", Namespace: "k8s.io"},
+		{Conn: 1, Stream: stream, Protocol: "grpc", Method: method, Type: call.Response, Final: true, Status: &call.Status{Code: code}, Latency: lat, Comm: "containerd", PeerComm: "crictl", Namespace: "k8s.io"},
 	}
 }
 
-func run(opts Options) []*grpcdecode.Record {
-	var out []*grpcdecode.Record
-	f := New(opts, func(r *grpcdecode.Record) { out = append(out, r) })
+func run(opts Options) []*call.Record {
+	var out []*call.Record
+	f := New(opts, func(r *call.Record) { out = append(out, r) })
 	// Interleaved, as calls on one connection are.
-	a := call(1, "/runtime.v1.RuntimeService/ListContainers", codes.OK, time.Millisecond)
-	b := call(3, "/runtime.v1.RuntimeService/ContainerStatus", codes.NotFound, 300*time.Millisecond)
-	for _, r := range []*grpcdecode.Record{a[0], b[0], a[1], b[1]} {
+	a := callLines(1, "/runtime.v1.RuntimeService/ListContainers", codes.OK, time.Millisecond)
+	b := callLines(3, "/runtime.v1.RuntimeService/ContainerStatus", codes.NotFound, 300*time.Millisecond)
+	for _, r := range []*call.Record{a[0], b[0], a[1], b[1]} {
 		f.Add(r)
 	}
 	return out
@@ -60,7 +60,7 @@ func TestFilters(t *testing.T) {
 				}
 			}
 			// Held calls print request first.
-			if len(out) == 2 && out[0].Type != grpcdecode.Request {
+			if len(out) == 2 && out[0].Type != call.Request {
 				t.Fatal("response printed before its request")
 			}
 		})

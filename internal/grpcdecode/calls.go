@@ -1,42 +1,37 @@
 package grpcdecode
 
 import (
-	"bytes"
 	"strconv"
 	"time"
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/call"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/h2"
+	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
 	"github.com/containerdsnoop/containerdsnoop/internal/stream"
 )
 
-const (
-	req  = 0
-	resp = 1
-	// maxCallsPerConn bounds calls whose end was never seen (lost bytes,
-	// a peer that vanished) on one connection.
-	maxCallsPerConn = 4096
-)
-
-// Decoder is an h2.Handler that emits a Record per message and call end.
+// Decoder is an h2.Handler that emits a call.Record per message and call
+// end.
 type Decoder struct {
-	emit func(*Record)
+	emit func(*call.Record)
 }
 
 // New returns a Decoder that passes each Record to emit. The Record is not
 // retained after emit returns.
-func New(emit func(*Record)) *Decoder { return &Decoder{emit: emit} }
+func New(emit func(*call.Record)) *Decoder { return &Decoder{emit: emit} }
 
 type connState struct {
-	calls map[uint32]*call
+	calls call.Table[grpcCall]
 }
 
-type call struct {
+// grpcCall is what the decoder keeps of one open call.
+type grpcCall struct {
 	stream    uint32
 	method    string
-	m         *Method
+	m         *protoreg.Method
 	namespace string
 	start     time.Time
 	enc       [2]string // grpc-encoding per direction
@@ -44,7 +39,7 @@ type call struct {
 	lost      [2]bool
 	// held is a response message kept until the trailers, so a unary call
 	// prints one response line carrying both message and status.
-	held *Record
+	held *call.Record
 	// note explains an unprovable status on the final line.
 	note string
 	// guess is a method the request payload uniquely fits, when the real
@@ -56,7 +51,7 @@ func state(c *h2.Conn) *connState {
 	if s, ok := c.User.(*connState); ok {
 		return s
 	}
-	s := &connState{calls: map[uint32]*call{}}
+	s := &connState{}
 	c.User = s
 	return s
 }
@@ -68,14 +63,14 @@ func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
 	case h2.Preface:
 		// Calls still open belonged to the previous connection on these
 		// sockets; their ends will never be seen.
-		clear(s.calls)
+		s.calls.Clear()
 	case h2.Lost:
-		for _, cl := range s.calls {
-			dir := d.dirOf(c, ev.End)
-			if dir < 0 {
+		for _, cl := range s.calls.All() {
+			dir, ok := d.dirOf(c, ev.End)
+			if !ok {
 				cl.lost = [2]bool{true, true}
-				cl.split[req].reset()
-				cl.split[resp].reset()
+				cl.split[call.Request].reset()
+				cl.split[call.Response].reset()
 				continue
 			}
 			// Whatever this direction was in the middle of is gone.
@@ -85,19 +80,19 @@ func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
 	case h2.Headers:
 		d.headers(c, s, ev)
 	case h2.Data:
-		dir := d.dirOf(c, ev.End)
-		cl := s.calls[ev.Stream]
-		if cl == nil || dir < 0 {
+		dir, ok := d.dirOf(c, ev.End)
+		cl := s.calls.Get(ev.Stream)
+		if cl == nil || !ok {
 			return
 		}
 		d.data(c, cl, dir, ev)
-		if ev.EndStream && dir == resp {
+		if ev.EndStream && dir == call.Response {
 			// A response ended without trailers: not gRPC, but the call is over.
-			d.finish(c, s, cl, ev, &Status{Code: codes.Internal, Message: "response ended without grpc-status trailers"})
+			d.finish(c, s, cl, ev, &call.Status{Code: codes.Internal, Message: "response ended without grpc-status trailers"})
 		}
 	case h2.ResetStream:
-		if cl := s.calls[ev.Stream]; cl != nil {
-			d.finish(c, s, cl, ev, &Status{Code: rstCode(ev.ErrCode), Message: "stream reset: " + ev.ErrCode.String()})
+		if cl := s.calls.Get(ev.Stream); cl != nil {
+			d.finish(c, s, cl, ev, &call.Status{Code: rstCode(ev.ErrCode), Message: "stream reset: " + ev.ErrCode.String()})
 		}
 	}
 }
@@ -111,62 +106,59 @@ func (d *Decoder) Closed(c *h2.Conn) {
 		return
 	}
 	if c.Stream.Closed {
-		for _, cl := range s.calls {
+		for _, cl := range s.calls.All() {
 			if cl.start.IsZero() {
 				continue
 			}
 			r := cl.held
 			if r == nil {
-				r = d.record(c, cl, resp, &h2.Event{End: stream.Peer(c.Client), Cap: &capture.Event{Time: c.Stream.Last}})
+				r = d.record(c, cl, call.Response, &h2.Event{End: stream.Peer(c.Client), Cap: &capture.Event{Time: c.Stream.Last}})
 				r.PID, r.TID, r.Comm = 0, 0, ""
 			}
-			r.Type, r.Final = Response, true
+			r.Type, r.Final = call.Response, true
 			r.Note = "connection closed before the call ended"
 			d.emit(r)
 		}
 	}
-	clear(s.calls)
+	s.calls.Clear()
 }
 
-// dirOf maps a sending end to request (client) or response (server)
-// direction, -1 while the roles are unknown.
-func (d *Decoder) dirOf(c *h2.Conn, end int) int {
+// dirOf maps a sending end to the request (client) or response (server)
+// direction; false while the roles are unknown.
+func (d *Decoder) dirOf(c *h2.Conn, end int) (call.Type, bool) {
 	switch c.Client {
 	case -1:
-		return -1
+		return 0, false
 	case end:
-		return req
+		return call.Request, true
 	default:
-		return resp
+		return call.Response, true
 	}
 }
 
 func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
-	dir := d.dirOf(c, ev.End)
-	if dir < 0 {
+	dir, ok := d.dirOf(c, ev.End)
+	if !ok {
 		return
 	}
-	cl := s.calls[ev.Stream]
-	if dir == req {
+	cl := s.calls.Get(ev.Stream)
+	if dir == call.Request {
 		if cl != nil && !cl.start.IsZero() {
 			// Request trailers (rare in gRPC): nothing to show.
 			return
 		}
-		if len(s.calls) >= maxCallsPerConn {
-			evictOldest(s)
-		}
-		cl = &call{stream: ev.Stream, start: ev.Cap.Time}
-		s.calls[ev.Stream] = cl
+		cl = &grpcCall{stream: ev.Stream, start: ev.Cap.Time}
+		s.calls.Put(ev.Stream, cl)
 		for _, f := range ev.Fields {
 			switch {
 			case !f.NameKnown:
 			case f.Name == ":path":
 				if f.ValueKnown {
 					cl.method = f.Value
-					cl.m, _ = Lookup(f.Value)
+					cl.m, _ = protoreg.Lookup(f.Value)
 				}
 			case f.Name == "grpc-encoding" && f.ValueKnown:
-				cl.enc[req] = f.Value
+				cl.enc[call.Request] = f.Value
 			case f.Name == "containerd-namespace" && f.ValueKnown:
 				cl.namespace = f.Value
 			}
@@ -177,10 +169,10 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 	if cl == nil {
 		// The call started before the capture: its method is unknown,
 		// but its end is still worth showing.
-		cl = &call{stream: ev.Stream}
-		s.calls[ev.Stream] = cl
+		cl = &grpcCall{stream: ev.Stream}
+		s.calls.Put(ev.Stream, cl)
 	}
-	var st *Status
+	var st *call.Status
 	httpStatus, note := "", ""
 	statusUnknown := false
 	for _, f := range ev.Fields {
@@ -193,7 +185,7 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 		case ":status":
 			httpStatus = f.Value
 		case "grpc-encoding":
-			cl.enc[resp] = f.Value
+			cl.enc[call.Response] = f.Value
 		case "grpc-status":
 			if !f.ValueKnown {
 				statusUnknown = true
@@ -205,12 +197,12 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 				continue
 			}
 			if st == nil {
-				st = &Status{}
+				st = &call.Status{}
 			}
 			st.Code = codes.Code(n)
 		case "grpc-message":
 			if st == nil {
-				st = &Status{}
+				st = &call.Status{}
 			}
 			if f.ValueKnown {
 				st.Message = percentDecode(f.Value)
@@ -228,13 +220,13 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 		st = nil
 		note = "status refers to a header from before the capture started"
 	case st == nil && note == "":
-		st = &Status{Code: httpToCode(httpStatus), Message: "no grpc-status in trailers (HTTP status " + httpStatus + ")"}
+		st = &call.Status{Code: httpToCode(httpStatus), Message: "no grpc-status in trailers (HTTP status " + httpStatus + ")"}
 	}
 	cl.note = note
 	d.finish(c, s, cl, ev, st)
 }
 
-func (d *Decoder) data(c *h2.Conn, cl *call, dir int, ev *h2.Event) {
+func (d *Decoder) data(c *h2.Conn, cl *grpcCall, dir call.Type, ev *h2.Event) {
 	if cl.lost[dir] && !cl.split[dir].partial() {
 		// After lost bytes the next DATA may start mid-message: nothing
 		// from this direction of the call can be trusted.
@@ -249,7 +241,7 @@ func (d *Decoder) data(c *h2.Conn, cl *call, dir int, ev *h2.Event) {
 	}
 }
 
-func (d *Decoder) message(c *h2.Conn, cl *call, dir int, m message, ev *h2.Event) {
+func (d *Decoder) message(c *h2.Conn, cl *grpcCall, dir call.Type, m message, ev *h2.Event) {
 	r := d.record(c, cl, dir, ev)
 	r.WireBytes = 5 + len(m.payload)
 	payload := m.payload
@@ -263,7 +255,7 @@ func (d *Decoder) message(c *h2.Conn, cl *call, dir int, m message, ev *h2.Event
 	if payload != nil {
 		decodeInto(r, cl, dir, payload)
 	}
-	if dir == req {
+	if dir == call.Request {
 		d.emit(r)
 		return
 	}
@@ -279,40 +271,18 @@ func (d *Decoder) message(c *h2.Conn, cl *call, dir int, m message, ev *h2.Event
 	cl.held = r
 }
 
-func decodeInto(r *Record, cl *call, dir int, payload []byte) {
-	if cl.m == nil && cl.method == "" && dir == req && cl.guess == "" {
-		cl.guess = guessMethod(payload)
+func decodeInto(r *call.Record, cl *grpcCall, dir call.Type, payload []byte) {
+	if cl.m == nil && cl.method == "" && dir == call.Request && cl.guess == "" {
+		cl.guess = protoreg.GuessGRPCMethod(payload)
 	}
 	r.MethodGuess = cl.guess
-	DecodeMessage(r, cl.m, dir == resp, payload)
+	protoreg.DecodeMessage(r, cl.m, dir, payload)
 }
 
-// DecodeMessage fills r with payload decoded as m's request (or response)
-// type. Without a method, or when the bytes do not parse as its type, the
-// bytes are kept raw, for display by field number.
-func DecodeMessage(r *Record, m *Method, response bool, payload []byte) {
-	if m == nil {
-		r.Raw = bytes.Clone(payload) // records outlive the bytes they came from
-		return
-	}
-	mt := m.Input
-	if response {
-		mt = m.Output
-	}
-	msg, err := messages.decode(mt, payload)
-	if err != nil {
-		r.Raw = bytes.Clone(payload)
-		r.Note = "does not parse as " + string(mt.Descriptor().FullName()) + ": " + err.Error()
-		return
-	}
-	r.Message = msg
-	r.MessageType = string(mt.Descriptor().FullName())
-}
-
-func (d *Decoder) record(c *h2.Conn, cl *call, dir int, ev *h2.Event) *Record {
+func (d *Decoder) record(c *h2.Conn, cl *grpcCall, dir call.Type, ev *h2.Event) *call.Record {
 	sc := c.Stream
 	peer := sc.Ends[stream.Peer(ev.End)]
-	r := &Record{
+	return &call.Record{
 		Time:        ev.Cap.Time,
 		Protocol:    "grpc",
 		Conn:        sc.ID,
@@ -327,46 +297,30 @@ func (d *Decoder) record(c *h2.Conn, cl *call, dir int, ev *h2.Event) *Record {
 		MethodGuess: cl.guess,
 		Namespace:   cl.namespace,
 		Unresolved:  c.Unresolved(),
-		Type:        Request,
+		Type:        dir,
 	}
-	if dir == resp {
-		r.Type = Response
-	}
-	return r
 }
 
-func (d *Decoder) finish(c *h2.Conn, s *connState, cl *call, ev *h2.Event, st *Status) {
-	delete(s.calls, cl.stream)
+func (d *Decoder) finish(c *h2.Conn, s *connState, cl *grpcCall, ev *h2.Event, st *call.Status) {
+	s.calls.Delete(cl.stream)
 	r := cl.held
 	if r == nil {
-		r = d.record(c, cl, resp, ev)
+		r = d.record(c, cl, call.Response, ev)
 	} else {
 		r.Time, r.PID, r.TID, r.Comm = ev.Cap.Time, ev.Cap.PID, ev.Cap.TID, ev.Cap.Comm
 	}
-	if cl.lost[resp] && r.Note == "" {
+	if cl.lost[call.Response] && r.Note == "" {
 		r.Note = "capture lost bytes of the response"
 	}
 	if cl.note != "" && r.Note == "" {
 		r.Note = cl.note
 	}
 	r.MethodGuess = cl.guess
-	r.Type = Response
+	r.Type = call.Response
 	r.Final = true
 	r.Status = st
 	if !cl.start.IsZero() {
 		r.Latency = ev.Cap.Time.Sub(cl.start)
 	}
 	d.emit(r)
-}
-
-func evictOldest(s *connState) {
-	var oldest *call
-	for _, cl := range s.calls {
-		if oldest == nil || cl.stream < oldest.stream {
-			oldest = cl
-		}
-	}
-	if oldest != nil {
-		delete(s.calls, oldest.stream)
-	}
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/call"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
 	"github.com/containerdsnoop/containerdsnoop/internal/h2"
@@ -86,7 +87,7 @@ func BenchmarkSplitDecode(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			rec, wire := h2Events(b, name)
 			records := 0
-			d := grpcdecode.New(func(*grpcdecode.Record) { records++ })
+			d := grpcdecode.New(func(*call.Record) { records++ })
 			run := func() {
 				for _, c := range rec.conns {
 					c.User = nil // fresh per-connection call state

@@ -1,9 +1,13 @@
 // Package grpcdecode turns HTTP/2 events into gRPC calls: it keys streams by
 // (connection, stream id), splits DATA into messages by their 5-byte length
 // prefix (a message may span many frames, and one frame may hold many
-// messages), inflates compressed messages, decodes them with the method's
-// registered types, pairs each request with its response, and reads the
-// status from the trailers.
+// messages), inflates compressed messages, pairs each request with its
+// response, and reads the status from the trailers (grpc-status,
+// grpc-message, or what the HTTP status or RST_STREAM code maps to).
+//
+// Only what is gRPC lives here. The calls it produces are call.Records,
+// the model shared with every protocol; messages are decoded, and a method
+// that cannot be proven is guessed, by internal/protoreg.
 //
 // What it cannot prove it does not show: a method whose :path came from a
 // header table entry set before the capture started is reported as unknown,

@@ -13,7 +13,9 @@ import (
 	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
+	"github.com/containerdsnoop/containerdsnoop/internal/call"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
 )
 
 // jsonWriter writes the documented schema (README, "JSON output"), one
@@ -28,7 +30,7 @@ import (
 // encoding/json: this runs for every call on a busy node, and the
 // messages' JSON (from protojson, the canonical mapping) is rendered once
 // per distinct message and reused, since decoded messages are shared for
-// identical bytes (grpcdecode).
+// identical bytes (protoreg).
 type jsonWriter struct {
 	w        *bufio.Writer
 	line     []byte
@@ -49,7 +51,7 @@ func newJSON(w io.Writer) *jsonWriter {
 	return &jsonWriter{w: bufio.NewWriterSize(w, 64<<10), rendered: map[proto.Message]rendering{}}
 }
 
-func (j *jsonWriter) Write(r *grpcdecode.Record) error {
+func (j *jsonWriter) Write(r *call.Record) error {
 	b := j.line[:0]
 	b = append(b, `{"time":"`...)
 	b = r.Time.AppendFormat(b, time.RFC3339Nano)
@@ -172,8 +174,8 @@ func (j *jsonWriter) render(m proto.Message) rendering {
 // appendRaw renders a message of unknown type by field number, or null.
 func appendRaw(b []byte, raw []byte) []byte {
 	if raw != nil {
-		if fields, ok := grpcdecode.Schemaless(raw); ok {
-			if enc, err := json.Marshal(grpcdecode.SchemalessJSON(fields)); err == nil {
+		if fields, ok := protoreg.Schemaless(raw); ok {
+			if enc, err := json.Marshal(protoreg.SchemalessJSON(fields)); err == nil {
 				return append(b, enc...)
 			}
 		}

@@ -1,17 +1,17 @@
 // Package output renders decoded calls as a table or as JSON lines. It
-// knows nothing of capture or BPF: it takes grpcdecode.Records.
+// knows nothing of capture or BPF: it takes call.Records.
 package output
 
 import (
 	"fmt"
 	"io"
 
-	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
+	"github.com/containerdsnoop/containerdsnoop/internal/call"
 )
 
 // Writer renders records.
 type Writer interface {
-	Write(r *grpcdecode.Record) error
+	Write(r *call.Record) error
 	Flush() error
 }
 

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/call"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
 	"github.com/containerdsnoop/containerdsnoop/internal/h2"
@@ -28,14 +29,14 @@ func benchEvents(recs []wirerec.Record) []capture.Event {
 
 // decodedRecords runs the decoder once and keeps copies of its records
 // (emit does not retain them; messages and raw bytes are not reused).
-func decodedRecords(b *testing.B, name string) ([]grpcdecode.Record, int64) {
+func decodedRecords(b *testing.B, name string) ([]call.Record, int64) {
 	b.Helper()
 	recs, err := wirerec.Load(filepath.Join("../../testdata/wire", name+".wire"))
 	if err != nil {
 		b.Fatal(err)
 	}
-	var out []grpcdecode.Record
-	asm := stream.New(h2.NewDecoder(grpcdecode.New(func(r *grpcdecode.Record) { out = append(out, *r) })))
+	var out []call.Record
+	asm := stream.New(h2.NewDecoder(grpcdecode.New(func(r *call.Record) { out = append(out, *r) })))
 	var wire int64
 	for _, ev := range benchEvents(recs) {
 		wire += int64(len(ev.Data))

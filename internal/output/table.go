@@ -11,7 +11,9 @@ import (
 	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
+	"github.com/containerdsnoop/containerdsnoop/internal/call"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
 )
 
 // The original tool's columns, with STATUS and LATENCY before MESSAGE.
@@ -27,13 +29,13 @@ func newTable(w io.Writer, opts Options) *tableWriter {
 	return &tableWriter{w: bufio.NewWriterSize(w, 64<<10), opts: opts}
 }
 
-func (t *tableWriter) Write(r *grpcdecode.Record) error {
+func (t *tableWriter) Write(r *call.Record) error {
 	if !t.started {
 		t.started = true
 		fmt.Fprintf(t.w, tableHeader, "TIMESTAMP", "COMM", "PID", "TID", "PEER", "TYPE", "STREAM", "METHOD", "STATUS", "LATENCY", "MESSAGE")
 	}
 	typ := "REQ"
-	if r.Type == grpcdecode.Response {
+	if r.Type == call.Response {
 		typ = "RESP"
 	}
 	method := r.Method
@@ -61,7 +63,7 @@ func (t *tableWriter) Write(r *grpcdecode.Record) error {
 func (t *tableWriter) Flush() error { return t.w.Flush() }
 
 // texts caches the text form of recent messages: decoded messages are
-// shared for identical bytes (grpcdecode), and formatting is the costly part.
+// shared for identical bytes (protoreg), and formatting is the costly part.
 var texts = struct {
 	sync.Mutex
 	m map[proto.Message]string
@@ -82,14 +84,14 @@ func messageText(m proto.Message) string {
 }
 
 // MessageText is the one-line text form of a record's message.
-func MessageText(r *grpcdecode.Record) string {
+func MessageText(r *call.Record) string {
 	var s string
 	switch {
 	case r.Message != nil:
 		s = messageText(r.Message)
 	case r.Raw != nil:
-		if fields, ok := grpcdecode.Schemaless(r.Raw); ok {
-			s = grpcdecode.SchemalessText(fields)
+		if fields, ok := protoreg.Schemaless(r.Raw); ok {
+			s = protoreg.SchemalessText(fields)
 		} else {
 			s = fmt.Sprintf("<%d bytes, not protobuf>", len(r.Raw))
 		}
@@ -115,7 +117,7 @@ func formatLatency(d time.Duration) string {
 
 // tableMessage is the MESSAGE column: the message, and the container a
 // ttrpc call is about.
-func tableMessage(r *grpcdecode.Record) string {
+func tableMessage(r *call.Record) string {
 	s := MessageText(r)
 	if r.ContainerID != "" {
 		s = strings.TrimSpace(s + " container=" + r.ContainerID)

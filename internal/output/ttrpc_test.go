@@ -9,18 +9,18 @@ import (
 
 	"google.golang.org/protobuf/types/known/emptypb"
 
-	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
+	"github.com/containerdsnoop/containerdsnoop/internal/call"
 )
 
 // TestShimFields: ttrpc records carry the shim's pid and the container;
 // JSON shows them (omitted when unset), the table appends container=.
 func TestShimFields(t *testing.T) {
-	ttrpc := &grpcdecode.Record{
-		Time: time.Unix(1700000000, 0), Protocol: "ttrpc", Type: grpcdecode.Response, Final: true,
+	ttrpc := &call.Record{
+		Time: time.Unix(1700000000, 0), Protocol: "ttrpc", Type: call.Response, Final: true,
 		Method: "/containerd.task.v2.Task/Kill", Message: &emptypb.Empty{}, MessageType: "google.protobuf.Empty",
-		Status: &grpcdecode.Status{}, Latency: time.Millisecond, ShimPID: 4242, ContainerID: "abc123",
+		Status: &call.Status{}, Latency: time.Millisecond, ShimPID: 4242, ContainerID: "abc123",
 	}
-	grpc := &grpcdecode.Record{Time: time.Unix(1700000000, 0), Protocol: "grpc", Type: grpcdecode.Request, Method: "/x.Y/Z"}
+	grpc := &call.Record{Time: time.Unix(1700000000, 0), Protocol: "grpc", Type: call.Request, Method: "/x.Y/Z"}
 
 	var buf bytes.Buffer
 	w, _ := New("json", &buf, Options{})

@@ -1,6 +1,6 @@
 // Package pipeline connects the stages: capture events → per-connection
 // byte streams (stream) → protocol detection (mux.go) → HTTP/2 (h2) → gRPC
-// calls (grpcdecode), or ttrpc calls (ttrpc) → output.
+// calls (grpcdecode), or ttrpc calls (ttrpc) → call.Records → output.
 // It is the same for a live trace and for a replayed recording.
 package pipeline
 
@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/call"
 	"github.com/containerdsnoop/containerdsnoop/internal/callfilter"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
@@ -149,7 +150,7 @@ func (p *Pipeline) Close() error {
 // Flush writes buffered output, e.g. when the capture is idle.
 func (p *Pipeline) Flush() error { return p.out.Flush() }
 
-func (p *Pipeline) write(r *grpcdecode.Record) {
+func (p *Pipeline) write(r *call.Record) {
 	if r.PeerComm == "" && r.PeerPID != 0 && !p.Replay {
 		r.PeerComm = p.comm(r.PeerPID)
 	}
@@ -161,7 +162,7 @@ func (p *Pipeline) write(r *grpcdecode.Record) {
 
 // redacted returns m with secrets hidden: m itself when it holds none,
 // else a redacted copy. Decoded messages are shared between records with
-// the same bytes (grpcdecode), so m is never changed; the answer is kept
+// the same bytes (protoreg), so m is never changed; the answer is kept
 // per message, so repeated calls cost a map lookup.
 func (p *Pipeline) redacted(m proto.Message) proto.Message {
 	if out, ok := p.redactions[m]; ok {
@@ -182,7 +183,7 @@ func (p *Pipeline) redacted(m proto.Message) proto.Message {
 }
 
 // emit takes a record the filters selected.
-func (p *Pipeline) emit(r *grpcdecode.Record) {
+func (p *Pipeline) emit(r *call.Record) {
 	if p.filter.Summary != nil {
 		p.filter.Summary.Add(r)
 		if p.filter.SummaryOnly {

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
-	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
 	"github.com/containerdsnoop/containerdsnoop/internal/output"
+	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
 )
 
@@ -223,11 +223,11 @@ func schemaless(t *testing.T, h string) json.RawMessage {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fields, ok := grpcdecode.Schemaless(b)
+	fields, ok := protoreg.Schemaless(b)
 	if !ok {
 		t.Fatalf("%s is not protobuf", h)
 	}
-	j, err := json.Marshal(grpcdecode.SchemalessJSON(fields))
+	j, err := json.Marshal(protoreg.SchemalessJSON(fields))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	_ "github.com/containerdsnoop/containerdsnoop/internal/grpcdecode" // registers the API types
+	_ "github.com/containerdsnoop/containerdsnoop/internal/protoreg" // registers the API types
 )
 
 const secret = "hunter2-S3cr3t"

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
+	"github.com/containerdsnoop/containerdsnoop/internal/call"
 )
 
 // Summary accumulates records. Not safe for concurrent use.
@@ -36,7 +36,7 @@ func New() *Summary { return &Summary{methods: map[string]*method{}} }
 
 // Add counts one record. Every record adds its bytes; the line that ends a
 // call counts the call, its status and latency.
-func (s *Summary) Add(r *grpcdecode.Record) {
+func (s *Summary) Add(r *call.Record) {
 	if s.start.IsZero() || r.Time.Before(s.start) {
 		s.start = r.Time
 	}
@@ -52,7 +52,7 @@ func (s *Summary) Add(r *grpcdecode.Record) {
 		m = &method{name: name, statuses: map[string]int{}}
 		s.methods[name] = m
 	}
-	if r.Type == grpcdecode.Request {
+	if r.Type == call.Request {
 		m.reqBytes += int64(r.WireBytes)
 	} else {
 		m.respBytes += int64(r.WireBytes)

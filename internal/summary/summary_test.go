@@ -9,17 +9,17 @@ import (
 
 	"google.golang.org/grpc/codes"
 
-	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
+	"github.com/containerdsnoop/containerdsnoop/internal/call"
 )
 
 func TestSummary(t *testing.T) {
 	s := New()
 	t0 := time.Unix(1000, 0)
 	add := func(method string, lat time.Duration, code codes.Code, final bool) {
-		s.Add(&grpcdecode.Record{Time: t0, Method: method, Type: grpcdecode.Request, WireBytes: 10})
-		r := &grpcdecode.Record{Time: t0.Add(lat), Method: method, Type: grpcdecode.Response, WireBytes: 100, Final: final, Latency: lat}
+		s.Add(&call.Record{Time: t0, Method: method, Type: call.Request, WireBytes: 10})
+		r := &call.Record{Time: t0.Add(lat), Method: method, Type: call.Response, WireBytes: 100, Final: final, Latency: lat}
 		if final {
-			r.Status = &grpcdecode.Status{Code: code}
+			r.Status = &call.Status{Code: code}
 		}
 		s.Add(r)
 	}

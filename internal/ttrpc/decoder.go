@@ -5,8 +5,9 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/call"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
-	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
+	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
 	"github.com/containerdsnoop/containerdsnoop/internal/stream"
 )
 
@@ -14,10 +15,6 @@ import (
 const Protocol = "ttrpc"
 
 const (
-	req  = 0
-	resp = 1
-	// maxCallsPerConn bounds calls whose end was never seen.
-	maxCallsPerConn = 4096
 	// maxBuffered bounds what a direction holds: one whole frame, and
 	// the header after it while resynchronizing.
 	maxBuffered = HeaderLen + MaxLength + HeaderLen
@@ -28,12 +25,12 @@ const (
 
 // Decoder is a stream.Sink that decodes ttrpc calls into Records.
 type Decoder struct {
-	emit func(*grpcdecode.Record)
+	emit func(*call.Record)
 }
 
 // NewDecoder returns a Decoder that passes each Record to emit. The Record
 // is not retained after emit returns.
-func NewDecoder(emit func(*grpcdecode.Record)) *Decoder { return &Decoder{emit: emit} }
+func NewDecoder(emit func(*call.Record)) *Decoder { return &Decoder{emit: emit} }
 
 // conn is the ttrpc state of one connection (stream.Conn.State).
 type conn struct {
@@ -41,7 +38,7 @@ type conn struct {
 	// client is the end that sends requests, -1 while unknown.
 	client  int
 	dirs    [2]direction
-	calls   map[uint32]*call
+	calls   call.Table[ttrpcCall]
 	lastReq uint32
 	// restarted: a gap of unknown size, which is what a new connection on
 	// the same sockets looks like; its stream ids start again at 1.
@@ -58,11 +55,12 @@ type direction struct {
 	last capture.Event
 }
 
-type call struct {
+// ttrpcCall is what the decoder keeps of one open call.
+type ttrpcCall struct {
 	stream      uint32
 	method      string // full path; "" when the request was not seen
 	service     string
-	m           *grpcdecode.Method
+	m           *protoreg.Method
 	namespace   string
 	containerID string
 	start       time.Time
@@ -75,7 +73,7 @@ func (d *Decoder) state(sc *stream.Conn) *conn {
 	if s, ok := sc.State.(*conn); ok {
 		return s
 	}
-	s := &conn{sc: sc, client: -1, calls: map[uint32]*call{}}
+	s := &conn{sc: sc, client: -1}
 	sc.State = s
 	return s
 }
@@ -106,8 +104,8 @@ func (d *Decoder) Gap(sc *stream.Conn, end int, n uint64) {
 	if n == 0 {
 		s.restarted = true
 	}
-	for _, cl := range s.calls {
-		if dir := s.dirOf(end); dir >= 0 {
+	for _, cl := range s.calls.All() {
+		if dir, ok := s.dirOf(end); ok {
 			cl.lost[dir] = true
 		} else {
 			cl.lost = [2]bool{true, true}
@@ -118,31 +116,33 @@ func (d *Decoder) Gap(sc *stream.Conn, end int, n uint64) {
 // Closed implements stream.Sink: calls still open never end.
 func (d *Decoder) Closed(sc *stream.Conn) {
 	if s, ok := sc.State.(*conn); ok {
-		clear(s.calls)
+		s.calls.Clear()
 	}
 }
 
 func (s *conn) desync(end int) { s.dirs[end].synced = false }
 
-// dirOf maps a sending end to req or resp, -1 while the roles are unknown.
-func (s *conn) dirOf(end int) int {
+// dirOf maps a sending end to the request or response direction; false
+// while the roles are unknown.
+func (s *conn) dirOf(end int) (call.Type, bool) {
 	switch s.client {
 	case -1:
-		return -1
+		return 0, false
 	case end:
-		return req
+		return call.Request, true
 	}
-	return resp
+	return call.Response, true
 }
 
 func (s *conn) senderOf(end int) sender {
-	switch s.dirOf(end) {
-	case req:
+	dir, ok := s.dirOf(end)
+	switch {
+	case !ok:
+		return fromUnknown
+	case dir == call.Request:
 		return fromClient
-	case resp:
-		return fromServer
 	}
-	return fromUnknown
+	return fromServer
 }
 
 // plausible adds what the connection knows to header.plausible: stream ids
@@ -267,11 +267,11 @@ func (s *conn) selfValid(h header, payload []byte) verdict {
 		if !ok {
 			return verdictNo
 		}
-		if cl := s.calls[h.stream]; cl != nil && cl.seen && !r.unknown {
+		if cl := s.calls.Get(h.stream); cl != nil && cl.seen && !r.unknown {
 			return verdictYes
 		}
 	case typeData:
-		if cl := s.calls[h.stream]; cl != nil && cl.seen && (cl.streaming[req] || cl.streaming[resp]) {
+		if cl := s.calls.Get(h.stream); cl != nil && cl.seen && (cl.streaming[call.Request] || cl.streaming[call.Response]) {
 			return verdictYes
 		}
 	}
@@ -324,30 +324,27 @@ func (d *Decoder) request(s *conn, end int, h header, r request, ev *capture.Eve
 		// Stream ids only grow on a connection: this is a new one on the
 		// same sockets (the kernel reuses their memory).
 		s.sc.Renew()
-		clear(s.calls)
+		s.calls.Clear()
 	}
 	s.lastReq = h.stream
 	s.restarted = false
-	if len(s.calls) >= maxCallsPerConn {
-		evictOldest(s)
-	}
-	cl := &call{
+	cl := &ttrpcCall{
 		stream:  h.stream,
 		service: r.service,
 		method:  "/" + r.service + "/" + r.method,
 		start:   start,
 		seen:    true,
 	}
-	cl.m, _ = grpcdecode.Lookup(cl.method)
+	cl.m, _ = protoreg.Lookup(cl.method)
 	switch h.flags {
 	case flagRemoteOpen:
 		cl.streaming = [2]bool{true, true}
 	case flagRemoteClosed:
-		cl.streaming[resp] = true
+		cl.streaming[call.Response] = true
 	}
 	if cl.m != nil {
-		cl.streaming[req] = cl.streaming[req] || cl.m.ClientStreaming
-		cl.streaming[resp] = cl.streaming[resp] || cl.m.ServerStreaming
+		cl.streaming[call.Request] = cl.streaming[call.Request] || cl.m.ClientStreaming
+		cl.streaming[call.Response] = cl.streaming[call.Response] || cl.m.ServerStreaming
 	}
 	for _, kv := range r.metadata {
 		switch kv.key {
@@ -357,12 +354,12 @@ func (d *Decoder) request(s *conn, end int, h header, r request, ev *capture.Eve
 			}
 		}
 	}
-	s.calls[h.stream] = cl
-	rec := d.record(s, cl, end, ev, grpcdecode.Request)
+	s.calls.Put(h.stream, cl)
+	rec := d.record(s, cl, end, ev, call.Request)
 	// A stream opened without a message (a client-streaming call) has
 	// no payload; a unary call with an empty message has an empty one.
-	if r.payload != nil || !cl.streaming[req] {
-		decodeInto(rec, cl, req, r.payload)
+	if r.payload != nil || !cl.streaming[call.Request] {
+		decodeInto(rec, cl, call.Request, r.payload)
 	}
 	if id := containerIDOf(rec.Message); id != "" {
 		cl.containerID = id
@@ -373,33 +370,33 @@ func (d *Decoder) request(s *conn, end int, h header, r request, ev *capture.Eve
 
 func (d *Decoder) response(s *conn, end int, h header, r response, ev *capture.Event) {
 	cl := s.call(h.stream)
-	delete(s.calls, h.stream)
-	rec := d.record(s, cl, end, ev, grpcdecode.Response)
-	st := &grpcdecode.Status{Code: codes.Code(uint32(r.code)), Message: r.message}
+	s.calls.Delete(h.stream)
+	rec := d.record(s, cl, end, ev, call.Response)
+	st := &call.Status{Code: codes.Code(uint32(r.code)), Message: r.message}
 	if r.payload != nil || st.Code == codes.OK {
 		// An OK response with no payload carries the empty message.
-		decodeInto(rec, cl, resp, r.payload)
+		decodeInto(rec, cl, call.Response, r.payload)
 	}
 	d.finish(rec, cl, ev, st)
 }
 
 func (d *Decoder) data(s *conn, end int, h header, payload []byte, ev *capture.Event) {
-	dir := s.dirOf(end)
+	dir, _ := s.dirOf(end) // frame passes data on only once the roles are known
 	closed := h.flags&flagRemoteClosed != 0
 	hasData := h.flags&flagNoData == 0
-	if dir == req && !hasData {
+	if dir == call.Request && !hasData {
 		return // the client closed its side: nothing to show
 	}
 	cl := s.call(h.stream)
-	if dir == req {
-		rec := d.record(s, cl, end, ev, grpcdecode.Request)
-		decodeInto(rec, cl, req, payload)
+	if dir == call.Request {
+		rec := d.record(s, cl, end, ev, call.Request)
+		decodeInto(rec, cl, call.Request, payload)
 		d.emit(rec)
 		return
 	}
-	rec := d.record(s, cl, end, ev, grpcdecode.Response)
+	rec := d.record(s, cl, end, ev, call.Response)
 	if hasData {
-		decodeInto(rec, cl, resp, payload)
+		decodeInto(rec, cl, call.Response, payload)
 	}
 	if !closed {
 		d.emit(rec)
@@ -407,11 +404,11 @@ func (d *Decoder) data(s *conn, end int, h header, payload []byte, ev *capture.E
 	}
 	// The server closed the stream: the call ended well (errors end
 	// with a response frame).
-	delete(s.calls, h.stream)
-	d.finish(rec, cl, ev, &grpcdecode.Status{Code: codes.OK})
+	s.calls.Delete(h.stream)
+	d.finish(rec, cl, ev, &call.Status{Code: codes.OK})
 }
 
-func (d *Decoder) finish(rec *grpcdecode.Record, cl *call, ev *capture.Event, st *grpcdecode.Status) {
+func (d *Decoder) finish(rec *call.Record, cl *ttrpcCall, ev *capture.Event, st *call.Status) {
 	rec.Final = true
 	rec.Status = st
 	if cl.seen {
@@ -419,9 +416,9 @@ func (d *Decoder) finish(rec *grpcdecode.Record, cl *call, ev *capture.Event, st
 	}
 	if rec.Note == "" {
 		switch {
-		case cl.lost[resp] && cl.streaming[resp]:
+		case cl.lost[call.Response] && cl.streaming[call.Response]:
 			rec.Note = "capture lost bytes of the response stream"
-		case cl.lost[req] && cl.streaming[req]:
+		case cl.lost[call.Request] && cl.streaming[call.Request]:
 			rec.Note = "capture lost bytes of the request stream"
 		}
 	}
@@ -430,22 +427,19 @@ func (d *Decoder) finish(rec *grpcdecode.Record, cl *call, ev *capture.Event, st
 
 // call returns the call on stream id, creating one for a call whose
 // request was not seen (it started before the capture, or was lost).
-func (s *conn) call(id uint32) *call {
-	if cl := s.calls[id]; cl != nil {
+func (s *conn) call(id uint32) *ttrpcCall {
+	if cl := s.calls.Get(id); cl != nil {
 		return cl
 	}
-	if len(s.calls) >= maxCallsPerConn {
-		evictOldest(s)
-	}
-	cl := &call{stream: id}
-	s.calls[id] = cl
+	cl := &ttrpcCall{stream: id}
+	s.calls.Put(id, cl)
 	return cl
 }
 
-func (d *Decoder) record(s *conn, cl *call, end int, ev *capture.Event, typ grpcdecode.Type) *grpcdecode.Record {
+func (d *Decoder) record(s *conn, cl *ttrpcCall, end int, ev *capture.Event, typ call.Type) *call.Record {
 	sc := s.sc
 	peer := sc.Ends[stream.Peer(end)]
-	r := &grpcdecode.Record{
+	r := &call.Record{
 		Time:        ev.Time,
 		Protocol:    Protocol,
 		Conn:        sc.ID,
@@ -471,21 +465,9 @@ func (d *Decoder) record(s *conn, cl *call, end int, ev *capture.Event, typ grpc
 // decodeInto decodes a message of the call's direction dir into r: with
 // the method's type when it is known, else kept raw for display by field
 // number.
-func decodeInto(r *grpcdecode.Record, cl *call, dir int, payload []byte) {
+func decodeInto(r *call.Record, cl *ttrpcCall, dir call.Type, payload []byte) {
 	if payload == nil {
 		payload = []byte{}
 	}
-	grpcdecode.DecodeMessage(r, cl.m, dir == resp, payload)
-}
-
-func evictOldest(s *conn) {
-	var oldest *call
-	for _, cl := range s.calls {
-		if oldest == nil || cl.stream < oldest.stream {
-			oldest = cl
-		}
-	}
-	if oldest != nil {
-		delete(s.calls, oldest.stream)
-	}
+	protoreg.DecodeMessage(r, cl.m, dir, payload)
 }

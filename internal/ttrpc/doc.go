@@ -1,7 +1,7 @@
 // Package ttrpc decodes ttrpc, containerd's lightweight RPC protocol over
 // unix sockets (containerd ↔ shims: the Task and Sandbox APIs, and the
-// events shims forward), into the same Records as gRPC calls, with
-// Protocol "ttrpc".
+// events shims forward), into call.Records like gRPC calls, with Protocol
+// "ttrpc"; messages are decoded with the types internal/protoreg knows.
 //
 // Each direction of a connection is a sequence of frames: a 10-byte header
 // (length uint32, stream id uint32, type, flags, all big-endian) and the

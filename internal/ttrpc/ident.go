@@ -22,7 +22,7 @@ func shimIsClient(service string) bool {
 // shimPID is the pid of the shim end of the call's connection: the server,
 // or the client for the services a shim calls. 0 while the roles are
 // unknown.
-func (s *conn) shimPID(cl *call) uint32 {
+func (s *conn) shimPID(cl *ttrpcCall) uint32 {
 	if s.client < 0 {
 		return 0
 	}

@@ -13,8 +13,9 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/call"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
-	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
+	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
 	"github.com/containerdsnoop/containerdsnoop/internal/stream"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
 )
@@ -114,13 +115,13 @@ func events(recs []wirerec.Record, c *cut) []capture.Event {
 type line struct {
 	conn        uint64
 	stream      uint32
-	typ         grpcdecode.Type
+	typ         call.Type
 	method      string
 	namespace   string
 	containerID string
 	shimPID     uint32
 	message     json.RawMessage // "null" when none
-	status      *grpcdecode.Status
+	status      *call.Status
 	latency     time.Duration
 	final       bool
 	note        string
@@ -130,7 +131,7 @@ type line struct {
 func decode(t testing.TB, evs []capture.Event) []line {
 	t.Helper()
 	var lines []line
-	asm := stream.New(NewDecoder(func(r *grpcdecode.Record) {
+	asm := stream.New(NewDecoder(func(r *call.Record) {
 		if r.Protocol != Protocol {
 			t.Fatalf("record with protocol %q", r.Protocol)
 		}
@@ -143,7 +144,7 @@ func decode(t testing.TB, evs []capture.Event) []line {
 	return lines
 }
 
-func toLine(t testing.TB, r *grpcdecode.Record) line {
+func toLine(t testing.TB, r *call.Record) line {
 	l := line{
 		conn: r.Conn, stream: r.Stream, typ: r.Type, method: r.Method, namespace: r.Namespace,
 		containerID: r.ContainerID, shimPID: r.ShimPID, status: r.Status, latency: r.Latency,
@@ -157,12 +158,12 @@ func toLine(t testing.TB, r *grpcdecode.Record) line {
 		}
 		l.message = b
 	case r.Raw != nil:
-		fields, ok := grpcdecode.Schemaless(r.Raw)
+		fields, ok := protoreg.Schemaless(r.Raw)
 		if !ok {
 			l.message = json.RawMessage(`"not protobuf"`)
 			break
 		}
-		b, _ := json.Marshal(grpcdecode.SchemalessJSON(fields))
+		b, _ := json.Marshal(protoreg.SchemalessJSON(fields))
 		l.message = b
 	}
 	return l
@@ -199,11 +200,11 @@ func schemaless(t testing.TB, h string) json.RawMessage {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fields, ok := grpcdecode.Schemaless(b)
+	fields, ok := protoreg.Schemaless(b)
 	if !ok {
 		t.Fatalf("%s is not protobuf", h)
 	}
-	j, _ := json.Marshal(grpcdecode.SchemalessJSON(fields))
+	j, _ := json.Marshal(protoreg.SchemalessJSON(fields))
 	return j
 }
 
@@ -297,7 +298,7 @@ func checkCall(w *want, got []line, complete bool) []string {
 				bad("shim pid %d, want %d", l.shimPID, w.shimPID)
 			}
 		}
-		if l.typ == grpcdecode.Request {
+		if l.typ == call.Request {
 			if l.pid != clientPID || l.final || l.status != nil {
 				bad("request line from pid %d, final %v, status %v", l.pid, l.final, l.status)
 			}

@@ -8,8 +8,8 @@ import (
 	"golang.org/x/net/http2"
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/call"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
-	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
 	"github.com/containerdsnoop/containerdsnoop/internal/stream"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
 )
@@ -95,7 +95,7 @@ type feeder struct {
 	now time.Time
 }
 
-func newFeeder(emit func(*grpcdecode.Record)) *feeder {
+func newFeeder(emit func(*call.Record)) *feeder {
 	return &feeder{asm: stream.New(NewDecoder(emit)), now: time.Unix(1700000000, 0)}
 }
 
@@ -111,8 +111,8 @@ func (f *feeder) send(end int, b []byte) {
 // a request that reuses one starts a new connection (the kernel reused
 // the sockets' memory); the calls of the old one are dropped.
 func TestNewConnectionOnSameSockets(t *testing.T) {
-	var recs []*grpcdecode.Record
-	f := newFeeder(func(r *grpcdecode.Record) { recs = append(recs, r) })
+	var recs []*call.Record
+	f := newFeeder(func(r *call.Record) { recs = append(recs, r) })
 	state := requestPayload("containerd.task.v2.Task", "State", []byte{0x0a, 0x03, 'a', 'b', 'c'})
 	f.send(0, frameBytes(1, typeRequest, 0, state))
 	f.send(0, frameBytes(3, typeRequest, 0, state))
@@ -205,7 +205,7 @@ func (s *spy) Bytes(c *stream.Conn, end int, ev *capture.Event, b []byte) {
 // TestBufferBounded: a header that validates but whose frame never makes
 // sense holds at most one frame's worth of bytes.
 func TestBufferBounded(t *testing.T) {
-	sp := &spy{Decoder: NewDecoder(func(r *grpcdecode.Record) { t.Errorf("record from junk: %+v", r) })}
+	sp := &spy{Decoder: NewDecoder(func(r *call.Record) { t.Errorf("record from junk: %+v", r) })}
 	asm := stream.New(sp)
 	var off uint64
 	feed := func(b []byte) {
@@ -255,7 +255,7 @@ func FuzzTTRPC(f *testing.F) {
 	f.Fuzz(func(t *testing.T, client, server []byte, chunk, gapAt, gapLen uint16) {
 		chunk = max(chunk, 1)
 		input := string(client) + "\x00" + string(server)
-		f := newFeeder(func(r *grpcdecode.Record) {
+		f := newFeeder(func(r *call.Record) {
 			if r.Method == "" {
 				return
 			}

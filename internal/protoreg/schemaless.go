@@ -1,4 +1,4 @@
-package grpcdecode
+package protoreg
 
 import (
 	"encoding/hex"

@@ -1,4 +1,4 @@
-package grpcdecode
+package protoreg
 
 import (
 	"slices"
@@ -9,13 +9,13 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
-// guessMethod names the registered gRPC method whose request type the
+// GuessGRPCMethod names the registered gRPC method whose request type the
 // payload fits, when exactly one does. Fitting is strict: the bytes parse,
 // no field lands in unknown fields at any depth (a field number or wire
 // type the type does not declare), and every string is text without
 // control characters (a nested message would otherwise pass for a string).
 // It is shown labelled as a guess, never as the method.
-func guessMethod(payload []byte) string {
+func GuessGRPCMethod(payload []byte) string {
 	if len(payload) == 0 {
 		return "" // an empty message fits every type
 	}

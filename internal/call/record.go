@@ -1,4 +1,4 @@
-package grpcdecode
+package call
 
 import (
 	"time"
@@ -7,11 +7,14 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// Type tells a request line from a response line.
+// Type is the direction of a message: a Request goes from the client to
+// the server, a Response back. It tells a request line from a response
+// line, and indexes what a decoder keeps per direction of a call
+// ([2]T{Request: …, Response: …}).
 type Type uint8
 
 const (
-	Request Type = iota + 1
+	Request Type = iota
 	Response
 )
 

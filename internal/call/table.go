@@ -1,0 +1,56 @@
+package call
+
+import (
+	"iter"
+	"maps"
+)
+
+// MaxPerConn bounds the open calls of one connection. Calls whose end was
+// never seen (lost bytes, a peer that vanished) would otherwise pile up;
+// past the bound the oldest is forgotten.
+const MaxPerConn = 4096
+
+// Table is the open calls of one connection by stream id, C being the
+// decoder's own per-call state. The zero Table is empty and ready to use.
+type Table[C any] struct {
+	m map[uint32]*C
+}
+
+// Get returns the call on stream id, nil if there is none.
+func (t *Table[C]) Get(id uint32) *C { return t.m[id] }
+
+// Put opens (or replaces) the call on stream id. When the table is full,
+// the call with the lowest stream id goes first: stream ids grow with each
+// call on a connection, so that is the oldest.
+func (t *Table[C]) Put(id uint32, c *C) {
+	if t.m == nil {
+		t.m = map[uint32]*C{}
+	}
+	if _, ok := t.m[id]; !ok && len(t.m) >= MaxPerConn {
+		t.evictOldest()
+	}
+	t.m[id] = c
+}
+
+// Delete forgets the call on stream id.
+func (t *Table[C]) Delete(id uint32) { delete(t.m, id) }
+
+// Clear forgets every call.
+func (t *Table[C]) Clear() { clear(t.m) }
+
+// Len is the number of open calls.
+func (t *Table[C]) Len() int { return len(t.m) }
+
+// All yields every open call, in no particular order.
+func (t *Table[C]) All() iter.Seq2[uint32, *C] { return maps.All(t.m) }
+
+func (t *Table[C]) evictOldest() {
+	first := true
+	var oldest uint32
+	for id := range t.m {
+		if first || id < oldest {
+			oldest, first = id, false
+		}
+	}
+	delete(t.m, oldest)
+}

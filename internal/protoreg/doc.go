@@ -1,0 +1,7 @@
+// Package protoreg knows the protobuf APIs whose calls containerdsnoop can
+// decode, whichever protocol carries them: the method registry (read from
+// the registered descriptors, never typed by hand), decoding a message with
+// its method's types (through a cache of decoded messages), decoding
+// without a schema for display by field number, and the labelled guess of
+// a method from its request's bytes.
+package protoreg
