@@ -74,8 +74,6 @@ const (
 	maxBuffered = 1<<24 + frameHeaderLen
 )
 
-var preface = []byte(http2.ClientPreface)
-
 type direction struct {
 	buf      []byte
 	started  bool
@@ -174,11 +172,11 @@ func (d *Decoder) parse(c *Conn, end int, cap *capture.Event) {
 		// frame would begin; the kernel may hand a new connection the
 		// memory (and so the identity) of an old one.
 		if !dir.started || dir.synced {
-			if n := min(len(b), len(preface)); n > 0 && bytes.Equal(b[:n], preface[:n]) {
-				if n < len(preface) {
+			if v := prefaceAt(b); v != stream.No {
+				if v == stream.More {
 					return
 				}
-				consumed += len(preface)
+				consumed += len(clientPreface)
 				d.newConnection(c, end, cap)
 				continue
 			}
@@ -187,7 +185,7 @@ func (d *Decoder) parse(c *Conn, end int, cap *capture.Event) {
 		if !dir.synced {
 			off, res := findSync(b, dir.maxFrame)
 			consumed += off
-			if res != syncFound {
+			if res != stream.Yes {
 				return
 			}
 			dir.synced = true

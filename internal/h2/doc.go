@@ -3,8 +3,10 @@
 // internal/h2/hpack, which stays exact on connections joined mid-stream.
 //
 // A direction is decoded only from a frame boundary it can trust: the
-// client preface, or two consecutive frame headers that validate (see
-// resync.go). After a gap in the capture the direction resynchronizes the
-// same way, and its header table is treated as unknown again, because the
-// missing bytes may have inserted entries.
+// client preface, or a chain of frame headers that validate, two whose
+// frames end where the bytes end or three (resync.go). After a gap in the
+// capture the direction resynchronizes the same way, and its header table
+// is treated as unknown again, because the missing bytes may have inserted
+// entries. Sniff applies the same rule to the first bytes of a connection,
+// for protocol detection (internal/pipeline).
 package h2

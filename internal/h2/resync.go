@@ -1,9 +1,12 @@
 package h2
 
 import (
+	"bytes"
 	"encoding/binary"
 
 	"golang.org/x/net/http2"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/stream"
 )
 
 const frameHeaderLen = 9
@@ -81,62 +84,95 @@ func (h frameHeader) plausible(maxFrame uint32) bool {
 	return true
 }
 
-// syncResult says what findSync concluded about a buffer.
-type syncResult int
+var clientPreface = []byte(http2.ClientPreface)
 
-const (
-	syncFound syncResult = iota // a trusted boundary at the returned offset
-	syncMore                    // a candidate needs more bytes to be checked
-	syncNone                    // no candidate up to the returned offset
-)
+// Sniff says whether b, the first bytes one end of a connection sent, are
+// HTTP/2 as a gRPC peer speaks it: the client preface (preface is then
+// true; More while it is cut), or a chain of frame headers that validate
+// (see chain). Protocol detection and resynchronization judge frames by
+// the same rules: this one.
+func Sniff(b []byte) (v stream.Verdict, preface bool) {
+	if v := prefaceAt(b); v != stream.No {
+		return v, true
+	}
+	return chain(b, defaultMaxFrame), false
+}
 
-// findSync looks for the first offset where a frame header validates and
-// the frame after it validates too; a single check would match random
-// payload bytes far too often. Three consecutive frames are required when
-// the buffer holds them, which makes a false match on binary protobuf
-// payload vanishingly rare.
-func findSync(b []byte, maxFrame uint32) (int, syncResult) {
+// prefaceAt says whether b starts with the client preface: More while b
+// is a cut one.
+func prefaceAt(b []byte) stream.Verdict {
+	n := min(len(b), len(clientPreface))
+	switch {
+	case n == 0 || !bytes.Equal(b[:n], clientPreface[:n]):
+		return stream.No
+	case n < len(clientPreface):
+		return stream.More
+	}
+	return stream.Yes
+}
+
+// findSync looks for the first offset where a chain of frame headers
+// validates; a single check would match random payload bytes far too
+// often. It returns Yes with the offset of a trusted boundary, More with
+// the offset of a candidate that needs more bytes, or No with the offset
+// up to which no candidate starts.
+func findSync(b []byte, maxFrame uint32) (int, stream.Verdict) {
 	for off := 0; off+frameHeaderLen <= len(b); off++ {
-		switch chainValid(b[off:], maxFrame, 3) {
-		case chainOK:
-			return off, syncFound
-		case chainShort:
-			return off, syncMore
+		switch chain(b[off:], maxFrame) {
+		case stream.Yes:
+			return off, stream.Yes
+		case stream.More:
+			return off, stream.More
 		}
 	}
 	// Keep the last bytes: a frame header may start there.
 	keep := max(len(b)-frameHeaderLen+1, 0)
-	return keep, syncNone
+	return keep, stream.No
 }
 
-type chainState int
-
-const (
-	chainOK chainState = iota
-	chainShort
-	chainBad
-)
-
-func chainValid(b []byte, maxFrame uint32, frames int) chainState {
+// chain judges the frame headers at the start of b: Yes when two validate
+// and their frames end exactly where b ends, or three validate, which
+// makes a false match on binary protobuf payload vanishingly rare; No when
+// one does not validate, even as far as it has arrived; else More. Two
+// headers whose second frame is cut by the end of b prove no more than
+// two headers followed by anything: More, until the second frame ends or
+// a third header arrives.
+func chain(b []byte, maxFrame uint32) stream.Verdict {
 	off := 0
-	for i := 0; i < frames; i++ {
+	for i := 0; i < 3; i++ {
 		if off+frameHeaderLen > len(b) {
-			if i >= 2 {
-				return chainOK // two validated frames and the buffer ends cleanly
+			if off < len(b) && !headerPrefix(b[off:], maxFrame) {
+				return stream.No
 			}
-			return chainShort
+			return stream.More
 		}
 		h := parseHeader(b[off:])
 		if !h.plausible(maxFrame) {
-			return chainBad
+			return stream.No
 		}
 		off += frameHeaderLen + int(h.length)
 		if off == len(b) && i >= 1 {
-			return chainOK
+			return stream.Yes
+		}
+		if off > len(b) {
+			return stream.More
 		}
 	}
-	if off > len(b) {
-		return chainShort
+	return stream.Yes
+}
+
+// headerPrefix checks the first bytes of a frame header that has not fully
+// arrived, as far as they go: the length, the type, its flags, the
+// reserved bit of the stream id.
+func headerPrefix(b []byte, maxFrame uint32) bool {
+	if len(b) >= 1 && uint32(b[0])<<16 > maxFrame || len(b) >= 2 && (uint32(b[0])<<16|uint32(b[1])<<8) > maxFrame {
+		return false
 	}
-	return chainOK
+	if len(b) >= 4 && int(b[3]) >= len(legalFlags) {
+		return false
+	}
+	if len(b) >= 5 && http2.Flags(b[4])&^legalFlags[b[3]] != 0 {
+		return false
+	}
+	return len(b) < 6 || b[5]&0x80 == 0
 }

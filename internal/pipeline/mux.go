@@ -2,12 +2,10 @@ package pipeline
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 
-	"golang.org/x/net/http2"
-
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
+	"github.com/containerdsnoop/containerdsnoop/internal/h2"
 	"github.com/containerdsnoop/containerdsnoop/internal/stream"
 	"github.com/containerdsnoop/containerdsnoop/internal/ttrpc"
 )
@@ -46,8 +44,6 @@ const (
 	// part in the decision and its bytes are dropped (reported to the
 	// decoder as a gap, should the other end decide).
 	maxUndecided = 1 << 20
-	h2HeaderLen  = 9
-	h2MaxFrame   = 16384
 )
 
 // mux is a stream.Sink that looks at the first bytes of each connection and
@@ -63,8 +59,8 @@ type mux struct {
 	conns           map[*stream.Conn]*muxConn
 }
 
-func newMux(h2, tt stream.Sink, protocol string) *mux {
-	m := &mux{h2: h2, ttrpc: tt, allowH2: true, allowT: true, conns: map[*stream.Conn]*muxConn{}}
+func newMux(hs, tt stream.Sink, protocol string) *mux {
+	m := &mux{h2: hs, ttrpc: tt, allowH2: true, allowT: true, conns: map[*stream.Conn]*muxConn{}}
 	switch protocol {
 	case ProtocolGRPC:
 		m.allowT = false
@@ -187,16 +183,16 @@ func (mc *muxConn) gap(end int, n uint64) {
 // decide looks at what end has sent so far.
 func (m *mux) decide(c *stream.Conn, mc *muxConn, end int) {
 	b := mc.ends[end].buf
-	vh, preface := sniffH2(b)
+	vh, preface := h2.Sniff(b)
 	vt := ttrpc.Sniff(b)
 	switch {
-	case vh == ttrpc.Yes && (preface || vt != ttrpc.Yes):
+	case vh == stream.Yes && (preface || vt != stream.Yes):
 		m.choose(c, mc, protoH2)
-	case vt == ttrpc.Yes:
+	case vt == stream.Yes:
 		m.choose(c, mc, protoTTRPC)
-	case vh == ttrpc.Yes:
+	case vh == stream.Yes:
 		m.choose(c, mc, protoH2)
-	case vh == ttrpc.No && vt == ttrpc.No:
+	case vh == stream.No && vt == stream.No:
 		m.out(c, mc, end)
 	}
 }
@@ -254,106 +250,4 @@ func (m *mux) choose(c *stream.Conn, mc *muxConn, p muxProto) {
 			s.Bytes(c, ch.end, &ch.ev, ch.data)
 		}
 	}
-}
-
-var h2Preface = []byte(http2.ClientPreface)
-
-// sniffH2 says whether b, the first bytes one end sent, are HTTP/2: the
-// client preface (preface is then true), or frame headers that validate
-// as internal/h2 checks them when it resynchronizes (resync.go): two that
-// end exactly where b ends, or three.
-func sniffH2(b []byte) (v ttrpc.Verdict, preface bool) {
-	if n := min(len(b), len(h2Preface)); n > 0 && bytes.Equal(b[:n], h2Preface[:n]) {
-		if n < len(h2Preface) {
-			return ttrpc.More, true
-		}
-		return ttrpc.Yes, true
-	}
-	off := 0
-	for i := 0; i < 3; i++ {
-		if off+h2HeaderLen > len(b) {
-			if !h2HeaderPrefix(b[off:]) {
-				return ttrpc.No, false
-			}
-			return ttrpc.More, false
-		}
-		length, ok := h2Plausible(b[off:])
-		if !ok {
-			return ttrpc.No, false
-		}
-		off += h2HeaderLen + int(length)
-		if off == len(b) && i >= 1 {
-			return ttrpc.Yes, false
-		}
-		if off > len(b) {
-			return ttrpc.More, false
-		}
-	}
-	return ttrpc.Yes, false
-}
-
-// h2HeaderPrefix checks the first bytes of a frame header that has not
-// fully arrived: a length of at most 16 KiB, a known type, its flags.
-func h2HeaderPrefix(b []byte) bool {
-	if len(b) >= 1 && b[0] != 0 || len(b) >= 2 && b[1] > h2MaxFrame>>8 {
-		return false
-	}
-	if len(b) >= 4 && int(b[3]) >= len(h2LegalFlags) {
-		return false
-	}
-	return len(b) < 5 || http2.Flags(b[4])&^h2LegalFlags[b[3]] == 0
-}
-
-// h2LegalFlags are the flags each frame type may carry (RFC 9113 section 6).
-var h2LegalFlags = [...]http2.Flags{
-	http2.FrameData:         http2.FlagDataEndStream | http2.FlagDataPadded,
-	http2.FrameHeaders:      http2.FlagHeadersEndStream | http2.FlagHeadersEndHeaders | http2.FlagHeadersPadded | http2.FlagHeadersPriority,
-	http2.FramePriority:     0,
-	http2.FrameRSTStream:    0,
-	http2.FrameSettings:     http2.FlagSettingsAck,
-	http2.FramePushPromise:  http2.FlagPushPromiseEndHeaders | http2.FlagPushPromisePadded,
-	http2.FramePing:         http2.FlagPingAck,
-	http2.FrameGoAway:       0,
-	http2.FrameWindowUpdate: 0,
-	http2.FrameContinuation: http2.FlagContinuationEndHeaders,
-}
-
-// h2Plausible checks an HTTP/2 frame header as a gRPC peer sends it (the
-// rules of internal/h2's plausible, at the default maximum frame size).
-func h2Plausible(b []byte) (length uint32, ok bool) {
-	length = uint32(b[0])<<16 | uint32(b[1])<<8 | uint32(b[2])
-	typ, flags := http2.FrameType(b[3]), http2.Flags(b[4])
-	sid := binary.BigEndian.Uint32(b[5:9])
-	if int(typ) >= len(h2LegalFlags) || flags&^h2LegalFlags[typ] != 0 || length > h2MaxFrame || sid&(1<<31) != 0 {
-		return 0, false
-	}
-	switch typ {
-	case http2.FrameSettings, http2.FramePing, http2.FrameGoAway:
-		if sid != 0 {
-			return 0, false
-		}
-	case http2.FrameWindowUpdate:
-		if sid != 0 && sid%2 == 0 {
-			return 0, false
-		}
-	default:
-		if sid == 0 || sid%2 == 0 {
-			return 0, false
-		}
-	}
-	switch typ {
-	case http2.FrameRSTStream, http2.FrameWindowUpdate:
-		ok = length == 4
-	case http2.FramePing:
-		ok = length == 8
-	case http2.FramePriority:
-		ok = length == 5
-	case http2.FrameSettings:
-		ok = length%6 == 0 && (!flags.Has(http2.FlagSettingsAck) || length == 0)
-	case http2.FrameGoAway:
-		ok = length >= 8
-	default:
-		ok = true
-	}
-	return length, ok
 }

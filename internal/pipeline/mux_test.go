@@ -213,27 +213,3 @@ func TestMuxOtherProtocols(t *testing.T) {
 		}
 	}
 }
-
-func TestSniffH2(t *testing.T) {
-	g, _ := load(t, "unary_version")
-	client, server := wirerec.Stream(g, 1, false), wirerec.Stream(g, 1, true)
-	tt, _ := load(t, "ttrpc_task")
-	for _, tc := range []struct {
-		name    string
-		b       []byte
-		want    ttrpc.Verdict
-		preface bool
-	}{
-		{"client", client, ttrpc.Yes, true},
-		{"cut preface", client[:10], ttrpc.More, true},
-		{"server", server, ttrpc.Yes, false},
-		{"server SETTINGS alone", server[:9+int(server[2])], ttrpc.More, false},
-		{"ttrpc client", wirerec.Stream(tt, 1, false), ttrpc.No, false},
-		{"ttrpc server", wirerec.Stream(tt, 1, true), ttrpc.No, false},
-	} {
-		v, pre := sniffH2(tc.b)
-		if v != tc.want || pre != tc.preface {
-			t.Errorf("%s: %v %v, want %v %v", tc.name, v, pre, tc.want, tc.preface)
-		}
-	}
-}

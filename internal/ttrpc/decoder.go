@@ -172,7 +172,7 @@ func (d *Decoder) parse(s *conn, end int) {
 		if !dir.synced {
 			off, v := s.findSync(b, end)
 			consumed += off
-			if v != verdictYes {
+			if v != stream.Yes {
 				return
 			}
 			dir.synced = true
@@ -210,7 +210,7 @@ func (d *Decoder) parse(s *conn, end int) {
 // proves itself (a Request naming a protobuf service and method; a
 // Response or stream data for a call this connection is waiting for), or
 // a next frame header that validates too.
-func (s *conn) findSync(b []byte, end int) (int, verdict) {
+func (s *conn) findSync(b []byte, end int) (int, stream.Verdict) {
 	from := s.senderOf(end)
 	for off := 0; off+HeaderLen <= len(b); off++ {
 		h := parseHeader(b[off:])
@@ -219,63 +219,63 @@ func (s *conn) findSync(b []byte, end int) (int, verdict) {
 		}
 		frameEnd := off + HeaderLen + int(h.length)
 		if frameEnd > len(b) {
-			if h.typ == typeRequest && requestPrefix(b[off+HeaderLen:]) == verdictNo {
+			if h.typ == typeRequest && requestPrefix(b[off+HeaderLen:]) == stream.No {
 				continue
 			}
-			return off, verdictMore
+			return off, stream.More
 		}
 		payload := b[off+HeaderLen : frameEnd]
 		switch s.selfValid(h, payload) {
-		case verdictYes:
-			return off, verdictYes
-		case verdictNo:
+		case stream.Yes:
+			return off, stream.Yes
+		case stream.No:
 			continue
 		}
 		// Not proven by itself: the next header must validate.
 		rest := b[frameEnd:]
 		if len(rest) < HeaderLen {
-			if headerPrefix(rest) == verdictNo {
+			if headerPrefix(rest) == stream.No {
 				continue
 			}
-			return off, verdictMore
+			return off, stream.More
 		}
 		next := parseHeader(rest)
 		if s.plausible(next, end) && next.plausible(senderOf(h, from)) {
-			if next.typ != typeRequest || requestFrame(rest, next) != verdictNo {
-				return off, verdictYes
+			if next.typ != typeRequest || requestFrame(rest, next) != stream.No {
+				return off, stream.Yes
 			}
 		}
 	}
 	// Keep the last bytes: a header may start there.
-	return max(len(b)-HeaderLen+1, 0), verdictNo
+	return max(len(b)-HeaderLen+1, 0), stream.No
 }
 
 // selfValid says whether a complete frame proves it is at a boundary
 // (Yes), proves it is not (No), or needs the next header (More).
-func (s *conn) selfValid(h header, payload []byte) verdict {
+func (s *conn) selfValid(h header, payload []byte) stream.Verdict {
 	switch h.typ {
 	case typeRequest:
 		r, ok := parseRequest(payload)
 		if !ok {
-			return verdictNo
+			return stream.No
 		}
 		if strictRequest(r) && (h.stream > s.lastReq || s.restarted) {
-			return verdictYes
+			return stream.Yes
 		}
 	case typeResponse:
 		r, ok := parseResponse(payload)
 		if !ok {
-			return verdictNo
+			return stream.No
 		}
 		if cl := s.calls.Get(h.stream); cl != nil && cl.seen && !r.unknown {
-			return verdictYes
+			return stream.Yes
 		}
 	case typeData:
 		if cl := s.calls.Get(h.stream); cl != nil && cl.seen && (cl.streaming[call.Request] || cl.streaming[call.Response]) {
-			return verdictYes
+			return stream.Yes
 		}
 	}
-	return verdictMore
+	return stream.More
 }
 
 // frame handles one complete frame; false means it is not a valid frame.

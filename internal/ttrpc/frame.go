@@ -5,6 +5,8 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/stream"
 )
 
 // The wire format, as github.com/containerd/ttrpc v1.2 writes it
@@ -241,45 +243,45 @@ func strictRequest(r request) bool {
 
 // requestPrefix checks the start of a Request payload that has not fully
 // arrived: ttrpc clients write the service (field 1) and then the method
-// (field 2) first. It returns verdictYes once both names are complete and
-// valid, verdictMore while they are cut, verdictNo when the bytes cannot
+// (field 2) first. It returns Yes once both names are complete and
+// valid, More while they are cut, No when the bytes cannot
 // be the start of a Request.
-func requestPrefix(b []byte) verdict {
+func requestPrefix(b []byte) stream.Verdict {
 	for _, field := range []protowire.Number{1, 2} {
 		if len(b) == 0 {
-			return verdictMore
+			return stream.More
 		}
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
 			if len(b) < 2 {
-				return verdictMore
+				return stream.More
 			}
-			return verdictNo
+			return stream.No
 		}
 		if num != field || typ != protowire.BytesType {
-			return verdictNo
+			return stream.No
 		}
 		b = b[n:]
 		l, n := protowire.ConsumeVarint(b)
 		if n < 0 {
 			if len(b) < 3 {
-				return verdictMore
+				return stream.More
 			}
-			return verdictNo
+			return stream.No
 		}
 		if l == 0 || l > maxNameLen {
-			return verdictNo
+			return stream.No
 		}
 		b = b[n:]
 		if uint64(len(b)) < l {
-			return verdictMore
+			return stream.More
 		}
 		if !isProtoName(string(b[:l]), field == 1) {
-			return verdictNo
+			return stream.No
 		}
 		b = b[l:]
 	}
-	return verdictYes
+	return stream.Yes
 }
 
 // response is a decoded ttrpc.Response.

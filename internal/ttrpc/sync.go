@@ -1,24 +1,6 @@
 package ttrpc
 
-// Verdict is what Sniff concludes about a byte stream.
-type Verdict int
-
-const (
-	// No: these bytes do not start with ttrpc frames.
-	No Verdict = iota
-	// More: too few bytes to tell.
-	More
-	// Yes: the bytes start with ttrpc frames that validate.
-	Yes
-)
-
-type verdict = Verdict
-
-const (
-	verdictNo   = No
-	verdictMore = More
-	verdictYes  = Yes
-)
+import "github.com/containerdsnoop/containerdsnoop/internal/stream"
 
 // Sniff says whether b, the first bytes one end of a connection sent, are
 // ttrpc. It answers Yes for a request frame whose payload is a Request
@@ -26,13 +8,13 @@ const (
 // have arrived), or for a chain of frame headers that validate: two
 // frames that end exactly where b ends, or three. A single response or
 // data frame proves too little: More.
-func Sniff(b []byte) Verdict {
+func Sniff(b []byte) stream.Verdict {
 	if len(b) < HeaderLen {
 		return headerPrefix(b)
 	}
 	h := parseHeader(b)
 	if !h.plausible(fromUnknown) {
-		return No
+		return stream.No
 	}
 	if h.typ == typeRequest {
 		return requestFrame(b, h)
@@ -42,31 +24,31 @@ func Sniff(b []byte) Verdict {
 
 // headerPrefix checks the first bytes of a header that has not fully
 // arrived.
-func headerPrefix(b []byte) Verdict {
+func headerPrefix(b []byte) stream.Verdict {
 	// A length of at most 4 MiB has a zero first byte and a second byte
 	// of at most 0x40.
 	if len(b) >= 1 && b[0] != 0 || len(b) >= 2 && b[1] > 0x40 {
-		return No
+		return stream.No
 	}
 	if len(b) >= 8 && b[7]%2 == 0 {
-		return No
+		return stream.No
 	}
 	if len(b) >= 9 && (b[8] < typeRequest || b[8] > typeData) {
-		return No
+		return stream.No
 	}
-	return More
+	return stream.More
 }
 
 // requestFrame judges a request frame at the start of b on its payload.
-func requestFrame(b []byte, h header) Verdict {
+func requestFrame(b []byte, h header) stream.Verdict {
 	end := HeaderLen + int(h.length)
 	if len(b) < end {
 		return requestPrefix(b[HeaderLen:])
 	}
 	if r, ok := parseRequest(b[HeaderLen:end]); ok && strictRequest(r) {
-		return Yes
+		return stream.Yes
 	}
-	return No
+	return stream.No
 }
 
 // senderOf narrows from by what h's type proves about its sender.
@@ -84,32 +66,32 @@ func senderOf(h header, from sender) sender {
 // request in the chain must also carry a Request (or, cut, its start).
 // All frames must fit one sender: a chain that holds both a request and a
 // response is not one direction of a ttrpc connection.
-func chain(b []byte, from sender, frames int) Verdict {
+func chain(b []byte, from sender, frames int) stream.Verdict {
 	off := 0
 	for i := 0; i < frames; i++ {
 		if off+HeaderLen > len(b) {
-			if off < len(b) && headerPrefix(b[off:]) == No {
-				return No
+			if off < len(b) && headerPrefix(b[off:]) == stream.No {
+				return stream.No
 			}
-			return More
+			return stream.More
 		}
 		h := parseHeader(b[off:])
 		if !h.plausible(from) {
-			return No
+			return stream.No
 		}
 		from = senderOf(h, from)
 		if h.typ == typeRequest {
-			if v := requestFrame(b[off:], h); v == No {
-				return No
+			if v := requestFrame(b[off:], h); v == stream.No {
+				return stream.No
 			}
 		}
 		off += HeaderLen + int(h.length)
 		if off == len(b) && i >= 1 {
-			return Yes
+			return stream.Yes
 		}
 		if off > len(b) {
-			return More
+			return stream.More
 		}
 	}
-	return Yes
+	return stream.Yes
 }

@@ -42,26 +42,26 @@ func TestSniff(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		b    []byte
-		want Verdict
+		want stream.Verdict
 	}{
-		{"empty", nil, More},
-		{"request", req, Yes},
-		{"request cut after the names", req[:HeaderLen+len("containerd.task.v2.Task")+len("State")+4], Yes},
-		{"request cut in the service name", req[:HeaderLen+5], More},
-		{"request header only", req[:HeaderLen], More},
-		{"partial header", req[:7], More},
-		{"request with a bad service name", frameBytes(1, typeRequest, 0, requestPayload("containerd task", "State", nil)), No},
-		{"one response", resp, More},
-		{"two responses", append(append([]byte{}, resp...), frameBytes(3, typeResponse, 0, []byte{0x12, 0})...), Yes},
-		{"response then request: two senders", append(append([]byte{}, resp...), req...), No},
-		{"even stream id", frameBytes(2, typeResponse, 0, nil), No},
-		{"unknown type", frameBytes(1, 9, 0, nil), No},
-		{"response with flags", frameBytes(1, typeResponse, 1, nil), No},
-		{"no-data flag with data", frameBytes(1, typeData, flagNoData, []byte{1}), No},
-		{"length only", frameBytes(1, typeData, 0, nil)[:4:4], More},
-		{"HTTP/2 preface", []byte(http2.ClientPreface), No},
-		{"HTTP/2 SETTINGS", settings, No},
-		{"text", []byte("GET / HTTP/1.1\r\n"), No},
+		{"empty", nil, stream.More},
+		{"request", req, stream.Yes},
+		{"request cut after the names", req[:HeaderLen+len("containerd.task.v2.Task")+len("State")+4], stream.Yes},
+		{"request cut in the service name", req[:HeaderLen+5], stream.More},
+		{"request header only", req[:HeaderLen], stream.More},
+		{"partial header", req[:7], stream.More},
+		{"request with a bad service name", frameBytes(1, typeRequest, 0, requestPayload("containerd task", "State", nil)), stream.No},
+		{"one response", resp, stream.More},
+		{"two responses", append(append([]byte{}, resp...), frameBytes(3, typeResponse, 0, []byte{0x12, 0})...), stream.Yes},
+		{"response then request: two senders", append(append([]byte{}, resp...), req...), stream.No},
+		{"even stream id", frameBytes(2, typeResponse, 0, nil), stream.No},
+		{"unknown type", frameBytes(1, 9, 0, nil), stream.No},
+		{"response with flags", frameBytes(1, typeResponse, 1, nil), stream.No},
+		{"no-data flag with data", frameBytes(1, typeData, flagNoData, []byte{1}), stream.No},
+		{"length only", frameBytes(1, typeData, 0, nil)[:4:4], stream.More},
+		{"HTTP/2 preface", []byte(http2.ClientPreface), stream.No},
+		{"HTTP/2 SETTINGS", settings, stream.No},
+		{"text", []byte("GET / HTTP/1.1\r\n"), stream.No},
 	} {
 		if got := Sniff(tc.b); got != tc.want {
 			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
@@ -69,7 +69,7 @@ func TestSniff(t *testing.T) {
 	}
 	big := frameBytes(1, typeData, 0, nil)
 	binary.BigEndian.PutUint32(big, MaxLength+1)
-	if Sniff(big) != No {
+	if Sniff(big) != stream.No {
 		t.Error("a frame over 4 MiB sniffed as ttrpc")
 	}
 }
