@@ -74,7 +74,7 @@ func runDecode(cmd *cobra.Command, f decodeFlags, path string) error {
 	}
 
 	p := pipeline.New(out, filter)
-	p.Replay = true
+	// p.CommOf stays nil: this machine's /proc says nothing about recorded processes.
 	pc, err := f.startPcap(p, fmt.Sprintf("containerdsnoop %s decode of a recording %s. %s", version, about, pcapNote))
 	if err != nil {
 		return err

@@ -95,7 +95,6 @@ func directJSON(t *testing.T, evs []capture.Event) string {
 	var buf bytes.Buffer
 	w, _ := output.New("json", &buf, output.Options{})
 	p := pipeline.New(w, pipeline.Filter{})
-	p.Replay = true
 	for i := range evs {
 		p.Feed(&evs[i])
 	}

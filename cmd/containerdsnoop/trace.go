@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -111,6 +112,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	defer tracer.Close()
 
 	p := pipeline.New(out, filter)
+	p.CommOf = procComms()
 	files, err := openTraceFiles(f, tracer, p, opts.PIDs)
 	if err != nil {
 		return err
@@ -211,6 +213,25 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 }
 
 // exitStatus passes on the traced command's exit status.
+// procComms names live processes from /proc/PID/comm, for the pipeline's
+// peers that have sent nothing yet. Answers are cached (a pid is looked up
+// once per 4096 distinct pids), so a busy node costs a map lookup per call.
+func procComms() func(pid uint32) string {
+	comms := map[uint32]string{}
+	return func(pid uint32) string {
+		if c, ok := comms[pid]; ok {
+			return c
+		}
+		b, _ := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/comm")
+		c := strings.TrimSpace(string(b))
+		if len(comms) > 4096 {
+			clear(comms)
+		}
+		comms[pid] = c
+		return c
+	}
+}
+
 func exitStatus(err error) error {
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {

@@ -3,7 +3,23 @@ package call
 import (
 	"iter"
 	"maps"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/stream"
 )
+
+// DirOf is the direction of what c.Ends[end] sends: Request from the
+// client, Response from the server. ok is false while the connection's
+// decoder has not learned which end is the client.
+func DirOf(c *stream.Conn, end int) (dir Type, ok bool) {
+	client, ok := c.ClientEnd()
+	switch {
+	case !ok:
+		return 0, false
+	case end == client:
+		return Request, true
+	}
+	return Response, true
+}
 
 // MaxPerConn bounds the open calls of one connection. Calls whose end was
 // never seen (lost bytes, a peer that vanished) would otherwise pile up;

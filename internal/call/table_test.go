@@ -1,6 +1,10 @@
 package call
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/stream"
+)
 
 func TestTableEvictsLowestStreamWhenFull(t *testing.T) {
 	var tb Table[int]
@@ -53,5 +57,21 @@ func TestTypeIndexesDirections(t *testing.T) {
 	perDir[Response]++
 	if perDir != [2]int{0, 1} {
 		t.Fatal("Response does not index the second element")
+	}
+}
+
+func TestDirOf(t *testing.T) {
+	var c stream.Conn
+	if _, ok := DirOf(&c, 0); ok {
+		t.Fatal("a direction before the client end is known")
+	}
+	for client := range 2 {
+		c.SetClient(client)
+		if d, ok := DirOf(&c, client); !ok || d != Request {
+			t.Errorf("client %d: its own bytes are %v %v, want request", client, d, ok)
+		}
+		if d, ok := DirOf(&c, stream.Peer(client)); !ok || d != Response {
+			t.Errorf("client %d: the server's bytes are %v %v, want response", client, d, ok)
+		}
 	}
 }

@@ -66,7 +66,7 @@ func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
 		s.calls.Clear()
 	case h2.Lost:
 		for _, cl := range s.calls.All() {
-			dir, ok := d.dirOf(c, ev.End)
+			dir, ok := call.DirOf(c.Stream, ev.End)
 			if !ok {
 				cl.lost = [2]bool{true, true}
 				cl.split[call.Request].reset()
@@ -80,7 +80,7 @@ func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
 	case h2.Headers:
 		d.headers(c, s, ev)
 	case h2.Data:
-		dir, ok := d.dirOf(c, ev.End)
+		dir, ok := call.DirOf(c.Stream, ev.End)
 		cl := s.calls.Get(ev.Stream)
 		if cl == nil || !ok {
 			return
@@ -112,7 +112,8 @@ func (d *Decoder) Closed(c *h2.Conn) {
 			}
 			r := cl.held
 			if r == nil {
-				r = d.record(c, cl, call.Response, &h2.Event{End: stream.Peer(c.Client), Cap: &capture.Event{Time: c.Stream.Last}})
+				client, _ := c.Stream.ClientEnd() // known: the call has a direction
+				r = d.record(c, cl, call.Response, &h2.Event{End: stream.Peer(client), Cap: &capture.Event{Time: c.Stream.Last}})
 				r.PID, r.TID, r.Comm = 0, 0, ""
 			}
 			r.Type, r.Final = call.Response, true
@@ -123,21 +124,8 @@ func (d *Decoder) Closed(c *h2.Conn) {
 	s.calls.Clear()
 }
 
-// dirOf maps a sending end to the request (client) or response (server)
-// direction; false while the roles are unknown.
-func (d *Decoder) dirOf(c *h2.Conn, end int) (call.Type, bool) {
-	switch c.Client {
-	case -1:
-		return 0, false
-	case end:
-		return call.Request, true
-	default:
-		return call.Response, true
-	}
-}
-
 func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
-	dir, ok := d.dirOf(c, ev.End)
+	dir, ok := call.DirOf(c.Stream, ev.End)
 	if !ok {
 		return
 	}

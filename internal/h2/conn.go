@@ -54,9 +54,9 @@ type Handler interface {
 
 // Conn is the HTTP/2 state of one connection.
 type Conn struct {
+	// Stream is the connection; the decoder sets its client end
+	// (stream.Conn.SetClient) as soon as the bytes prove it.
 	Stream *stream.Conn
-	// Client is the end index of the HTTP/2 client, -1 while unknown.
-	Client int
 	User   any
 	dirs   [2]direction
 }
@@ -101,7 +101,7 @@ func (d *Decoder) conn(sc *stream.Conn) *Conn {
 	if c, ok := sc.State.(*Conn); ok {
 		return c
 	}
-	c := &Conn{Stream: sc, Client: -1}
+	c := &Conn{Stream: sc}
 	for i := range c.dirs {
 		c.dirs[i].init()
 	}
@@ -220,11 +220,11 @@ func (d *Decoder) parse(c *Conn, end int, cap *capture.Event) {
 
 func (d *Decoder) newConnection(c *Conn, end int, cap *capture.Event) {
 	peerEnd := stream.Peer(end)
-	if c.Client >= 0 || c.dirs[end].started {
+	if _, known := c.Stream.ClientEnd(); known || c.dirs[end].started {
 		// Not the first connection seen on these sockets.
 		c.Stream.Renew()
 	}
-	c.Client = end
+	c.Stream.SetClient(end)
 	for i := range c.dirs {
 		dir := &c.dirs[i]
 		dir.maxFrame = defaultMaxFrame
@@ -307,20 +307,20 @@ func (d *Decoder) headerBlock(c *Conn, end int, cap *capture.Event) {
 		d.desync(c, end, cap)
 		return
 	}
-	if c.Client < 0 {
+	if _, known := c.Stream.ClientEnd(); !known {
 		switch {
 		case c.Stream.Ends[end].Bound:
-			c.Client = stream.Peer(end)
+			c.Stream.SetClient(stream.Peer(end))
 		case c.Stream.Ends[stream.Peer(end)].Bound:
-			c.Client = end
+			c.Stream.SetClient(end)
 		}
 	}
-	if c.Client < 0 {
+	if _, known := c.Stream.ClientEnd(); !known {
 		for _, f := range fields {
 			if f.NameKnown && (f.Name == ":path" || f.Name == ":method") {
-				c.Client = end
+				c.Stream.SetClient(end)
 			} else if f.NameKnown && f.Name == ":status" {
-				c.Client = stream.Peer(end)
+				c.Stream.SetClient(stream.Peer(end))
 			}
 		}
 	}

@@ -29,10 +29,11 @@
 //
 // Which end is the client: the end that sent the HTTP/2 client preface;
 // else the end whose socket is not the bound one (stream.End.Bound, when
-// exactly one end is); else the HTTP/2 decoder's verdict (it saw :path or
-// :status); else the end that sent while its peer was not yet accepted (an
-// embryo socket has no inode: that receiver is the server); else, once
-// 256 KiB are waiting or the connection ends, the first sender. The first
+// exactly one end is); else what the protocol decoder learned
+// (stream.Conn.ClientEnd: HTTP/2 saw :path or :status, ttrpc a request or
+// response frame); else the end that sent while its peer was not yet
+// accepted (an embryo socket has no inode: that receiver is the server);
+// else, once 256 KiB are waiting or the connection ends, the first sender. The first
 // of these to be known decides. A connection's packets wait in memory
 // until its direction is known and both ends have sent something (so that
 // the comment can name both processes), or 256 KiB wait: they may be
@@ -56,7 +57,6 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
-	"github.com/containerdsnoop/containerdsnoop/internal/h2"
 	"github.com/containerdsnoop/containerdsnoop/internal/stream"
 )
 
@@ -88,7 +88,8 @@ type Options struct {
 }
 
 // Writer is a stream.Sink that writes pcapng. Add it to a pipeline with
-// pipeline.AddSink, after the decoders. Not safe for concurrent use.
+// pipeline.AddSink, which calls it after the decoders, so a role a decoder
+// learns from a chunk is known when the writer gets that chunk. Not safe for concurrent use.
 type Writer struct {
 	ng    *pcapgo.NgWriter
 	file  io.Closer
@@ -297,8 +298,8 @@ func clientOf(f *flow, sc *stream.Conn, end int, ev *capture.Event, data []byte)
 		}
 		return 0
 	}
-	if hc, ok := sc.State.(*h2.Conn); ok && hc.Client >= 0 {
-		return hc.Client
+	if client, ok := sc.ClientEnd(); ok {
+		return client
 	}
 	if ev.PeerIno == 0 && ev.PeerSock != 0 {
 		return end

@@ -349,18 +349,32 @@ func TestClose(t *testing.T) {
 	}
 }
 
-// TestMidStream: a connection joined after its preface is still oriented
-// by its HTTP/2 headers.
+// TestMidStream: a connection joined after its first bytes, starting
+// with a server chunk, is still oriented by what its decoder learned:
+// HTTP/2 headers (:status), ttrpc response frames. Neither end is marked
+// bound and both are accepted, so nothing else tells, and the fallback
+// (the first sender) would make the server the client.
 func TestMidStream(t *testing.T) {
-	evs := fixtureEvents(t, "long_lived")
-	// Start at a server chunk well into the connection.
-	start := len(evs) / 2
-	for evs[start].PID != 200 {
-		start++
-	}
-	c := readPcap(t, writePcap(t, evs[start:]))
-	if c.packets[0].src != "127.1.0.1:32768" || !strings.Contains(c.ifaces[1].Comment, "client client pid 100") {
-		t.Errorf("first packet from %s; comment %q", c.packets[0].src, c.ifaces[1].Comment)
+	for _, name := range []string{"long_lived", "ttrpc_task"} {
+		t.Run(name, func(t *testing.T) {
+			evs := fixtureEvents(t, name)
+			// Start at a server chunk well into the connection.
+			start := len(evs) / 2
+			for evs[start].PID != 200 {
+				start++
+			}
+			evs = evs[start:]
+			for i := range evs {
+				evs[i].Bound = false
+			}
+			c := readPcap(t, writePcap(t, evs))
+			if len(c.packets) == 0 || len(c.ifaces) < 2 {
+				t.Fatalf("%d packets, %d interfaces", len(c.packets), len(c.ifaces))
+			}
+			if c.packets[0].src != "127.1.0.1:32768" || !strings.Contains(c.ifaces[1].Comment, "client client pid 100") {
+				t.Errorf("first packet from %s; comment %q", c.packets[0].src, c.ifaces[1].Comment)
+			}
+		})
 	}
 }
 

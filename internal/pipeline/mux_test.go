@@ -23,7 +23,6 @@ func rawLines(t *testing.T, evs []capture.Event, f Filter) ([]line, []map[string
 		t.Fatal(err)
 	}
 	p := New(w, f)
-	p.Replay = true
 	for i := range evs {
 		p.Feed(&evs[i])
 	}

@@ -5,9 +5,7 @@
 package pipeline
 
 import (
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -58,15 +56,16 @@ type Pipeline struct {
 	calls      *callfilter.Filter
 	redactions map[proto.Message]proto.Message
 	sinks      tee
-	comms      map[uint32]string
 	lastExpiry time.Time
 	err        error
 	// Records counts what was written.
 	Records uint64
-	// Replay says the events come from a recording: this machine's /proc
-	// says nothing about their processes, so a peer that never sent
-	// anything keeps an empty comm.
-	Replay bool
+	// CommOf, when set, names a peer that has not sent anything on the
+	// connection (so no event carried its comm), by pid. A live trace
+	// sets it to read this machine's /proc; a replayed recording leaves
+	// it nil, as this machine says nothing about the recorded processes,
+	// and such a peer keeps an empty comm. Set it before the first Feed.
+	CommOf func(pid uint32) string
 }
 
 // IdleTimeout is how long a silent connection is kept. Its HTTP/2 state
@@ -75,7 +74,7 @@ const IdleTimeout = 15 * time.Minute
 
 // New returns a Pipeline writing to out.
 func New(out output.Writer, f Filter) *Pipeline {
-	p := &Pipeline{out: out, socketOK: map[string]bool{}, comms: map[uint32]string{}, filter: f}
+	p := &Pipeline{out: out, socketOK: map[string]bool{}, filter: f}
 	p.calls = callfilter.New(f.Calls, p.emit)
 	if f.Socket != "" {
 		p.socket = canonicalPath(f.Socket)
@@ -93,10 +92,10 @@ func New(out output.Writer, f Filter) *Pipeline {
 }
 
 // AddSink also hands every connection's byte streams (after filtering) to
-// s, e.g. a pcap writer. s is called after the decoder, so the decoder's
-// per-connection state (Conn.State, an *h2.Conn for a connection decoded
-// as HTTP/2; nil while its protocol is not yet known) is up to date, and it
-// must not set Conn.State itself. Call before the first Feed.
+// s, e.g. a pcap writer. s is called after the decoder, so what the decoder
+// learned from a chunk (the client end, stream.Conn.ClientEnd) is known
+// when s gets it. Conn.State belongs to the decoder: s must not use it.
+// Call before the first Feed.
 func (p *Pipeline) AddSink(s stream.Sink) { p.sinks = append(p.sinks, s) }
 
 // tee is a stream.Sink feeding several.
@@ -151,8 +150,8 @@ func (p *Pipeline) Close() error {
 func (p *Pipeline) Flush() error { return p.out.Flush() }
 
 func (p *Pipeline) write(r *call.Record) {
-	if r.PeerComm == "" && r.PeerPID != 0 && !p.Replay {
-		r.PeerComm = p.comm(r.PeerPID)
+	if r.PeerComm == "" && r.PeerPID != 0 && p.CommOf != nil {
+		r.PeerComm = p.CommOf(r.PeerPID)
 	}
 	if !p.filter.ShowSecrets && r.Message != nil {
 		r.Message = p.redacted(r.Message)
@@ -194,20 +193,6 @@ func (p *Pipeline) emit(r *call.Record) {
 	if err := p.out.Write(r); err != nil && p.err == nil {
 		p.err = err
 	}
-}
-
-// comm names a process that has not sent anything yet, from /proc.
-func (p *Pipeline) comm(pid uint32) string {
-	if c, ok := p.comms[pid]; ok {
-		return c
-	}
-	b, _ := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/comm")
-	c := strings.TrimSpace(string(b))
-	if len(p.comms) > 4096 {
-		clear(p.comms)
-	}
-	p.comms[pid] = c
-	return c
 }
 
 func (p *Pipeline) socketMatches(path string) bool {

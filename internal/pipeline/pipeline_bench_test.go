@@ -68,7 +68,6 @@ func BenchmarkPipeline(b *testing.B) {
 						b.Fatal(err)
 					}
 					p := pipeline.New(w, pipeline.Filter{})
-					p.Replay = true // no /proc lookups for the fake pids
 					for i := range bc.events {
 						p.Feed(&bc.events[i])
 					}

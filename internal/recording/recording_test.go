@@ -186,7 +186,6 @@ func jsonLines(t testing.TB, feed func(*pipeline.Pipeline)) string {
 		t.Fatal(err)
 	}
 	p := pipeline.New(w, pipeline.Filter{})
-	p.Replay = true
 	feed(p)
 	if err := p.Close(); err != nil {
 		t.Fatal(err)

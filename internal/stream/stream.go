@@ -36,8 +36,22 @@ type Conn struct {
 	// Closed is set when the connection is dropped because an end closed
 	// its socket (rather than for idleness or at exit).
 	Closed bool
+	// client is 1 + the index of the client's end, 0 while unknown.
+	client uint8
 	ids    *uint64
 }
+
+// ClientEnd returns the index of the client's end: the one that sends
+// requests (HTTP/2: the client preface, :path; ttrpc: request frames).
+// ok is false while no decoder has learned it.
+func (c *Conn) ClientEnd() (end int, ok bool) {
+	return int(c.client) - 1, c.client != 0
+}
+
+// SetClient records that Ends[end] is the client. The protocol decoder
+// calls it as soon as the bytes prove it; whatever else looks at the
+// connection (the pcap writer) reads it with ClientEnd.
+func (c *Conn) SetClient(end int) { c.client = uint8(end) + 1 }
 
 // Renew gives the connection a new ID: the decoder saw a new connection
 // start on the same pair of sockets (the kernel reuses socket memory).

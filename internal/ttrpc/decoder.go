@@ -34,9 +34,7 @@ func NewDecoder(emit func(*call.Record)) *Decoder { return &Decoder{emit: emit} 
 
 // conn is the ttrpc state of one connection (stream.Conn.State).
 type conn struct {
-	sc *stream.Conn
-	// client is the end that sends requests, -1 while unknown.
-	client  int
+	sc      *stream.Conn
 	dirs    [2]direction
 	calls   call.Table[ttrpcCall]
 	lastReq uint32
@@ -73,7 +71,7 @@ func (d *Decoder) state(sc *stream.Conn) *conn {
 	if s, ok := sc.State.(*conn); ok {
 		return s
 	}
-	s := &conn{sc: sc, client: -1}
+	s := &conn{sc: sc}
 	sc.State = s
 	return s
 }
@@ -105,7 +103,7 @@ func (d *Decoder) Gap(sc *stream.Conn, end int, n uint64) {
 		s.restarted = true
 	}
 	for _, cl := range s.calls.All() {
-		if dir, ok := s.dirOf(end); ok {
+		if dir, ok := call.DirOf(s.sc, end); ok {
 			cl.lost[dir] = true
 		} else {
 			cl.lost = [2]bool{true, true}
@@ -122,20 +120,8 @@ func (d *Decoder) Closed(sc *stream.Conn) {
 
 func (s *conn) desync(end int) { s.dirs[end].synced = false }
 
-// dirOf maps a sending end to the request or response direction; false
-// while the roles are unknown.
-func (s *conn) dirOf(end int) (call.Type, bool) {
-	switch s.client {
-	case -1:
-		return 0, false
-	case end:
-		return call.Request, true
-	}
-	return call.Response, true
-}
-
 func (s *conn) senderOf(end int) sender {
-	dir, ok := s.dirOf(end)
+	dir, ok := call.DirOf(s.sc, end)
 	switch {
 	case !ok:
 		return fromUnknown
@@ -282,9 +268,9 @@ func (s *conn) selfValid(h header, payload []byte) stream.Verdict {
 func (d *Decoder) frame(s *conn, end int, h header, payload []byte, ev *capture.Event, start time.Time) bool {
 	switch h.typ {
 	case typeRequest:
-		if s.client < 0 {
-			s.client = end
-		} else if s.client != end {
+		if client, known := s.sc.ClientEnd(); !known {
+			s.sc.SetClient(end)
+		} else if client != end {
 			return false
 		}
 		r, ok := parseRequest(payload)
@@ -298,9 +284,9 @@ func (d *Decoder) frame(s *conn, end int, h header, payload []byte, ev *capture.
 			d.parse(s, stream.Peer(end))
 		}
 	case typeResponse:
-		if s.client < 0 {
-			s.client = stream.Peer(end)
-		} else if s.client == end {
+		if client, known := s.sc.ClientEnd(); !known {
+			s.sc.SetClient(stream.Peer(end))
+		} else if client == end {
 			return false
 		}
 		r, ok := parseResponse(payload)
@@ -309,7 +295,7 @@ func (d *Decoder) frame(s *conn, end int, h header, payload []byte, ev *capture.
 		}
 		d.response(s, end, h, r, ev)
 	case typeData:
-		if s.client < 0 {
+		if _, known := s.sc.ClientEnd(); !known {
 			// Neither end has shown its role: there is no telling
 			// whether this is request or response data.
 			return true
@@ -381,7 +367,7 @@ func (d *Decoder) response(s *conn, end int, h header, r response, ev *capture.E
 }
 
 func (d *Decoder) data(s *conn, end int, h header, payload []byte, ev *capture.Event) {
-	dir, _ := s.dirOf(end) // frame passes data on only once the roles are known
+	dir, _ := call.DirOf(s.sc, end) // frame passes data on only once the roles are known
 	closed := h.flags&flagRemoteClosed != 0
 	hasData := h.flags&flagNoData == 0
 	if dir == call.Request && !hasData {

@@ -23,12 +23,13 @@ func shimIsClient(service string) bool {
 // or the client for the services a shim calls. 0 while the roles are
 // unknown.
 func (s *conn) shimPID(cl *ttrpcCall) uint32 {
-	if s.client < 0 {
+	client, known := s.sc.ClientEnd()
+	if !known {
 		return 0
 	}
-	end := stream.Peer(s.client)
+	end := stream.Peer(client)
 	if shimIsClient(cl.service) {
-		end = s.client
+		end = client
 	}
 	return s.sc.Ends[end].PID
 }
