@@ -535,6 +535,7 @@ int any_enter_close(struct syscall_trace_enter *ctx)
 	struct sock *sk = unix_stream_sk(sock);
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct scratch *sc;
+	struct stats *s;
 	__u32 zero = 0;
 	__u64 key;
 
@@ -550,7 +551,16 @@ int any_enter_close(struct syscall_trace_enter *ctx)
 	fill_header(&sc->ev, sock, sk, 0);
 	sc->ev.flags |= EVENT_F_CLOSE;
 	sc->ev.stream_off = 0;
-	bpf_ringbuf_output(&events, &sc->ev, sizeof(sc->ev), wakeup_flag());
+	s = stats();
+	/* A close the ring buffer has no room for is a lost record like any
+	 * other: userspace then keeps the connection until it idles out, and
+	 * the loss is reported rather than silent. */
+	if (bpf_ringbuf_output(&events, &sc->ev, sizeof(sc->ev), wakeup_flag())) {
+		if (s)
+			s->lost_events++;
+	} else if (s) {
+		s->events++;
+	}
 	return 0;
 }
 

@@ -59,9 +59,9 @@ struct event {
 
 /* Per-CPU loss counters, summed by userspace. */
 struct stats {
-	__u64 events;       /* records submitted */
+	__u64 events;       /* records submitted (sends and closes) */
 	__u64 bytes;        /* payload bytes submitted */
-	__u64 lost_events;  /* records the ring buffer had no room for */
+	__u64 lost_events;  /* records (sends and closes) the ring buffer had no room for */
 	__u64 lost_bytes;   /* payload bytes in those records, and truncated sends */
 	__u64 faults;       /* reads of user memory that failed */
 };

@@ -110,7 +110,7 @@ func runDecode(cmd *cobra.Command, f decodeFlags, path string) error {
 			return err
 		}
 	}
-	if err := f.writeSummary(cmd, filter); err != nil {
+	if err := f.writeSummary(cmd); err != nil {
 		return err
 	}
 	if t, ok := r.Trailer(); ok && t.StatsKnown && t.Stats.Lost() {

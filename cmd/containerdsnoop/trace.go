@@ -199,7 +199,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	if err := p.Close(); err != nil {
 		return fmt.Errorf("write output: %w", err)
 	}
-	if err := f.writeSummary(cmd, filter); err != nil {
+	if err := f.writeSummary(cmd); err != nil {
 		return err
 	}
 	if err := files.close(tracer); err != nil {

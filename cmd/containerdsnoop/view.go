@@ -53,7 +53,9 @@ func (v *viewFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&v.pcap, "pcap", "", fmt.Sprintf("also write the connections to this pcapng file for Wireshark (synthetic TCP; decode port %d as HTTP/2; raw payloads)", pcapout.ServerPort))
 }
 
-// filter checks the filter flags.
+// filter checks the filter flags and turns them into the pipeline's
+// Filter; with --summary or --summary-only it also creates the summary the
+// filter counts into (v.sum, printed by writeSummary).
 func (v *viewFlags) filter() (pipeline.Filter, error) {
 	protocol, err := pipeline.ParseProtocol(v.protocol)
 	if err != nil {
@@ -96,7 +98,7 @@ func (v *viewFlags) newOutput(cmd *cobra.Command) (output.Writer, error) {
 
 // writeSummary prints the --summary table, or with --output json one final
 // object with "type": "summary".
-func (v *viewFlags) writeSummary(cmd *cobra.Command, _ pipeline.Filter) error {
+func (v *viewFlags) writeSummary(cmd *cobra.Command) error {
 	if v.sum == nil {
 		return nil
 	}

@@ -30,9 +30,8 @@ func checkKernel() error {
 		caps.Version = unix.LINUX_CAPABILITY_VERSION_3
 		var data [2]unix.CapUserData
 		if err := unix.Capget(&caps, &data[0]); err == nil {
-			const capPerfmon, capBPF, capSysAdmin = 38, 39, 21
 			has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
-			if !has(capSysAdmin) && !(has(capBPF) && has(capPerfmon)) {
+			if !has(unix.CAP_SYS_ADMIN) && !(has(unix.CAP_BPF) && has(unix.CAP_PERFMON)) {
 				return errPrivilege
 			}
 		}

@@ -49,11 +49,6 @@ func New(opts Options, next func(*call.Record)) *Filter {
 	return &Filter{opts: opts, next: next, held: map[key][]*call.Record{}}
 }
 
-// Active reports whether any filter is set.
-func (o Options) Active() bool {
-	return o.Method != nil || o.Namespace != "" || o.Comm != "" || o.Errors || o.Slow > 0
-}
-
 // Add takes the next line. Records are retained while their call is held.
 func (f *Filter) Add(r *call.Record) {
 	if !f.lineMatches(r) {

@@ -14,7 +14,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
-
 	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
 )
 

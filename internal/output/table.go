@@ -12,11 +12,12 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
-
 	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
 )
 
-// The original tool's columns, with STATUS and LATENCY before MESSAGE.
+// The table's columns, padded so that lines align. MESSAGE, the only one
+// of unbounded width, comes last (after STATUS and LATENCY), so that
+// cutting a line at the terminal's width cuts only the message.
 const tableHeader = "%-15s %-15s %-7s %-7s %-7s %-4s %-6s %-62s %-18s %-9s %s\n"
 
 type tableWriter struct {

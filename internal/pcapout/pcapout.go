@@ -171,16 +171,6 @@ func New(out io.Writer, opts Options) (*Writer, error) {
 	return w, nil
 }
 
-// ClientAddr and ServerAddr are the fake endpoints of connection id.
-func ClientAddr(id uint64) (net.IP, uint16) {
-	return net.IPv4(127, 1, byte(id>>8), byte(id)), clientPort(id)
-}
-
-// ServerAddr is the server's fake endpoint of connection id.
-func ServerAddr(id uint64) (net.IP, uint16) {
-	return net.IPv4(127, 2, byte(id>>8), byte(id)), ServerPort
-}
-
 func clientPort(id uint64) uint16 { return 32768 + uint16(id>>16&0x7fff) }
 
 // Err is the first error writing the file.

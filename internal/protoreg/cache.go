@@ -13,8 +13,8 @@ import (
 // decoded once and the same (immutable from here on) message is shared,
 // which also lets the output cache what it rendered for it.
 //
-// Consumers must treat a Record's Message as read-only, except for
-// redaction, which is idempotent.
+// Consumers must treat a Record's Message as read-only: redaction works on
+// a copy (pipeline.redacted), so a shared message is never changed.
 type messageCache struct {
 	mu sync.Mutex
 	// by type, then by payload: m[string(b)] looks up without allocating.

@@ -8,8 +8,8 @@ import (
 
 	// Every API whose calls can be decoded registers its descriptors here.
 	// The method table is read from the descriptors, never typed by hand:
-	// a hand-kept list is how the original tool came to misname methods
-	// and pair them with the wrong response types.
+	// a hand-kept list drifts from the APIs, misnaming methods and pairing
+	// them with the wrong response types.
 	_ "github.com/containerd/containerd/api/events"
 	_ "github.com/containerd/containerd/api/runtime/sandbox/v1"
 	_ "github.com/containerd/containerd/api/runtime/task/v2"

@@ -183,9 +183,6 @@ func (w *Writer) recordString(s string) {
 	}
 }
 
-// Events is how many events were written.
-func (w *Writer) Events() uint64 { return w.events }
-
 // SetStats records the capture's loss counters, to be written in the
 // trailer by Close.
 func (w *Writer) SetStats(s capture.Stats) { w.stats, w.known = s, true }
