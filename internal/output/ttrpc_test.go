@@ -23,14 +23,17 @@ func TestShimFields(t *testing.T) {
 	grpc := &call.Record{Time: time.Unix(1700000000, 0), Protocol: "grpc", Type: call.Request, Method: "/x.Y/Z"}
 
 	var buf bytes.Buffer
-	w, _ := New("json", &buf, Options{})
-	w.Write(ttrpc)
-	w.Write(grpc)
-	w.Flush()
+	render(t, "json", &buf, ttrpc, grpc)
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("%d JSON lines:\n%s", len(lines), buf.String())
+	}
 	var a, b map[string]any
-	if json.Unmarshal([]byte(lines[0]), &a) != nil || json.Unmarshal([]byte(lines[1]), &b) != nil {
-		t.Fatalf("not JSON: %s", buf.String())
+	if err := json.Unmarshal([]byte(lines[0]), &a); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, lines[0])
+	}
+	if err := json.Unmarshal([]byte(lines[1]), &b); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, lines[1])
 	}
 	if a["container_id"] != "abc123" || a["shim_pid"] != 4242.0 || a["protocol"] != "ttrpc" {
 		t.Errorf("ttrpc line: %s", lines[0])
@@ -43,12 +46,29 @@ func TestShimFields(t *testing.T) {
 	}
 
 	buf.Reset()
-	w, _ = New("table", &buf, Options{})
-	w.Write(ttrpc)
-	w.Write(grpc)
-	w.Flush()
+	render(t, "table", &buf, ttrpc, grpc)
 	rows := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(rows) != 3 {
+		t.Fatalf("%d table rows, want a header and 2:\n%s", len(rows), buf.String())
+	}
 	if !strings.HasSuffix(rows[1], " container=abc123") || strings.Contains(rows[2], "container=") {
 		t.Errorf("table:\n%s", buf.String())
+	}
+}
+
+// render writes records in format to buf, failing the test on any error.
+func render(t *testing.T, format string, buf *bytes.Buffer, recs ...*call.Record) {
+	t.Helper()
+	w, err := New(format, buf, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		if err := w.Write(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
 	}
 }

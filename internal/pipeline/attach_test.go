@@ -5,8 +5,9 @@ import "testing"
 // TestAttachMidConnection starts decoding long_lived.wire (one connection,
 // 300 CRI calls with per-call deadlines, as kubelet makes them) at many
 // points, as a tracer started on a live node would. Whatever it shows must
-// be true; what it cannot prove must be shown as unknown; and full
-// decoding must resume within a bounded number of calls.
+// be true; what it cannot prove must be shown as unknown; every call that
+// starts after the attach point must be shown; and full decoding must
+// resume within a bounded number of calls.
 func TestAttachMidConnection(t *testing.T) {
 	// Each call inserts a new grpc-timeout value (about 50 bytes of the
 	// 4096-byte table), so the encoder's table turns over within about 80
@@ -19,8 +20,22 @@ func TestAttachMidConnection(t *testing.T) {
 		want[c.Stream] = c
 	}
 	evs := events(recs)
-	worst, guesses := 0, 0
+	worst, guesses, checked := 0, 0, 0
 	for start := 1; start < len(evs); start += 7 {
+		// The calls seen by a capture that ran until the attach point:
+		// every later one starts after it (stream ids grow by 2), except
+		// perhaps the next, whose HEADERS may precede the attach point
+		// while its request message follows it.
+		var last uint32
+		for _, l := range replay(t, evs[:start]) {
+			last = max(last, l.Stream)
+		}
+		after := map[uint32]bool{}
+		for s := range want {
+			if s > last+2 {
+				after[s] = true
+			}
+		}
 		lines := replay(t, evs[start:])
 		firstFull := -1 // index (in stream order) after which every call decodes fully
 		decoded, unknown := 0, 0
@@ -60,6 +75,7 @@ func TestAttachMidConnection(t *testing.T) {
 				continue
 			}
 			seen[l.Stream] = true
+			delete(after, l.Stream)
 			if l.Method == nil {
 				unknown++
 				firstFull = -1
@@ -70,6 +86,10 @@ func TestAttachMidConnection(t *testing.T) {
 				}
 			}
 		}
+		if len(after) > 0 {
+			t.Fatalf("start %d: %d calls that started after the attach point not shown (e.g. stream %d)", start, len(after), anyKey(after))
+		}
+		checked += decoded + unknown
 		if firstFull < 0 {
 			if decoded+unknown > recoveryBound {
 				t.Fatalf("start %d: never fully decoded again (%d unknown, %d decoded)", start, unknown, decoded)
@@ -82,7 +102,17 @@ func TestAttachMidConnection(t *testing.T) {
 		}
 	}
 	t.Logf("worst case: full decoding resumed at call %d after attach; %d lines carried a (correct) method guess", worst, guesses)
+	if checked == 0 {
+		t.Fatal("no call shown from any attach point")
+	}
 	if worst > recoveryBound {
 		t.Errorf("full decoding resumed only after %d calls", worst)
 	}
+}
+
+func anyKey(m map[uint32]bool) uint32 {
+	for k := range m {
+		return k
+	}
+	return 0
 }

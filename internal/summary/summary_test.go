@@ -44,12 +44,16 @@ func TestSummary(t *testing.T) {
 		t.Errorf("ContainerStatus %+v", cs)
 	}
 	var tb bytes.Buffer
-	s.WriteTable(&tb)
+	if err := s.WriteTable(&tb); err != nil {
+		t.Fatal(err)
+	}
 	if !strings.Contains(tb.String(), "NotFound=1") || !strings.HasPrefix(tb.String(), "METHOD") {
 		t.Errorf("table:\n%s", tb.String())
 	}
 	var jb bytes.Buffer
-	s.WriteJSON(&jb)
+	if err := s.WriteJSON(&jb); err != nil {
+		t.Fatal(err)
+	}
 	var obj map[string]any
 	if err := json.Unmarshal(jb.Bytes(), &obj); err != nil || obj["type"] != "summary" {
 		t.Errorf("json %s: %v", jb.String(), err)

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -26,6 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/child"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/containerdtest"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/privileged"
 )
@@ -70,15 +70,10 @@ func runTraceCommand(t *testing.T, args ...string) opsResult {
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	// The tracer must not outlive a test binary killed by -timeout.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	done := make(chan error, 1)
-	go func() {
-		// Pdeathsig is tied to the forking thread.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		done <- cmd.Run()
-	}()
-	err := <-done
+	exited, err := child.Start(cmd, syscall.SIGKILL)
+	if err == nil {
+		err = <-exited
+	}
 	if ctx.Err() != nil {
 		t.Fatalf("trace %v still running after %s; killed it. stderr:\n%s\nstdout:\n%s", args, opsRunTimeout, indent(stderr.String()), indent(stdout.String()))
 	}

@@ -12,13 +12,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/child"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/privileged"
 )
 
@@ -115,28 +115,16 @@ func launchTracer(t testing.TB, cmd *exec.Cmd, readStdout func() ([]byte, error)
 	cmd.Stderr = w
 	// A test binary killed by go test's -timeout runs no Cleanup; the
 	// tracer must not outlive it with its probes attached.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-
-	started := make(chan error, 1)
-	go func() {
-		// Pdeathsig fires when the forking thread exits; keep it alive for
-		// as long as the child runs.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		tr.waitErr = cmd.Wait()
-		close(tr.exited)
-	}()
-	err = <-started
+	exited, err := child.Start(cmd, syscall.SIGKILL)
 	w.Close()
 	if err != nil {
 		r.Close()
 		return nil, fmt.Errorf("start %s: %v", tr.name, err)
 	}
+	go func() {
+		tr.waitErr = <-exited
+		close(tr.exited)
+	}()
 	go tr.readStderr(r)
 	t.Cleanup(func() {
 		select {

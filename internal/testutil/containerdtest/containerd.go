@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -26,6 +25,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/child"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/privileged"
 )
 
@@ -124,30 +124,18 @@ func (c *Containerd) start(bin string) error {
 	// If the test binary dies without running Cleanups (a go test -timeout
 	// panic, SIGKILL), containerd still gets told to shut down instead of
 	// lingering with our sockets and mounts.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-
 	c.cmd = cmd
 	c.exited = make(chan struct{})
-	started := make(chan error, 1)
-	go func() {
-		// Linux delivers Pdeathsig when the forking *thread* exits, and the Go
-		// runtime retires threads whose locked goroutine exits. Pinning this
-		// goroutine keeps the forking thread alive exactly as long as the child.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			c.waitErr = err
-			close(c.exited)
-			started <- err
-			return
-		}
-		started <- nil
-		c.waitErr = cmd.Wait()
+	exited, err := child.Start(cmd, syscall.SIGTERM)
+	if err != nil {
+		c.waitErr = err
 		close(c.exited)
-	}()
-	if err := <-started; err != nil {
 		return err
 	}
+	go func() {
+		c.waitErr = <-exited
+		close(c.exited)
+	}()
 	c.PID = cmd.Process.Pid
 	return nil
 }
