@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,18 +13,16 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec/expected"
 )
 
 // deterministicCodec replaces grpc-go's "proto" codec in this process so
@@ -60,96 +56,7 @@ func (deterministicCodec) Name() string { return "proto" }
 func init() { encoding.RegisterCodecV2(deterministicCodec{}) }
 
 // call is one entry of <name>.expected.json.
-type call struct {
-	Conn          uint32
-	Stream        uint32
-	Method        string
-	Streaming     bool
-	Metadata      map[string]string
-	TimeoutMS     int64
-	Compression   string
-	Request       json.RawMessage
-	RequestHex    string
-	Response      json.RawMessage // unary only; nil → null
-	ResponseHex   string
-	Responses     []json.RawMessage // server-streaming only
-	StatusCode    codes.Code
-	StatusMessage string
-}
-
-type kv struct {
-	k string
-	v any
-}
-
-// MarshalJSON writes the keys in a fixed, readable order.
-func (c *call) MarshalJSON() ([]byte, error) {
-	fields := []kv{{"conn", c.Conn}, {"stream", c.Stream}, {"method", c.Method}}
-	if len(c.Metadata) > 0 {
-		fields = append(fields, kv{"metadata", c.Metadata})
-	}
-	if c.TimeoutMS > 0 {
-		fields = append(fields, kv{"timeout_ms", c.TimeoutMS})
-	}
-	if c.Compression != "" {
-		fields = append(fields, kv{"compression", c.Compression})
-	}
-	fields = append(fields, kv{"request", nullable(c.Request)})
-	if c.RequestHex != "" {
-		fields = append(fields, kv{"request_hex", c.RequestHex})
-	}
-	if c.Streaming {
-		rs := c.Responses
-		if rs == nil {
-			rs = []json.RawMessage{}
-		}
-		fields = append(fields, kv{"responses", rs})
-	} else {
-		fields = append(fields, kv{"response", nullable(c.Response)})
-		if c.ResponseHex != "" {
-			fields = append(fields, kv{"response_hex", c.ResponseHex})
-		}
-	}
-	fields = append(fields, kv{"status_code", int(c.StatusCode)}, kv{"status_message", c.StatusMessage})
-	var b bytes.Buffer
-	b.WriteByte('{')
-	for i, f := range fields {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		k, _ := json.Marshal(f.k)
-		v, err := json.Marshal(f.v)
-		if err != nil {
-			return nil, err
-		}
-		b.Write(k)
-		b.WriteByte(':')
-		b.Write(v)
-	}
-	b.WriteByte('}')
-	return b.Bytes(), nil
-}
-
-func nullable(m json.RawMessage) json.RawMessage {
-	if m == nil {
-		return json.RawMessage("null")
-	}
-	return m
-}
-
-// pjson renders m with protojson's default options, whitespace normalized
-// (protojson deliberately randomizes it).
-func pjson(m proto.Message) json.RawMessage {
-	b, err := protojson.MarshalOptions{}.Marshal(m)
-	if err != nil {
-		panic(fmt.Sprintf("protojson %T: %v", m, err))
-	}
-	var out bytes.Buffer
-	if err := json.Compact(&out, b); err != nil {
-		panic(err)
-	}
-	return out.Bytes()
-}
+type call = expected.Call
 
 // rawUnknown reports whether m is a google.protobuf.Empty used as a carrier
 // of schema-less bytes (unknown_method.wire), and returns those bytes.
@@ -167,7 +74,7 @@ func setRequest(c *call, m any) {
 		c.RequestHex = hex.EncodeToString(raw)
 		return
 	}
-	c.Request = pjson(m.(proto.Message))
+	c.Request = expected.ProtoJSON(m.(proto.Message))
 }
 
 // tempDirs are the harnesses' socket dirs, removed by fatal if a scenario
@@ -307,22 +214,16 @@ func (cl *client) begin(ctx context.Context, method string, opts []grpc.CallOpti
 	return c
 }
 
-func (c *call) setStatus(err error) {
-	st := status.Convert(err)
-	c.StatusCode = st.Code()
-	c.StatusMessage = st.Message()
-}
-
 func (cl *client) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	c := cl.begin(ctx, method, opts)
 	setRequest(c, req)
 	err := invoker(ctx, method, req, reply, cc, opts...)
-	c.setStatus(err)
+	c.SetStatus(err)
 	if err == nil {
 		if raw, ok := rawUnknown(reply); ok {
 			c.ResponseHex = hex.EncodeToString(raw)
 		} else {
-			c.Response = pjson(reply.(proto.Message))
+			c.Response = expected.ProtoJSON(reply.(proto.Message))
 		}
 	}
 	return err
@@ -333,7 +234,7 @@ func (cl *client) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Cl
 	c.Streaming = true
 	cs, err := streamer(ctx, desc, cc, method, opts...)
 	if err != nil {
-		c.setStatus(err)
+		c.SetStatus(err)
 		return nil, err
 	}
 	return &recStream{ClientStream: cs, c: c}, nil
@@ -356,11 +257,11 @@ func (s *recStream) RecvMsg(m any) error {
 	err := s.ClientStream.RecvMsg(m)
 	switch {
 	case err == nil:
-		s.c.Responses = append(s.c.Responses, pjson(m.(proto.Message)))
+		s.c.Responses = append(s.c.Responses, expected.ProtoJSON(m.(proto.Message)))
 	case err == io.EOF:
-		s.c.setStatus(nil)
+		s.c.SetStatus(nil)
 	default:
-		s.c.setStatus(err)
+		s.c.SetStatus(err)
 	}
 	return err
 }
@@ -386,12 +287,7 @@ func (h *harness) finish(outDir string) error {
 	if err := wirerec.Save(filepath.Join(outDir, h.name+".wire"), recs); err != nil {
 		return err
 	}
-	js, err := json.MarshalIndent(h.calls, "", "  ")
-	if err != nil {
-		return err
-	}
-	js = append(js, '\n')
-	return os.WriteFile(filepath.Join(outDir, h.name+".expected.json"), js, 0o644)
+	return expected.Write(filepath.Join(outDir, h.name+".expected.json"), h.calls)
 }
 
 // verify parses every direction of every connection with the http2 Framer

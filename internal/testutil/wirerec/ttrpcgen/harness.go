@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -14,113 +12,15 @@ import (
 	"time"
 
 	"github.com/containerd/ttrpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec/expected"
 )
 
-// call is one entry of <name>.expected.json, in the format of the gRPC
-// fixtures (testdata/wire/README.md), plus "requests" for the messages a
-// client-streaming call sent.
-type call struct {
-	Conn          uint32
-	Stream        uint32
-	Method        string
-	Streaming     bool // server-streaming: "responses" instead of "response"
-	Metadata      map[string]string
-	TimeoutMS     int64
-	Request       json.RawMessage
-	RequestHex    string
-	Requests      []json.RawMessage
-	Response      json.RawMessage
-	ResponseHex   string
-	Responses     []json.RawMessage
-	StatusCode    codes.Code
-	StatusMessage string
-}
-
-type kv struct {
-	k string
-	v any
-}
-
-// MarshalJSON writes the keys in a fixed, readable order.
-func (c *call) MarshalJSON() ([]byte, error) {
-	fields := []kv{{"conn", c.Conn}, {"stream", c.Stream}, {"method", c.Method}}
-	if len(c.Metadata) > 0 {
-		fields = append(fields, kv{"metadata", c.Metadata})
-	}
-	if c.TimeoutMS > 0 {
-		fields = append(fields, kv{"timeout_ms", c.TimeoutMS})
-	}
-	fields = append(fields, kv{"request", nullable(c.Request)})
-	if c.RequestHex != "" {
-		fields = append(fields, kv{"request_hex", c.RequestHex})
-	}
-	if c.Requests != nil {
-		fields = append(fields, kv{"requests", c.Requests})
-	}
-	if c.Streaming {
-		rs := c.Responses
-		if rs == nil {
-			rs = []json.RawMessage{}
-		}
-		fields = append(fields, kv{"responses", rs})
-	} else {
-		fields = append(fields, kv{"response", nullable(c.Response)})
-		if c.ResponseHex != "" {
-			fields = append(fields, kv{"response_hex", c.ResponseHex})
-		}
-	}
-	fields = append(fields, kv{"status_code", int(c.StatusCode)}, kv{"status_message", c.StatusMessage})
-	var b bytes.Buffer
-	b.WriteByte('{')
-	for i, f := range fields {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		k, _ := json.Marshal(f.k)
-		v, err := json.Marshal(f.v)
-		if err != nil {
-			return nil, err
-		}
-		b.Write(k)
-		b.WriteByte(':')
-		b.Write(v)
-	}
-	b.WriteByte('}')
-	return b.Bytes(), nil
-}
-
-func nullable(m json.RawMessage) json.RawMessage {
-	if m == nil {
-		return json.RawMessage("null")
-	}
-	return m
-}
-
-// pjson renders m with protojson's default options, whitespace normalized.
-func pjson(m proto.Message) json.RawMessage {
-	b, err := protojson.MarshalOptions{}.Marshal(m)
-	if err != nil {
-		panic(fmt.Sprintf("protojson %T: %v", m, err))
-	}
-	var out bytes.Buffer
-	if err := json.Compact(&out, b); err != nil {
-		panic(err)
-	}
-	return out.Bytes()
-}
-
-func (c *call) setStatus(err error) {
-	st := status.Convert(err)
-	c.StatusCode = st.Code()
-	c.StatusMessage = st.Message()
-}
+// call is one entry of <name>.expected.json.
+type call = expected.Call
 
 // tempDirs are the harnesses' socket dirs, removed by fatal.
 var tempDirs []string
@@ -222,11 +122,11 @@ func (cl *client) begin(ctx context.Context, method string) *call {
 // records it.
 func unary[Req, Resp proto.Message](ctx context.Context, cl *client, method string, req Req, f func(context.Context, Req) (Resp, error)) (Resp, error) {
 	c := cl.begin(ctx, method)
-	c.Request = pjson(req)
+	c.Request = expected.ProtoJSON(req)
 	resp, err := f(ctx, req)
-	c.setStatus(err)
+	c.SetStatus(err)
 	if err == nil {
-		c.Response = pjson(resp)
+		c.Response = expected.ProtoJSON(resp)
 	}
 	return resp, err
 }
@@ -238,7 +138,7 @@ func rawCall(ctx context.Context, cl *client, service, method string, req []byte
 	c.RequestHex = hex.EncodeToString(req)
 	var resp emptypb.Empty
 	err := cl.c.Call(ctx, service, method, carrier(req), &resp)
-	c.setStatus(err)
+	c.SetStatus(err)
 	if err == nil {
 		c.ResponseHex = hex.EncodeToString(resp.ProtoReflect().GetUnknown())
 	}
@@ -265,12 +165,7 @@ func (h *harness) finish(outDir string) error {
 	if err := wirerec.Save(filepath.Join(outDir, h.name+".wire"), recs); err != nil {
 		return err
 	}
-	js, err := json.MarshalIndent(h.calls, "", "  ")
-	if err != nil {
-		return err
-	}
-	js = append(js, '\n')
-	return os.WriteFile(filepath.Join(outDir, h.name+".expected.json"), js, 0o644)
+	return expected.Write(filepath.Join(outDir, h.name+".expected.json"), h.calls)
 }
 
 // verify parses every direction of every connection with the reference

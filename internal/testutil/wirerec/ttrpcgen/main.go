@@ -34,6 +34,8 @@ import (
 	"github.com/containerd/ttrpc"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec/expected"
 )
 
 type scenario struct {
@@ -220,7 +222,7 @@ func ttrpcStream(ctx context.Context, out string) error {
 	cc := containersapi.NewTTRPCContainersClient(cl.c)
 	lreq := &containersapi.ListContainersRequest{Filters: []string{"labels.\"io.cri-containerd.kind\"==container"}}
 	c := cl.begin(ctx, "/containerd.services.containers.v1.Containers/ListStream")
-	c.Streaming, c.Request = true, pjson(lreq)
+	c.Streaming, c.Request = true, expected.ProtoJSON(lreq)
 	ls, err := cc.ListStream(ctx, lreq)
 	if err != nil {
 		return err
@@ -229,20 +231,20 @@ func ttrpcStream(ctx context.Context, out string) error {
 		m, err := ls.Recv()
 		if err != nil {
 			if err != io.EOF {
-				c.setStatus(err)
+				c.SetStatus(err)
 				return err
 			}
-			c.setStatus(nil)
+			c.SetStatus(nil)
 			break
 		}
-		c.Responses = append(c.Responses, pjson(m))
+		c.Responses = append(c.Responses, expected.ProtoJSON(m))
 	}
 
 	// Server streaming, ending with an error.
 	ec := eventsapi.NewTTRPCEventsClient(cl.c)
 	sreq := &eventsapi.SubscribeRequest{Filters: []string{`topic~="/tasks/"`}}
 	c = cl.begin(ctx, "/containerd.services.events.v1.Events/Subscribe")
-	c.Streaming, c.Request = true, pjson(sreq)
+	c.Streaming, c.Request = true, expected.ProtoJSON(sreq)
 	sub, err := ec.Subscribe(ctx, sreq)
 	if err != nil {
 		return err
@@ -250,10 +252,10 @@ func ttrpcStream(ctx context.Context, out string) error {
 	for {
 		m, err := sub.Recv()
 		if err != nil {
-			c.setStatus(err)
+			c.SetStatus(err)
 			break
 		}
-		c.Responses = append(c.Responses, pjson(m))
+		c.Responses = append(c.Responses, expected.ProtoJSON(m))
 	}
 	if c.StatusCode == 0 {
 		return errors.New("Subscribe ended without the expected error")
@@ -269,7 +271,7 @@ func ttrpcStream(ctx context.Context, out string) error {
 	}
 	for i := 0; i < 3; i++ {
 		m := anyOf(&transfertypes.Data{Data: []byte(fmt.Sprintf("chunk %d of a layer", i))})
-		c.Requests = append(c.Requests, pjson(m))
+		c.Requests = append(c.Requests, expected.ProtoJSON(m))
 		if err := bs.Send(m); err != nil {
 			return err
 		}
@@ -277,7 +279,7 @@ func ttrpcStream(ctx context.Context, out string) error {
 		if got, err = bs.Recv(); err != nil {
 			return err
 		}
-		c.Responses = append(c.Responses, pjson(got))
+		c.Responses = append(c.Responses, expected.ProtoJSON(got))
 	}
 	if err := bs.CloseSend(); err != nil {
 		return err
@@ -285,6 +287,6 @@ func ttrpcStream(ctx context.Context, out string) error {
 	if _, err := bs.Recv(); err != io.EOF {
 		return fmt.Errorf("stream did not end: %v", err)
 	}
-	c.setStatus(nil)
+	c.SetStatus(nil)
 	return h.finish(out)
 }
