@@ -125,7 +125,7 @@ func checkStatic(name string, data []byte) error {
 
 func cmdInitramfs(args []string) error {
 	if len(args) < 2 {
-		return errors.New("usage: initramfs OUT DEST=SRC...")
+		return errors.New("usage: initramfs OUT DEST=SRC [DEST=SRC ...]")
 	}
 	var files []initramfsFile
 	for _, a := range args[1:] {
