@@ -93,102 +93,104 @@ type request struct {
 
 type keyValue struct{ key, value string }
 
+// wireField is one field of a message as the wire holds it: a varint's
+// value, or a length-delimited field's bytes (a view into the message).
+type wireField struct {
+	num      protowire.Number
+	declared bool
+	varint   uint64
+	bytes    []byte
+}
+
+// walkFields calls fn for each field of message b, in wire order. Fields 1
+// to len(types) are the declared ones, of wire type types[num-1]; a
+// declared field of another wire type (which proto.Unmarshal would keep as
+// an unknown field) or bytes that are not protobuf make it return false,
+// as does fn returning false. One walk for the three envelope messages
+// below, which is what ttrpc's hand-parsing needs (see the package doc).
+func walkFields(b []byte, types []protowire.Type, fn func(f wireField) bool) bool {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b) // fails on field number 0
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		f := wireField{num: num}
+		if int(num) <= len(types) {
+			if typ != types[num-1] {
+				return false
+			}
+			f.declared = true
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return false
+		}
+		switch typ {
+		case protowire.VarintType:
+			f.varint, _ = protowire.ConsumeVarint(b)
+		case protowire.BytesType:
+			f.bytes, _ = protowire.ConsumeBytes(b)
+		}
+		b = b[n:]
+		if !fn(f) {
+			return false
+		}
+	}
+	return true
+}
+
+var (
+	requestTypes  = []protowire.Type{protowire.BytesType, protowire.BytesType, protowire.BytesType, protowire.VarintType, protowire.BytesType}
+	keyValueTypes = []protowire.Type{protowire.BytesType, protowire.BytesType}
+	responseTypes = []protowire.Type{protowire.BytesType, protowire.BytesType}
+	statusTypes   = []protowire.Type{protowire.VarintType, protowire.BytesType, protowire.BytesType}
+)
+
 // parseRequest decodes a Request; ok is false when b is not one: bad wire
 // format, a declared field with the wrong wire type, or names that are not
 // text.
 func parseRequest(b []byte) (r request, ok bool) {
 	haveService, haveMethod := false, false
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return r, false
-		}
-		b = b[n:]
+	ok = walkFields(b, requestTypes, func(f wireField) bool {
 		switch {
-		case num == 1 && typ == protowire.BytesType:
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return r, false
-			}
-			r.service, haveService = string(v), true
-			b = b[n:]
-		case num == 2 && typ == protowire.BytesType:
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return r, false
-			}
-			r.method, haveMethod = string(v), true
-			b = b[n:]
-		case num == 3 && typ == protowire.BytesType:
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return r, false
-			}
-			r.payload = v
-			b = b[n:]
-		case num == 4 && typ == protowire.VarintType:
-			v, n := protowire.ConsumeVarint(b)
-			if n < 0 {
-				return r, false
-			}
-			r.timeoutNano = int64(v)
-			b = b[n:]
-		case num == 5 && typ == protowire.BytesType:
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return r, false
-			}
-			kv, ok := parseKeyValue(v)
-			if !ok {
-				return r, false
-			}
-			r.metadata = append(r.metadata, kv)
-			b = b[n:]
-		case num >= 1 && num <= 5:
-			return r, false // a declared field with the wrong wire type
-		default:
-			n := protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return r, false
-			}
+		case !f.declared:
 			r.unknown = true
-			b = b[n:]
+		case f.num == 1:
+			r.service, haveService = string(f.bytes), true
+		case f.num == 2:
+			r.method, haveMethod = string(f.bytes), true
+		case f.num == 3:
+			r.payload = f.bytes
+		case f.num == 4:
+			r.timeoutNano = int64(f.varint)
+		case f.num == 5:
+			kv, ok := parseKeyValue(f.bytes)
+			r.metadata = append(r.metadata, kv)
+			return ok
 		}
-	}
-	if !haveService || !haveMethod || !isName(r.service) || !isName(r.method) {
+		return true
+	})
+	if !ok || !haveService || !haveMethod || !isName(r.service) || !isName(r.method) {
 		return r, false
 	}
 	return r, true
 }
 
+// parseKeyValue decodes a KeyValue of a Request's metadata; fields it does
+// not declare are skipped.
 func parseKeyValue(b []byte) (kv keyValue, ok bool) {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return kv, false
+	ok = walkFields(b, keyValueTypes, func(f wireField) bool {
+		switch {
+		case !f.declared:
+		case f.num == 1:
+			kv.key = string(f.bytes)
+		case f.num == 2:
+			kv.value = string(f.bytes)
 		}
-		b = b[n:]
-		if typ != protowire.BytesType {
-			n = protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 || num <= 2 {
-				return kv, false
-			}
-			b = b[n:]
-			continue
-		}
-		v, n := protowire.ConsumeBytes(b)
-		if n < 0 {
-			return kv, false
-		}
-		b = b[n:]
-		switch num {
-		case 1:
-			kv.key = string(v)
-		case 2:
-			kv.value = string(v)
-		}
-	}
-	return kv, true
+		return true
+	})
+	return kv, ok
 }
 
 // isName accepts what a service or method name can be on the wire: short
@@ -296,79 +298,32 @@ type response struct {
 // parseResponse decodes a Response and its google.rpc.Status (code 1,
 // message 2, details 3).
 func parseResponse(b []byte) (r response, ok bool) {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return r, false
-		}
-		b = b[n:]
+	ok = walkFields(b, responseTypes, func(f wireField) bool {
 		switch {
-		case (num == 1 || num == 2) && typ == protowire.BytesType:
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return r, false
-			}
-			b = b[n:]
-			if num == 2 {
-				r.payload = v
-				continue
-			}
-			r.hasStatus = true
-			if !parseStatus(v, &r) {
-				return r, false
-			}
-		case num == 1 || num == 2:
-			return r, false
-		default:
-			n := protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return r, false
-			}
+		case !f.declared:
 			r.unknown = true
-			b = b[n:]
+		case f.num == 1:
+			r.hasStatus = true
+			return parseStatus(f.bytes, &r)
+		case f.num == 2:
+			r.payload = f.bytes
 		}
-	}
-	return r, true
+		return true
+	})
+	return r, ok
 }
 
 func parseStatus(b []byte, r *response) bool {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return false
-		}
-		b = b[n:]
+	return walkFields(b, statusTypes, func(f wireField) bool {
 		switch {
-		case num == 1 && typ == protowire.VarintType:
-			v, n := protowire.ConsumeVarint(b)
-			if n < 0 {
-				return false
-			}
-			r.code = int32(v)
-			b = b[n:]
-		case num == 2 && typ == protowire.BytesType:
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return false
-			}
-			r.message = string(v)
-			b = b[n:]
-		case num == 3 && typ == protowire.BytesType:
-			_, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return false
-			}
-			b = b[n:]
-		case num >= 1 && num <= 3:
-			return false
-		default:
-			n := protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return false
-			}
+		case !f.declared:
 			r.unknown = true
-			b = b[n:]
+		case f.num == 1:
+			r.code = int32(f.varint)
+		case f.num == 2:
+			r.message = string(f.bytes)
 		}
-	}
-	return true
+		// 3, details: not shown.
+		return true
+	})
 }

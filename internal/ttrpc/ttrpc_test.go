@@ -310,3 +310,54 @@ func contains(s, sub string) bool {
 	}
 	return false
 }
+
+// TestParseEnvelopes: what the hand-parsing of Request and Response
+// accepts, keeps, flags and rejects.
+func TestParseEnvelopes(t *testing.T) {
+	base := requestPayload("containerd.task.v2.Task", "State", []byte{})
+	kv := protowire.AppendTag(nil, 1, protowire.BytesType)
+	kv = protowire.AppendString(kv, "containerd-namespace-ttrpc")
+	kv = protowire.AppendTag(kv, 2, protowire.BytesType)
+	kv = protowire.AppendString(kv, "k8s.io")
+	kv = protowire.AppendTag(kv, 7, protowire.VarintType) // undeclared: skipped
+	kv = protowire.AppendVarint(kv, 1)
+	full := protowire.AppendTag(append([]byte{}, base...), 4, protowire.VarintType)
+	full = protowire.AppendVarint(full, 5e9)
+	full = protowire.AppendTag(full, 5, protowire.BytesType)
+	full = protowire.AppendBytes(full, kv)
+	r, ok := parseRequest(full)
+	if !ok || r.service != "containerd.task.v2.Task" || r.method != "State" || r.payload == nil || len(r.payload) != 0 ||
+		r.timeoutNano != 5e9 || len(r.metadata) != 1 || r.metadata[0] != (keyValue{"containerd-namespace-ttrpc", "k8s.io"}) || r.unknown {
+		t.Errorf("full request: %+v %v", r, ok)
+	}
+	if r, ok := parseRequest(protowire.AppendVarint(protowire.AppendTag(append([]byte{}, base...), 9, protowire.VarintType), 1)); !ok || !r.unknown {
+		t.Errorf("undeclared field: %+v %v, want accepted and flagged", r, ok)
+	}
+	for name, b := range map[string][]byte{
+		"timeout as bytes": protowire.AppendString(protowire.AppendTag(append([]byte{}, base...), 4, protowire.BytesType), "x"),
+		"cut":              base[:len(base)-3],
+		"field 0":          append(append([]byte{}, base...), 0x00, 0x00),
+		"no method":        requestPayload("containerd.task.v2.Task", "", nil)[:len("containerd.task.v2.Task")+2],
+	} {
+		if _, ok := parseRequest(b); ok {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+
+	st := protowire.AppendTag(nil, 1, protowire.VarintType)
+	st = protowire.AppendVarint(st, 5)
+	st = protowire.AppendTag(st, 2, protowire.BytesType)
+	st = protowire.AppendString(st, "not found")
+	resp := protowire.AppendTag(nil, 1, protowire.BytesType)
+	resp = protowire.AppendBytes(resp, st)
+	resp = protowire.AppendTag(resp, 2, protowire.BytesType)
+	resp = protowire.AppendBytes(resp, []byte{8, 1})
+	if r, ok := parseResponse(resp); !ok || !r.hasStatus || r.code != 5 || r.message != "not found" || len(r.payload) != 2 || r.unknown {
+		t.Errorf("response: %+v %v", r, ok)
+	}
+	bad := protowire.AppendTag(nil, 1, protowire.BytesType)
+	bad = protowire.AppendBytes(bad, protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), "5"))
+	if _, ok := parseResponse(bad); ok {
+		t.Error("status code as bytes accepted")
+	}
+}
