@@ -157,6 +157,13 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 		}()
 	}
 
+	// flush writes what is decoded and recorded so far.
+	flush := func() error {
+		if err := p.Flush(); err != nil {
+			return fmt.Errorf("write output: %w", err)
+		}
+		return files.flush()
+	}
 	var ev capture.Event
 	for {
 		err := tracer.Read(&ev)
@@ -164,10 +171,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 			if stopping.Load() {
 				break
 			}
-			if err := p.Flush(); err != nil {
-				return fmt.Errorf("write output: %w", err)
-			}
-			if err := files.flush(); err != nil {
+			if err := flush(); err != nil {
 				return err
 			}
 			continue
@@ -188,10 +192,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 			}
 			// Caught up: show what was decoded now rather than when the
 			// buffer fills.
-			if err := p.Flush(); err != nil {
-				return fmt.Errorf("write output: %w", err)
-			}
-			if err := files.flush(); err != nil {
+			if err := flush(); err != nil {
 				return err
 			}
 		}

@@ -3,7 +3,6 @@ package pipeline
 import (
 	"bufio"
 	"bytes"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
@@ -13,8 +12,8 @@ import (
 
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/output"
-	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec/expected"
 )
 
 // expectedCall is one entry of testdata/wire/*.expected.json, written by
@@ -219,15 +218,7 @@ func checkCalls(t *testing.T, calls []expectedCall, lines []line) {
 
 func schemaless(t *testing.T, h string) json.RawMessage {
 	t.Helper()
-	b, err := hex.DecodeString(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fields, ok := protoreg.Schemaless(b)
-	if !ok {
-		t.Fatalf("%s is not protobuf", h)
-	}
-	j, err := json.Marshal(protoreg.SchemalessJSON(fields))
+	j, err := expected.Schemaless(h)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package ttrpc
 
 import (
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
 	"github.com/containerdsnoop/containerdsnoop/internal/stream"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec/expected"
 )
 
 const (
@@ -196,15 +196,10 @@ func jsonEqual(a, b json.RawMessage) bool {
 
 func schemaless(t testing.TB, h string) json.RawMessage {
 	t.Helper()
-	b, err := hex.DecodeString(h)
+	j, err := expected.Schemaless(h)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fields, ok := protoreg.Schemaless(b)
-	if !ok {
-		t.Fatalf("%s is not protobuf", h)
-	}
-	j, _ := json.Marshal(protoreg.SchemalessJSON(fields))
 	return j
 }
 

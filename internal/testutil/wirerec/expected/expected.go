@@ -1,20 +1,31 @@
-// Package expected writes <name>.expected.json, the calls a fixture
-// generator (wirerec/gen for gRPC, wirerec/ttrpcgen for ttrpc) made, as
-// its client saw them: the oracle the decoder tests compare against. The
-// format is described in testdata/wire/README.md; both generators write
-// it with this one implementation, so their files cannot drift apart.
+// Package expected is what the fixture generators (wirerec/gen for gRPC,
+// wirerec/ttrpcgen for ttrpc) share: <name>.expected.json, the calls a
+// scenario made as its client saw them, which is the oracle the decoder
+// tests compare against (format: testdata/wire/README.md), and the loop
+// that runs the scenarios. Both generators write the file with this one
+// implementation, so their files cannot drift apart; the decoder tests
+// read its hex fields with Schemaless.
+//
+// What stays twice in the generators is what differs by protocol: each
+// harness starts its own kind of server and client (grpc-go, ttrpc) and
+// checks the recording with its own protocol's parser.
 package expected
 
 import (
 	"bytes"
+	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
 )
 
 // Call is one entry of <name>.expected.json.
@@ -133,4 +144,50 @@ func Write(path string, calls []*Call) error {
 	}
 	js = append(js, '\n')
 	return os.WriteFile(path, js, 0o644)
+}
+
+// Schemaless is how the decoder shows the message whose bytes are the hex
+// of a request_hex or response_hex entry (a message of a type it does not
+// know): protoreg's schema-less JSON, for comparison with its output.
+func Schemaless(hexBytes string) (json.RawMessage, error) {
+	b, err := hex.DecodeString(hexBytes)
+	if err != nil {
+		return nil, err
+	}
+	fields, ok := protoreg.Schemaless(b)
+	if !ok {
+		return nil, fmt.Errorf("%s is not protobuf", hexBytes)
+	}
+	return json.Marshal(protoreg.SchemalessJSON(fields))
+}
+
+// Scenario is one fixture: Run makes its calls and writes <Name>.wire and
+// <Name>.expected.json into out.
+type Scenario struct {
+	Name string
+	Run  func(ctx context.Context, out string) error
+}
+
+// RunScenarios runs the scenarios named in only (comma-separated; all when
+// empty) into the directory out, creating it, and says what it wrote.
+func RunScenarios(ctx context.Context, out, only string, scenarios []Scenario) error {
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	want := map[string]bool{}
+	for _, n := range strings.Split(only, ",") {
+		if n != "" {
+			want[n] = true
+		}
+	}
+	for _, s := range scenarios {
+		if len(want) > 0 && !want[s.Name] {
+			continue
+		}
+		if err := s.Run(ctx, out); err != nil {
+			return fmt.Errorf("%s: %w", s.Name, err)
+		}
+		fmt.Printf("wrote %s/%s.wire\n", out, s.Name)
+	}
+	return nil
 }

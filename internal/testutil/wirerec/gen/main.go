@@ -27,22 +27,19 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/emptypb"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec/expected"
 )
 
-type scenario struct {
-	name string
-	run  func(ctx context.Context, out string) error
-}
-
-var scenarios = []scenario{
-	{"unary_version", unaryVersion},
-	{"large_split", largeSplit},
-	{"compressed", compressed},
-	{"error_status", errorStatus},
-	{"two_conns", twoConns},
-	{"unknown_method", unknownMethod},
-	{"containerd_api", containerdAPI},
-	{"long_lived", longLived},
+var scenarios = []expected.Scenario{
+	{Name: "unary_version", Run: unaryVersion},
+	{Name: "large_split", Run: largeSplit},
+	{Name: "compressed", Run: compressed},
+	{Name: "error_status", Run: errorStatus},
+	{Name: "two_conns", Run: twoConns},
+	{Name: "unknown_method", Run: unknownMethod},
+	{Name: "containerd_api", Run: containerdAPI},
+	{Name: "long_lived", Run: longLived},
 }
 
 func main() {
@@ -56,24 +53,8 @@ func main() {
 		}
 		return
 	}
-	if err := os.MkdirAll(*out, 0o755); err != nil {
+	if err := expected.RunScenarios(context.Background(), *out, *only, scenarios); err != nil {
 		fatal(err)
-	}
-	want := map[string]bool{}
-	for _, n := range strings.Split(*only, ",") {
-		if n != "" {
-			want[n] = true
-		}
-	}
-	ctx := context.Background()
-	for _, s := range scenarios {
-		if len(want) > 0 && !want[s.name] {
-			continue
-		}
-		if err := s.run(ctx, *out); err != nil {
-			fatal(fmt.Errorf("%s: %w", s.name, err))
-		}
-		fmt.Printf("wrote %s/%s.wire\n", *out, s.name)
 	}
 }
 

@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/containerd/containerd/api/events"
@@ -38,38 +37,17 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec/expected"
 )
 
-type scenario struct {
-	name string
-	run  func(ctx context.Context, out string) error
-}
-
-var scenarios = []scenario{
-	{"ttrpc_task", ttrpcTask},
-	{"ttrpc_stream", ttrpcStream},
+var scenarios = []expected.Scenario{
+	{Name: "ttrpc_task", Run: ttrpcTask},
+	{Name: "ttrpc_stream", Run: ttrpcStream},
 }
 
 func main() {
 	out := flag.String("out", "testdata/wire", "output directory")
 	only := flag.String("only", "", "comma-separated scenario names to run (default all)")
 	flag.Parse()
-	if err := os.MkdirAll(*out, 0o755); err != nil {
+	if err := expected.RunScenarios(context.Background(), *out, *only, scenarios); err != nil {
 		fatal(err)
-	}
-	want := map[string]bool{}
-	for _, n := range strings.Split(*only, ",") {
-		if n != "" {
-			want[n] = true
-		}
-	}
-	ctx := context.Background()
-	for _, s := range scenarios {
-		if len(want) > 0 && !want[s.name] {
-			continue
-		}
-		if err := s.run(ctx, *out); err != nil {
-			fatal(fmt.Errorf("%s: %w", s.name, err))
-		}
-		fmt.Printf("wrote %s/%s.wire\n", *out, s.name)
 	}
 }
 
