@@ -4,7 +4,9 @@
 // protocol produce Records; filters, redaction, summaries and output read
 // them without knowing the protocol.
 //
-// It also holds the one piece of per-connection state every decoder needs:
-// a Table of open calls by stream id, bounded so that calls whose end is
-// never seen (lost bytes, a peer that vanished) cannot grow without end.
+// It also holds what every decoder needs per connection: a Table of open
+// calls by stream id, bounded so that calls whose end is never seen (lost
+// bytes, a peer that vanished) cannot grow without end, and DirOf, the
+// direction of what an end sends once the decoder has learned which end
+// is the client (stream.Conn.ClientEnd).
 package call

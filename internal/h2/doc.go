@@ -9,4 +9,10 @@
 // is treated as unknown again, because the missing bytes may have inserted
 // entries. Sniff applies the same rule to the first bytes of a connection,
 // for protocol detection (internal/pipeline).
+//
+// resync.go's chain has the shape of internal/ttrpc's (sync.go) on
+// purpose: the same rule over two frame formats. What differs is all of
+// the substance (the header layouts and what makes one plausible; ttrpc
+// also judges request payloads and one sender per direction), so each
+// protocol keeps its own rather than share a loop through an interface.
 package h2

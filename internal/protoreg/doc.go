@@ -4,4 +4,9 @@
 // its method's types (through a cache of decoded messages), decoding
 // without a schema for display by field number, and the labelled guess of
 // a method from its request's bytes.
+//
+// Schema-less decoding is written out with protowire rather than through
+// protoreflect's dynamic messages, which need a descriptor to decode
+// against; its cases look alike because each wire type is consumed by its
+// own protowire function.
 package protoreg

@@ -22,6 +22,11 @@
 // A file without its trailer was not finished (the tracer was killed, the
 // disk filled, the file was cut): Reader returns every complete event and
 // then an error wrapping ErrTruncated.
+//
+// The reader's dec.uvarint and dec.varint look alike: they read the two
+// varint kinds of encoding/binary, each with its own function. Create has
+// the shape of pcapout.Create (an owner-only file around a writer, closed
+// on error): three lines each, not worth a package of their own.
 package recording
 
 import (

@@ -3,6 +3,11 @@
 // missing. The kernel stamps every chunk with its offset in the sender's
 // stream, so a chunk the ring buffer dropped shows up here as a gap of a
 // known size instead of silently corrupting what follows.
+//
+// A Conn also carries the facts about a connection that more than its
+// decoder needs: which end is the client (set by the protocol decoder
+// that learns it, read by the pcap writer). Verdict is the answer of every
+// protocol's sniffer, for protocol detection.
 package stream
 
 import (

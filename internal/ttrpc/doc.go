@@ -25,4 +25,9 @@
 // complete one (a declared field with the wrong wire type is not a frame,
 // where proto.Unmarshal would keep it as an unknown field), and the
 // payloads stay views into the frame instead of another copy per message.
+// One field walk (walkFields) serves the four envelope messages.
+//
+// Sniff and findSync judge frame-header chains with the rule internal/h2
+// uses for HTTP/2 (two frames that end where the bytes end, or three); the
+// loop looks alike, the frame format and its checks do not (see h2's doc).
 package ttrpc
