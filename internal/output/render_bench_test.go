@@ -68,8 +68,12 @@ func BenchmarkRender(b *testing.B) {
 						b.Fatal(err)
 					}
 				}
-				w.Flush()
-				w, _ = output.New(format, io.Discard, output.Options{})
+				if err := w.Flush(); err != nil {
+					b.Fatal(err)
+				}
+				if w, err = output.New(format, io.Discard, output.Options{}); err != nil {
+					b.Fatal(err)
+				}
 				b.SetBytes(wire)
 				b.ReportAllocs()
 				for b.Loop() {
@@ -78,7 +82,9 @@ func BenchmarkRender(b *testing.B) {
 							b.Fatal(err)
 						}
 					}
-					w.Flush()
+					if err := w.Flush(); err != nil {
+						b.Fatal(err)
+					}
 				}
 				b.ReportMetric(float64(cw.n), "out_B/op")
 				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(len(recs)), "ns/record")
