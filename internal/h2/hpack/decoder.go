@@ -58,6 +58,10 @@ type Field struct {
 	NameKnown   bool // false when the name came from an unresolved table index
 	ValueKnown  bool // false when the value came from an unresolved table index
 	Sensitive   bool // literal never-indexed
+	// Peer: the name or value came from an entry pinned with what the
+	// sending process itself encoded (see Pin and Resolver), not from
+	// bytes this decoder saw.
+	Peer bool
 }
 
 // Known reports whether both name and value were decoded.
@@ -67,6 +71,12 @@ func (f Field) Known() bool { return f.NameKnown && f.ValueKnown }
 type entry struct {
 	name, value string
 	nameKnown   bool
+	// nameAge+1 is the pre-attach entry the name was taken from while it
+	// was unknown (0: none), so that a later pin of that entry names this
+	// one too.
+	nameAge uint32
+	// peer: some of the content came from a pin.
+	peer bool
 	// size is exact when nameKnown, otherwise a lower bound: eviction
 	// decisions made with it can only keep too much, never drop too much.
 	size uint64
@@ -88,6 +98,14 @@ type Decoder struct {
 
 	unresolved uint64
 	scratch    []Field
+
+	// inserted counts insertions since NewDecoder or Reset, evicted or not.
+	inserted uint64
+	// pins are pre-attach entries named by the peer, by age (pin.go).
+	pins      map[uint32]pin
+	resolver  Resolver
+	conflicts uint64
+	block     []byte // the block being decoded, for the resolver
 }
 
 // NewDecoder returns a decoder for a connection joined mid-stream: the table
@@ -110,6 +128,8 @@ func (d *Decoder) Reset() {
 	d.allowed = defaultTableSize
 	d.complete = true
 	d.unresolved = 0
+	d.inserted = 0
+	clear(d.pins)
 }
 
 // SetMaxTableSize records the SETTINGS_HEADER_TABLE_SIZE the decoding peer
@@ -173,6 +193,12 @@ func (d *Decoder) Decode(block []byte) ([]Field, error) {
 
 func (d *Decoder) decode(fields []Field, p []byte) ([]Field, error) {
 	var err error
+	d.block = p
+	defer func() { d.block = nil }()
+	// start is where the current field's representation begins, counting
+	// a dynamic table size update before it as part of it, as the
+	// encoder writes them together.
+	start := 0
 	for len(p) > 0 {
 		b := p[0]
 		switch {
@@ -186,15 +212,20 @@ func (d *Decoder) decode(fields []Field, p []byte) ([]Field, error) {
 			if e, found, err = d.lookup(idx); err != nil {
 				return fields, err
 			}
-			f := Field{Name: e.name, Value: e.value, NameKnown: found && e.nameKnown, ValueKnown: found}
+			if !found || !e.nameKnown {
+				e, found = d.resolveIndexed(idx, e, found, start, len(d.block)-len(p))
+			}
+			f := Field{Name: e.name, Value: e.value, NameKnown: found && e.nameKnown, ValueKnown: found, Peer: e.peer}
 			if !f.Known() {
 				d.unresolved++
 			}
 			fields = append(fields, f)
+			start = len(d.block) - len(p)
 		case b&0xc0 == 0x40: // literal with incremental indexing, section 6.2.1
-			if fields, p, err = d.literal(fields, p, 6, true, false); err != nil {
+			if fields, p, err = d.literal(fields, p, 6, true, false, start); err != nil {
 				return fields, err
 			}
+			start = len(d.block) - len(p)
 		case b&0xe0 == 0x20: // dynamic table size update, section 6.3
 			// Section 4.2 allows updates only at the start of a block.
 			if len(fields) > 0 {
@@ -204,9 +235,10 @@ func (d *Decoder) decode(fields []Field, p []byte) ([]Field, error) {
 				return fields, err
 			}
 		default: // literal without indexing (0000) or never indexed (0001), sections 6.2.2-3
-			if fields, p, err = d.literal(fields, p, 4, false, b&0x10 != 0); err != nil {
+			if fields, p, err = d.literal(fields, p, 4, false, b&0x10 != 0, start); err != nil {
 				return fields, err
 			}
+			start = len(d.block) - len(p)
 		}
 	}
 	return fields, nil
@@ -214,27 +246,33 @@ func (d *Decoder) decode(fields []Field, p []byte) ([]Field, error) {
 
 // literal decodes a literal field representation whose name index has the
 // given prefix width, inserting it into the table when index is set.
-func (d *Decoder) literal(fields []Field, p []byte, prefix uint8, index, sensitive bool) ([]Field, []byte, error) {
+func (d *Decoder) literal(fields []Field, p []byte, prefix uint8, index, sensitive bool, start int) ([]Field, []byte, error) {
 	nameIdx, p, err := readInt(p, prefix)
 	if err != nil {
 		return fields, p, err
 	}
 	var name string
-	nameKnown := true
+	nameKnown, peer := true, false
+	var nameAge uint32
 	if nameIdx == 0 {
 		if name, p, err = readString(p); err != nil {
 			return fields, p, err
 		}
 	} else {
-		e, found, err := d.lookup(nameIdx)
+		e, _, err := d.lookup(nameIdx)
 		if err != nil {
 			return fields, p, err
 		}
-		name, nameKnown = e.name, found && e.nameKnown
+		name, nameKnown, nameAge, peer = e.name, e.nameKnown, e.nameAge, e.peer
 	}
 	value, p, err := readString(p)
 	if err != nil {
 		return fields, p, err
+	}
+	if !nameKnown {
+		if n, ok := d.resolveName(nameIdx, value, start, len(d.block)-len(p)); ok {
+			name, nameKnown, nameAge, peer = n, true, 0, true
+		}
 	}
 	if index {
 		// Insert even when the name is unknown: skipping it would shift
@@ -245,17 +283,18 @@ func (d *Decoder) literal(fields []Field, p []byte, prefix uint8, index, sensiti
 		} else {
 			size++
 		}
-		d.insert(entry{name: name, value: value, nameKnown: nameKnown, size: size})
+		d.insert(entry{name: name, value: value, nameKnown: nameKnown, nameAge: nameAge, peer: peer, size: size})
 	}
 	if !nameKnown {
 		d.unresolved++
 	}
-	fields = append(fields, Field{Name: name, Value: value, NameKnown: nameKnown, ValueKnown: true, Sensitive: sensitive})
+	fields = append(fields, Field{Name: name, Value: value, NameKnown: nameKnown, ValueKnown: true, Sensitive: sensitive, Peer: peer})
 	return fields, p, nil
 }
 
 // lookup resolves a table index. found is false for a reference to an entry
-// from before the attach.
+// from before the attach that is not pinned with its value; e.nameKnown
+// says whether its name is known all the same.
 func (d *Decoder) lookup(idx uint64) (e entry, found bool, err error) {
 	switch {
 	case idx == 0:
@@ -266,12 +305,23 @@ func (d *Decoder) lookup(idx uint64) (e entry, found bool, err error) {
 	}
 	i := idx - firstDynamic
 	if i < uint64(d.n) {
-		return *d.at(int(i)), true, nil
+		e = *d.at(int(i))
+		if !e.nameKnown && e.nameAge > 0 {
+			if p, ok := d.pins[e.nameAge-1]; ok {
+				e.name, e.nameKnown, e.peer = p.name, true, true
+			}
+		}
+		return e, true, nil
 	}
 	if d.complete || i >= uint64(d.maxSize/entryOverhead) {
 		return e, false, indexError(idx)
 	}
-	return e, false, nil
+	age := uint32(i - uint64(d.n))
+	if p, ok := d.pins[age]; ok {
+		return entry{name: p.name, value: p.value, nameKnown: true, peer: true}, p.valueKnown, nil
+	}
+	// Remembered by entries that take this name, for a later pin.
+	return entry{nameAge: age + 1}, false, nil
 }
 
 func (d *Decoder) sizeUpdate(p []byte) ([]byte, error) {
@@ -300,6 +350,7 @@ func (d *Decoder) insert(e entry) {
 	d.head = (d.head - 1) & (len(d.ring) - 1)
 	d.ring[d.head] = e
 	d.n++
+	d.inserted++
 	d.size += e.size
 	d.evict()
 }

@@ -62,6 +62,20 @@
 // name for as long as one such entry stays in the table, possibly for the
 // life of the connection. Its values are always known.
 //
+// # Pinning entries from before the attach
+//
+// Some connections never turn their table over (kubelet sends the same
+// grpc-timeout on every call, so nothing is ever evicted): their method paths
+// stay unknown for the life of the connection. A Resolver set with
+// SetResolver is asked, during Decode, about each field that refers to an
+// entry the decoder does not fully know, with the field's exact bytes; when
+// it can prove what the encoder was given for those bytes (internal/peerfields
+// does, from the peer's own hpack encoder), the entry is pinned by its age
+// (PinBeforeAttach, PinName) and is known from then on. A pin that
+// contradicts what the decoder knows, or that could not fit in the table, is
+// refused and counted (Conflicts); Field.Peer marks content that came from a
+// pin.
+//
 // # Errors
 //
 // Decode returns an error only for a malformed block: a truncated integer or
