@@ -1,0 +1,235 @@
+// Package gofunc finds functions in Go executables, stripped or not, so
+// that uprobes can be placed on them.
+//
+// # Why the pclntab and not the symbol table
+//
+// Distributions and release builds strip Go binaries (`-s -w`: no .symtab,
+// no DWARF), and cilium/ebpf's link.Executable resolves symbols from .symtab
+// only. Every Go binary still carries its function table, .gopclntab, which
+// the runtime itself needs for stack traces and garbage collection; the
+// standard library's debug/gosym reads it in every layout since Go 1.2
+// (1.16, 1.18 and 1.20 changed the header). This package reads it with
+// debug/gosym and debug/elf, and debug/buildinfo gives the Go version that
+// decides the calling convention.
+//
+// # What it returns
+//
+// For a function name matched by a predicate: its entry address and the file
+// offset of that entry (what a uprobe is placed at), computed from the
+// program header of the executable segment that maps it.
+package gofunc
+
+import (
+	"bytes"
+	"debug/buildinfo"
+	"debug/elf"
+	"debug/gosym"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Func is one function found in an executable.
+type Func struct {
+	Name string
+	// Entry is the function's virtual address; Offset the file offset of
+	// its first instruction.
+	Entry, Offset uint64
+}
+
+// Binary describes a Go executable.
+type Binary struct {
+	// GoVersion is the toolchain that built it ("go1.19.8"), "" when the
+	// build information is missing.
+	GoVersion string
+	Arch      elf.Machine
+	Funcs     []Func
+}
+
+// ErrNotGo says the file has no Go function table.
+var ErrNotGo = errors.New("not a Go executable (no .gopclntab)")
+
+// maxPclntab bounds what is read from a hostile or corrupt file: kubelet's
+// table is about 20 MB.
+const maxPclntab = 256 << 20
+
+// Find opens the ELF executable at path and returns the functions whose
+// names match want (at most limit of them).
+func Find(path string, want func(name string) bool, limit int) (*Binary, error) {
+	f, err := elf.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := &Binary{Arch: f.Machine}
+	if bi, err := buildinfo.ReadFile(path); err == nil {
+		b.GoVersion = bi.GoVersion
+	}
+	var text uint64
+	if t := f.Section(".text"); t != nil {
+		text = t.Addr
+	}
+	tab, err := pclntab(f, text)
+	if err != nil {
+		return b, err
+	}
+	for i := range tab.Funcs {
+		fn := &tab.Funcs[i]
+		if !want(fn.Name) {
+			continue
+		}
+		off, ok := fileOffset(f, fn.Entry)
+		if !ok {
+			continue
+		}
+		b.Funcs = append(b.Funcs, Func{Name: fn.Name, Entry: fn.Entry, Offset: off})
+		if len(b.Funcs) >= limit {
+			break
+		}
+	}
+	return b, nil
+}
+
+// pclntab finds and parses the function table: the .gopclntab section, or,
+// in binaries linked by an external linker (cgo, docker's builds), the table
+// inside .data.rel.ro, found by its header.
+func pclntab(f *elf.File, text uint64) (*gosym.Table, error) {
+	if sec := f.Section(".gopclntab"); sec != nil && sec.Type != elf.SHT_NOBITS {
+		data, err := sectionData(sec)
+		if err != nil {
+			return nil, err
+		}
+		tab, err := newTable(data, text)
+		if err != nil {
+			return nil, fmt.Errorf("parse .gopclntab: %w", err)
+		}
+		return tab, nil
+	}
+	for _, name := range []string{".data.rel.ro", ".rodata"} {
+		sec := f.Section(name)
+		if sec == nil || sec.Type == elf.SHT_NOBITS {
+			continue
+		}
+		data, err := sectionData(sec)
+		if err != nil {
+			return nil, err
+		}
+		if tab := searchTable(data, text); tab != nil {
+			return tab, nil
+		}
+	}
+	return nil, ErrNotGo
+}
+
+func sectionData(sec *elf.Section) ([]byte, error) {
+	if sec.Size > maxPclntab {
+		return nil, fmt.Errorf("%s of %d bytes is larger than %d", sec.Name, sec.Size, maxPclntab)
+	}
+	data, err := sec.Data()
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", sec.Name, err)
+	}
+	return data, nil
+}
+
+// pcHeader magics of the 64-bit little-endian tables gosym reads: Go 1.16,
+// 1.18 and 1.20 (each followed by two zero bytes).
+var magics = [][]byte{
+	{0xf1, 0xff, 0xff, 0xff, 0, 0},
+	{0xf0, 0xff, 0xff, 0xff, 0, 0},
+	{0xfa, 0xff, 0xff, 0xff, 0, 0},
+}
+
+// searchTable looks for a pcHeader in data and takes the first candidate
+// that parses into a table holding runtime.main.
+func searchTable(data []byte, text uint64) *gosym.Table {
+	for _, m := range magics {
+		for off := 0; off < len(data); {
+			i := bytes.Index(data[off:], m)
+			if i < 0 {
+				break
+			}
+			at := off + i
+			off = at + 1
+			if at%8 != 0 || at+8 > len(data) {
+				continue
+			}
+			if minLC, ptr := data[at+6], data[at+7]; (minLC != 1 && minLC != 2 && minLC != 4) || ptr != 8 {
+				continue
+			}
+			tab, err := newTable(data[at:], text)
+			if err == nil && tab.LookupFunc("runtime.main") != nil {
+				return tab
+			}
+		}
+	}
+	return nil
+}
+
+// newTable parses a function table; debug/gosym panics on some corrupt
+// inputs, and the file is any executable on the machine.
+func newTable(data []byte, text uint64) (tab *gosym.Table, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			tab, err = nil, fmt.Errorf("corrupt function table: %v", r)
+		}
+	}()
+	return gosym.NewTable(nil, gosym.NewLineTable(data, text))
+}
+
+// fileOffset maps a virtual address to its offset in the file through the
+// executable PT_LOAD segment that contains it.
+func fileOffset(f *elf.File, addr uint64) (uint64, bool) {
+	for _, p := range f.Progs {
+		if p.Type != elf.PT_LOAD || p.Flags&elf.PF_X == 0 {
+			continue
+		}
+		if addr >= p.Vaddr && addr < p.Vaddr+p.Filesz {
+			return addr - p.Vaddr + p.Off, true
+		}
+	}
+	return 0, false
+}
+
+// RegisterABI reports whether functions of a binary built by goVersion take
+// their arguments in registers (ABIInternal): Go 1.17 on amd64, 1.18 on
+// arm64. ok is false when the version cannot be told.
+func RegisterABI(goVersion string, arch elf.Machine) (regs, ok bool) {
+	major, minor, ok := parseVersion(goVersion)
+	if !ok {
+		return false, false
+	}
+	if major > 1 {
+		return true, true
+	}
+	switch arch {
+	case elf.EM_X86_64:
+		return minor >= 17, true
+	case elf.EM_AARCH64:
+		return minor >= 18, true
+	}
+	return false, false
+}
+
+// parseVersion reads "go1.19.8", "go1.21rc2", "go1.26.8 X:nocoverageredesign".
+func parseVersion(v string) (major, minor int, ok bool) {
+	v, found := strings.CutPrefix(v, "go")
+	if !found {
+		return 0, 0, false
+	}
+	majS, rest, found := strings.Cut(v, ".")
+	if !found {
+		return 0, 0, false
+	}
+	end := 0
+	for end < len(rest) && rest[end] >= '0' && rest[end] <= '9' {
+		end++
+	}
+	maj, err1 := strconv.Atoi(majS)
+	min, err2 := strconv.Atoi(rest[:end])
+	if err1 != nil || err2 != nil {
+		return 0, 0, false
+	}
+	return maj, min, true
+}
