@@ -726,6 +726,155 @@ int BPF_KRETPROBE(kretprobe_unix_stream_sendmsg, int ret)
 	return exit_send(ret, BACKEND_KPROBE);
 }
 
+/* ---- peer probes: hpack.(*Encoder).WriteField in Go processes ---------
+ *
+ * Attached by userspace (internal/peerprobe) at the entry of each copy of
+ * golang.org/x/net/http2/hpack's WriteField in the Go binaries at either
+ * end of the traced connections. It records the field the process is
+ * about to encode, the encoder's insertion count, and the bytes of the
+ * header block it has encoded so far: with those userspace proves which
+ * field produced which bytes on the wire, and names the table entries the
+ * capture never saw. It writes to the same ring buffer as the capture, so
+ * a field always comes before the send that carries its bytes.
+ *
+ * Go's register ABI (Go 1.17 amd64, 1.18 arm64): the receiver and the
+ * HeaderField{Name, Value string; Sensitive bool} are in registers.
+ */
+
+/* Offsets in x/net/http2/hpack.Encoder and bytes.Buffer (stable since
+ * 2016; checked against a real build in internal/peerprobe's tests). A wrong
+ * offset can only cost names, never give a wrong one: userspace uses a
+ * field only when the bytes it read equal the bytes on the wire. */
+#define ENC_ENTS_LEN 8     /* dynTab.table.ents len */
+#define ENC_EVICT_COUNT 24 /* dynTab.table.evictCount */
+#define ENC_W_DATA 88      /* w io.Writer's data word: the *bytes.Buffer */
+
+struct hpack_scratch {
+	struct event ev;
+	struct hpack_field hf;
+	__u8 data[4096];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hpack_scratch);
+} hpack_scratch_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} hpack_seq SEC(".maps");
+
+SEC("uprobe")
+int peer_hpack_write_field(struct pt_regs *ctx)
+{
+	__u64 enc, name, name_len, value, value_len, sens, w, n, off;
+	struct { __u64 ptr, len, cap, off; } buf;
+	__u64 counts[4];
+	struct hpack_scratch *sc;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 zero = 0;
+	__u64 *seq;
+	struct stats *s;
+
+#if defined(bpf_target_x86)
+	enc = ctx->ax;
+	name = ctx->bx;
+	name_len = ctx->cx;
+	value = ctx->di;
+	value_len = ctx->si;
+	sens = ctx->r8;
+#elif defined(bpf_target_arm64)
+	enc = ctx->regs[0];
+	name = ctx->regs[1];
+	name_len = ctx->regs[2];
+	value = ctx->regs[3];
+	value_len = ctx->regs[4];
+	sens = ctx->regs[5];
+#else
+	return 0;
+#endif
+	if ((pid_tgid >> 32) == cfg.self_pid)
+		return 0;
+	sc = bpf_map_lookup_elem(&hpack_scratch_map, &zero);
+	seq = bpf_map_lookup_elem(&hpack_seq, &zero);
+	if (!sc || !seq)
+		return 0;
+	__builtin_memset(&sc->ev, 0, sizeof(sc->ev));
+	__builtin_memset(&sc->hf, 0, sizeof(sc->hf));
+	sc->ev.ts_ns = bpf_ktime_get_ns();
+	sc->ev.pid = pid_tgid >> 32;
+	sc->ev.tid = (__u32)pid_tgid;
+	sc->ev.cgroup_id = bpf_get_current_cgroup_id();
+	sc->ev.flags = EVENT_F_HPACK;
+	bpf_get_current_comm(sc->ev.comm, sizeof(sc->ev.comm));
+
+	sc->hf.encoder = enc;
+	sc->hf.sensitive = sens & 1;
+	sc->hf.name_len = name_len;
+	sc->hf.value_len = value_len;
+	sc->hf.seq = __sync_fetch_and_add(seq, 1);
+	if (bpf_probe_read_user(counts, sizeof(counts), (void *)enc)) {
+		sc->hf.flags |= HPACK_F_NO_COUNT;
+	} else {
+		sc->hf.inserted = counts[ENC_ENTS_LEN / 8] + counts[ENC_EVICT_COUNT / 8];
+	}
+
+	off = 0;
+	n = name_len < SNOOP_HPACK_NAME_MAX ? name_len : SNOOP_HPACK_NAME_MAX;
+	barrier_var(n);
+	n &= 0xff;
+	if (n && bpf_probe_read_user(sc->data, n, (void *)name))
+		sc->hf.flags |= HPACK_F_FAULT;
+	sc->hf.name_cap = n;
+	off = n;
+
+	n = value_len < SNOOP_HPACK_VALUE_MAX ? value_len : SNOOP_HPACK_VALUE_MAX;
+	barrier_var(n);
+	n &= 0x3ff;
+	barrier_var(off);
+	off &= 0x7ff;
+	if (n && bpf_probe_read_user(&sc->data[off], n, (void *)value))
+		sc->hf.flags |= HPACK_F_FAULT;
+	sc->hf.value_cap = n;
+	off += n;
+
+	if (bpf_probe_read_user(&w, sizeof(w), (void *)(enc + ENC_W_DATA)) || !w ||
+	    bpf_probe_read_user(&buf, sizeof(buf), (void *)w) || buf.off > buf.len) {
+		sc->hf.flags |= HPACK_F_NO_PREFIX;
+	} else {
+		sc->hf.prefix_len = buf.len - buf.off;
+		n = buf.len - buf.off;
+		if (n > SNOOP_HPACK_PREFIX_MAX)
+			n = SNOOP_HPACK_PREFIX_MAX;
+		barrier_var(n);
+		n &= 0x3ff;
+		barrier_var(off);
+		off &= 0x7ff;
+		if (n && bpf_probe_read_user(&sc->data[off], n, (void *)(buf.ptr + buf.off)))
+			sc->hf.flags |= HPACK_F_NO_PREFIX;
+		else
+			sc->hf.prefix_cap = n;
+		off += sc->hf.prefix_cap;
+	}
+	off &= 0xfff;
+	sc->ev.len = sizeof(sc->hf) + off;
+	s = stats();
+	if (bpf_ringbuf_output(&events, sc, sizeof(sc->ev) + sizeof(sc->hf) + off, wakeup_flag())) {
+		if (s)
+			s->hpack_lost++;
+	} else if (s) {
+		s->hpack_events++;
+	}
+	return 0;
+}
+
 /* Keep the enums in BTF so bpf2go generates them for Go. */
 const enum event_flag *unused_flags __attribute__((unused));
 const enum backend_id *unused_backend __attribute__((unused));
+const enum hpack_flag *unused_hpack_flags __attribute__((unused));
+const struct hpack_field *unused_hpack_field __attribute__((unused));

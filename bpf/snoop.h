@@ -28,6 +28,42 @@ enum event_flag {
 	/* Not data: the sender closed a file descriptor of this socket.
 	 * len is 0. */
 	EVENT_F_CLOSE = 1 << 3,
+	/* Not data: a header field a Go process is about to HPACK-encode,
+	 * from a uprobe on hpack.(*Encoder).WriteField. The payload is a
+	 * struct hpack_field and its bytes; sk, peer_sk and path are 0. */
+	EVENT_F_HPACK = 1 << 4,
+};
+
+/* Bytes of an hpack field event kept of each string: longer ones are cut
+ * (and can then never be used to name a table entry). */
+#define SNOOP_HPACK_NAME_MAX 255
+#define SNOOP_HPACK_VALUE_MAX 1023
+#define SNOOP_HPACK_PREFIX_MAX 1023
+
+/* Bits of hpack_field.flags. */
+enum hpack_flag {
+	/* The encoder's table counters could not be read. */
+	HPACK_F_NO_COUNT = 1 << 0,
+	/* The encoder's output buffer could not be read. */
+	HPACK_F_NO_PREFIX = 1 << 1,
+	/* A string could not be read from the process. */
+	HPACK_F_FAULT = 1 << 2,
+};
+
+/* Follows struct event when EVENT_F_HPACK. Then name_cap bytes of the name,
+ * value_cap of the value, prefix_cap of the block so far. */
+struct hpack_field {
+	__u64 encoder;   /* the *hpack.Encoder: one per connection direction */
+	__u64 inserted;  /* entries the encoder had inserted so far (evictCount + len(ents)) */
+	__u64 seq;       /* counts hpack events: a jump means some were lost */
+	__u32 name_len;  /* full lengths */
+	__u32 value_len;
+	__u32 prefix_len; /* bytes of the header block already encoded */
+	__u16 name_cap;  /* bytes present */
+	__u16 value_cap;
+	__u16 prefix_cap;
+	__u8 sensitive;
+	__u8 flags;
 };
 
 enum backend_id {
@@ -64,6 +100,8 @@ struct stats {
 	__u64 lost_events;  /* records (sends and closes) the ring buffer had no room for */
 	__u64 lost_bytes;   /* payload bytes in those records, and truncated sends */
 	__u64 faults;       /* reads of user memory that failed */
+	__u64 hpack_events; /* hpack field records submitted */
+	__u64 hpack_lost;   /* hpack field records the ring buffer had no room for */
 };
 
 /* Set from Go before load; const volatile so the verifier prunes what is off. */

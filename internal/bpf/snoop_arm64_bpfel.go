@@ -58,7 +58,39 @@ const (
 	snoopEventFlagEVENT_F_NEW   snoopEventFlag = 2
 	snoopEventFlagEVENT_F_BOUND snoopEventFlag = 4
 	snoopEventFlagEVENT_F_CLOSE snoopEventFlag = 8
+	snoopEventFlagEVENT_F_HPACK snoopEventFlag = 16
 )
+
+type snoopHpackField struct {
+	_         structs.HostLayout
+	Encoder   uint64
+	Inserted  uint64
+	Seq       uint64
+	NameLen   uint32
+	ValueLen  uint32
+	PrefixLen uint32
+	NameCap   uint16
+	ValueCap  uint16
+	PrefixCap uint16
+	Sensitive uint8
+	Flags     uint8
+	_         [4]byte
+}
+
+type snoopHpackFlag uint32
+
+const (
+	snoopHpackFlagHPACK_F_NO_COUNT  snoopHpackFlag = 1
+	snoopHpackFlagHPACK_F_NO_PREFIX snoopHpackFlag = 2
+	snoopHpackFlagHPACK_F_FAULT     snoopHpackFlag = 4
+)
+
+type snoopHpackScratch struct {
+	_    structs.HostLayout
+	Ev   snoopEvent
+	Hf   snoopHpackField
+	Data [4096]uint8
+}
 
 type snoopScratch struct {
 	_  structs.HostLayout
@@ -91,12 +123,14 @@ type snoopSendSrc struct {
 }
 
 type snoopStats struct {
-	_          structs.HostLayout
-	Events     uint64
-	Bytes      uint64
-	LostEvents uint64
-	LostBytes  uint64
-	Faults     uint64
+	_           structs.HostLayout
+	Events      uint64
+	Bytes       uint64
+	LostEvents  uint64
+	LostBytes   uint64
+	Faults      uint64
+	HpackEvents uint64
+	HpackLost   uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -104,6 +138,8 @@ type snoopStats struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	snoopMapEvents                      = "events"
+	snoopMapHpackScratchMap             = "hpack_scratch_map"
+	snoopMapHpackSeq                    = "hpack_seq"
 	snoopMapInflight                    = "inflight"
 	snoopMapPidFilter                   = "pid_filter"
 	snoopMapScratchMap                  = "scratch_map"
@@ -121,6 +157,7 @@ const (
 	snoopProgFollowFork                 = "follow_fork"
 	snoopProgKprobeUnixStreamSendmsg    = "kprobe_unix_stream_sendmsg"
 	snoopProgKretprobeUnixStreamSendmsg = "kretprobe_unix_stream_sendmsg"
+	snoopProgPeerHpackWriteField        = "peer_hpack_write_field"
 	snoopProgTpEnterSendmsg             = "tp_enter_sendmsg"
 	snoopProgTpEnterSendto              = "tp_enter_sendto"
 	snoopProgTpEnterWrite               = "tp_enter_write"
@@ -132,6 +169,8 @@ const (
 	snoopVarCfg                         = "cfg"
 	snoopVarUnusedBackend               = "unused_backend"
 	snoopVarUnusedFlags                 = "unused_flags"
+	snoopVarUnusedHpackField            = "unused_hpack_field"
+	snoopVarUnusedHpackFlags            = "unused_hpack_flags"
 )
 
 // loadSnoop returns the embedded CollectionSpec for snoop.
@@ -187,6 +226,7 @@ type snoopProgramSpecs struct {
 	FollowFork                 *ebpf.ProgramSpec `ebpf:"follow_fork"`
 	KprobeUnixStreamSendmsg    *ebpf.ProgramSpec `ebpf:"kprobe_unix_stream_sendmsg"`
 	KretprobeUnixStreamSendmsg *ebpf.ProgramSpec `ebpf:"kretprobe_unix_stream_sendmsg"`
+	PeerHpackWriteField        *ebpf.ProgramSpec `ebpf:"peer_hpack_write_field"`
 	TpEnterSendmsg             *ebpf.ProgramSpec `ebpf:"tp_enter_sendmsg"`
 	TpEnterSendto              *ebpf.ProgramSpec `ebpf:"tp_enter_sendto"`
 	TpEnterWrite               *ebpf.ProgramSpec `ebpf:"tp_enter_write"`
@@ -201,22 +241,26 @@ type snoopProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type snoopMapSpecs struct {
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	Inflight   *ebpf.MapSpec `ebpf:"inflight"`
-	PidFilter  *ebpf.MapSpec `ebpf:"pid_filter"`
-	ScratchMap *ebpf.MapSpec `ebpf:"scratch_map"`
-	SendPos    *ebpf.MapSpec `ebpf:"send_pos"`
-	SkOwner    *ebpf.MapSpec `ebpf:"sk_owner"`
-	StatsMap   *ebpf.MapSpec `ebpf:"stats_map"`
+	Events          *ebpf.MapSpec `ebpf:"events"`
+	HpackScratchMap *ebpf.MapSpec `ebpf:"hpack_scratch_map"`
+	HpackSeq        *ebpf.MapSpec `ebpf:"hpack_seq"`
+	Inflight        *ebpf.MapSpec `ebpf:"inflight"`
+	PidFilter       *ebpf.MapSpec `ebpf:"pid_filter"`
+	ScratchMap      *ebpf.MapSpec `ebpf:"scratch_map"`
+	SendPos         *ebpf.MapSpec `ebpf:"send_pos"`
+	SkOwner         *ebpf.MapSpec `ebpf:"sk_owner"`
+	StatsMap        *ebpf.MapSpec `ebpf:"stats_map"`
 }
 
 // snoopVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type snoopVariableSpecs struct {
-	Cfg           *ebpf.VariableSpec `ebpf:"cfg"`
-	UnusedBackend *ebpf.VariableSpec `ebpf:"unused_backend"`
-	UnusedFlags   *ebpf.VariableSpec `ebpf:"unused_flags"`
+	Cfg              *ebpf.VariableSpec `ebpf:"cfg"`
+	UnusedBackend    *ebpf.VariableSpec `ebpf:"unused_backend"`
+	UnusedFlags      *ebpf.VariableSpec `ebpf:"unused_flags"`
+	UnusedHpackField *ebpf.VariableSpec `ebpf:"unused_hpack_field"`
+	UnusedHpackFlags *ebpf.VariableSpec `ebpf:"unused_hpack_flags"`
 }
 
 // snoopObjects contains all objects after they have been loaded into the kernel.
@@ -239,18 +283,22 @@ func (o *snoopObjects) Close() error {
 //
 // It can be passed to loadSnoopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type snoopMaps struct {
-	Events     *ebpf.Map `ebpf:"events"`
-	Inflight   *ebpf.Map `ebpf:"inflight"`
-	PidFilter  *ebpf.Map `ebpf:"pid_filter"`
-	ScratchMap *ebpf.Map `ebpf:"scratch_map"`
-	SendPos    *ebpf.Map `ebpf:"send_pos"`
-	SkOwner    *ebpf.Map `ebpf:"sk_owner"`
-	StatsMap   *ebpf.Map `ebpf:"stats_map"`
+	Events          *ebpf.Map `ebpf:"events"`
+	HpackScratchMap *ebpf.Map `ebpf:"hpack_scratch_map"`
+	HpackSeq        *ebpf.Map `ebpf:"hpack_seq"`
+	Inflight        *ebpf.Map `ebpf:"inflight"`
+	PidFilter       *ebpf.Map `ebpf:"pid_filter"`
+	ScratchMap      *ebpf.Map `ebpf:"scratch_map"`
+	SendPos         *ebpf.Map `ebpf:"send_pos"`
+	SkOwner         *ebpf.Map `ebpf:"sk_owner"`
+	StatsMap        *ebpf.Map `ebpf:"stats_map"`
 }
 
 func (m *snoopMaps) Close() error {
 	return _SnoopClose(
 		m.Events,
+		m.HpackScratchMap,
+		m.HpackSeq,
 		m.Inflight,
 		m.PidFilter,
 		m.ScratchMap,
@@ -264,9 +312,11 @@ func (m *snoopMaps) Close() error {
 //
 // It can be passed to loadSnoopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type snoopVariables struct {
-	Cfg           *ebpf.Variable `ebpf:"cfg"`
-	UnusedBackend *ebpf.Variable `ebpf:"unused_backend"`
-	UnusedFlags   *ebpf.Variable `ebpf:"unused_flags"`
+	Cfg              *ebpf.Variable `ebpf:"cfg"`
+	UnusedBackend    *ebpf.Variable `ebpf:"unused_backend"`
+	UnusedFlags      *ebpf.Variable `ebpf:"unused_flags"`
+	UnusedHpackField *ebpf.Variable `ebpf:"unused_hpack_field"`
+	UnusedHpackFlags *ebpf.Variable `ebpf:"unused_hpack_flags"`
 }
 
 // snoopPrograms contains all programs after they have been loaded into the kernel.
@@ -284,6 +334,7 @@ type snoopPrograms struct {
 	FollowFork                 *ebpf.Program `ebpf:"follow_fork"`
 	KprobeUnixStreamSendmsg    *ebpf.Program `ebpf:"kprobe_unix_stream_sendmsg"`
 	KretprobeUnixStreamSendmsg *ebpf.Program `ebpf:"kretprobe_unix_stream_sendmsg"`
+	PeerHpackWriteField        *ebpf.Program `ebpf:"peer_hpack_write_field"`
 	TpEnterSendmsg             *ebpf.Program `ebpf:"tp_enter_sendmsg"`
 	TpEnterSendto              *ebpf.Program `ebpf:"tp_enter_sendto"`
 	TpEnterWrite               *ebpf.Program `ebpf:"tp_enter_write"`
@@ -307,6 +358,7 @@ func (p *snoopPrograms) Close() error {
 		p.FollowFork,
 		p.KprobeUnixStreamSendmsg,
 		p.KretprobeUnixStreamSendmsg,
+		p.PeerHpackWriteField,
 		p.TpEnterSendmsg,
 		p.TpEnterSendto,
 		p.TpEnterWrite,

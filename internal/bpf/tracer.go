@@ -43,6 +43,10 @@ type Options struct {
 	// its own writes could feed back (stdout may be a unix socket to
 	// journald); on in tests that drive sockets from the test process.
 	IncludeSelf bool
+	// PeerProbes loads the uprobe program that AttachPeerProbe places on
+	// Go processes' HPACK encoders. When the kernel refuses it, the capture
+	// goes on without it (said through Logf).
+	PeerProbes bool
 	// Logf receives decisions worth explaining at --verbose. May be nil.
 	Logf func(format string, args ...any)
 }
@@ -68,6 +72,10 @@ type Tracer struct {
 	// (the totals printed and recorded at exit).
 	statsMu sync.Mutex
 	final   *capture.Stats
+	// uprobes are the peer probes, attached while tracing (peer.go).
+	uprobeMu sync.Mutex
+	uprobes  []link.Link
+	closed   bool
 }
 
 var eventSize = int(unsafe.Sizeof(snoopEvent{}))
@@ -95,6 +103,15 @@ func Open(opts Options) (*Tracer, error) {
 	var errs []string
 	for _, b := range candidates {
 		t, err := openBackend(b, opts)
+		if err != nil && opts.PeerProbes {
+			// The capture matters more than the probes: try without.
+			if t, err2 := openBackend(b, withoutPeerProbes(opts)); err2 == nil {
+				logf("peer probes unavailable: %v", err)
+				t.backend = b.name
+				logf("capture backend %s attached", b.name)
+				return t, nil
+			}
+		}
 		if err == nil {
 			logf("capture backend %s attached", b.name)
 			return t, nil
@@ -117,7 +134,13 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 	// pass the verifier on this kernel.
 	for name := range spec.Programs {
 		follow := strings.HasPrefix(name, "follow_")
-		if (follow && !opts.FollowChildren) || (!follow && !b.owns(name)) {
+		peer := strings.HasPrefix(name, "peer_")
+		switch {
+		case peer:
+			if !opts.PeerProbes {
+				delete(spec.Programs, name)
+			}
+		case (follow && !opts.FollowChildren) || (!follow && !b.owns(name)):
 			delete(spec.Programs, name)
 		}
 	}
@@ -247,6 +270,9 @@ func (t *Tracer) decode(raw []byte, ev *capture.Event) bool {
 		return false
 	}
 	k := (*snoopEvent)(unsafe.Pointer(&raw[0]))
+	if k.Flags&uint8(snoopEventFlagEVENT_F_HPACK) != 0 {
+		return t.decodeField(k, raw, ev)
+	}
 	*ev = capture.Event{
 		Time:     time.Unix(0, int64(k.TsNs)).Add(t.bootOffset),
 		Sock:     k.Sk,
@@ -355,6 +381,8 @@ func (t *Tracer) readStats() (capture.Stats, error) {
 		s.LostEvents += c.LostEvents
 		s.LostBytes += c.LostBytes
 		s.Faults += c.Faults
+		s.HeaderFields += c.HpackEvents
+		s.LostHeaderFields += c.HpackLost
 	}
 	return s, nil
 }
@@ -366,6 +394,7 @@ func (t *Tracer) Detach() {
 		for _, l := range t.links {
 			l.Close()
 		}
+		t.closeUprobes()
 	})
 }
 
@@ -380,6 +409,7 @@ func (t *Tracer) Close() error {
 		for _, l := range t.links {
 			l.Close()
 		}
+		t.closeUprobes()
 		if t.reader != nil {
 			t.reader.Close()
 		}

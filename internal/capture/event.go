@@ -44,13 +44,54 @@ type Event struct {
 	// Close: no data; the sender closed a descriptor of this socket.
 	Close bool
 	Data  []byte
+	// Field, when set, makes this event not data but a header field a Go
+	// process was about to HPACK-encode (a peer probe, internal/peerprobe):
+	// only Time, PID, TID, Comm and CgroupID are set besides it.
+	Field *HeaderField
 }
+
+// HeaderField is what a peer probe saw at the entry of a Go process's
+// hpack.(*Encoder).WriteField.
+type HeaderField struct {
+	// Encoder is the encoder's address: one per connection direction.
+	Encoder uint64
+	// Inserted is how many entries the encoder had inserted into its
+	// table so far (valid when HasInserted).
+	Inserted    uint64
+	HasInserted bool
+	// Seq counts peer-probe events in the kernel: a jump means some were
+	// lost.
+	Seq uint64
+	// Name and Value hold at most the first 255 and 1023 bytes; NameLen
+	// and ValueLen are the full lengths.
+	Name, Value       string
+	NameLen, ValueLen int
+	Sensitive         bool
+	// Fault: a string could not be read; Name or Value may be wrong.
+	Fault bool
+	// Prefix is the header block as encoded before this field (at most
+	// 1023 bytes, valid when HasPrefix); PrefixLen its full length.
+	Prefix    []byte
+	PrefixLen int
+	HasPrefix bool
+}
+
+// Whole reports whether the name and value were read in full.
+func (f *HeaderField) Whole() bool {
+	return !f.Fault && len(f.Name) == f.NameLen && len(f.Value) == f.ValueLen
+}
+
+// WholePrefix reports whether Prefix is the whole block so far.
+func (f *HeaderField) WholePrefix() bool { return f.HasPrefix && len(f.Prefix) == f.PrefixLen }
 
 // Stats are the capture's own counters of what it submitted and lost.
 type Stats struct {
 	Events, Bytes         uint64
 	LostEvents, LostBytes uint64
 	Faults                uint64
+	// HeaderFields and LostHeaderFields count peer-probe records
+	// submitted and lost (internal/peerprobe).
+	HeaderFields, LostHeaderFields uint64
 }
 
 // Lost reports whether anything was lost or unreadable.

@@ -80,6 +80,7 @@ type direction struct {
 	synced   bool
 	maxFrame uint32
 	dec      *hpack.Decoder
+	peer     PeerDirection // nil without peer probes
 	rd       bytes.Reader
 	fr       *http2.Framer
 	// A header block waiting for its CONTINUATION frames.
@@ -89,10 +90,26 @@ type direction struct {
 	inBlock     bool
 }
 
+// PeerDirection names, for one direction of one connection, the header
+// table entries the capture never saw, from what the sending process
+// encoded (internal/peerfields). Begin is called before each header block
+// with the send that completed it; Reset when the direction's table starts
+// over.
+type PeerDirection interface {
+	hpack.Resolver
+	Begin(cap *capture.Event)
+	Reset()
+}
+
 // Decoder is a stream.Sink that parses HTTP/2.
 type Decoder struct {
-	h Handler
+	h       Handler
+	newPeer func() PeerDirection
 }
+
+// SetPeerFields gives every direction of later connections a PeerDirection
+// made by newPeer. Call before the first Bytes.
+func (d *Decoder) SetPeerFields(newPeer func() PeerDirection) { d.newPeer = newPeer }
 
 // NewDecoder returns a Decoder that reports to h.
 func NewDecoder(h Handler) *Decoder { return &Decoder{h: h} }
@@ -103,7 +120,12 @@ func (d *Decoder) conn(sc *stream.Conn) *Conn {
 	}
 	c := &Conn{Stream: sc}
 	for i := range c.dirs {
-		c.dirs[i].init()
+		dir := &c.dirs[i]
+		dir.init()
+		if d.newPeer != nil {
+			dir.peer = d.newPeer()
+			dir.dec.SetResolver(dir.peer)
+		}
 	}
 	sc.State = c
 	return c
@@ -153,6 +175,10 @@ func (d *Decoder) desync(c *Conn, end int, cap *capture.Event) {
 	dir.inBlock = false
 	dir.block = dir.block[:0]
 	dir.dec = hpack.NewDecoder()
+	if dir.peer != nil {
+		dir.peer.Reset()
+		dir.dec.SetResolver(dir.peer)
+	}
 	dir.fr = http2.NewFramer(io.Discard, &dir.rd)
 	dir.fr.SetMaxReadFrameSize(1<<24 - 1)
 	d.h.Event(c, &Event{Kind: Lost, End: end, Cap: cap})
@@ -230,6 +256,9 @@ func (d *Decoder) newConnection(c *Conn, end int, cap *capture.Event) {
 		dir.maxFrame = defaultMaxFrame
 		dir.inBlock = false
 		dir.dec.Reset()
+		if dir.peer != nil {
+			dir.peer.Reset()
+		}
 		dir.fr = http2.NewFramer(io.Discard, &dir.rd)
 		dir.fr.SetMaxReadFrameSize(1<<24 - 1)
 	}
@@ -286,6 +315,9 @@ func (d *Decoder) frame(c *Conn, end int, f http2.Frame, cap *capture.Event) {
 			d.desync(c, end, cap)
 			return
 		}
+		if dir.peer != nil {
+			dir.peer.Begin(cap)
+		}
 		if _, err := dir.dec.Decode(f.HeaderBlockFragment()); err != nil {
 			d.desync(c, end, cap)
 		}
@@ -300,6 +332,9 @@ func (d *Decoder) frame(c *Conn, end int, f http2.Frame, cap *capture.Event) {
 
 func (d *Decoder) headerBlock(c *Conn, end int, cap *capture.Event) {
 	dir := &c.dirs[end]
+	if dir.peer != nil {
+		dir.peer.Begin(cap)
+	}
 	fields, err := dir.dec.Decode(dir.block)
 	if err != nil || !plausibleFields(fields) {
 		// The table is now in an unknown state, or the block was not a

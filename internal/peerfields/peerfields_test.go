@@ -1,0 +1,235 @@
+package peerfields
+
+import (
+	"bytes"
+	"testing"
+	"time"
+
+	xhpack "golang.org/x/net/http2/hpack"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/capture"
+	"github.com/containerdsnoop/containerdsnoop/internal/h2/hpack"
+)
+
+// peer simulates one Go process's encoder as the probe reports it: x/net's
+// own Encoder, with each WriteField call recorded as the BPF program does
+// (field, insertion count, block so far).
+type peer struct {
+	pid      uint32
+	ptr      uint64
+	buf      bytes.Buffer
+	enc      *xhpack.Encoder
+	inserted uint64
+	seq      *uint64
+	t        time.Time
+}
+
+func newPeer(pid uint32, ptr uint64, seq *uint64) *peer {
+	p := &peer{pid: pid, ptr: ptr, seq: seq, t: time.Unix(1000, 0)}
+	p.enc = xhpack.NewEncoder(&p.buf)
+	return p
+}
+
+// encode encodes one block and returns it with the probe events (nil
+// events when probed is false: encoded before the probe was attached).
+func (p *peer) encode(t *testing.T, fields []xhpack.HeaderField, probed bool) ([]byte, []capture.Event) {
+	t.Helper()
+	p.buf.Reset()
+	var evs []capture.Event
+	for _, f := range fields {
+		p.t = p.t.Add(time.Millisecond)
+		if probed {
+			*p.seq++
+			evs = append(evs, capture.Event{Time: p.t, PID: p.pid, Field: &capture.HeaderField{
+				Encoder: p.ptr, Inserted: p.inserted, HasInserted: true, Seq: *p.seq,
+				Name: f.Name, Value: f.Value, NameLen: len(f.Name), ValueLen: len(f.Value),
+				Prefix: bytes.Clone(p.buf.Bytes()), PrefixLen: p.buf.Len(), HasPrefix: true,
+			}})
+		}
+		before := p.buf.Len()
+		if err := p.enc.WriteField(f); err != nil {
+			t.Fatal(err)
+		}
+		if p.buf.Bytes()[before]&0xc0 == 0x40 {
+			p.inserted++
+		}
+	}
+	return bytes.Clone(p.buf.Bytes()), evs
+}
+
+func request(path string) []xhpack.HeaderField {
+	return []xhpack.HeaderField{
+		{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
+		{Name: ":path", Value: path}, {Name: ":authority", Value: "localhost"},
+		{Name: "content-type", Value: "application/grpc"}, {Name: "user-agent", Value: "grpc-go/1.58.3"},
+		{Name: "te", Value: "trailers"}, {Name: "grpc-timeout", Value: "120000m"},
+	}
+}
+
+var methods = []string{"/runtime.v1.RuntimeService/ListPodSandbox", "/runtime.v1.RuntimeService/ListContainers",
+	"/runtime.v1.RuntimeService/ContainerStatus", "/runtime.v1.ImageService/ImageFsInfo", "/runtime.v1.RuntimeService/Version"}
+
+// TestTieThenPin: a kubelet-like connection whose table never turns over,
+// joined after 100 calls. With the probe attached at the join, every :path
+// is known from the third block on, and nothing is ever wrong.
+func TestTieThenPin(t *testing.T) {
+	var seq uint64
+	p := newPeer(42, 0xc000100000, &seq)
+	for i := 0; i < 100; i++ {
+		p.encode(t, request(methods[i%len(methods)]), false)
+	}
+	s := New()
+	dir := s.Direction()
+	dec := hpack.NewDecoder()
+	dec.SetResolver(dir)
+	firstKnown := -1
+	for i := 0; i < 200; i++ {
+		want := request(methods[(i*7)%len(methods)])
+		block, evs := p.encode(t, want, true)
+		for k := range evs {
+			s.Add(&evs[k])
+		}
+		dir.Begin(&capture.Event{PID: 42, Sock: 1, Offset: uint64(i) * 1000})
+		got, err := dec.Decode(block)
+		if err != nil {
+			t.Fatal(err)
+		}
+		known := true
+		for k, f := range got {
+			if f.NameKnown && f.Name != want[k].Name || f.ValueKnown && f.Value != want[k].Value {
+				t.Fatalf("block %d field %d: %+v, want %+v", i, k, f, want[k])
+			}
+			if k == 2 && !f.Known() {
+				known = false
+			}
+		}
+		if known && firstKnown < 0 {
+			firstKnown = i
+		}
+		if !known && firstKnown >= 0 {
+			t.Fatalf("block %d: :path unknown again after block %d", i, firstKnown)
+		}
+	}
+	if firstKnown < 0 || firstKnown > 2 {
+		t.Fatalf(":path known from block %d (stats %+v)", firstKnown, s.Stats)
+	}
+	if s.Stats.Ties != 1 || s.Stats.Pinned == 0 || s.Stats.Refused != 0 || s.Stats.Ambiguous != 0 {
+		t.Fatalf("stats %+v", s.Stats)
+	}
+}
+
+// TestNoProofNoPin: without probe events nothing is pinned, and the same
+// connection keeps its paths unknown (the test measures the probes).
+func TestNoProofNoPin(t *testing.T) {
+	var seq uint64
+	p := newPeer(42, 1, &seq)
+	for i := 0; i < 50; i++ {
+		p.encode(t, request(methods[i%len(methods)]), false)
+	}
+	s := New()
+	dir := s.Direction()
+	dec := hpack.NewDecoder()
+	dec.SetResolver(dir)
+	for i := 0; i < 50; i++ {
+		block, _ := p.encode(t, request(methods[i%len(methods)]), false)
+		dir.Begin(&capture.Event{PID: 42, Sock: 1, Offset: uint64(i)})
+		got, err := dec.Decode(block)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got[2].ValueKnown {
+			t.Fatalf("block %d: :path known without probes", i)
+		}
+	}
+}
+
+// TestIdenticalBytesOtherContent: two connections of one process whose
+// tables differ produce the same bytes for different paths. A proof from
+// each is ambiguous: nothing is pinned, nothing wrong shown.
+func TestIdenticalBytesOtherContent(t *testing.T) {
+	var seq uint64
+	a := newPeer(7, 0xa, &seq)
+	b := newPeer(7, 0xb, &seq)
+	a.encode(t, request("/a.A/One"), false)
+	b.encode(t, request("/b.B/Two"), false)
+	s := New()
+	dir := s.Direction()
+	dec := hpack.NewDecoder()
+	dec.SetResolver(dir)
+	for i := 0; i < 20; i++ {
+		blockA, evA := a.encode(t, request("/a.A/One"), true)
+		blockB, evB := b.encode(t, request("/b.B/Two"), true)
+		if !bytes.Equal(blockA, blockB) {
+			t.Fatalf("blocks differ: %x %x", blockA, blockB)
+		}
+		for k := range evA {
+			s.Add(&evA[k])
+		}
+		for k := range evB {
+			s.Add(&evB[k])
+		}
+		dir.Begin(&capture.Event{PID: 7, Sock: 1, Offset: uint64(i)})
+		got, err := dec.Decode(blockA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got[2].ValueKnown {
+			t.Fatalf("block %d: pinned %q from ambiguous proofs", i, got[2].Value)
+		}
+	}
+	if s.Stats.Ambiguous == 0 {
+		t.Fatalf("stats %+v", s.Stats)
+	}
+}
+
+// TestPreProbeBlockNotPinned: a block encoded just before the probe was
+// attached (no calls of its own) and sent in the same write as the next
+// block: the next block's calls prove the same bytes, but a proof from one
+// send never ties a direction.
+func TestPreProbeBlockNotPinned(t *testing.T) {
+	var seq uint64
+	p := newPeer(9, 1, &seq)
+	// Table state where the two paths sit at fixed indices, and then a
+	// fresh entry is inserted by the pre-probe block so both blocks'
+	// :path references have the same index but different entries.
+	for i := 0; i < 10; i++ {
+		p.encode(t, request(methods[i%len(methods)]), false)
+	}
+	pre, _ := p.encode(t, append(request(methods[0]), xhpack.HeaderField{Name: "x-new", Value: "1"}), false)
+	post, evs := p.encode(t, append(request(methods[1]), xhpack.HeaderField{Name: "x-new", Value: "1"}), true)
+	s := New()
+	for k := range evs {
+		s.Add(&evs[k])
+	}
+	dir := s.Direction()
+	dec := hpack.NewDecoder()
+	dec.SetResolver(dir)
+	for _, block := range [][]byte{pre, post} {
+		dir.Begin(&capture.Event{PID: 9, Sock: 1, Offset: 0}) // one send
+		got, err := dec.Decode(block)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, f := range got {
+			if f.Peer {
+				t.Fatalf("field %d pinned from one send: %+v", k, f)
+			}
+		}
+	}
+}
+
+// TestHoleEmptiesQueues: a jump in the sequence (records lost) drops every
+// call, so no proof spans the loss.
+func TestHoleEmptiesQueues(t *testing.T) {
+	s := New()
+	add := func(seq uint64) {
+		s.Add(&capture.Event{PID: 1, Field: &capture.HeaderField{Encoder: 1, Seq: seq}})
+	}
+	add(1)
+	add(2)
+	add(4)
+	if s.Stats.Holes != 1 || len(s.procs[1].encs[1].fields) != 1 {
+		t.Fatalf("stats %+v, queue %d", s.Stats, len(s.procs[1].encs[1].fields))
+	}
+
+}
