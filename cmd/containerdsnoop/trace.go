@@ -26,6 +26,7 @@ type traceFlags struct {
 	attach      string
 	ringBufSize int
 	verbose     bool
+	peerProbes  bool
 }
 
 func newTraceCommand() *cobra.Command {
@@ -73,7 +74,8 @@ Credentials in messages (registry passwords and tokens) are shown as
 	fl.StringVar(&f.record, "record", "", "also write every captured event to this file, for 'containerdsnoop decode' (raw payloads)")
 	fl.StringVar(&f.attach, "attach", "auto", "capture backend: auto or "+strings.Join(bpf.Backends(), ", "))
 	fl.IntVar(&f.ringBufSize, "ringbuf-size", bpf.DefaultRingBufSize, "bytes of kernel ring buffer between the capture and this process")
-	fl.BoolVarP(&f.verbose, "verbose", "v", false, "explain decisions (backend selection) on stderr")
+	fl.BoolVarP(&f.verbose, "verbose", "v", false, "explain decisions (backend selection, peer probes) on stderr")
+	fl.BoolVar(&f.peerProbes, "peer-probes", true, "read HTTP/2 header fields from the Go processes at either end (uprobes), so connections open before the tracer decode fully; see docs/attach.md")
 	return cmd
 }
 
@@ -89,7 +91,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	}
 	// Polling every 20 ms rather than being woken per record saves a
 	// context switch per send on a busy node; output lags by at most that.
-	opts := bpf.Options{Attach: f.attach, RingBufSize: f.ringBufSize, PIDs: filter.PIDs, PollInterval: 20 * time.Millisecond}
+	opts := bpf.Options{Attach: f.attach, RingBufSize: f.ringBufSize, PIDs: filter.PIDs, PollInterval: 20 * time.Millisecond, PeerProbes: f.peerProbes}
 	if len(command) > 0 {
 		// Fail before attaching anything when the command cannot run.
 		if _, err := exec.LookPath(command[0]); err != nil {
@@ -113,6 +115,9 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 
 	p := pipeline.New(out, filter)
 	p.CommOf = procComms()
+	if probes := startPeerProbes(f, tracer, p, opts.Logf); probes != nil {
+		defer probes.report(stderr, tracer)
+	}
 	files, err := openTraceFiles(f, tracer, p, opts.PIDs)
 	if err != nil {
 		return err
@@ -178,6 +183,10 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 		}
 		if err != nil {
 			return err
+		}
+		if ev.Field != nil {
+			p.Field(&ev) // a peer probe's header field: not traffic
+			continue
 		}
 		if err := files.write(&ev); err != nil {
 			return err

@@ -93,11 +93,11 @@ type direction struct {
 // PeerDirection names, for one direction of one connection, the header
 // table entries the capture never saw, from what the sending process
 // encoded (internal/peerfields). Begin is called before each header block
-// with the send that completed it; Reset when the direction's table starts
-// over.
+// is decoded, with the block and the send that completed it; Reset when the
+// direction's table starts over.
 type PeerDirection interface {
 	hpack.Resolver
-	Begin(cap *capture.Event)
+	Begin(cap *capture.Event, block []byte)
 	Reset()
 }
 
@@ -316,7 +316,7 @@ func (d *Decoder) frame(c *Conn, end int, f http2.Frame, cap *capture.Event) {
 			return
 		}
 		if dir.peer != nil {
-			dir.peer.Begin(cap)
+			dir.peer.Begin(cap, f.HeaderBlockFragment())
 		}
 		if _, err := dir.dec.Decode(f.HeaderBlockFragment()); err != nil {
 			d.desync(c, end, cap)
@@ -333,7 +333,7 @@ func (d *Decoder) frame(c *Conn, end int, f http2.Frame, cap *capture.Event) {
 func (d *Decoder) headerBlock(c *Conn, end int, cap *capture.Event) {
 	dir := &c.dirs[end]
 	if dir.peer != nil {
-		dir.peer.Begin(cap)
+		dir.peer.Begin(cap, dir.block)
 	}
 	fields, err := dir.dec.Decode(dir.block)
 	if err != nil || !plausibleFields(fields) {

@@ -18,9 +18,7 @@
 // block[start:end], so call j wrote those bytes; the encoder writes an index
 // only for an entry equal to the field it was given, so the entry is that
 // name and value. Nothing is matched by content: a field whose bytes are not
-// proved this way stays unknown. (The last field of a block has no call j+1
-// in its block and is never proved; gRPC's :path and grpc-status are never
-// last.)
+// proved this way stays unknown.
 //
 // # Which encoder is this connection's
 //
@@ -32,10 +30,18 @@
 // the decoder's (the entries inserted before the attach) is the same for
 // every field of one connection, and a direction is tied only when two
 // proofs from two different sends agree on the encoder and on that
-// difference. Until then nothing is pinned; afterwards only that encoder's
-// calls are used, each must agree on the difference, and calls older than
-// the last one used are dropped. An answer that disagrees with several
-// candidates, or with the tie, is refused and counted.
+// difference. Until then nothing is pinned.
+//
+// Once tied, the encoder's calls are taken block by block, in order: a
+// block's calls start with an empty buffer, the encoder's blocks go out in
+// the order it encodes them, and every block on the direction has its calls
+// (none lost: a lost record voids every tie). Each call's view of the block
+// so far must be a prefix of the block's bytes, or the tie is dropped. The
+// block's last field, which no later call of the same block proves, is then
+// named by its own call (grpc-message ends every grpc-go trailers block, so
+// statuses need this). Every answer must also keep the insertion-count
+// difference. An answer that disagrees with another candidate or with the
+// tie is refused and counted.
 //
 // Every queue is bounded and aged out; a jump in the kernel's sequence
 // number (lost records) empties them all.
@@ -70,12 +76,16 @@ type Stats struct {
 	Unmatched uint64 // questions no call proved
 	Ambiguous uint64 // questions proved with different answers
 	Refused   uint64 // proofs that contradict a direction's tie
+	// Misaligned counts tied directions whose next block of calls did not
+	// fit the next header block: the tie is dropped.
+	Misaligned uint64
 }
 
 // Store keeps the recent WriteField calls of the probed processes. Not
 // safe for concurrent use: the pipeline feeds it in capture order.
 type Store struct {
 	procs   map[uint32]*proc
+	gen     uint64 // changes when calls were lost: every tie is void
 	seq     uint64
 	haveSeq bool
 	now     time.Time
@@ -118,6 +128,7 @@ func (s *Store) Add(ev *capture.Event) {
 		// needs two consecutive calls.
 		s.Stats.Holes++
 		clear(s.procs)
+		s.gen++
 	}
 	s.seq, s.haveSeq = f.Seq, true
 	if ev.Time.After(s.now) {
@@ -166,13 +177,17 @@ func (s *Store) dropOldestProc() {
 // Direction is the resolver of one direction of one connection
 // (hpack.Resolver). Begin must be called before each header block.
 type Direction struct {
-	s   *Store
-	pid uint32
-	cap *capture.Event
-	// The tie: the encoder and the difference between its insertion
-	// count and the decoder's.
+	s     *Store
+	pid   uint32
+	cap   *capture.Event
+	block []byte
+	// The tie: the encoder, the difference between its insertion count
+	// and the decoder's, and the store generation it was made in.
 	enc  *encoder
 	diff uint64
+	gen  uint64
+	// run is the encoder's calls for the block being decoded, when tied.
+	run []*call
 	// A first proof waiting for a second from another send.
 	candEnc  *encoder
 	candDiff uint64
@@ -183,8 +198,13 @@ type Direction struct {
 func (s *Store) Direction() *Direction { return &Direction{s: s} }
 
 // Begin says which send completed the header block about to be decoded.
-func (d *Direction) Begin(cap *capture.Event) {
-	d.cap = cap
+// On a tied direction it takes the encoder's next block of calls, which
+// must be this block's: the encoder's blocks go out in the order it encodes
+// them, every block on the direction has its calls (none are lost, or the
+// store's generation changed), and each call's view of the block so far
+// must be a prefix of these bytes. Otherwise the tie is dropped.
+func (d *Direction) Begin(cap *capture.Event, block []byte) {
+	d.cap, d.block, d.run = cap, block, nil
 	if cap == nil {
 		return
 	}
@@ -196,15 +216,50 @@ func (d *Direction) Begin(cap *capture.Event) {
 		d.s.pids[cap.PID] = true
 		d.s.Notify(cap.PID)
 	}
+	if d.enc == nil {
+		return
+	}
+	if d.gen != d.s.gen || d.enc.tied != d {
+		d.untie()
+		return
+	}
+	fs := d.enc.fields
+	// A block starts with an empty buffer; anything before is left over.
+	i := 0
+	for i < len(fs) && fs[i].f.PrefixLen != 0 {
+		i++
+	}
+	if i == len(fs) {
+		d.untie()
+		return
+	}
+	n := i + 1
+	for n < len(fs) && fs[n].f.PrefixLen != 0 {
+		n++
+	}
+	run := fs[i:n]
+	for k, c := range run {
+		f := c.f
+		if !f.WholePrefix() || f.PrefixLen >= len(block) || !bytes.Equal(f.Prefix, block[:f.PrefixLen]) ||
+			k > 0 && f.PrefixLen <= run[k-1].f.PrefixLen {
+			d.s.Stats.Misaligned++
+			d.untie()
+			return
+		}
+	}
+	d.run = append([]*call(nil), run...)
+	d.enc.fields = append(fs[:0], fs[n:]...)
 }
 
 // Reset forgets the tie: the decoder was replaced (after lost bytes or a
 // new connection), so its insertion count restarted.
-func (d *Direction) Reset() {
+func (d *Direction) Reset() { d.untie() }
+
+func (d *Direction) untie() {
 	if d.enc != nil && d.enc.tied == d {
 		d.enc.tied = nil
 	}
-	d.enc, d.candEnc = nil, nil
+	d.enc, d.candEnc, d.run = nil, nil, nil
 }
 
 // proof is one pair of calls that produced a field's bytes.
@@ -217,18 +272,20 @@ type proof struct {
 
 // Resolve implements hpack.Resolver.
 func (d *Direction) Resolve(q hpack.Query) (string, string, bool) {
+	if d.cap == nil || q.End > len(q.Block) || q.Start >= q.End {
+		return "", "", false
+	}
+	if d.enc != nil {
+		return d.resolveTied(q)
+	}
 	p := d.s.procs[d.pid]
-	if p == nil || d.cap == nil {
+	if p == nil {
 		return "", "", false
 	}
 	var proofs []proof
-	if d.enc != nil {
-		proofs = d.s.prove(d.enc, q, proofs)
-	} else {
-		for _, e := range p.encs {
-			if e.tied == nil {
-				proofs = d.s.prove(e, q, proofs)
-			}
+	for _, e := range p.encs {
+		if e.tied == nil {
+			proofs = d.s.prove(e, q, proofs)
 		}
 	}
 	if len(proofs) == 0 {
@@ -236,20 +293,6 @@ func (d *Direction) Resolve(q hpack.Query) (string, string, bool) {
 		return "", "", false
 	}
 	d.s.Stats.Proved++
-	if d.enc != nil {
-		// Tied: only proofs consistent with the tie count.
-		kept := proofs[:0]
-		for _, pr := range proofs {
-			if pr.diff == d.diff {
-				kept = append(kept, pr)
-			}
-		}
-		if len(kept) == 0 {
-			d.s.Stats.Refused++
-			return "", "", false
-		}
-		proofs = kept
-	}
 	first := proofs[0]
 	for _, pr := range proofs[1:] {
 		if pr.name != first.name || pr.value != first.value || pr.e != first.e || pr.diff != first.diff {
@@ -257,34 +300,68 @@ func (d *Direction) Resolve(q hpack.Query) (string, string, bool) {
 			return "", "", false
 		}
 	}
-	if d.enc == nil {
-		send := [2]uint64{d.cap.Sock, d.cap.Offset}
-		if d.candEnc != first.e || d.candDiff != first.diff || d.candSend == send {
-			// A first proof, or one that disagrees with the first:
-			// wait for another send to confirm it.
-			d.candEnc, d.candDiff, d.candSend = first.e, first.diff, send
-			return "", "", false
-		}
-		if first.e.tied != nil {
-			d.s.Stats.Refused++
-			return "", "", false
-		}
-		d.enc, d.diff, first.e.tied = first.e, first.diff, d
-		d.s.Stats.Ties++
+	send := [2]uint64{d.cap.Sock, d.cap.Offset}
+	if d.candEnc != first.e || d.candDiff != first.diff || d.candSend == send {
+		// A first proof, or one that disagrees with the first: wait for
+		// another send to confirm it.
+		d.candEnc, d.candDiff, d.candSend = first.e, first.diff, send
+		return "", "", false
 	}
-	// Calls up to j belong to this block's earlier fields or to earlier
-	// blocks: never needed again, and a stale one must not be matched.
-	// (Call j+1 may be call j of this block's next unknown field.)
-	d.enc.fields = append(d.enc.fields[:0], d.enc.fields[first.j+1:]...)
+	// Tie, and take this block's calls: the run holding call j, which
+	// must start with an empty buffer (not cut by the probe's attach).
+	e := first.e
+	start := first.j
+	for start >= 0 && e.fields[start].f.PrefixLen != 0 {
+		start--
+	}
+	if start < 0 {
+		return "", "", false
+	}
+	end := first.j + 1
+	for end < len(e.fields) && e.fields[end].f.PrefixLen != 0 {
+		end++
+	}
+	d.enc, d.diff, d.gen, e.tied = e, first.diff, d.s.gen, d
+	d.run = append([]*call(nil), e.fields[start:end]...)
+	e.fields = append(e.fields[:0], e.fields[end:]...)
+	d.s.Stats.Ties++
 	d.s.Stats.Pinned++
 	return first.name, first.value, true
 }
 
-// prove appends the proofs e's calls give for q.
-func (s *Store) prove(e *encoder, q hpack.Query, out []proof) []proof {
-	if q.End > len(q.Block) || q.Start >= q.End {
-		return out
+// resolveTied answers from the block's own run of calls (Begin): the call
+// whose view of the block ends where the field starts wrote the field,
+// which ends where the next call's view ends, or at the block's end when
+// it was the last call of the block.
+func (d *Direction) resolveTied(q hpack.Query) (string, string, bool) {
+	for k, c := range d.run {
+		f := c.f
+		if f.PrefixLen != q.Start {
+			continue
+		}
+		last := k+1 == len(d.run)
+		switch {
+		case !f.Whole() || !f.HasInserted:
+			d.s.Stats.Unmatched++
+			return "", "", false
+		case f.Inserted-q.Inserted != d.diff,
+			last && q.End != len(q.Block),
+			!last && d.run[k+1].f.PrefixLen != q.End:
+			d.s.Stats.Refused++
+			d.untie()
+			return "", "", false
+		}
+		d.s.Stats.Proved++
+		d.s.Stats.Pinned++
+		return f.Name, f.Value, true
 	}
+	d.s.Stats.Unmatched++
+	return "", "", false
+}
+
+// prove appends the proofs e's calls give for q: calls j, j+1 whose views
+// of the block end where the field starts and where it ends.
+func (s *Store) prove(e *encoder, q hpack.Query, out []proof) []proof {
 	fs := e.fields
 	// Age out from the front.
 	cut := 0

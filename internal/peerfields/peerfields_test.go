@@ -2,6 +2,7 @@ package peerfields
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
 	"time"
 
@@ -89,7 +90,7 @@ func TestTieThenPin(t *testing.T) {
 		for k := range evs {
 			s.Add(&evs[k])
 		}
-		dir.Begin(&capture.Event{PID: 42, Sock: 1, Offset: uint64(i) * 1000})
+		dir.Begin(&capture.Event{PID: 42, Sock: 1, Offset: uint64(i) * 1000}, block)
 		got, err := dec.Decode(block)
 		if err != nil {
 			t.Fatal(err)
@@ -118,6 +119,47 @@ func TestTieThenPin(t *testing.T) {
 	}
 }
 
+// TestTrailersLastField: grpc-go servers send grpc-status then
+// grpc-message, both indexed once the table holds them. grpc-message is the
+// block's last field, proved only once the direction is tied (its calls are
+// then the block's own); grpc-status is proved before. From the third block
+// on both are known, and an error status with a new message too.
+func TestTrailersLastField(t *testing.T) {
+	var seq uint64
+	p := newPeer(5, 0x5, &seq)
+	ok := []xhpack.HeaderField{{Name: "grpc-status", Value: "0"}, {Name: "grpc-message", Value: ""}}
+	for i := 0; i < 20; i++ {
+		p.encode(t, ok, false)
+	}
+	s := New()
+	dir := s.Direction()
+	dec := hpack.NewDecoder()
+	dec.SetResolver(dir)
+	for i := 0; i < 30; i++ {
+		want := ok
+		if i%10 == 9 {
+			want = []xhpack.HeaderField{{Name: "grpc-status", Value: "5"}, {Name: "grpc-message", Value: fmt.Sprintf("container %d not found", i)}}
+		}
+		block, evs := p.encode(t, want, true)
+		for k := range evs {
+			s.Add(&evs[k])
+		}
+		dir.Begin(&capture.Event{PID: 5, Sock: 2, Offset: uint64(i)}, block)
+		got, err := dec.Decode(block)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, f := range got {
+			if f.NameKnown && f.Name != want[k].Name || f.ValueKnown && f.Value != want[k].Value {
+				t.Fatalf("block %d field %d: %+v, want %+v", i, k, f, want[k])
+			}
+			if i >= 2 && !f.Known() {
+				t.Fatalf("block %d field %d unknown (stats %+v)", i, k, s.Stats)
+			}
+		}
+	}
+}
+
 // TestNoProofNoPin: without probe events nothing is pinned, and the same
 // connection keeps its paths unknown (the test measures the probes).
 func TestNoProofNoPin(t *testing.T) {
@@ -132,7 +174,7 @@ func TestNoProofNoPin(t *testing.T) {
 	dec.SetResolver(dir)
 	for i := 0; i < 50; i++ {
 		block, _ := p.encode(t, request(methods[i%len(methods)]), false)
-		dir.Begin(&capture.Event{PID: 42, Sock: 1, Offset: uint64(i)})
+		dir.Begin(&capture.Event{PID: 42, Sock: 1, Offset: uint64(i)}, block)
 		got, err := dec.Decode(block)
 		if err != nil {
 			t.Fatal(err)
@@ -168,7 +210,7 @@ func TestIdenticalBytesOtherContent(t *testing.T) {
 		for k := range evB {
 			s.Add(&evB[k])
 		}
-		dir.Begin(&capture.Event{PID: 7, Sock: 1, Offset: uint64(i)})
+		dir.Begin(&capture.Event{PID: 7, Sock: 1, Offset: uint64(i)}, blockA)
 		got, err := dec.Decode(blockA)
 		if err != nil {
 			t.Fatal(err)
@@ -205,7 +247,7 @@ func TestPreProbeBlockNotPinned(t *testing.T) {
 	dec := hpack.NewDecoder()
 	dec.SetResolver(dir)
 	for _, block := range [][]byte{pre, post} {
-		dir.Begin(&capture.Event{PID: 9, Sock: 1, Offset: 0}) // one send
+		dir.Begin(&capture.Event{PID: 9, Sock: 1, Offset: 0}, block) // one send
 		got, err := dec.Decode(block)
 		if err != nil {
 			t.Fatal(err)

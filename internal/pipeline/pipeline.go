@@ -17,6 +17,7 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
 	"github.com/containerdsnoop/containerdsnoop/internal/h2"
 	"github.com/containerdsnoop/containerdsnoop/internal/output"
+	"github.com/containerdsnoop/containerdsnoop/internal/peerfields"
 	"github.com/containerdsnoop/containerdsnoop/internal/redact"
 	"github.com/containerdsnoop/containerdsnoop/internal/stream"
 	"github.com/containerdsnoop/containerdsnoop/internal/summary"
@@ -56,6 +57,8 @@ type Pipeline struct {
 	calls      *callfilter.Filter
 	redactions map[proto.Message]proto.Message
 	sinks      tee
+	h2         *h2.Decoder
+	peer       *peerfields.Store
 	lastExpiry time.Time
 	err        error
 	// Records counts what was written.
@@ -86,7 +89,8 @@ func New(out output.Writer, f Filter) *Pipeline {
 		}
 	}
 	grpc := grpcdecode.New(p.write)
-	p.sinks = tee{newMux(h2.NewDecoder(grpc), ttrpc.NewDecoder(p.write), f.Protocol)}
+	p.h2 = h2.NewDecoder(grpc)
+	p.sinks = tee{newMux(p.h2, ttrpc.NewDecoder(p.write), f.Protocol)}
 	p.asm = stream.New(&p.sinks)
 	return p
 }
@@ -131,6 +135,26 @@ func (p *Pipeline) Feed(ev *capture.Event) {
 	if ev.Time.Sub(p.lastExpiry) > time.Minute {
 		p.lastExpiry = ev.Time
 		p.asm.Expire(ev.Time.Add(-IdleTimeout))
+	}
+}
+
+// EnablePeerFields makes HTTP/2 decoding name the header table entries of
+// connections joined mid-stream from what the sending processes encoded
+// (internal/peerfields), and returns the store that Field feeds. Call
+// before the first Feed.
+func (p *Pipeline) EnablePeerFields() *peerfields.Store {
+	if p.peer == nil {
+		p.peer = peerfields.New()
+		p.h2.SetPeerFields(func() h2.PeerDirection { return p.peer.Direction() })
+	}
+	return p.peer
+}
+
+// Field takes a peer-probe event (ev.Field set); without EnablePeerFields
+// it is dropped.
+func (p *Pipeline) Field(ev *capture.Event) {
+	if p.peer != nil {
+		p.peer.Add(ev)
 	}
 }
 
