@@ -36,6 +36,12 @@ type Func struct {
 	// Entry is the function's virtual address; Offset the file offset of
 	// its first instruction.
 	Entry, Offset uint64
+	// Prologue: the bytes at Entry are the stack-bound check every Go
+	// function that may grow its stack starts with (amd64 and arm64).
+	// A probe must never be placed at an address that is not an
+	// instruction boundary: it would corrupt the program. This check
+	// catches a table read with the wrong text start.
+	Prologue bool
 }
 
 // Binary describes a Go executable.
@@ -83,7 +89,7 @@ func Find(path string, want func(name string) bool, limit int) (*Binary, error) 
 		if !ok {
 			continue
 		}
-		b.Funcs = append(b.Funcs, Func{Name: fn.Name, Entry: fn.Entry, Offset: off})
+		b.Funcs = append(b.Funcs, Func{Name: fn.Name, Entry: fn.Entry, Offset: off, Prologue: prologue(f, off)})
 		if len(b.Funcs) >= limit {
 			break
 		}
@@ -94,13 +100,20 @@ func Find(path string, want func(name string) bool, limit int) (*Binary, error) 
 // pclntab finds and parses the function table: the .gopclntab section, or,
 // in binaries linked by an external linker (cgo, docker's builds), the table
 // inside .data.rel.ro, found by its header.
+//
+// Since Go 1.18 the table holds function addresses as offsets from
+// runtime.text, and debug/gosym adds the text start it is given. The .text
+// section starts there when Go links the binary itself, but an external
+// linker may put C code first (Debian's containerd: 0x100 bytes), so the
+// table's own header is used when it holds an address in the executable
+// segment (it is unrelocated, zero, in position-independent binaries).
 func pclntab(f *elf.File, text uint64) (*gosym.Table, error) {
 	if sec := f.Section(".gopclntab"); sec != nil && sec.Type != elf.SHT_NOBITS {
 		data, err := sectionData(sec)
 		if err != nil {
 			return nil, err
 		}
-		tab, err := newTable(data, text)
+		tab, err := newTable(data, textStart(f, data, sec.Addr, text))
 		if err != nil {
 			return nil, fmt.Errorf("parse .gopclntab: %w", err)
 		}
@@ -115,7 +128,7 @@ func pclntab(f *elf.File, text uint64) (*gosym.Table, error) {
 		if err != nil {
 			return nil, err
 		}
-		if tab := searchTable(data, text); tab != nil {
+		if tab := searchTable(f, sec, data, text); tab != nil {
 			return tab, nil
 		}
 	}
@@ -143,7 +156,7 @@ var magics = [][]byte{
 
 // searchTable looks for a pcHeader in data and takes the first candidate
 // that parses into a table holding runtime.main.
-func searchTable(data []byte, text uint64) *gosym.Table {
+func searchTable(f *elf.File, sec *elf.Section, data []byte, text uint64) *gosym.Table {
 	for _, m := range magics {
 		for off := 0; off < len(data); {
 			i := bytes.Index(data[off:], m)
@@ -158,13 +171,98 @@ func searchTable(data []byte, text uint64) *gosym.Table {
 			if minLC, ptr := data[at+6], data[at+7]; (minLC != 1 && minLC != 2 && minLC != 4) || ptr != 8 {
 				continue
 			}
-			tab, err := newTable(data[at:], text)
+			tab, err := newTable(data[at:], textStart(f, data[at:], sec.Addr+uint64(at), text))
 			if err == nil && tab.LookupFunc("runtime.main") != nil {
 				return tab
 			}
 		}
 	}
 	return nil
+}
+
+// textStart returns runtime.text for a Go 1.18+ table whose header is
+// data at address addr: the header's own field, else the module data's
+// minpc (runtime.firstmoduledata points at the header; its minpc is the
+// first function), else text (the .text section).
+func textStart(f *elf.File, data []byte, addr, text uint64) uint64 {
+	if len(data) < 32 || data[1] != 0xff || data[2] != 0xff || data[3] != 0xff || (data[0] != 0xf0 && data[0] != 0xf1) || data[7] != 8 {
+		return text
+	}
+	if v := f.ByteOrder.Uint64(data[24:32]); v != 0 {
+		if _, ok := fileOffset(f, v); ok {
+			return v
+		}
+	}
+	// moduledata: pcHeader, then six slices, findfunctab, minpc.
+	const minpcOff = 8 + 6*24 + 8
+	var ptr [8]byte
+	f.ByteOrder.PutUint64(ptr[:], addr)
+	for _, name := range []string{".go.module", ".noptrdata", ".data", ".data.rel.ro"} {
+		sec := f.Section(name)
+		if sec == nil || sec.Type == elf.SHT_NOBITS || sec.Size > maxPclntab {
+			continue
+		}
+		d, err := sec.Data()
+		if err != nil {
+			continue
+		}
+		for off := 0; ; {
+			i := bytes.Index(d[off:], ptr[:])
+			if i < 0 {
+				break
+			}
+			at := off + i
+			off = at + 1
+			if at%8 != 0 || at+minpcOff+8 > len(d) {
+				continue
+			}
+			if v := f.ByteOrder.Uint64(d[at+minpcOff:]); v != 0 {
+				if _, ok := fileOffset(f, v); ok {
+					return v
+				}
+			}
+		}
+	}
+	return text
+}
+
+// prologue reports whether the code at file offset off starts with Go's
+// stack-bound check: on amd64 (register ABI, g in R14) CMPQ SP, 16(R14)
+// or, for large frames, LEAQ -n(SP), R12 then CMPQ R12, 16(R14); on arm64
+// MOVD 16(g), R16 (g is R28).
+func prologue(f *elf.File, off uint64) bool {
+	var b [16]byte
+	if !readAt(f, off, b[:]) {
+		return false
+	}
+	switch f.Machine {
+	case elf.EM_X86_64:
+		cmp := []byte{0x49, 0x3b, 0x66, 0x10}
+		cmp12 := []byte{0x4d, 0x3b, 0x66, 0x10}
+		switch {
+		case bytes.HasPrefix(b[:], cmp):
+			return true
+		case bytes.HasPrefix(b[:], []byte{0x4c, 0x8d, 0x64, 0x24}): // LEAQ disp8(SP), R12
+			return bytes.Equal(b[5:9], cmp12)
+		case bytes.HasPrefix(b[:], []byte{0x4d, 0x8d, 0xa4, 0x24}), bytes.HasPrefix(b[:], []byte{0x4c, 0x8d, 0xa4, 0x24}): // LEAQ disp32(SP), R12
+			return bytes.Equal(b[8:12], cmp12)
+		}
+	case elf.EM_AARCH64:
+		return f.ByteOrder.Uint32(b[:4]) == 0xf9400b90
+	}
+	return false
+}
+
+// readAt reads len(b) bytes at file offset off of an executable segment.
+func readAt(f *elf.File, off uint64, b []byte) bool {
+	for _, p := range f.Progs {
+		if p.Type != elf.PT_LOAD || p.Flags&elf.PF_X == 0 || off < p.Off || off+uint64(len(b)) > p.Off+p.Filesz {
+			continue
+		}
+		_, err := p.ReadAt(b, int64(off-p.Off))
+		return err == nil
+	}
+	return false
 }
 
 // newTable parses a function table; debug/gosym panics on some corrupt

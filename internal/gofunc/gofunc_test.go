@@ -83,7 +83,7 @@ func TestStrippedBinary(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(b.Funcs) != 1 {
+			if len(b.Funcs) != 1 || !b.Funcs[0].Prologue {
 				t.Fatalf("found %+v", b.Funcs)
 			}
 			if tc.name != "stripped-pie" && b.Funcs[0].Offset != want {
@@ -110,7 +110,7 @@ func TestExternalLinking(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(b.Funcs) != 1 {
+	if len(b.Funcs) != 1 || !b.Funcs[0].Prologue {
 		t.Fatalf("found %+v", b.Funcs)
 	}
 }
@@ -128,10 +128,16 @@ func TestDebianContainerd(t *testing.T) {
 		t.Fatal(err)
 	}
 	names := map[string]bool{}
+	dyn, _ := elfDynamic(path)
 	for _, f := range b.Funcs {
 		names[f.Name] = true
-		if f.Offset == 0 {
-			t.Errorf("%s: no file offset", f.Name)
+		if !f.Prologue {
+			t.Errorf("%s at %#x: not a Go function prologue", f.Name, f.Entry)
+		}
+		// Its linker (external: C code before runtime.text) exported
+		// the Go symbols: the table must agree with them.
+		if a, ok := dyn[f.Name]; ok && a != f.Entry {
+			t.Errorf("%s: entry %#x, the dynamic symbol table says %#x", f.Name, f.Entry, a)
 		}
 	}
 	if !names[writeField] || !names["vendor/"+writeField] {
@@ -140,6 +146,23 @@ func TestDebianContainerd(t *testing.T) {
 	if regs, ok := RegisterABI(b.GoVersion, b.Arch); !ok || !regs {
 		t.Fatalf("%s: register ABI %v %v", b.GoVersion, regs, ok)
 	}
+}
+
+func elfDynamic(path string) (map[string]uint64, error) {
+	f, err := elf.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	syms, err := f.DynamicSymbols()
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]uint64{}
+	for _, s := range syms {
+		m[s.Name] = s.Value
+	}
+	return m, nil
 }
 
 func TestNotGo(t *testing.T) {

@@ -188,6 +188,12 @@ func (m *Manager) probe(exe string) (string, bool) {
 	n := 0
 	var errs []string
 	for _, f := range b.Funcs {
+		if !f.Prologue {
+			// Never probe an address that may not start an
+			// instruction: the process would crash.
+			errs = append(errs, fmt.Sprintf("%s at %#x does not start like a Go function", f.Name, f.Entry))
+			continue
+		}
 		if err := m.a.AttachPeerProbe(exe, f.Offset); err != nil {
 			errs = append(errs, err.Error())
 			continue
