@@ -3,6 +3,9 @@ package main
 import (
 	"fmt"
 	"io"
+	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/bpf"
 	"github.com/containerdsnoop/containerdsnoop/internal/peerfields"
@@ -20,7 +23,7 @@ type peerProbes struct {
 
 // startPeerProbes turns the peer probes on when asked for and the kernel
 // loaded the program; otherwise the trace works as without them.
-func startPeerProbes(f traceFlags, t *bpf.Tracer, p *pipeline.Pipeline, logf func(string, ...any)) *peerProbes {
+func startPeerProbes(f traceFlags, socket string, t *bpf.Tracer, p *pipeline.Pipeline, logf func(string, ...any)) *peerProbes {
 	if !f.peerProbes {
 		return nil
 	}
@@ -32,7 +35,53 @@ func startPeerProbes(f traceFlags, t *bpf.Tracer, p *pipeline.Pipeline, logf fun
 	}
 	pp := &peerProbes{m: peerprobe.New(t, logf, 0), store: p.EnablePeerFields(), verbose: f.verbose}
 	pp.store.Notify = pp.m.Probe
+	// Processes already connected are probed before the tracer says it
+	// is ready, so that their first calls after it are named too.
+	want := runtimeSocket
+	if socket != "" {
+		socket = canonical(socket)
+		want = func(path string) bool { return canonical(path) == socket }
+	}
+	pids, err := peerprobe.Connected(want)
+	if err != nil && logf != nil {
+		logf("peer probes: cannot list connected processes (%v); they are probed when they next send headers", err)
+	}
+	deadline := time.Now().Add(startupProbeTime)
+	for _, pid := range pids {
+		if time.Now().After(deadline) {
+			pp.m.Probe(pid) // the rest in the background
+			continue
+		}
+		pp.m.Examine(pid)
+	}
 	return pp
+}
+
+// startupProbeTime bounds the examination of connected binaries before the
+// tracer is ready (reading kubelet's function table takes about a second).
+const startupProbeTime = 10 * time.Second
+
+// runtimeSocket selects, without --socket, the sockets whose processes are
+// probed at startup: those of container runtimes and their clients.
+func runtimeSocket(path string) bool {
+	for _, s := range []string{"containerd", "docker", "cri", "buildkit", "kubelet"} {
+		if strings.Contains(path, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// canonical resolves symlinks in the directory of a socket path.
+func canonical(path string) string {
+	if strings.HasPrefix(path, "@") {
+		return path
+	}
+	dir, base := filepath.Split(filepath.Clean(path))
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		return filepath.Join(real, base)
+	}
+	return filepath.Clean(path)
 }
 
 // report stops the manager and, at -v, says what the probes did.

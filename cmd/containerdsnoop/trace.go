@@ -115,7 +115,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 
 	p := pipeline.New(out, filter)
 	p.CommOf = procComms()
-	if probes := startPeerProbes(f, tracer, p, opts.Logf); probes != nil {
+	if probes := startPeerProbes(f, filter.Socket, tracer, p, opts.Logf); probes != nil {
 		defer probes.report(stderr, tracer)
 	}
 	files, err := openTraceFiles(f, tracer, p, opts.PIDs)

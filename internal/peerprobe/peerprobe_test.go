@@ -64,7 +64,7 @@ func TestProbeDebianContainerd(t *testing.T) {
 	var ev capture.Event
 	seen := map[string]int{}
 	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) && seen["grpc-status"] < 6 {
+	for time.Now().Before(deadline) && seen["grpc-message"] < 6 {
 		err := tr.Read(&ev)
 		if errors.Is(err, bpf.ErrIdle) {
 			continue
@@ -80,8 +80,8 @@ func TestProbeDebianContainerd(t *testing.T) {
 		if !f.HasInserted || !f.HasPrefix || !f.Whole() {
 			t.Errorf("field %+v: unreadable parts", f)
 		}
-		if f.Name == "grpc-status" && f.PrefixLen != 0 {
-			t.Errorf("grpc-status is not first in its block: %+v", f)
+		if f.Name == ":status" && f.PrefixLen != 0 {
+			t.Errorf(":status is not first in its block: %+v", f)
 		}
 	}
 	if seen["grpc-status"] < 6 || seen["grpc-message"] < 6 {
@@ -90,5 +90,32 @@ func TestProbeDebianContainerd(t *testing.T) {
 	if s, _ := tr.Stats(); s.HeaderFields == 0 {
 		t.Fatalf("stats %+v", s)
 	}
-	_ = os.Getpid
+}
+
+// TestConnected: the processes at the ends of connections to a bound path
+// are found (the client, whose own socket has no path, through the
+// kernel's peer inode).
+func TestConnected(t *testing.T) {
+	privileged.Require(t)
+	c := containerdtest.Start(t)
+	rt, _ := c.CRI(t)
+	if _, err := rt.Version(context.Background(), &runtimeapi.VersionRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	pids, err := Connected(func(p string) bool { return p == c.Socket })
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The client is this process, which Connected leaves out (the tool
+	// never probes itself); the e2e test covers a separate client.
+	server := false
+	for _, p := range pids {
+		server = server || int(p) == c.PID
+		if int(p) == os.Getpid() {
+			t.Fatalf("the calling process is among %v", pids)
+		}
+	}
+	if !server {
+		t.Fatalf("containerd (pid %d) not among %v", c.PID, pids)
+	}
 }

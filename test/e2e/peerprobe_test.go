@@ -93,7 +93,6 @@ func runAttach(t *testing.T, c *containerdtest.Containerd, client string, before
 		t.Fatalf("client said %q", l)
 	}
 	tr := startTracer(t, append([]string{"--output", "json", "--socket", c.Socket, "-v"}, args...)...)
-	defer func() { t.Log(tr.Stderr()) }()
 	if _, err := io.WriteString(stdin, "go\n"); err != nil {
 		t.Fatal(err)
 	}
