@@ -64,12 +64,17 @@ const (
 	maxAge = 10 * time.Second
 	// maxPIDs bounds the processes announced to Notify.
 	maxPIDs = 4096
+	// maxBytes bounds the calls held in all: a probed process may make
+	// any number of calls on connections that are never traced (its own
+	// HTTP/2 clients). Past it everything is dropped, as after a loss.
+	maxBytes = 32 << 20
 )
 
 // Stats count what the store did.
 type Stats struct {
 	Fields    uint64 // WriteField calls received
 	Holes     uint64 // jumps in the kernel's sequence: calls lost
+	Overflows uint64 // times the calls held exceeded their bound
 	Proved    uint64 // fields whose bytes were proved
 	Pinned    uint64 // answers given to the decoder
 	Ties      uint64 // directions tied to an encoder
@@ -86,6 +91,7 @@ type Stats struct {
 type Store struct {
 	procs   map[uint32]*proc
 	gen     uint64 // changes when calls were lost: every tie is void
+	bytes   int    // held by all calls
 	seq     uint64
 	haveSeq bool
 	now     time.Time
@@ -127,8 +133,11 @@ func (s *Store) Add(ev *capture.Event) {
 		// Some calls were lost: any queue may miss one, and a proof
 		// needs two consecutive calls.
 		s.Stats.Holes++
-		clear(s.procs)
-		s.gen++
+		s.drop()
+	}
+	if s.bytes > maxBytes {
+		s.Stats.Overflows++
+		s.drop()
 	}
 	s.seq, s.haveSeq = f.Seq, true
 	if ev.Time.After(s.now) {
@@ -148,6 +157,7 @@ func (s *Store) Add(ev *capture.Event) {
 		if len(p.encs) >= maxEncoders {
 			for k, old := range p.encs {
 				if old.tied == nil {
+					s.release(old.fields)
 					delete(p.encs, k)
 					break
 				}
@@ -156,10 +166,33 @@ func (s *Store) Add(ev *capture.Event) {
 		e = &encoder{}
 		p.encs[f.Encoder] = e
 	}
-	if len(e.fields) >= maxFields {
-		e.fields = append(e.fields[:0], e.fields[maxFields/2:]...)
+	// Calls never used age out; a full queue loses its older half.
+	cut := 0
+	for cut < len(e.fields) && (ev.Time.Sub(e.fields[cut].time) > maxAge || len(e.fields)-cut >= maxFields) {
+		cut++
+	}
+	if cut > 0 {
+		s.release(e.fields[:cut])
+		e.fields = append(e.fields[:0], e.fields[cut:]...)
 	}
 	e.fields = append(e.fields, &call{f: f, time: ev.Time})
+	s.bytes += size(f)
+}
+
+// drop forgets every call and voids every tie.
+func (s *Store) drop() {
+	clear(s.procs)
+	s.gen++
+	s.bytes = 0
+}
+
+func size(f *capture.HeaderField) int { return len(f.Name) + len(f.Value) + len(f.Prefix) + 64 }
+
+// release accounts for calls dropped from a queue.
+func (s *Store) release(cs []*call) {
+	for _, c := range cs {
+		s.bytes -= size(c.f)
+	}
 }
 
 func (s *Store) dropOldestProc() {
@@ -170,6 +203,9 @@ func (s *Store) dropOldestProc() {
 		if first || p.last.Before(t) {
 			oldest, t, first = pid, p.last, false
 		}
+	}
+	for _, e := range s.procs[oldest].encs {
+		s.release(e.fields)
 	}
 	delete(s.procs, oldest)
 }
@@ -248,6 +284,7 @@ func (d *Direction) Begin(cap *capture.Event, block []byte) {
 		}
 	}
 	d.run = append([]*call(nil), run...)
+	d.s.release(fs[:n])
 	d.enc.fields = append(fs[:0], fs[n:]...)
 }
 
@@ -323,6 +360,7 @@ func (d *Direction) Resolve(q hpack.Query) (string, string, bool) {
 	}
 	d.enc, d.diff, d.gen, e.tied = e, first.diff, d.s.gen, d
 	d.run = append([]*call(nil), e.fields[start:end]...)
+	d.s.release(e.fields[:end])
 	e.fields = append(e.fields[:0], e.fields[end:]...)
 	d.s.Stats.Ties++
 	d.s.Stats.Pinned++
@@ -369,6 +407,7 @@ func (s *Store) prove(e *encoder, q hpack.Query, out []proof) []proof {
 		cut++
 	}
 	if cut > 0 {
+		s.release(fs[:cut])
 		e.fields = append(fs[:0], fs[cut:]...)
 		fs = e.fields
 	}

@@ -275,3 +275,29 @@ func TestHoleEmptiesQueues(t *testing.T) {
 	}
 
 }
+
+// TestBounded: a process making calls on connections that are never
+// traced cannot grow the store without bound.
+func TestBounded(t *testing.T) {
+	s := New()
+	big := string(make([]byte, 1000))
+	now := time.Unix(1, 0)
+	for i := 0; i < 200000; i++ {
+		s.Add(&capture.Event{Time: now, PID: uint32(i % 300), Field: &capture.HeaderField{
+			Encoder: uint64(i % 2000), Seq: uint64(i + 1), Name: "x", Value: big, NameLen: 1, ValueLen: len(big)}})
+		if s.bytes > maxBytes+2000 {
+			t.Fatalf("call %d: %d bytes held", i, s.bytes)
+		}
+	}
+	held := 0
+	for _, p := range s.procs {
+		for _, e := range p.encs {
+			for _, c := range e.fields {
+				held += size(c.f)
+			}
+		}
+	}
+	if held != s.bytes {
+		t.Fatalf("accounting: %d held, %d counted", held, s.bytes)
+	}
+}
