@@ -74,7 +74,7 @@ bench:
 	bash scripts/bench.sh
 
 # Each fuzz target for FUZZTIME (CI: a minute each). Seeds are committed.
-FUZZ_TARGETS := FuzzDecode:./internal/h2/hpack/ FuzzAttach:./internal/h2/ FuzzSplitter:./internal/grpcdecode/ FuzzReader:./internal/recording/ FuzzTTRPC:./internal/ttrpc/
+FUZZ_TARGETS := FuzzDecode:./internal/h2/hpack/ FuzzPin:./internal/h2/hpack/ FuzzAttach:./internal/h2/ FuzzSplitter:./internal/grpcdecode/ FuzzReader:./internal/recording/ FuzzTTRPC:./internal/ttrpc/
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

@@ -151,6 +151,9 @@ func (m *Manager) examine(pid uint32) (verdict string) {
 		m.logf("peer probe: pid %d (%s): %s", pid, comm, v)
 		return v
 	}
+	// Examine (startup) and the background worker may meet the same
+	// binary: the first one decides.
+	m.binaries[id] = "being examined"
 	m.mu.Unlock()
 
 	v, ok := m.probe(exe)
