@@ -39,7 +39,10 @@ sockets until Ctrl-C or SIGTERM.
 
 The tracer can be started at any time: connections opened afterwards (crictl,
 ctr, nerdctl) are decoded from their first byte; connections already open
-(kubelet's) are decoded from the next call whose headers can be proved.
+(kubelet's) are decoded from the next call whose headers can be proved. To
+prove them, the Go processes at either end get a uprobe on their HTTP/2
+header encoder (peer probes; --peer-probes=false turns them off, -v says
+which processes were probed).
 
 With -- COMMAND, it starts the command, shows only the calls its process tree
 makes and receives (children are followed from fork, in the kernel), stops
