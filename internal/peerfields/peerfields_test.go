@@ -301,3 +301,58 @@ func TestBounded(t *testing.T) {
 		t.Fatalf("accounting: %d held, %d counted", held, s.bytes)
 	}
 }
+
+// TestTwoConnectionsOneProcess: kubelet keeps a runtime and an image
+// connection; both directions tie to their own encoder, interleaved, and
+// every path is right.
+func TestTwoConnectionsOneProcess(t *testing.T) {
+	var seq uint64
+	rt := newPeer(11, 0x1000, &seq)
+	img := newPeer(11, 0x2000, &seq)
+	rtPaths := methods[:3]
+	imgPaths := []string{"/runtime.v1.ImageService/ImageFsInfo", "/runtime.v1.ImageService/ListImages"}
+	for i := 0; i < 30; i++ {
+		rt.encode(t, request(rtPaths[i%len(rtPaths)]), false)
+		img.encode(t, request(imgPaths[i%len(imgPaths)]), false)
+	}
+	s := New()
+	type side struct {
+		p     *peer
+		paths []string
+		dir   *Direction
+		dec   *hpack.Decoder
+		sock  uint64
+	}
+	sides := []*side{{p: rt, paths: rtPaths, sock: 1}, {p: img, paths: imgPaths, sock: 2}}
+	for _, sd := range sides {
+		sd.dir = s.Direction()
+		sd.dec = hpack.NewDecoder()
+		sd.dec.SetResolver(sd.dir)
+	}
+	known := 0
+	for i := 0; i < 100; i++ {
+		for _, sd := range sides {
+			want := request(sd.paths[(i*5)%len(sd.paths)])
+			block, evs := sd.p.encode(t, want, true)
+			for k := range evs {
+				s.Add(&evs[k])
+			}
+			sd.dir.Begin(&capture.Event{PID: 11, Sock: sd.sock, Offset: uint64(i)}, block)
+			got, err := sd.dec.Decode(block)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, f := range got {
+				if f.NameKnown && f.Name != want[k].Name || f.ValueKnown && f.Value != want[k].Value {
+					t.Fatalf("conn %d block %d field %d: %+v, want %+v", sd.sock, i, k, f, want[k])
+				}
+			}
+			if got[2].Known() {
+				known++
+			}
+		}
+	}
+	if s.Stats.Ties != 2 || known < 195 {
+		t.Fatalf("%d of 200 paths known, stats %+v", known, s.Stats)
+	}
+}
