@@ -97,7 +97,9 @@ type Store struct {
 	now     time.Time
 	pids    map[uint32]bool
 	// Notify, when set, is called once for each process that sends a
-	// header block (internal/peerprobe decides whether to probe it).
+	// header block referring to an entry from before the attach
+	// (internal/peerprobe decides whether to probe it). Connections opened
+	// after the tracer never need one, so their processes pay nothing.
 	Notify func(pid uint32)
 	Stats  Stats
 }
@@ -179,6 +181,19 @@ func (s *Store) Add(ev *capture.Event) {
 	s.bytes += size(f)
 }
 
+// notify announces, once, a process that sent a header block referring to
+// an entry from before the attach: only such processes need a probe.
+func (s *Store) notify(pid uint32) {
+	if s.Notify == nil || s.pids[pid] {
+		return
+	}
+	if len(s.pids) >= maxPIDs {
+		clear(s.pids)
+	}
+	s.pids[pid] = true
+	s.Notify(pid)
+}
+
 // drop forgets every call and voids every tie.
 func (s *Store) drop() {
 	clear(s.procs)
@@ -245,13 +260,6 @@ func (d *Direction) Begin(cap *capture.Event, block []byte) {
 		return
 	}
 	d.pid = cap.PID
-	if d.s.Notify != nil && !d.s.pids[cap.PID] {
-		if len(d.s.pids) >= maxPIDs {
-			clear(d.s.pids)
-		}
-		d.s.pids[cap.PID] = true
-		d.s.Notify(cap.PID)
-	}
 	if d.enc == nil {
 		return
 	}
@@ -315,6 +323,7 @@ func (d *Direction) Resolve(q hpack.Query) (string, string, bool) {
 	if d.enc != nil {
 		return d.resolveTied(q)
 	}
+	d.s.notify(d.pid)
 	p := d.s.procs[d.pid]
 	if p == nil {
 		return "", "", false

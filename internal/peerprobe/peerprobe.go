@@ -2,10 +2,13 @@
 // hpack.(*Encoder).WriteField (see internal/peerfields for what it is for),
 // and places it.
 //
-// The processes are those that send HTTP/2 header blocks on the traced
-// sockets (kubelet, crictl, ctr, dockerd as clients; containerd as server),
-// learnt when their first block is decoded, so a process started after the
-// tracer is probed as soon as it talks. A uprobe belongs to an executable
+// The processes are those whose connections were open before the tracer
+// started (kubelet, dockerd as clients; containerd as server): at startup
+// the ones connected to runtime sockets (Connected), later any process that
+// sends a header block referring to a table entry from before the attach.
+// A connection opened after the tracer is decoded from its start and never
+// needs a probe, so short-lived clients (crictl, ctr) and load generators
+// are not probed and pay nothing. A uprobe belongs to an executable
 // file, not a process: each binary (by device and inode) is examined and
 // probed once, whatever number of processes run it, up to a limit.
 //

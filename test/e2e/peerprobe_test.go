@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -132,7 +133,7 @@ func runAttach(t *testing.T, c *containerdtest.Containerd, client string, before
 // TestPeerProbesAttach: a kubelet-like client (stripped grpc-go binary, one
 // connection, the same deadline on every call, so its header table never
 // turns over) has made 200 calls to Debian's containerd 1.6.20 when the
-// tracer starts; then it makes 300 more. The oracle is the client's own log
+// tracer starts; then it makes 500 more. The oracle is the client's own log
 // of each call's method and code. With peer probes, at least 99% of those
 // calls must show the right method and status, and none a wrong one; with
 // --peer-probes=false the same run shows almost no method, which proves the
@@ -141,7 +142,7 @@ func TestPeerProbesAttach(t *testing.T) {
 	privileged.Require(t)
 	c := containerdtest.Start(t)
 	client := attachClient(t)
-	const before, after = 200, 300
+	const before, after = 200, 500
 
 	check := func(t *testing.T, calls map[int]clientCall, recs []*record) (named, withStatus int) {
 		t.Helper()
@@ -181,6 +182,7 @@ func TestPeerProbesAttach(t *testing.T) {
 		calls, recs, stderr, pid := runAttach(t, c, client, before, after)
 		named, _ := check(t, calls, recs)
 		full := 0
+		var missing []int
 		for n := range calls {
 			m, s := false, false
 			for _, r := range recs {
@@ -191,9 +193,12 @@ func TestPeerProbesAttach(t *testing.T) {
 			}
 			if m && s {
 				full++
+			} else {
+				missing = append(missing, n-before)
 			}
 		}
-		t.Logf("with peer probes: %d of %d calls after the attach shown with method and status (%d with a method)\n%s", full, len(calls), named, stderr)
+		sort.Ints(missing)
+		t.Logf("with peer probes: %d of %d calls after the attach shown with method and status (%d with a method); without both, calls %v after the attach\n%s", full, len(calls), named, missing, stderr)
 		if full*100 < 99*len(calls) {
 			t.Errorf("only %d of %d calls with method and status", full, len(calls))
 		}
