@@ -56,9 +56,9 @@ type Binary struct {
 // ErrNotGo says the file has no Go function table.
 var ErrNotGo = errors.New("not a Go executable (no .gopclntab)")
 
-// maxPclntab bounds what is read from a hostile or corrupt file: kubelet's
-// table is about 20 MB.
-const maxPclntab = 256 << 20
+// maxPclntab bounds each section read from a hostile or corrupt file:
+// Debian's containerd's table is 12 MB, kubelet's about 20 MB.
+const maxPclntab = 64 << 20
 
 // Find opens the ELF executable at path and returns the functions whose
 // names match want (at most limit of them).

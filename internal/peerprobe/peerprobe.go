@@ -41,6 +41,11 @@ const DefaultMaxBinaries = 32
 // maxFuncs bounds the encoder copies probed in one binary.
 const maxFuncs = 8
 
+// maxExamined bounds the executables read at all: any local process can
+// make itself examined by sending a header block, and reading a binary's
+// function table costs tens of megabytes and a fraction of a second.
+const maxExamined = 256
+
 // IsWriteField reports whether a Go function name is an hpack encoder's
 // WriteField: x/net's, a module's vendored copy, or the standard library's.
 func IsWriteField(name string) bool {
@@ -148,9 +153,9 @@ func (m *Manager) examine(pid uint32) (verdict string) {
 		m.mu.Unlock()
 		return v
 	}
-	if m.probed >= m.limit {
+	if m.probed >= m.limit || len(m.binaries) >= maxExamined {
 		m.mu.Unlock()
-		v := fmt.Sprintf("not probed: already %d binaries probed (the limit)", m.limit)
+		v := fmt.Sprintf("not probed: already %d binaries probed and %d examined (the limits are %d and %d)", m.probed, len(m.binaries), m.limit, maxExamined)
 		m.logf("peer probe: pid %d (%s): %s", pid, comm, v)
 		return v
 	}
