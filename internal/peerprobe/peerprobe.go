@@ -154,8 +154,8 @@ func (m *Manager) examine(pid uint32) (verdict string) {
 		return v
 	}
 	if m.probed >= m.limit || len(m.binaries) >= maxExamined {
-		m.mu.Unlock()
 		v := fmt.Sprintf("not probed: already %d binaries probed and %d examined (the limits are %d and %d)", m.probed, len(m.binaries), m.limit, maxExamined)
+		m.mu.Unlock()
 		m.logf("peer probe: pid %d (%s): %s", pid, comm, v)
 		return v
 	}
