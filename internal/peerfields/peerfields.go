@@ -284,7 +284,9 @@ func (d *Direction) Begin(cap *capture.Event, block []byte) {
 	run := fs[i:n]
 	for k, c := range run {
 		f := c.f
-		if !f.WholePrefix() || f.PrefixLen >= len(block) || !bytes.Equal(f.Prefix, block[:f.PrefixLen]) ||
+		// A prefix past the probe's 1023 bytes is checked as far as it
+		// was read: the run's order and lengths still place it.
+		if !f.HasPrefix || f.PrefixLen >= len(block) || len(f.Prefix) > f.PrefixLen || !bytes.Equal(f.Prefix, block[:len(f.Prefix)]) ||
 			k > 0 && f.PrefixLen <= run[k-1].f.PrefixLen {
 			d.s.Stats.Misaligned++
 			d.untie()

@@ -44,7 +44,8 @@ func (p *peer) encode(t *testing.T, fields []xhpack.HeaderField, probed bool) ([
 			evs = append(evs, capture.Event{Time: p.t, PID: p.pid, Field: &capture.HeaderField{
 				Encoder: p.ptr, Inserted: p.inserted, HasInserted: true, Seq: *p.seq,
 				Name: f.Name, Value: f.Value, NameLen: len(f.Name), ValueLen: len(f.Value),
-				Prefix: bytes.Clone(p.buf.Bytes()), PrefixLen: p.buf.Len(), HasPrefix: true,
+				// The probe reads at most 1023 bytes of the block.
+				Prefix: bytes.Clone(p.buf.Bytes()[:min(p.buf.Len(), 1023)]), PrefixLen: p.buf.Len(), HasPrefix: true,
 			}})
 		}
 		before := p.buf.Len()
@@ -354,5 +355,47 @@ func TestTwoConnectionsOneProcess(t *testing.T) {
 	}
 	if s.Stats.Ties != 2 || known < 195 {
 		t.Fatalf("%d of 200 paths known, stats %+v", known, s.Stats)
+	}
+}
+
+// TestLargeBlocksStayTied: header blocks longer than the 1023 bytes the
+// probe reads of them (large metadata) do not drop a tie, and fields past
+// that point are still named on a tied direction.
+func TestLargeBlocksStayTied(t *testing.T) {
+	var seq uint64
+	p := newPeer(3, 0x3, &seq)
+	big := func(path string, i int) []xhpack.HeaderField {
+		return append(request(path), xhpack.HeaderField{Name: "x-big", Value: fmt.Sprintf("%04d", i) + string(bytes.Repeat([]byte("b"), 1500))},
+			xhpack.HeaderField{Name: "x-after", Value: "tail"})
+	}
+	for i := 0; i < 10; i++ {
+		p.encode(t, big(methods[i%len(methods)], i), false)
+	}
+	s := New()
+	dir := s.Direction()
+	dec := hpack.NewDecoder()
+	dec.SetResolver(dir)
+	for i := 0; i < 40; i++ {
+		want := big(methods[i%len(methods)], i)
+		block, evs := p.encode(t, want, true)
+		for k := range evs {
+			s.Add(&evs[k])
+		}
+		dir.Begin(&capture.Event{PID: 3, Sock: 1, Offset: uint64(i)}, block)
+		got, err := dec.Decode(block)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, f := range got {
+			if f.NameKnown && f.Name != want[k].Name || f.ValueKnown && f.Value != want[k].Value {
+				t.Fatalf("block %d field %d: %+v, want %+v", i, k, f, want[k])
+			}
+			if i >= 2 && !f.Known() {
+				t.Fatalf("block %d field %d (%s) unknown, stats %+v", i, k, want[k].Name, s.Stats)
+			}
+		}
+	}
+	if s.Stats.Ties != 1 || s.Stats.Misaligned != 0 {
+		t.Fatalf("stats %+v", s.Stats)
 	}
 }
