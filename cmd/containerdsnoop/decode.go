@@ -74,6 +74,8 @@ func runDecode(cmd *cobra.Command, f decodeFlags, path string) error {
 	}
 
 	p := pipeline.New(out, filter)
+	// Peer-probe fields in the recording name what the live trace named.
+	p.EnablePeerFields()
 	// p.CommOf stays nil: this machine's /proc says nothing about recorded processes.
 	pc, err := f.startPcap(p, fmt.Sprintf("containerdsnoop %s decode of a recording %s. %s", version, about, pcapNote))
 	if err != nil {
@@ -93,6 +95,10 @@ func runDecode(cmd *cobra.Command, f decodeFlags, path string) error {
 				readErr = err
 			}
 			break
+		}
+		if ev.Field != nil {
+			p.Field(&ev)
+			continue
 		}
 		p.Feed(&ev)
 		if err := p.Err(); err != nil {

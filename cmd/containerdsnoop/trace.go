@@ -187,12 +187,12 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 		if err != nil {
 			return err
 		}
+		if err := files.write(&ev); err != nil {
+			return err
+		}
 		if ev.Field != nil {
 			p.Field(&ev) // a peer probe's header field: not traffic
 			continue
-		}
-		if err := files.write(&ev); err != nil {
-			return err
 		}
 		p.Feed(&ev)
 		if err := p.Err(); err != nil {

@@ -54,6 +54,24 @@ const (
 	// Types from recOptional up may be skipped by readers that do not
 	// know them.
 	recOptional = 0x80
+	// recField is a peer probe's header field (capture.Event.Field):
+	// optional, since a reader without it decodes as a trace without
+	// peer probes.
+	recField = 0x80
+)
+
+// Field flag bits, and the most of each string a field record may hold
+// (what the probe reads).
+const (
+	fieldInserted   = 1 << 0
+	fieldPrefix     = 1 << 1
+	fieldSensitive  = 1 << 2
+	fieldFault      = 1 << 3
+	knownFieldFlags = fieldInserted | fieldPrefix | fieldSensitive | fieldFault
+
+	maxFieldName   = 255
+	maxFieldValue  = 1023
+	maxFieldPrefix = 1023
 )
 
 // Event flag bits.

@@ -112,7 +112,8 @@ func (r *Reader) Close() error {
 }
 
 // Next reads the next event into ev. ev.Data aliases a buffer that the
-// next call overwrites. It returns io.EOF after the trailer of a complete
+// next call overwrites. An event with Field set is a peer probe's header
+// field, not traffic. It returns io.EOF after the trailer of a complete
 // recording, and an *Error otherwise: wrapping ErrTruncated when the file
 // ends early (also when it ends between records but before the trailer),
 // ErrCorrupt when a record cannot be valid. Once it has returned an error
@@ -189,6 +190,11 @@ func (r *Reader) next(ev *capture.Event) error {
 			}
 			r.trailer = &t
 			return io.EOF
+		case recField:
+			if err := r.field(body, ev); err != nil {
+				return errorf(ErrCorrupt, start, "corrupt record at offset %d: %v", start, err)
+			}
+			return nil
 		default:
 			if typ < recOptional {
 				return errorf(ErrCorrupt, start, "corrupt record at offset %d: unknown type 0x%02x", start, typ)
@@ -279,6 +285,21 @@ func (d *dec) u64le() uint64 {
 	return v
 }
 
+// bytes reads a uvarint length of at most max and that many bytes.
+func (d *dec) bytes(max uint64) []byte {
+	n := d.uvarint()
+	if d.err != nil {
+		return nil
+	}
+	if n > max || n > uint64(len(d.b)) {
+		d.err = errors.New("string cut short or too long")
+		return nil
+	}
+	b := d.b[:n]
+	d.b = d.b[n:]
+	return b
+}
+
 func (d *dec) byte1() byte {
 	if d.err != nil {
 		return 0
@@ -329,6 +350,43 @@ func (r *Reader) event(body []byte, ev *capture.Event) error {
 		ev.Data = d.b
 	}
 	r.last = t
+	return nil
+}
+
+// field reads a peer probe's header field into ev (ev.Field set, no Data).
+func (r *Reader) field(body []byte, ev *capture.Event) error {
+	d := dec{b: body}
+	flags := d.byte1()
+	t := d.varint()
+	pid, tid := d.u32(), d.u32()
+	f := &capture.HeaderField{
+		Encoder:     d.u64le(),
+		Inserted:    d.uvarint(),
+		Seq:         d.uvarint(),
+		HasInserted: flags&fieldInserted != 0,
+		HasPrefix:   flags&fieldPrefix != 0,
+		Sensitive:   flags&fieldSensitive != 0,
+		Fault:       flags&fieldFault != 0,
+	}
+	nameLen, valueLen, prefixLen := d.u32(), d.u32(), d.u32()
+	name := d.bytes(maxFieldName)
+	value := d.bytes(maxFieldValue)
+	if d.err != nil {
+		return d.err
+	}
+	if flags&^knownFieldFlags != 0 {
+		return errors.New("unknown header field flags")
+	}
+	prefix := d.b
+	if len(prefix) > maxFieldPrefix || uint32(len(name)) > nameLen || uint32(len(value)) > valueLen || uint32(len(prefix)) > prefixLen {
+		return errors.New("header field longer than it says")
+	}
+	f.Name, f.Value = string(name), string(value)
+	f.NameLen, f.ValueLen, f.PrefixLen = int(nameLen), int(valueLen), int(prefixLen)
+	if f.HasPrefix {
+		f.Prefix = append([]byte(nil), prefix...)
+	}
+	*ev = capture.Event{Time: time.Unix(0, t), PID: pid, TID: tid, Field: f}
 	return nil
 }
 

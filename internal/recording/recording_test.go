@@ -441,3 +441,47 @@ func BenchmarkWrite(b *testing.B) {
 		w.Write(&evs[i%len(evs)])
 	}
 }
+
+// TestFieldRoundTrip: peer-probe header fields are recorded between the
+// events, come back as they were, and are not counted as events.
+func TestFieldRoundTrip(t *testing.T) {
+	evs := fixtureEvents(t, "two_conns")[:3]
+	at := evs[0].Time
+	fields := []capture.Event{
+		{Time: at, PID: 42, TID: 43, Field: &capture.HeaderField{Encoder: 0xc000123456, Inserted: 17, HasInserted: true, Seq: 9,
+			Name: ":path", Value: "/runtime.v1.RuntimeService/Version", NameLen: 5, ValueLen: 34,
+			Prefix: []byte{0x83, 0x86}, PrefixLen: 2, HasPrefix: true}},
+		{Time: at.Add(time.Millisecond), PID: 42, TID: 44, Field: &capture.HeaderField{Encoder: 1, Seq: 10,
+			Name: "x-long", Value: strings.Repeat("v", 1023), NameLen: 6, ValueLen: 5000, Sensitive: true, Fault: true}},
+	}
+	all := []capture.Event{evs[0], fields[0], evs[1], fields[1], evs[2]}
+	b := record(t, all)
+	got, r, err := readAll(t, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(all) {
+		t.Fatalf("read %d, wrote %d", len(got), len(all))
+	}
+	for i := range all {
+		if all[i].Field == nil {
+			if got[i].Field != nil || !sameEvent(got[i], all[i]) {
+				t.Errorf("event %d\n got %+v\nwant %+v", i, got[i], all[i])
+			}
+			continue
+		}
+		if got[i].Field == nil || !reflect.DeepEqual(*got[i].Field, *all[i].Field) || !got[i].Time.Equal(all[i].Time) || got[i].PID != all[i].PID || got[i].TID != all[i].TID {
+			t.Errorf("field %d\n got %+v %+v\nwant %+v %+v", i, got[i], got[i].Field, all[i], all[i].Field)
+		}
+	}
+	if tr, ok := r.Trailer(); !ok || tr.Events != 3 {
+		t.Fatalf("trailer %+v", tr)
+	}
+	// A field that claims less than it holds is corrupt.
+	bad := bytes.Clone(b)
+	i := bytes.Index(bad, []byte(":path"))
+	bad[i-4] = 1 // name_len, before value_len, prefix_len and the name's own length
+	if _, _, err := readAll(t, bad); err == nil || !errors.Is(err, recording.ErrCorrupt) {
+		t.Fatalf("field longer than it says: %v", err)
+	}
+}

@@ -85,6 +85,10 @@ func (w *Writer) Write(ev *capture.Event) error {
 	if w.closed {
 		return errors.New("recording: write after close")
 	}
+	if ev.Field != nil {
+		w.writeField(ev)
+		return w.err
+	}
 	if len(w.dict) > maxDict-2 || w.dictBytes > maxDictBytes-2*MaxString {
 		// Start over, so that a reader's dictionary stays bounded.
 		clear(w.dict)
@@ -228,4 +232,43 @@ func (w *Writer) Close() error {
 		}
 	}
 	return w.err
+}
+
+// writeField writes a peer probe's header field. It is not an event: the
+// trailer does not count it.
+func (w *Writer) writeField(ev *capture.Event) {
+	f := ev.Field
+	var flags byte
+	if f.HasInserted {
+		flags |= fieldInserted
+	}
+	if f.HasPrefix {
+		flags |= fieldPrefix
+	}
+	if f.Sensitive {
+		flags |= fieldSensitive
+	}
+	if f.Fault {
+		flags |= fieldFault
+	}
+	name, value, prefix := f.Name, f.Value, f.Prefix
+	name = name[:min(len(name), maxFieldName)]
+	value = value[:min(len(value), maxFieldValue)]
+	prefix = prefix[:min(len(prefix), maxFieldPrefix)]
+	b := append(w.body[:0], flags)
+	b = binary.AppendVarint(b, ev.Time.UnixNano())
+	b = binary.AppendUvarint(b, uint64(ev.PID))
+	b = binary.AppendUvarint(b, uint64(ev.TID))
+	b = binary.LittleEndian.AppendUint64(b, f.Encoder)
+	b = binary.AppendUvarint(b, f.Inserted)
+	b = binary.AppendUvarint(b, f.Seq)
+	b = binary.AppendUvarint(b, uint64(max(f.NameLen, len(name))))
+	b = binary.AppendUvarint(b, uint64(max(f.ValueLen, len(value))))
+	b = binary.AppendUvarint(b, uint64(max(f.PrefixLen, len(prefix))))
+	b = binary.AppendUvarint(b, uint64(len(name)))
+	b = append(b, name...)
+	b = binary.AppendUvarint(b, uint64(len(value)))
+	b = append(b, value...)
+	w.body = b
+	w.record(recField, b, prefix)
 }

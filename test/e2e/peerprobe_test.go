@@ -178,11 +178,8 @@ func TestPeerProbesAttach(t *testing.T) {
 		return len(seenMethod), withStatus
 	}
 
-	t.Run("probes", func(t *testing.T) {
-		calls, recs, stderr, pid := runAttach(t, c, client, before, after)
-		named, _ := check(t, calls, recs)
-		full := 0
-		var missing []int
+	// complete counts the calls shown with both a method and a status.
+	complete := func(calls map[int]clientCall, recs []*record) (full int, missing []int) {
 		for n := range calls {
 			m, s := false, false
 			for _, r := range recs {
@@ -198,6 +195,33 @@ func TestPeerProbesAttach(t *testing.T) {
 			}
 		}
 		sort.Ints(missing)
+		return full, missing
+	}
+
+	t.Run("probes", func(t *testing.T) {
+		recording := filepath.Join(t.TempDir(), "rec")
+		calls, recs, stderr, pid := runAttach(t, c, client, before, after, "--record", recording)
+		named, _ := check(t, calls, recs)
+		full, missing := complete(calls, recs)
+		// The recording holds the probes' fields: decode names the same.
+		out, err := exec.Command(snoopBinary(t), "decode", "--output", "json", recording).Output()
+		if err != nil {
+			t.Fatalf("decode: %v", err)
+		}
+		all, err := parseJSON(string(out))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var decoded []*record
+		for _, r := range all {
+			if int(r.PID) == pid || int(r.PeerPID) == pid {
+				decoded = append(decoded, r)
+			}
+		}
+		check(t, calls, decoded)
+		if full2, _ := complete(calls, decoded); full2 != full {
+			t.Errorf("decode of the recording: %d calls with method and status, live: %d", full2, full)
+		}
 		t.Logf("with peer probes: %d of %d calls after the attach shown with method and status (%d with a method); without both, calls %v after the attach\n%s", full, len(calls), named, missing, stderr)
 		if full*100 < 99*len(calls) {
 			t.Errorf("only %d of %d calls with method and status", full, len(calls))
