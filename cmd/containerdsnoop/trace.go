@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"log"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/containerdsnoop/containerdsnoop/internal/bpf"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
+	"github.com/containerdsnoop/containerdsnoop/internal/metrics"
 	"github.com/containerdsnoop/containerdsnoop/internal/pipeline"
 )
 
@@ -26,6 +28,7 @@ type traceFlags struct {
 	attach      string
 	ringBufSize int
 	verbose     bool
+	metricsAddr string
 }
 
 func newTraceCommand() *cobra.Command {
@@ -73,6 +76,7 @@ Credentials in messages (registry passwords and tokens) are shown as
 	fl.StringVar(&f.record, "record", "", "also write every captured event to this file, for 'containerdsnoop decode' (raw payloads)")
 	fl.StringVar(&f.attach, "attach", "auto", "capture backend: auto or "+strings.Join(bpf.Backends(), ", "))
 	fl.IntVar(&f.ringBufSize, "ringbuf-size", bpf.DefaultRingBufSize, "bytes of kernel ring buffer between the capture and this process")
+	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics of the calls shown at http://ADDR/metrics, e.g. :9520 (off by default)")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "explain decisions (backend selection) on stderr")
 	return cmd
 }
@@ -113,6 +117,18 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 
 	p := pipeline.New(out, filter)
 	p.CommOf = procComms()
+	if f.metricsAddr != "" {
+		m := metrics.New(version)
+		m.CaptureStats(tracer.Stats)
+		p.AddRecordSink(m)
+		p.AddSink(m)
+		srv, err := m.Serve(f.metricsAddr, log.New(stderr, "containerdsnoop: metrics: ", 0))
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		fmt.Fprintf(stderr, "containerdsnoop: serving metrics on http://%s/metrics\n", srv.Addr())
+	}
 	files, err := openTraceFiles(f, tracer, p, opts.PIDs)
 	if err != nil {
 		return err

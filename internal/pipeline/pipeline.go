@@ -56,6 +56,7 @@ type Pipeline struct {
 	calls      *callfilter.Filter
 	redactions map[proto.Message]proto.Message
 	sinks      tee
+	records    []RecordSink
 	lastExpiry time.Time
 	err        error
 	// Records counts what was written.
@@ -97,6 +98,17 @@ func New(out output.Writer, f Filter) *Pipeline {
 // when s gets it. Conn.State belongs to the decoder: s must not use it.
 // Call before the first Feed.
 func (p *Pipeline) AddSink(s stream.Sink) { p.sinks = append(p.sinks, s) }
+
+// RecordSink takes the records the filters selected, the same the output
+// gets (also with --summary-only), after redaction: metrics, traces. It
+// must neither keep r nor change it.
+type RecordSink interface {
+	Record(r *call.Record)
+}
+
+// AddRecordSink also hands every selected record to s. Call before the
+// first Feed.
+func (p *Pipeline) AddRecordSink(s RecordSink) { p.records = append(p.records, s) }
 
 // tee is a stream.Sink feeding several.
 type tee []stream.Sink
@@ -183,6 +195,9 @@ func (p *Pipeline) redacted(m proto.Message) proto.Message {
 
 // emit takes a record the filters selected.
 func (p *Pipeline) emit(r *call.Record) {
+	for _, s := range p.records {
+		s.Record(r)
+	}
 	if p.filter.Summary != nil {
 		p.filter.Summary.Add(r)
 		if p.filter.SummaryOnly {
