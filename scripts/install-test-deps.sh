@@ -92,3 +92,4 @@ fi
 
 # Pinned builds from the Go module proxy, each idempotent (scripts/deps/).
 bash "$(dirname "$0")/deps/prometheus.sh"
+bash "$(dirname "$0")/deps/otelcol.sh"

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log"
@@ -20,6 +21,7 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/metrics"
 	"github.com/containerdsnoop/containerdsnoop/internal/pipeline"
+	"github.com/containerdsnoop/containerdsnoop/internal/spans"
 )
 
 type traceFlags struct {
@@ -29,6 +31,8 @@ type traceFlags struct {
 	ringBufSize int
 	verbose     bool
 	metricsAddr string
+	otlp        string
+	otlpMsgs    bool
 }
 
 func newTraceCommand() *cobra.Command {
@@ -77,12 +81,17 @@ Credentials in messages (registry passwords and tokens) are shown as
 	fl.StringVar(&f.attach, "attach", "auto", "capture backend: auto or "+strings.Join(bpf.Backends(), ", "))
 	fl.IntVar(&f.ringBufSize, "ringbuf-size", bpf.DefaultRingBufSize, "bytes of kernel ring buffer between the capture and this process")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics of the calls shown at http://ADDR/metrics, e.g. :9520 (off by default)")
+	fl.StringVar(&f.otlp, "otlp-endpoint", "", "export each call as an OpenTelemetry span over OTLP/HTTP to this collector, e.g. http://otel-collector:4318 (OTEL_EXPORTER_OTLP_* variables honoured)")
+	fl.BoolVar(&f.otlpMsgs, "otlp-messages", false, "with --otlp-endpoint, attach each call's messages (redacted) to its span")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "explain decisions (backend selection) on stderr")
 	return cmd
 }
 
 func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	stderr := cmd.ErrOrStderr()
+	if f.otlpMsgs && f.otlp == "" {
+		return errors.New("--otlp-messages needs --otlp-endpoint")
+	}
 	filter, err := f.filter()
 	if err != nil {
 		return err
@@ -117,11 +126,26 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 
 	p := pipeline.New(out, filter)
 	p.CommOf = procComms()
+	var exp *spans.Exporter
+	if f.otlp != "" {
+		exp, err = spans.New(context.Background(), spans.Options{Endpoint: f.otlp, Messages: f.otlpMsgs, Version: version, Stderr: stderr})
+		if err != nil {
+			return err
+		}
+		// Spans still queued get a few seconds at exit, never more.
+		defer exp.Close(5 * time.Second)
+		p.AddRecordSink(exp)
+	}
 	if f.metricsAddr != "" {
 		m := metrics.New(version)
 		m.CaptureStats(tracer.Stats)
 		p.AddRecordSink(m)
 		p.AddSink(m)
+		if exp != nil {
+			m.AddCounterFunc("otlp_spans_exported", "Spans the OTLP collector accepted.", func() uint64 { return exp.Stats().Exported })
+			m.AddCounterFunc("otlp_spans_failed", "Spans lost in exports that failed (collector down or refusing).", func() uint64 { return exp.Stats().Failed })
+			m.AddDropCounter("otlp_queue_full", func() uint64 { return exp.Stats().Dropped })
+		}
 		srv, err := m.Serve(f.metricsAddr, log.New(stderr, "containerdsnoop: metrics: ", 0))
 		if err != nil {
 			return err
