@@ -21,6 +21,7 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/metrics"
 	"github.com/containerdsnoop/containerdsnoop/internal/pipeline"
+	"github.com/containerdsnoop/containerdsnoop/internal/pods"
 	"github.com/containerdsnoop/containerdsnoop/internal/spans"
 )
 
@@ -176,6 +177,9 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 			stop()
 		}
 	}()
+	if f.socket != "" {
+		namePods(p, f.socket, opts.Logf)
+	}
 	loss := startLossWatch(tracer, stderr)
 	defer loss.stop()
 
@@ -251,6 +255,24 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 		return exitStatus(<-childDone)
 	}
 	return nil
+}
+
+// namePods asks the CRI runtime on socket for its pods once, so calls
+// about pods that exist already are named. Not every socket is a CRI
+// socket; failing says so with -v and changes nothing else.
+func namePods(p *pipeline.Pipeline, socket string, logf func(string, ...any)) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	sb, cs, err := pods.Query(ctx, socket)
+	p.Pods().Learn(sb, cs)
+	if logf == nil {
+		return
+	}
+	if err != nil {
+		logf("pod names: no start-up query (%v); pods are learnt from the CRI calls seen", err)
+		return
+	}
+	logf("pod names: %d sandboxes and %d containers listed by %s", len(sb.GetItems()), len(cs.GetContainers()), socket)
 }
 
 // exitStatus passes on the traced command's exit status.

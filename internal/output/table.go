@@ -116,11 +116,19 @@ func formatLatency(d time.Duration) string {
 	return fmt.Sprintf("%.2fs", d.Seconds())
 }
 
-// tableMessage is the MESSAGE column: the message, and the container a
-// ttrpc call is about.
+// tableMessage is the MESSAGE column: the message, and the pod (or, when
+// no pod is known, the container id of a ttrpc call) the call is about.
+// Pod names are learnt only when made of Kubernetes' name characters
+// (internal/pods), so they need no escaping.
 func tableMessage(r *call.Record) string {
 	s := MessageText(r)
-	if r.ContainerID != "" {
+	switch {
+	case r.Pod.Name != "":
+		s = strings.TrimSpace(s + " pod=" + r.Pod.Namespace + "/" + r.Pod.Name)
+		if r.ContainerName != "" {
+			s += " container_name=" + r.ContainerName
+		}
+	case r.ContainerID != "":
 		s = strings.TrimSpace(s + " container=" + r.ContainerID)
 	}
 	return s

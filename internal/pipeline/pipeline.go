@@ -17,6 +17,7 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
 	"github.com/containerdsnoop/containerdsnoop/internal/h2"
 	"github.com/containerdsnoop/containerdsnoop/internal/output"
+	"github.com/containerdsnoop/containerdsnoop/internal/pods"
 	"github.com/containerdsnoop/containerdsnoop/internal/redact"
 	"github.com/containerdsnoop/containerdsnoop/internal/stream"
 	"github.com/containerdsnoop/containerdsnoop/internal/summary"
@@ -57,6 +58,7 @@ type Pipeline struct {
 	redactions map[proto.Message]proto.Message
 	sinks      tee
 	records    []RecordSink
+	pods       *pods.Index
 	lastExpiry time.Time
 	err        error
 	// Records counts what was written.
@@ -75,7 +77,7 @@ const IdleTimeout = 15 * time.Minute
 
 // New returns a Pipeline writing to out.
 func New(out output.Writer, f Filter) *Pipeline {
-	p := &Pipeline{out: out, socketOK: map[string]bool{}, filter: f}
+	p := &Pipeline{out: out, socketOK: map[string]bool{}, filter: f, pods: pods.New()}
 	p.calls = callfilter.New(f.Calls, p.emit)
 	if f.Socket != "" {
 		p.socket = canonicalPath(f.Socket)
@@ -146,6 +148,10 @@ func (p *Pipeline) Feed(ev *capture.Event) {
 	}
 }
 
+// Pods is the index that names the pods calls are about, for the
+// start-up query (pods.Query). Use it only from the goroutine that feeds.
+func (p *Pipeline) Pods() *pods.Index { return p.pods }
+
 // Err is the first error writing output.
 func (p *Pipeline) Err() error { return p.err }
 
@@ -165,6 +171,7 @@ func (p *Pipeline) write(r *call.Record) {
 	if r.PeerComm == "" && r.PeerPID != 0 && p.CommOf != nil {
 		r.PeerComm = p.CommOf(r.PeerPID)
 	}
+	p.pods.Annotate(r)
 	if !p.filter.ShowSecrets && r.Message != nil {
 		r.Message = p.redacted(r.Message)
 	}

@@ -267,6 +267,15 @@ func (e *Exporter) spanData(r *call.Record) spanData {
 	if r.ContainerID != "" {
 		a = append(a, semconv.ContainerID(r.ContainerID))
 	}
+	if r.Pod.Name != "" {
+		a = append(a, semconv.K8SNamespaceName(r.Pod.Namespace), semconv.K8SPodName(r.Pod.Name))
+		if r.Pod.UID != "" {
+			a = append(a, semconv.K8SPodUID(r.Pod.UID))
+		}
+	}
+	if r.ContainerName != "" {
+		a = append(a, semconv.K8SContainerName(r.ContainerName))
+	}
 	if r.ShimPID != 0 {
 		a = append(a, attribute.Int64("containerdsnoop.shim.pid", int64(r.ShimPID)))
 	}

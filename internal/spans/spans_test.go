@@ -206,3 +206,43 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestPodsAndSecrets: spans carry the pod the call is about, and message
+// bodies (--otlp-messages) are redacted like every other output.
+func TestPodsAndSecrets(t *testing.T) {
+	mem := tracetest.NewInMemoryExporter()
+	e, err := spans.New(context.Background(), spans.Options{Exporter: keep{mem}, Messages: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := replay(t, e, pipeline.Filter{}, "pod_lifecycle")
+	if err := e.Close(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	got := mem.GetSpans().Snapshots()
+	if len(got) != len(calls) {
+		t.Fatalf("%d spans for %d calls", len(got), len(calls))
+	}
+	named := 0
+	for _, s := range got {
+		a := attrs(s)
+		if a["k8s.pod.name"].AsString() == "web-0" && a["k8s.namespace.name"].AsString() == "shop" && a["k8s.pod.uid"].AsString() == "0d6f3c2e-8a51-4c7b-9f0e-5b1e2a7c9d31" {
+			named++
+		}
+		for _, ev := range s.Events() {
+			for _, kv := range ev.Attributes {
+				if strings.Contains(kv.Value.Emit(), "s3cr3t") {
+					t.Errorf("span %s carries the registry password: %s", s.Name(), kv.Value.Emit())
+				}
+			}
+		}
+		if s.Name() == "/runtime.v1.ImageService/PullImage" {
+			if len(s.Events()) != 2 || !strings.Contains(s.Events()[0].Attributes[1].Value.Emit(), "[redacted]") {
+				t.Errorf("PullImage events %v, want the request with [redacted] and the response", s.Events())
+			}
+		}
+	}
+	if named != 5 { // PullImage, RunPodSandbox, CreateContainer, StartContainer, StopPodSandbox
+		t.Errorf("%d spans name shop/web-0, want 5", named)
+	}
+}
