@@ -116,19 +116,19 @@ func formatLatency(d time.Duration) string {
 	return fmt.Sprintf("%.2fs", d.Seconds())
 }
 
-// tableMessage is the MESSAGE column: the message, and the pod (or, when
-// no pod is known, the container id of a ttrpc call) the call is about.
-// Pod names are learnt only when made of Kubernetes' name characters
-// (internal/pods), so they need no escaping.
+// tableMessage is the MESSAGE column: the message, then the pod the call
+// is about and the container's name in it, when known, and the container
+// id of a ttrpc call, last. Pod and container names are learnt only when
+// made of Kubernetes' name characters (internal/pods): no escaping needed.
 func tableMessage(r *call.Record) string {
 	s := MessageText(r)
-	switch {
-	case r.Pod.Name != "":
+	if r.Pod.Name != "" {
 		s = strings.TrimSpace(s + " pod=" + r.Pod.Namespace + "/" + r.Pod.Name)
-		if r.ContainerName != "" {
-			s += " container_name=" + r.ContainerName
-		}
-	case r.ContainerID != "":
+	}
+	if r.ContainerName != "" {
+		s = strings.TrimSpace(s + " container_name=" + r.ContainerName)
+	}
+	if r.ContainerID != "" {
 		s = strings.TrimSpace(s + " container=" + r.ContainerID)
 	}
 	return s
