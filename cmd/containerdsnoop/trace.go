@@ -146,6 +146,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 			m.AddCounterFunc("otlp_spans_exported", "Spans the OTLP collector accepted.", func() uint64 { return exp.Stats().Exported })
 			m.AddCounterFunc("otlp_spans_failed", "Spans lost in exports that failed (collector down or refusing).", func() uint64 { return exp.Stats().Failed })
 			m.AddDropCounter("otlp_queue_full", func() uint64 { return exp.Stats().Dropped })
+			m.AddDropCounter("otlp_messages_not_attached", func() uint64 { return exp.Stats().HeldDropped })
 		}
 		srv, err := m.Serve(f.metricsAddr, log.New(stderr, "containerdsnoop: metrics: ", 0))
 		if err != nil {

@@ -8,7 +8,7 @@
 set -euo pipefail
 
 VERSION=v0.165.0 # collector core, builder and contrib move in lockstep
-PREFIX=${PREFIX:-/usr/local/lib/containerdsnoop-deps}
+PREFIX=${PREFIX:-/usr/local/lib/containerdsnoop-test}
 BINDIR=${BINDIR:-/usr/local/bin}
 GO=${GO:-go}
 

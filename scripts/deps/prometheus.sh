@@ -10,7 +10,7 @@
 set -euo pipefail
 
 VERSION=v0.316.0 # Prometheus 3.16.0 (the Go module's v0.3MM.P scheme)
-PREFIX=${PREFIX:-/usr/local/lib/containerdsnoop-deps}
+PREFIX=${PREFIX:-/usr/local/lib/containerdsnoop-test}
 BINDIR=${BINDIR:-/usr/local/bin}
 GO=${GO:-go}
 
@@ -23,7 +23,7 @@ else
 	log "building prometheus and promtool $VERSION into $dir (a few minutes, once)"
 	mkdir -p "$dir.tmp"
 	GOBIN="$dir.tmp" GOFLAGS="${GOFLAGS:-} -buildvcs=false" CGO_ENABLED=0 \
-		"$GO" install -trimpath -tags remove_all_sd \
+		"$GO" install -trimpath -ldflags "-s -w" -tags remove_all_sd \
 		"github.com/prometheus/prometheus/cmd/prometheus@$VERSION" \
 		"github.com/prometheus/prometheus/cmd/promtool@$VERSION"
 	rm -rf "$dir"
