@@ -7,7 +7,8 @@
 # refreshed.
 set -euo pipefail
 
-VERSION=v0.165.0 # collector core, builder and contrib move in lockstep
+VERSION=v0.165.0   # collector core, builder and contrib move in lockstep
+PROVIDERS=v1.71.0  # the confmap providers builder $VERSION generates imports of
 PREFIX=${PREFIX:-/usr/local/lib/containerdsnoop-test}
 BINDIR=${BINDIR:-/usr/local/bin}
 GO=${GO:-go}
@@ -33,7 +34,27 @@ receivers:
 exporters:
   - gomod: github.com/open-telemetry/opentelemetry-collector-contrib/exporter/fileexporter $VERSION
 YAML
-	GOFLAGS="${GOFLAGS:-} -buildvcs=false" CGO_ENABLED=0 "$work/builder" --config "$work/builder.yaml"
+	# The builder generates the sources; its own `go mod tidy` is skipped:
+	# tidy also resolves the components' test-only imports, and one of
+	# those (contrib's otlpencodingextension) is not served by the module
+	# proxy CI reaches. go get with the pinned versions and go build need
+	# only what the collector is built from.
+	"$work/builder" --config "$work/builder.yaml" --skip-get-modules --skip-compilation
+	(
+		cd "$work/dist"
+		"$GO" mod init otelcol-containerdsnoop
+		GOFLAGS="${GOFLAGS:-} -buildvcs=false" "$GO" get \
+			"go.opentelemetry.io/collector/receiver/otlpreceiver@$VERSION" \
+			"github.com/open-telemetry/opentelemetry-collector-contrib/exporter/fileexporter@$VERSION" \
+			"go.opentelemetry.io/collector/confmap/provider/envprovider@$PROVIDERS" \
+			"go.opentelemetry.io/collector/confmap/provider/fileprovider@$PROVIDERS" \
+			"go.opentelemetry.io/collector/confmap/provider/httpprovider@$PROVIDERS" \
+			"go.opentelemetry.io/collector/confmap/provider/httpsprovider@$PROVIDERS" \
+			"go.opentelemetry.io/collector/confmap/provider/yamlprovider@$PROVIDERS"
+		CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -buildvcs=false -mod=mod" \
+			"$GO" build -trimpath -ldflags "-s -w" -o otelcol-containerdsnoop .
+	)
+	rm -rf "$dir.tmp"
 	mkdir -p "$dir.tmp"
 	cp "$work/dist/otelcol-containerdsnoop" "$dir.tmp/"
 	rm -rf "$dir"

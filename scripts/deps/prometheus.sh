@@ -21,6 +21,7 @@ if [[ -x $dir/prometheus && -x $dir/promtool ]]; then
 	log "prometheus and promtool $VERSION already built in $dir"
 else
 	log "building prometheus and promtool $VERSION into $dir (a few minutes, once)"
+	rm -rf "$dir.tmp"
 	mkdir -p "$dir.tmp"
 	GOBIN="$dir.tmp" GOFLAGS="${GOFLAGS:-} -buildvcs=false" CGO_ENABLED=0 \
 		"$GO" install -trimpath -ldflags "-s -w" -tags remove_all_sd \
