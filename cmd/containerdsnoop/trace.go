@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/bpf"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
@@ -119,6 +120,12 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	if f.verbose {
 		opts.Logf = func(format string, args ...any) { fmt.Fprintf(stderr, "containerdsnoop: "+format+"\n", args...) }
 	}
+	// Before attaching: containerd's answers to this process would
+	// otherwise be traced, as calls whose requests were never seen.
+	var known podList
+	if f.socket != "" {
+		known = listPods(f.socket, opts.Logf)
+	}
 	tracer, err := bpf.Open(opts)
 	if err != nil {
 		return err
@@ -127,6 +134,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 
 	p := pipeline.New(out, filter)
 	p.CommOf = procComms()
+	p.Pods().Learn(known.sandboxes, known.containers)
 	var exp *spans.Exporter
 	if f.otlp != "" {
 		exp, err = spans.New(context.Background(), spans.Options{Endpoint: f.otlp, Messages: f.otlpMsgs, Version: version, Stderr: stderr})
@@ -178,9 +186,6 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 			stop()
 		}
 	}()
-	if f.socket != "" {
-		namePods(p, f.socket, opts.Logf)
-	}
 	loss := startLossWatch(tracer, stderr)
 	defer loss.stop()
 
@@ -258,22 +263,26 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	return nil
 }
 
-// namePods asks the CRI runtime on socket for its pods once, so calls
+type podList struct {
+	sandboxes  *runtimeapi.ListPodSandboxResponse
+	containers *runtimeapi.ListContainersResponse
+}
+
+// listPods asks the CRI runtime on socket for its pods once, so calls
 // about pods that exist already are named. Not every socket is a CRI
 // socket; failing says so with -v and changes nothing else.
-func namePods(p *pipeline.Pipeline, socket string, logf func(string, ...any)) {
+func listPods(socket string, logf func(string, ...any)) podList {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	sb, cs, err := pods.Query(ctx, socket)
-	p.Pods().Learn(sb, cs)
-	if logf == nil {
-		return
+	if logf != nil {
+		if err != nil {
+			logf("pod names: no start-up query (%v); pods are learnt from the CRI calls seen", err)
+		} else {
+			logf("pod names: %d sandboxes and %d containers listed by %s", len(sb.GetItems()), len(cs.GetContainers()), socket)
+		}
 	}
-	if err != nil {
-		logf("pod names: no start-up query (%v); pods are learnt from the CRI calls seen", err)
-		return
-	}
-	logf("pod names: %d sandboxes and %d containers listed by %s", len(sb.GetItems()), len(cs.GetContainers()), socket)
+	return podList{sb, cs}
 }
 
 // exitStatus passes on the traced command's exit status.

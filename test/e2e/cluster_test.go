@@ -109,9 +109,9 @@ func TestClusterMetricsAndTraces(t *testing.T) {
 		if err != nil || len(s) != 1 || s[0].value(t) != 0 {
 			t.Errorf("calls in flight after every call ended = %v, %v; want 0", s, err)
 		}
-		s, err = promQuery(t, prom, `histogram_quantile(0.99, sum by (le) (rate(containerdsnoop_call_duration_seconds_bucket{method="RunPodSandbox"}[1m])))`)
-		if err != nil || len(s) != 1 {
-			t.Errorf("RunPodSandbox p99 = %v, %v", s, err)
+		s, err = promQuery(t, prom, `histogram_quantile(0.99, sum by (le) (containerdsnoop_call_duration_seconds_bucket{method="RunPodSandbox"}))`)
+		if err != nil || len(s) != 1 || s[0].value(t) <= 0 || s[0].value(t) > 120 {
+			t.Errorf("RunPodSandbox p99 = %v, %v; want one value in the buckets", s, err)
 		}
 		for _, expr := range dashboardExprs(t) {
 			if _, err := promQuery(t, prom, expr); err != nil {
