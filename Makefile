@@ -44,7 +44,7 @@ DIST ?= dist
 release:
 	VERSION='$(VERSION)' DIST='$(DIST)' GO='$(GO)' bash scripts/release.sh
 
-# The container image as an image tarball (ctr image import, docker load),
+# The container image as an OCI image archive (ctr image import),
 # built without a container engine and reproducibly: the same commit gives
 # the same image digest (cmd/mkimage, internal/image).
 IMAGE ?= ghcr.io/containerdsnoop/containerdsnoop:$(VERSION)

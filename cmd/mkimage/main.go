@@ -1,6 +1,6 @@
 // Command mkimage builds containerdsnoop's container image from a built
 // binary, without a container engine, into an image tarball that
-// `ctr image import` (and `docker load`) take: `make image`.
+// `ctr image import` and other OCI tools take: `make image`.
 //
 //	mkimage -binary bin/containerdsnoop -arch amd64 -tag ghcr.io/containerdsnoop/containerdsnoop:v1.2.3 -o dist/image.tar
 //
@@ -24,7 +24,7 @@ func main() {
 	arch := flag.String("arch", runtime.GOARCH, "GOARCH the binary was built for")
 	tag := flag.String("tag", "ghcr.io/containerdsnoop/containerdsnoop:dev", "image name and tag")
 	version := flag.String("version", "dev", "version label")
-	out := flag.String("o", "dist/containerdsnoop-image.tar", "output image tarball")
+	out := flag.String("o", "dist/containerdsnoop-image.tar", "output OCI image archive")
 	flag.Parse()
 	epoch := time.Unix(0, 0).UTC()
 	if s := os.Getenv("SOURCE_DATE_EPOCH"); s != "" {

@@ -1,7 +1,7 @@
 // Package image builds containerdsnoop's container image without a
 // container engine: one layer holding the static binary and its docs on
-// an empty base, written as an image tarball that `ctr image import`,
-// `docker load` and `crane push` take. It uses go-containerregistry, the
+// an empty base, written as an OCI image archive that `ctr image import`
+// and other OCI tools take. It uses go-containerregistry, the
 // library behind crane and ko, rather than writing the tar and JSON by
 // hand.
 //
@@ -16,6 +16,7 @@ package image
 import (
 	"archive/tar"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -131,15 +132,106 @@ func layer(files []File, epoch time.Time) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// Write writes img as an image tarball named ref (e.g.
-// ghcr.io/containerdsnoop/containerdsnoop:v1.2.3) to file, created
-// afresh and readable by all (it holds nothing secret).
+// Write writes img to file as an OCI image archive (an OCI image layout in
+// a tar: oci-layout, index.json, blobs/sha256/...), naming it ref (e.g.
+// ghcr.io/containerdsnoop/containerdsnoop:v1.2.3) in the index the way
+// containerd's `ctr image import` and other OCI tools read it. Unlike a
+// `docker save` tarball, the archive holds the manifest itself, so the
+// digest Build's image has is the one containerd shows after the import.
+// The file is created afresh, readable by all (nothing in it is secret).
 func Write(file, ref string, img v1.Image) error {
 	tag, err := parseTag(ref)
 	if err != nil {
 		return err
 	}
-	return tarball.WriteToFile(file, tag, img)
+	manifest, err := img.RawManifest()
+	if err != nil {
+		return err
+	}
+	config, err := img.RawConfigFile()
+	if err != nil {
+		return err
+	}
+	digest, err := img.Digest()
+	if err != nil {
+		return err
+	}
+	mt, err := img.MediaType()
+	if err != nil {
+		return err
+	}
+	index, err := json.Marshal(v1.IndexManifest{
+		SchemaVersion: 2,
+		MediaType:     types.OCIImageIndex,
+		Manifests: []v1.Descriptor{{
+			MediaType: mt, Size: int64(len(manifest)), Digest: digest,
+			Annotations: map[string]string{
+				"io.containerd.image.name":          tag.Name(),
+				"org.opencontainers.image.ref.name": tag.TagStr(),
+			},
+		}},
+	})
+	if err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	add := func(name string, b []byte) error {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(len(b)), ModTime: time.Unix(0, 0), Format: tar.FormatPAX}); err != nil {
+			return err
+		}
+		_, err := tw.Write(b)
+		return err
+	}
+	blob := func(b []byte) error {
+		h, _, err := v1.SHA256(bytes.NewReader(b))
+		if err != nil {
+			return err
+		}
+		return add("blobs/sha256/"+h.Hex, b)
+	}
+	if err := add("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)); err != nil {
+		return err
+	}
+	if err := add("index.json", index); err != nil {
+		return err
+	}
+	for _, b := range [][]byte{manifest, config} {
+		if err := blob(b); err != nil {
+			return err
+		}
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return err
+	}
+	for _, l := range layers {
+		rc, err := l.Compressed()
+		if err != nil {
+			return err
+		}
+		b, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			return err
+		}
+		if err := blob(b); err != nil {
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	os.Remove(file)
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(buf.Bytes()); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 func parseTag(ref string) (name.Tag, error) {

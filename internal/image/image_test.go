@@ -2,11 +2,13 @@ package image
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 )
 
 // TestReproducible: the same files give the same digest, at any time, and
@@ -38,10 +40,7 @@ func TestReproducible(t *testing.T) {
 	if err := Write(out, "example.com/containerdsnoop:test", a); err != nil {
 		t.Fatal(err)
 	}
-	img, err := tarball.ImageFromPath(out, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := readArchive(t, out)
 	cf, err := img.ConfigFile()
 	if err != nil {
 		t.Fatal(err)
@@ -55,4 +54,27 @@ func TestReproducible(t *testing.T) {
 	if err := Write(out, "not a valid name!", a); err == nil {
 		t.Error("invalid image name accepted")
 	}
+}
+
+// readArchive unpacks an OCI archive and reads it with go-containerregistry's
+// layout package, as an OCI tool would.
+func readArchive(t *testing.T, path string) v1.Image {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := exec.Command("tar", "-xf", path, "-C", dir).CombinedOutput(); err != nil {
+		t.Fatalf("untar: %v: %s", err, out)
+	}
+	idx, err := layout.ImageIndexFromPath(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := idx.IndexManifest()
+	if err != nil || len(m.Manifests) != 1 || m.Manifests[0].Annotations["io.containerd.image.name"] != "example.com/containerdsnoop:test" {
+		t.Fatalf("index %+v, %v", m, err)
+	}
+	img, err := idx.Image(m.Manifests[0].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
 }
