@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -56,6 +57,9 @@ func TestClusterMetricsAndTraces(t *testing.T) {
 		t.Errorf("no start-up pod query on stderr:\n%s", indent(tr.Stderr()))
 	}
 	prom := startPrometheus(t, promBin, metricsAddr)
+	// A second tracer, on everything containerd does, for the ttrpc calls
+	// to the pod's shim.
+	trShim := startTracer(t, "--output", "json", "--pid", strconv.Itoa(c.PID))
 
 	// The calls the test makes while traced, by method: the oracle.
 	want := map[string]int{}
@@ -73,6 +77,25 @@ func TestClusterMetricsAndTraces(t *testing.T) {
 	self := os.Getpid()
 	tr.waitRecords("RemovePodSandbox response", func(recs []*record) bool {
 		return hasResponse(recs, criRuntime+"RemovePodSandbox", self)
+	})
+
+	t.Run("ttrpc_pod_names", func(t *testing.T) {
+		// The container's task is created by StartContainer, after
+		// CreateContainer's answer named it: every shim call about it
+		// names the pod and the container.
+		recs := trShim.waitRecords("ttrpc calls about the container", func(recs []*record) bool {
+			return len(ttrpcAbout(recs, pod.containerID)) >= 4
+		})
+		for _, r := range ttrpcAbout(recs, pod.containerID) {
+			var l struct {
+				Pod           *struct{ Namespace, Name, UID string } `json:"pod"`
+				ContainerName string                                 `json:"container_name"`
+			}
+			json.Unmarshal([]byte(r.line), &l)
+			if l.Pod == nil || l.Pod.Namespace+"/"+l.Pod.Name != "e2e/snoop-cluster" || l.Pod.UID != "e2e-uid-cluster" || l.ContainerName != "sleeper" {
+				t.Errorf("ttrpc line without the pod and container name: %s", r.line)
+			}
+		}
 	})
 
 	t.Run("prometheus", func(t *testing.T) {
@@ -217,6 +240,21 @@ func TestClusterMetricsAndTraces(t *testing.T) {
 		!regexp.MustCompile(`OTLP: \d+ spans exported, \d+ dropped \(queue full\), \d+ lost in failed exports, [1-9]\d* not sent at exit`).MatchString(tr.Stderr()) {
 		t.Errorf("no OTLP totals on stderr at exit:\n%s", indent(tr.Stderr()))
 	}
+}
+
+// ttrpcAbout returns the ttrpc lines about container id.
+func ttrpcAbout(recs []*record, id string) []*record {
+	var out []*record
+	for _, r := range recs {
+		var l struct {
+			ContainerID string `json:"container_id"`
+		}
+		json.Unmarshal([]byte(r.line), &l)
+		if r.Protocol == "ttrpc" && l.ContainerID == id {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // runSandbox starts a sandbox (no container) and removes it at the end.
