@@ -24,6 +24,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -119,7 +120,10 @@ func New(ctx context.Context, opts Options) (*Exporter, error) {
 	}
 	exp := opts.Exporter
 	if exp == nil {
-		var err error
+		u, err := url.Parse(opts.Endpoint)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			return nil, fmt.Errorf("--otlp-endpoint %q: want the collector's base URL, http://HOST:PORT or https://HOST:PORT (spans go to /v1/traces)", opts.Endpoint)
+		}
 		exp, err = otlptracehttp.New(ctx, otlptracehttp.WithEndpointURL(strings.TrimSuffix(opts.Endpoint, "/")+"/v1/traces"))
 		if err != nil {
 			return nil, fmt.Errorf("--otlp-endpoint: %w", err)

@@ -246,3 +246,17 @@ func TestPodsAndSecrets(t *testing.T) {
 		t.Errorf("%d spans name shop/web-0, want 5", named)
 	}
 }
+
+// TestBadEndpoint: a malformed --otlp-endpoint is one clear error.
+func TestBadEndpoint(t *testing.T) {
+	for _, ep := range []string{"collector:4318", "ftp://x", "http://", "http://x:4318/?a=b", "::"} {
+		if _, err := spans.New(context.Background(), spans.Options{Endpoint: ep}); err == nil || !strings.Contains(err.Error(), "--otlp-endpoint") {
+			t.Errorf("%q: %v", ep, err)
+		}
+	}
+	e, err := spans.New(context.Background(), spans.Options{Endpoint: "http://127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Close(time.Second)
+}
