@@ -5,7 +5,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 BIN       := bin/containerdsnoop
 FUZZTIME  ?= 60s
 
-.PHONY: all build generate check-generated vmlinux release test test-unit test-deps test-kernels bench lint vet fmt staticcheck fuzz clean
+.PHONY: all build generate check-generated vmlinux release image test test-unit test-deps test-kernels bench lint vet fmt staticcheck fuzz clean
 
 all: build
 
@@ -43,6 +43,16 @@ vmlinux:
 DIST ?= dist
 release:
 	VERSION='$(VERSION)' DIST='$(DIST)' GO='$(GO)' bash scripts/release.sh
+
+# The container image as an OCI image archive (ctr image import),
+# built without a container engine and reproducibly: the same commit gives
+# the same image digest (cmd/mkimage, internal/image).
+IMAGE ?= ghcr.io/containerdsnoop/containerdsnoop:$(VERSION)
+image:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/containerdsnoop
+	mkdir -p $(DIST)
+	SOURCE_DATE_EPOCH=$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct 2>/dev/null || echo 0)} \
+		$(GO) run ./cmd/mkimage -binary $(BIN) -arch $$($(GO) env GOARCH) -tag '$(IMAGE)' -version '$(VERSION)' -o $(DIST)/containerdsnoop-image-$$($(GO) env GOARCH).tar
 
 # Every test, privileged ones included: run as root. Installs what the tests
 # need (containerd, runc, clang, ...) from the distribution first.

@@ -89,3 +89,7 @@ else
 	log "mounting tracefs at $tracefs"
 	mount -t tracefs tracefs "$tracefs" || die "could not mount tracefs at $tracefs"
 fi
+
+# Pinned builds from the Go module proxy, each idempotent (scripts/deps/).
+bash "$(dirname "$0")/deps/prometheus.sh"
+bash "$(dirname "$0")/deps/otelcol.sh"

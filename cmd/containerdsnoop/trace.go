@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -14,10 +16,14 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/bpf"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
+	"github.com/containerdsnoop/containerdsnoop/internal/metrics"
 	"github.com/containerdsnoop/containerdsnoop/internal/pipeline"
+	"github.com/containerdsnoop/containerdsnoop/internal/pods"
+	"github.com/containerdsnoop/containerdsnoop/internal/spans"
 )
 
 type traceFlags struct {
@@ -27,6 +33,9 @@ type traceFlags struct {
 	ringBufSize int
 	verbose     bool
 	peerProbes  bool
+	metricsAddr string
+	otlp        string
+	otlpMsgs    bool
 }
 
 func newTraceCommand() *cobra.Command {
@@ -79,11 +88,17 @@ Credentials in messages (registry passwords and tokens) are shown as
 	fl.IntVar(&f.ringBufSize, "ringbuf-size", bpf.DefaultRingBufSize, "bytes of kernel ring buffer between the capture and this process")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "explain decisions (backend selection, peer probes) on stderr")
 	fl.BoolVar(&f.peerProbes, "peer-probes", true, "read HTTP/2 header fields from the Go processes at either end (uprobes), so connections open before the tracer decode fully; see docs/attach.md")
+	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics of the calls shown at http://ADDR/metrics, e.g. :9520 (off by default)")
+	fl.StringVar(&f.otlp, "otlp-endpoint", "", "export each call as an OpenTelemetry span over OTLP/HTTP to this collector, e.g. http://otel-collector:4318 (OTEL_EXPORTER_OTLP_* variables honoured)")
+	fl.BoolVar(&f.otlpMsgs, "otlp-messages", false, "with --otlp-endpoint, attach each call's messages (redacted) to its span")
 	return cmd
 }
 
 func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	stderr := cmd.ErrOrStderr()
+	if f.otlpMsgs && f.otlp == "" {
+		return errors.New("--otlp-messages needs --otlp-endpoint")
+	}
 	filter, err := f.filter()
 	if err != nil {
 		return err
@@ -110,6 +125,12 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	if f.verbose {
 		opts.Logf = func(format string, args ...any) { fmt.Fprintf(stderr, "containerdsnoop: "+format+"\n", args...) }
 	}
+	// Before attaching: containerd's answers to this process would
+	// otherwise be traced, as calls whose requests were never seen.
+	var known podList
+	if f.socket != "" {
+		known = listPods(f.socket, opts.Logf)
+	}
 	tracer, err := bpf.Open(opts)
 	if err != nil {
 		return err
@@ -118,6 +139,35 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 
 	p := pipeline.New(out, filter)
 	p.CommOf = procComms()
+	p.Pods().Learn(known.sandboxes, known.containers)
+	var exp *spans.Exporter
+	if f.otlp != "" {
+		exp, err = spans.New(context.Background(), spans.Options{Endpoint: f.otlp, Messages: f.otlpMsgs, Version: version, Stderr: stderr})
+		if err != nil {
+			return err
+		}
+		// Spans still queued get a few seconds at exit, never more.
+		defer exp.Close(5 * time.Second)
+		p.AddRecordSink(exp)
+	}
+	if f.metricsAddr != "" {
+		m := metrics.New(version)
+		m.CaptureStats(tracer.Stats)
+		p.AddRecordSink(m)
+		p.AddSink(m)
+		if exp != nil {
+			m.AddCounterFunc("otlp_spans_exported", "Spans the OTLP collector accepted.", func() uint64 { return exp.Stats().Exported })
+			m.AddCounterFunc("otlp_spans_failed", "Spans lost in exports that failed (collector down or refusing).", func() uint64 { return exp.Stats().Failed })
+			m.AddDropCounter("otlp_queue_full", func() uint64 { return exp.Stats().Dropped })
+			m.AddDropCounter("otlp_messages_not_attached", func() uint64 { return exp.Stats().HeldDropped })
+		}
+		srv, err := m.Serve(f.metricsAddr, log.New(stderr, "containerdsnoop: metrics: ", 0))
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		fmt.Fprintf(stderr, "containerdsnoop: serving metrics on http://%s/metrics\n", srv.Addr())
+	}
 	if probes := startPeerProbes(f, filter.Socket, tracer, p, opts.Logf); probes != nil {
 		defer probes.report(stderr, tracer)
 	}
@@ -223,6 +273,28 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 		return exitStatus(<-childDone)
 	}
 	return nil
+}
+
+type podList struct {
+	sandboxes  *runtimeapi.ListPodSandboxResponse
+	containers *runtimeapi.ListContainersResponse
+}
+
+// listPods asks the CRI runtime on socket for its pods once, so calls
+// about pods that exist already are named. Not every socket is a CRI
+// socket; failing says so with -v and changes nothing else.
+func listPods(socket string, logf func(string, ...any)) podList {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	sb, cs, err := pods.Query(ctx, socket)
+	if logf != nil {
+		if err != nil {
+			logf("pod names: no start-up query (%v); pods are learnt from the CRI calls seen", err)
+		} else {
+			logf("pod names: %d sandboxes and %d containers listed by %s", len(sb.GetItems()), len(cs.GetContainers()), socket)
+		}
+	}
+	return podList{sb, cs}
 }
 
 // exitStatus passes on the traced command's exit status.

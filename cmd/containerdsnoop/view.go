@@ -3,7 +3,9 @@ package main
 import (
 	"fmt"
 	"os"
+	"path"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -27,6 +29,7 @@ type viewFlags struct {
 	comm        string
 	method      string
 	namespace   string
+	pod         string
 	errors      bool
 	slow        time.Duration
 	showSecrets bool
@@ -45,6 +48,7 @@ func (v *viewFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&v.comm, "comm", "", "only calls whose sender or peer has this command name (e.g. kubelet, crictl)")
 	fl.StringVar(&v.method, "method", "", "only calls whose method matches this regular expression (e.g. 'ListContainers$', 'runtime\\.v1\\.')")
 	fl.StringVar(&v.namespace, "namespace", "", "only calls with this containerd namespace (containerd-namespace header), e.g. k8s.io")
+	fl.StringVar(&v.pod, "pod", "", "only calls about this Kubernetes pod, NAMESPACE/NAME, globs allowed (e.g. 'default/web-*', '*/nginx')")
 	fl.BoolVar(&v.errors, "errors", false, "only calls that ended with a non-OK status (each printed with its request when it ends)")
 	fl.DurationVar(&v.slow, "slow", 0, "only calls that took at least this long, e.g. 500ms (each printed with its request when it ends)")
 	fl.BoolVar(&v.showSecrets, "show-secrets", false, "do not redact credentials (registry passwords, tokens, auth headers) in messages")
@@ -62,7 +66,12 @@ func (v *viewFlags) filter() (pipeline.Filter, error) {
 		return pipeline.Filter{}, err
 	}
 	f := pipeline.Filter{Socket: v.socket, Protocol: protocol, ShowSecrets: v.showSecrets, SummaryOnly: v.summaryOnly}
-	f.Calls = callfilter.Options{Namespace: v.namespace, Comm: v.comm, Errors: v.errors, Slow: v.slow}
+	f.Calls = callfilter.Options{Namespace: v.namespace, Comm: v.comm, Pod: v.pod, Errors: v.errors, Slow: v.slow}
+	if v.pod != "" {
+		if _, err := path.Match(v.pod, ""); err != nil || !strings.Contains(v.pod, "/") {
+			return pipeline.Filter{}, fmt.Errorf("invalid --pod %q: want NAMESPACE/NAME, globs allowed", v.pod)
+		}
+	}
 	if v.method != "" {
 		re, err := regexp.Compile(v.method)
 		if err != nil {

@@ -34,6 +34,11 @@ type Status struct {
 // Name is the code's name as gRPC spells it, e.g. "NotFound".
 func (s *Status) Name() string { return s.Code.String() }
 
+// Pod names a Kubernetes pod.
+type Pod struct {
+	Namespace, Name, UID string
+}
+
 // Record is one line of output: a message of a call, or its end.
 type Record struct {
 	Time     time.Time
@@ -62,6 +67,10 @@ type Record struct {
 	// ContainerID (ttrpc) is the container or sandbox the call is about:
 	// the request's id/container_id field, else from the socket path.
 	ContainerID string
+	// Pod and ContainerName name the Kubernetes pod (and container) the
+	// call is about, when CRI traffic proved it (internal/pods).
+	Pod           Pod
+	ContainerName string
 	// MessageType is the protobuf full name of Message.
 	MessageType string
 	// Message is the decoded message; nil when there is none (e.g. a

@@ -5,6 +5,7 @@
 package callfilter
 
 import (
+	"path"
 	"regexp"
 	"time"
 
@@ -22,6 +23,9 @@ type Options struct {
 	Namespace string
 	// Comm keeps lines whose sender or peer has this command name.
 	Comm string
+	// Pod keeps calls about a pod whose "namespace/name" matches this
+	// glob (path.Match); calls about no known pod never match.
+	Pod string
 	// Errors keeps calls that ended with a non-OK status.
 	Errors bool
 	// Slow keeps calls that took at least this long.
@@ -86,6 +90,14 @@ func (f *Filter) lineMatches(r *call.Record) bool {
 	}
 	if o.Comm != "" && r.Comm != o.Comm && r.PeerComm != o.Comm {
 		return false
+	}
+	if o.Pod != "" {
+		if r.Pod.Name == "" {
+			return false
+		}
+		if ok, _ := path.Match(o.Pod, r.Pod.Namespace+"/"+r.Pod.Name); !ok {
+			return false
+		}
 	}
 	return true
 }

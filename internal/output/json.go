@@ -22,7 +22,7 @@ import (
 //
 //	time comm pid tid peer_pid peer_comm socket conn protocol type stream
 //	method [method_guess] [unresolved_headers] [namespace] [container_id]
-//	[shim_pid] message_type message [message_text] [note] [status]
+//	[pod] [container_name] [shim_pid] message_type message [message_text] [note] [status]
 //	[latency_ns]
 //
 // Lines are built by appending into one buffer rather than through
@@ -95,6 +95,19 @@ func (j *jsonWriter) Write(r *call.Record) error {
 	if r.ContainerID != "" {
 		b = append(b, `,"container_id":`...)
 		b = appendString(b, r.ContainerID)
+	}
+	if r.Pod.Name != "" {
+		b = append(b, `,"pod":{"namespace":`...)
+		b = appendString(b, r.Pod.Namespace)
+		b = append(b, `,"name":`...)
+		b = appendString(b, r.Pod.Name)
+		b = append(b, `,"uid":`...)
+		b = appendString(b, r.Pod.UID)
+		b = append(b, '}')
+	}
+	if r.ContainerName != "" {
+		b = append(b, `,"container_name":`...)
+		b = appendString(b, r.ContainerName)
 	}
 	if r.ShimPID != 0 {
 		b = append(b, `,"shim_pid":`...)

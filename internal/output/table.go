@@ -116,10 +116,18 @@ func formatLatency(d time.Duration) string {
 	return fmt.Sprintf("%.2fs", d.Seconds())
 }
 
-// tableMessage is the MESSAGE column: the message, and the container a
-// ttrpc call is about.
+// tableMessage is the MESSAGE column: the message, then the pod the call
+// is about and the container's name in it, when known, and the container
+// id of a ttrpc call, last. Pod and container names are learnt only when
+// made of Kubernetes' name characters (internal/pods): no escaping needed.
 func tableMessage(r *call.Record) string {
 	s := MessageText(r)
+	if r.Pod.Name != "" {
+		s = strings.TrimSpace(s + " pod=" + r.Pod.Namespace + "/" + r.Pod.Name)
+	}
+	if r.ContainerName != "" {
+		s = strings.TrimSpace(s + " container_name=" + r.ContainerName)
+	}
 	if r.ContainerID != "" {
 		s = strings.TrimSpace(s + " container=" + r.ContainerID)
 	}

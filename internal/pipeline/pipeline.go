@@ -18,6 +18,7 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/h2"
 	"github.com/containerdsnoop/containerdsnoop/internal/output"
 	"github.com/containerdsnoop/containerdsnoop/internal/peerfields"
+	"github.com/containerdsnoop/containerdsnoop/internal/pods"
 	"github.com/containerdsnoop/containerdsnoop/internal/redact"
 	"github.com/containerdsnoop/containerdsnoop/internal/stream"
 	"github.com/containerdsnoop/containerdsnoop/internal/summary"
@@ -59,6 +60,8 @@ type Pipeline struct {
 	sinks      tee
 	h2         *h2.Decoder
 	peer       *peerfields.Store
+	records    []RecordSink
+	pods       *pods.Index
 	lastExpiry time.Time
 	err        error
 	// Records counts what was written.
@@ -77,7 +80,7 @@ const IdleTimeout = 15 * time.Minute
 
 // New returns a Pipeline writing to out.
 func New(out output.Writer, f Filter) *Pipeline {
-	p := &Pipeline{out: out, socketOK: map[string]bool{}, filter: f}
+	p := &Pipeline{out: out, socketOK: map[string]bool{}, filter: f, pods: pods.New()}
 	p.calls = callfilter.New(f.Calls, p.emit)
 	if f.Socket != "" {
 		p.socket = canonicalPath(f.Socket)
@@ -101,6 +104,17 @@ func New(out output.Writer, f Filter) *Pipeline {
 // when s gets it. Conn.State belongs to the decoder: s must not use it.
 // Call before the first Feed.
 func (p *Pipeline) AddSink(s stream.Sink) { p.sinks = append(p.sinks, s) }
+
+// RecordSink takes the records the filters selected, the same the output
+// gets (also with --summary-only), after redaction: metrics, traces. It
+// must neither keep r nor change it.
+type RecordSink interface {
+	Record(r *call.Record)
+}
+
+// AddRecordSink also hands every selected record to s. Call before the
+// first Feed.
+func (p *Pipeline) AddRecordSink(s RecordSink) { p.records = append(p.records, s) }
 
 // tee is a stream.Sink feeding several.
 type tee []stream.Sink
@@ -158,6 +172,10 @@ func (p *Pipeline) Field(ev *capture.Event) {
 	}
 }
 
+// Pods is the index that names the pods calls are about, for the
+// start-up query (pods.Query). Use it only from the goroutine that feeds.
+func (p *Pipeline) Pods() *pods.Index { return p.pods }
+
 // Err is the first error writing output.
 func (p *Pipeline) Err() error { return p.err }
 
@@ -177,6 +195,7 @@ func (p *Pipeline) write(r *call.Record) {
 	if r.PeerComm == "" && r.PeerPID != 0 && p.CommOf != nil {
 		r.PeerComm = p.CommOf(r.PeerPID)
 	}
+	p.pods.Annotate(r)
 	if !p.filter.ShowSecrets && r.Message != nil {
 		r.Message = p.redacted(r.Message)
 	}
@@ -207,6 +226,9 @@ func (p *Pipeline) redacted(m proto.Message) proto.Message {
 
 // emit takes a record the filters selected.
 func (p *Pipeline) emit(r *call.Record) {
+	for _, s := range p.records {
+		s.Record(r)
+	}
 	if p.filter.Summary != nil {
 		p.filter.Summary.Add(r)
 		if p.filter.SummaryOnly {

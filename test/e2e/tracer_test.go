@@ -284,7 +284,7 @@ var documentedKeys = map[string]bool{
 	"socket": true, "conn": true, "protocol": true, "type": true, "stream": true, "method": true,
 	"namespace": true, "message_type": true, "message": true, "message_text": true, "note": true,
 	"status": true, "latency_ns": true, "method_guess": true, "unresolved_headers": true,
-	"container_id": true, "shim_pid": true,
+	"container_id": true, "shim_pid": true, "pod": true, "container_name": true,
 }
 
 // requiredKeys are the fields every line carries, null or not.

@@ -40,6 +40,7 @@ var scenarios = []expected.Scenario{
 	{Name: "unknown_method", Run: unknownMethod},
 	{Name: "containerd_api", Run: containerdAPI},
 	{Name: "long_lived", Run: longLived},
+	{Name: "pod_lifecycle", Run: podLifecycle},
 }
 
 func main() {
