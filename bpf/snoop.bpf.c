@@ -394,7 +394,16 @@ static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 bac
 		sc->ev.flags |= EVENT_F_NEW;
 	}
 	st = &sc->st;
-	st->off = __sync_fetch_and_add(pos, sent);
+	if (loop) {
+		st->off = __sync_fetch_and_add(pos, sent);
+	} else {
+		/* An atomic add that returns the old value (BPF_FETCH) is 5.12+;
+		 * the bounded twins also run on 5.10, where only a plain atomic
+		 * add is allowed. Two threads sending on one socket at the same
+		 * instant could then be given the same offset. */
+		st->off = *pos;
+		__sync_fetch_and_add(pos, sent);
+	}
 	if (!src->kind) {
 		/* Bytes we cannot read (pages spliced into the socket): the
 		 * offset still advances, so userspace sees a gap of this size. */
@@ -667,6 +676,20 @@ struct iov_iter___pre64 {
 	const struct iovec *iov;
 } __attribute__((preserve_access_index));
 
+/* Before 5.14 the iterator's kind was a bit mask in `type`, or'ed with the
+ * direction in bit 0 (READ 0, WRITE 1); enum iter_type's values were those
+ * masks, so the CO-RE enum values below still compare right. */
+struct iov_iter___pre514 {
+	unsigned int type;
+} __attribute__((preserve_access_index));
+
+static __always_inline unsigned int iter_type_of(struct iov_iter *it)
+{
+	if (bpf_core_field_exists(it->iter_type))
+		return BPF_CORE_READ(it, iter_type);
+	return BPF_CORE_READ((struct iov_iter___pre514 *)it, type) & ~1u;
+}
+
 static __always_inline int enter_sendmsg(struct socket *sock, struct msghdr *msg)
 {
 	struct sock *sk = BPF_CORE_READ(sock, sk);
@@ -674,13 +697,13 @@ static __always_inline int enter_sendmsg(struct socket *sock, struct msghdr *msg
 	__u32 tid = (__u32)pid_tgid;
 	struct iov_iter *it = &msg->msg_iter;
 	struct send_src src = {};
-	__u8 type;
+	unsigned int type;
 
 	if (!sk || BPF_CORE_READ(sock, type) != SOCK_STREAM || !wanted(pid_tgid >> 32, sk))
 		return 0;
 	src.sock = (__u64)sock;
 	src.sk = (__u64)sk;
-	type = BPF_CORE_READ(it, iter_type);
+	type = iter_type_of(it);
 	src.skip = BPF_CORE_READ(it, iov_offset);
 	src.nr_segs = BPF_CORE_READ(it, nr_segs);
 	if (bpf_core_enum_value_exists(enum iter_type, ITER_UBUF) &&
