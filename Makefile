@@ -62,9 +62,10 @@ test: test-deps
 	CONTAINERDSNOOP_REQUIRE_PRIVILEGED=$${CONTAINERDSNOOP_REQUIRE_PRIVILEGED:-1} $(GO) test -p 1 -count=1 -timeout 30m ./...
 	GO=$(GO) bash scripts/test-kernels.sh
 
-# The capture tests on Debian 12's newest 6.1 and 6.12 kernels (generic and
-# cloud), booted under qemu, and on this host's kernel. As root; the first run
-# downloads ~330 MB of kernel packages into /var/cache/containerdsnoop.
+# The capture tests on Debian's kernels from bullseye's 5.10 to sid's newest,
+# amd64 and (KERNEL_SLOW, on by default while bpf/ differs from the last
+# release tag) arm64, booted under qemu, and on this host's kernel. As root;
+# kernels are cached in /var/cache/containerdsnoop. README: "Capture backends".
 test-kernels:
 	GO=$(GO) bash scripts/test-kernels.sh
 

@@ -26,7 +26,11 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Sends larger than this many chunks (1 GiB) are cut, and the cut counted. */
 #define MAX_CHUNKS_PER_SEND (1 << 16)
-/* Kernels without bpf_loop (before 5.17) get a bounded loop instead. */
+/* Kernels without bpf_loop (before 5.17) get a bounded loop instead: the
+ * first 64 chunks (1 MiB) of a send, the rest counted as lost. Their
+ * verifier refuses a program that so much as names a bpf_loop callback,
+ * so every program that emits exists twice, the second with the suffix
+ * _bounded, and the loader keeps the one the kernel can run. */
 #define MAX_CHUNKS_NO_LOOP 64
 
 const volatile struct config cfg = {};
@@ -320,7 +324,10 @@ static long emit_step(__u64 index, void *ctx)
 			st->cur_left -= st->skip;
 		}
 		st->seg++;
-		return 0;
+		/* Emit from the new segment in this same step, so that a
+		 * bounded loop's steps all carry bytes. */
+		if (st->cur_left == 0)
+			return 0;
 	}
 
 	n = st->cur_left < st->left ? st->cur_left : st->left;
@@ -358,7 +365,7 @@ static long emit_step(__u64 index, void *ctx)
 	return 0;
 }
 
-static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 backend)
+static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 backend, bool loop)
 {
 	struct socket *sock = (struct socket *)src->sock;
 	struct sock *sk = (struct sock *)src->sk;
@@ -387,7 +394,16 @@ static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 bac
 		sc->ev.flags |= EVENT_F_NEW;
 	}
 	st = &sc->st;
-	st->off = __sync_fetch_and_add(pos, sent);
+	if (loop) {
+		st->off = __sync_fetch_and_add(pos, sent);
+	} else {
+		/* An atomic add that returns the old value (BPF_FETCH) is 5.12+;
+		 * the bounded twins also run on 5.10, where only a plain atomic
+		 * add is allowed. Two threads sending on one socket at the same
+		 * instant could then be given the same offset. */
+		st->off = *pos;
+		__sync_fetch_and_add(pos, sent);
+	}
 	if (!src->kind) {
 		/* Bytes we cannot read (pages spliced into the socket): the
 		 * offset still advances, so userspace sees a gap of this size. */
@@ -409,12 +425,12 @@ static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 bac
 		st->cur = st->cur_left = st->seg = 0;
 	}
 
-	/* A step either loads a segment or emits a chunk, and a chunk ends at
-	 * a segment's end at the latest. */
+	/* A step emits a chunk (after loading a segment when the last one is
+	 * used up), and a chunk ends at a segment's end at the latest. */
 	iters = sent / SNOOP_CHUNK + 2 * st->nr_segs + 1;
 	if (iters > MAX_CHUNKS_PER_SEND)
 		iters = MAX_CHUNKS_PER_SEND;
-	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_loop)) {
+	if (loop) {
 		bpf_loop(iters, emit_step, NULL, 0);
 	} else {
 		for (int i = 0; i < MAX_CHUNKS_NO_LOOP; i++)
@@ -453,7 +469,7 @@ static __always_inline int enter_send(__u64 fd, __u32 kind, __u64 base, __u64 nr
 	return 0;
 }
 
-static __always_inline int exit_send(long ret, __u8 backend)
+static __always_inline int exit_send(long ret, __u8 backend, bool loop)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct send_src *p = bpf_map_lookup_elem(&inflight, &tid);
@@ -464,7 +480,7 @@ static __always_inline int exit_send(long ret, __u8 backend)
 	src = *p;
 	bpf_map_delete_elem(&inflight, &tid);
 	if (ret > 0)
-		emit_send(&src, ret, backend);
+		emit_send(&src, ret, backend, loop);
 	return 0;
 }
 
@@ -496,29 +512,24 @@ int tp_enter_sendmsg(struct syscall_trace_enter *ctx)
 	return enter_send(ctx->args[0], SRC_UIOV, (__u64)msg.msg_iov, msg.msg_iovlen);
 }
 
-SEC("tracepoint/syscalls/sys_exit_write")
-int tp_exit_write(struct syscall_trace_exit *ctx)
-{
-	return exit_send(ctx->ret, BACKEND_TRACEPOINT);
-}
+/* The exit programs, each twice: with bpf_loop, and bounded (see
+ * MAX_CHUNKS_NO_LOOP). */
+#define TP_EXIT(name)                                                        \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                          \
+	int tp_exit_##name(struct syscall_trace_exit *ctx)                  \
+	{                                                                    \
+		return exit_send(ctx->ret, BACKEND_TRACEPOINT, true);        \
+	}                                                                    \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                          \
+	int tp_exit_##name##_bounded(struct syscall_trace_exit *ctx)        \
+	{                                                                    \
+		return exit_send(ctx->ret, BACKEND_TRACEPOINT, false);       \
+	}
 
-SEC("tracepoint/syscalls/sys_exit_sendto")
-int tp_exit_sendto(struct syscall_trace_exit *ctx)
-{
-	return exit_send(ctx->ret, BACKEND_TRACEPOINT);
-}
-
-SEC("tracepoint/syscalls/sys_exit_writev")
-int tp_exit_writev(struct syscall_trace_exit *ctx)
-{
-	return exit_send(ctx->ret, BACKEND_TRACEPOINT);
-}
-
-SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int tp_exit_sendmsg(struct syscall_trace_exit *ctx)
-{
-	return exit_send(ctx->ret, BACKEND_TRACEPOINT);
-}
+TP_EXIT(write)
+TP_EXIT(sendto)
+TP_EXIT(writev)
+TP_EXIT(sendmsg)
 
 /* ---- every backend: closes ---------------------------------------------
  *
@@ -665,6 +676,20 @@ struct iov_iter___pre64 {
 	const struct iovec *iov;
 } __attribute__((preserve_access_index));
 
+/* Before 5.14 the iterator's kind was a bit mask in `type`, or'ed with the
+ * direction in bit 0 (READ 0, WRITE 1); enum iter_type's values were those
+ * masks, so the CO-RE enum values below still compare right. */
+struct iov_iter___pre514 {
+	unsigned int type;
+} __attribute__((preserve_access_index));
+
+static __always_inline unsigned int iter_type_of(struct iov_iter *it)
+{
+	if (bpf_core_field_exists(it->iter_type))
+		return BPF_CORE_READ(it, iter_type);
+	return BPF_CORE_READ((struct iov_iter___pre514 *)it, type) & ~1u;
+}
+
 static __always_inline int enter_sendmsg(struct socket *sock, struct msghdr *msg)
 {
 	struct sock *sk = BPF_CORE_READ(sock, sk);
@@ -672,13 +697,13 @@ static __always_inline int enter_sendmsg(struct socket *sock, struct msghdr *msg
 	__u32 tid = (__u32)pid_tgid;
 	struct iov_iter *it = &msg->msg_iter;
 	struct send_src src = {};
-	__u8 type;
+	unsigned int type;
 
 	if (!sk || BPF_CORE_READ(sock, type) != SOCK_STREAM || !wanted(pid_tgid >> 32, sk))
 		return 0;
 	src.sock = (__u64)sock;
 	src.sk = (__u64)sk;
-	type = BPF_CORE_READ(it, iter_type);
+	type = iter_type_of(it);
 	src.skip = BPF_CORE_READ(it, iov_offset);
 	src.nr_segs = BPF_CORE_READ(it, nr_segs);
 	if (bpf_core_enum_value_exists(enum iter_type, ITER_UBUF) &&
@@ -711,7 +736,13 @@ int BPF_PROG(fentry_unix_stream_sendmsg, struct socket *sock, struct msghdr *msg
 SEC("fexit/unix_stream_sendmsg")
 int BPF_PROG(fexit_unix_stream_sendmsg, struct socket *sock, struct msghdr *msg, size_t len, int ret)
 {
-	return exit_send(ret, BACKEND_FENTRY);
+	return exit_send(ret, BACKEND_FENTRY, true);
+}
+
+SEC("fexit/unix_stream_sendmsg")
+int BPF_PROG(fexit_unix_stream_sendmsg_bounded, struct socket *sock, struct msghdr *msg, size_t len, int ret)
+{
+	return exit_send(ret, BACKEND_FENTRY, false);
 }
 
 SEC("kprobe/unix_stream_sendmsg")
@@ -723,7 +754,13 @@ int BPF_KPROBE(kprobe_unix_stream_sendmsg, struct socket *sock, struct msghdr *m
 SEC("kretprobe/unix_stream_sendmsg")
 int BPF_KRETPROBE(kretprobe_unix_stream_sendmsg, int ret)
 {
-	return exit_send(ret, BACKEND_KPROBE);
+	return exit_send(ret, BACKEND_KPROBE, true);
+}
+
+SEC("kretprobe/unix_stream_sendmsg")
+int BPF_KRETPROBE(kretprobe_unix_stream_sendmsg_bounded, int ret)
+{
+	return exit_send(ret, BACKEND_KPROBE, false);
 }
 
 /* ---- peer probes: hpack.(*Encoder).WriteField in Go processes ---------

@@ -54,6 +54,38 @@ func TestHelperProcess(t *testing.T) {
 			}
 		}
 		os.Exit(0)
+	case "handoff":
+		// Like a shim's "start" process: listen, hand the listener to a
+		// child that accepts, and exit.
+		ln, err := net.Listen("unix", sock)
+		if err != nil {
+			os.Exit(2)
+		}
+		f, err := ln.(*net.UnixListener).File()
+		if err != nil {
+			os.Exit(2)
+		}
+		cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$")
+		cmd.Env = append(os.Environ(), "CDSNOOP_HELPER=acceptor")
+		cmd.ExtraFiles = []*os.File{f}
+		cmd.Stdout = os.Stdout
+		if cmd.Start() != nil {
+			os.Exit(3)
+		}
+		os.Exit(0)
+	case "acceptor":
+		ln, err := net.FileListener(os.NewFile(3, "listener"))
+		if err != nil {
+			os.Exit(2)
+		}
+		fmt.Printf("acceptor %d\n", os.Getpid())
+		c, err := ln.Accept()
+		if err != nil {
+			os.Exit(2)
+		}
+		fmt.Println("accepted")
+		io.Copy(io.Discard, c) // never sends: only the accept names it
+		os.Exit(0)
 	case "unrelated":
 		c, err := net.Dial("unix", sock)
 		if err != nil {

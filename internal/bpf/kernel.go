@@ -4,7 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
+	"sync"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
 	"golang.org/x/sys/unix"
 )
 
@@ -52,4 +57,32 @@ func ensureTracefs() error {
 		return fmt.Errorf("mount tracefs at %s: %w", tracefsPath, err)
 	}
 	return nil
+}
+
+// haveLoop tells whether the kernel has the bpf_loop helper (5.17+), which
+// the exit programs use to copy a send of any size. Before it, the kernel
+// refuses any program that refers to a loop callback at all.
+var haveLoop = sync.OnceValue(func() bool {
+	return features.HaveProgramHelper(ebpf.Kprobe, asm.FnLoop) == nil
+})
+
+// boundedSuffix marks the twin of each exit program that copies at most
+// the first 64 chunks (1 MiB) of a send without bpf_loop, and counts the
+// rest as lost (bpf/snoop.bpf.c, MAX_CHUNKS_NO_LOOP).
+const boundedSuffix = "_bounded"
+
+// useBoundedPrograms keeps one program of each twin pair, under the plain
+// name the attach code looks up: the bpf_loop one when the kernel has
+// bpf_loop, the bounded one otherwise. One object serves every kernel.
+func useBoundedPrograms(spec *ebpf.CollectionSpec, loop bool) {
+	for name, p := range spec.Programs {
+		base, bounded := strings.CutSuffix(name, boundedSuffix)
+		if !bounded {
+			continue
+		}
+		delete(spec.Programs, name)
+		if _, ok := spec.Programs[base]; ok && !loop {
+			spec.Programs[base] = p
+		}
+	}
 }

@@ -137,40 +137,46 @@ type snoopStats struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	snoopMapEvents                      = "events"
-	snoopMapHpackScratchMap             = "hpack_scratch_map"
-	snoopMapHpackSeq                    = "hpack_seq"
-	snoopMapInflight                    = "inflight"
-	snoopMapPidFilter                   = "pid_filter"
-	snoopMapScratchMap                  = "scratch_map"
-	snoopMapSendPos                     = "send_pos"
-	snoopMapSkOwner                     = "sk_owner"
-	snoopMapStatsMap                    = "stats_map"
-	snoopProgAnyEnterAccept             = "any_enter_accept"
-	snoopProgAnyEnterAccept4            = "any_enter_accept4"
-	snoopProgAnyEnterClose              = "any_enter_close"
-	snoopProgAnyExitAccept              = "any_exit_accept"
-	snoopProgAnyExitAccept4             = "any_exit_accept4"
-	snoopProgFentryUnixStreamSendmsg    = "fentry_unix_stream_sendmsg"
-	snoopProgFexitUnixStreamSendmsg     = "fexit_unix_stream_sendmsg"
-	snoopProgFollowExit                 = "follow_exit"
-	snoopProgFollowFork                 = "follow_fork"
-	snoopProgKprobeUnixStreamSendmsg    = "kprobe_unix_stream_sendmsg"
-	snoopProgKretprobeUnixStreamSendmsg = "kretprobe_unix_stream_sendmsg"
-	snoopProgPeerHpackWriteField        = "peer_hpack_write_field"
-	snoopProgTpEnterSendmsg             = "tp_enter_sendmsg"
-	snoopProgTpEnterSendto              = "tp_enter_sendto"
-	snoopProgTpEnterWrite               = "tp_enter_write"
-	snoopProgTpEnterWritev              = "tp_enter_writev"
-	snoopProgTpExitSendmsg              = "tp_exit_sendmsg"
-	snoopProgTpExitSendto               = "tp_exit_sendto"
-	snoopProgTpExitWrite                = "tp_exit_write"
-	snoopProgTpExitWritev               = "tp_exit_writev"
-	snoopVarCfg                         = "cfg"
-	snoopVarUnusedBackend               = "unused_backend"
-	snoopVarUnusedFlags                 = "unused_flags"
-	snoopVarUnusedHpackField            = "unused_hpack_field"
-	snoopVarUnusedHpackFlags            = "unused_hpack_flags"
+	snoopMapEvents                             = "events"
+	snoopMapHpackScratchMap                    = "hpack_scratch_map"
+	snoopMapHpackSeq                           = "hpack_seq"
+	snoopMapInflight                           = "inflight"
+	snoopMapPidFilter                          = "pid_filter"
+	snoopMapScratchMap                         = "scratch_map"
+	snoopMapSendPos                            = "send_pos"
+	snoopMapSkOwner                            = "sk_owner"
+	snoopMapStatsMap                           = "stats_map"
+	snoopProgAnyEnterAccept                    = "any_enter_accept"
+	snoopProgAnyEnterAccept4                   = "any_enter_accept4"
+	snoopProgAnyEnterClose                     = "any_enter_close"
+	snoopProgAnyExitAccept                     = "any_exit_accept"
+	snoopProgAnyExitAccept4                    = "any_exit_accept4"
+	snoopProgFentryUnixStreamSendmsg           = "fentry_unix_stream_sendmsg"
+	snoopProgFexitUnixStreamSendmsg            = "fexit_unix_stream_sendmsg"
+	snoopProgFexitUnixStreamSendmsgBounded     = "fexit_unix_stream_sendmsg_bounded"
+	snoopProgFollowExit                        = "follow_exit"
+	snoopProgFollowFork                        = "follow_fork"
+	snoopProgKprobeUnixStreamSendmsg           = "kprobe_unix_stream_sendmsg"
+	snoopProgKretprobeUnixStreamSendmsg        = "kretprobe_unix_stream_sendmsg"
+	snoopProgKretprobeUnixStreamSendmsgBounded = "kretprobe_unix_stream_sendmsg_bounded"
+	snoopProgPeerHpackWriteField               = "peer_hpack_write_field"
+	snoopProgTpEnterSendmsg                    = "tp_enter_sendmsg"
+	snoopProgTpEnterSendto                     = "tp_enter_sendto"
+	snoopProgTpEnterWrite                      = "tp_enter_write"
+	snoopProgTpEnterWritev                     = "tp_enter_writev"
+	snoopProgTpExitSendmsg                     = "tp_exit_sendmsg"
+	snoopProgTpExitSendmsgBounded              = "tp_exit_sendmsg_bounded"
+	snoopProgTpExitSendto                      = "tp_exit_sendto"
+	snoopProgTpExitSendtoBounded               = "tp_exit_sendto_bounded"
+	snoopProgTpExitWrite                       = "tp_exit_write"
+	snoopProgTpExitWriteBounded                = "tp_exit_write_bounded"
+	snoopProgTpExitWritev                      = "tp_exit_writev"
+	snoopProgTpExitWritevBounded               = "tp_exit_writev_bounded"
+	snoopVarCfg                                = "cfg"
+	snoopVarUnusedBackend                      = "unused_backend"
+	snoopVarUnusedFlags                        = "unused_flags"
+	snoopVarUnusedHpackField                   = "unused_hpack_field"
+	snoopVarUnusedHpackFlags                   = "unused_hpack_flags"
 )
 
 // loadSnoop returns the embedded CollectionSpec for snoop.
@@ -215,26 +221,32 @@ type snoopSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type snoopProgramSpecs struct {
-	AnyEnterAccept             *ebpf.ProgramSpec `ebpf:"any_enter_accept"`
-	AnyEnterAccept4            *ebpf.ProgramSpec `ebpf:"any_enter_accept4"`
-	AnyEnterClose              *ebpf.ProgramSpec `ebpf:"any_enter_close"`
-	AnyExitAccept              *ebpf.ProgramSpec `ebpf:"any_exit_accept"`
-	AnyExitAccept4             *ebpf.ProgramSpec `ebpf:"any_exit_accept4"`
-	FentryUnixStreamSendmsg    *ebpf.ProgramSpec `ebpf:"fentry_unix_stream_sendmsg"`
-	FexitUnixStreamSendmsg     *ebpf.ProgramSpec `ebpf:"fexit_unix_stream_sendmsg"`
-	FollowExit                 *ebpf.ProgramSpec `ebpf:"follow_exit"`
-	FollowFork                 *ebpf.ProgramSpec `ebpf:"follow_fork"`
-	KprobeUnixStreamSendmsg    *ebpf.ProgramSpec `ebpf:"kprobe_unix_stream_sendmsg"`
-	KretprobeUnixStreamSendmsg *ebpf.ProgramSpec `ebpf:"kretprobe_unix_stream_sendmsg"`
-	PeerHpackWriteField        *ebpf.ProgramSpec `ebpf:"peer_hpack_write_field"`
-	TpEnterSendmsg             *ebpf.ProgramSpec `ebpf:"tp_enter_sendmsg"`
-	TpEnterSendto              *ebpf.ProgramSpec `ebpf:"tp_enter_sendto"`
-	TpEnterWrite               *ebpf.ProgramSpec `ebpf:"tp_enter_write"`
-	TpEnterWritev              *ebpf.ProgramSpec `ebpf:"tp_enter_writev"`
-	TpExitSendmsg              *ebpf.ProgramSpec `ebpf:"tp_exit_sendmsg"`
-	TpExitSendto               *ebpf.ProgramSpec `ebpf:"tp_exit_sendto"`
-	TpExitWrite                *ebpf.ProgramSpec `ebpf:"tp_exit_write"`
-	TpExitWritev               *ebpf.ProgramSpec `ebpf:"tp_exit_writev"`
+	AnyEnterAccept                    *ebpf.ProgramSpec `ebpf:"any_enter_accept"`
+	AnyEnterAccept4                   *ebpf.ProgramSpec `ebpf:"any_enter_accept4"`
+	AnyEnterClose                     *ebpf.ProgramSpec `ebpf:"any_enter_close"`
+	AnyExitAccept                     *ebpf.ProgramSpec `ebpf:"any_exit_accept"`
+	AnyExitAccept4                    *ebpf.ProgramSpec `ebpf:"any_exit_accept4"`
+	FentryUnixStreamSendmsg           *ebpf.ProgramSpec `ebpf:"fentry_unix_stream_sendmsg"`
+	FexitUnixStreamSendmsg            *ebpf.ProgramSpec `ebpf:"fexit_unix_stream_sendmsg"`
+	FexitUnixStreamSendmsgBounded     *ebpf.ProgramSpec `ebpf:"fexit_unix_stream_sendmsg_bounded"`
+	FollowExit                        *ebpf.ProgramSpec `ebpf:"follow_exit"`
+	FollowFork                        *ebpf.ProgramSpec `ebpf:"follow_fork"`
+	KprobeUnixStreamSendmsg           *ebpf.ProgramSpec `ebpf:"kprobe_unix_stream_sendmsg"`
+	KretprobeUnixStreamSendmsg        *ebpf.ProgramSpec `ebpf:"kretprobe_unix_stream_sendmsg"`
+	KretprobeUnixStreamSendmsgBounded *ebpf.ProgramSpec `ebpf:"kretprobe_unix_stream_sendmsg_bounded"`
+	PeerHpackWriteField               *ebpf.ProgramSpec `ebpf:"peer_hpack_write_field"`
+	TpEnterSendmsg                    *ebpf.ProgramSpec `ebpf:"tp_enter_sendmsg"`
+	TpEnterSendto                     *ebpf.ProgramSpec `ebpf:"tp_enter_sendto"`
+	TpEnterWrite                      *ebpf.ProgramSpec `ebpf:"tp_enter_write"`
+	TpEnterWritev                     *ebpf.ProgramSpec `ebpf:"tp_enter_writev"`
+	TpExitSendmsg                     *ebpf.ProgramSpec `ebpf:"tp_exit_sendmsg"`
+	TpExitSendmsgBounded              *ebpf.ProgramSpec `ebpf:"tp_exit_sendmsg_bounded"`
+	TpExitSendto                      *ebpf.ProgramSpec `ebpf:"tp_exit_sendto"`
+	TpExitSendtoBounded               *ebpf.ProgramSpec `ebpf:"tp_exit_sendto_bounded"`
+	TpExitWrite                       *ebpf.ProgramSpec `ebpf:"tp_exit_write"`
+	TpExitWriteBounded                *ebpf.ProgramSpec `ebpf:"tp_exit_write_bounded"`
+	TpExitWritev                      *ebpf.ProgramSpec `ebpf:"tp_exit_writev"`
+	TpExitWritevBounded               *ebpf.ProgramSpec `ebpf:"tp_exit_writev_bounded"`
 }
 
 // snoopMapSpecs contains maps before they are loaded into the kernel.
@@ -323,26 +335,32 @@ type snoopVariables struct {
 //
 // It can be passed to loadSnoopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type snoopPrograms struct {
-	AnyEnterAccept             *ebpf.Program `ebpf:"any_enter_accept"`
-	AnyEnterAccept4            *ebpf.Program `ebpf:"any_enter_accept4"`
-	AnyEnterClose              *ebpf.Program `ebpf:"any_enter_close"`
-	AnyExitAccept              *ebpf.Program `ebpf:"any_exit_accept"`
-	AnyExitAccept4             *ebpf.Program `ebpf:"any_exit_accept4"`
-	FentryUnixStreamSendmsg    *ebpf.Program `ebpf:"fentry_unix_stream_sendmsg"`
-	FexitUnixStreamSendmsg     *ebpf.Program `ebpf:"fexit_unix_stream_sendmsg"`
-	FollowExit                 *ebpf.Program `ebpf:"follow_exit"`
-	FollowFork                 *ebpf.Program `ebpf:"follow_fork"`
-	KprobeUnixStreamSendmsg    *ebpf.Program `ebpf:"kprobe_unix_stream_sendmsg"`
-	KretprobeUnixStreamSendmsg *ebpf.Program `ebpf:"kretprobe_unix_stream_sendmsg"`
-	PeerHpackWriteField        *ebpf.Program `ebpf:"peer_hpack_write_field"`
-	TpEnterSendmsg             *ebpf.Program `ebpf:"tp_enter_sendmsg"`
-	TpEnterSendto              *ebpf.Program `ebpf:"tp_enter_sendto"`
-	TpEnterWrite               *ebpf.Program `ebpf:"tp_enter_write"`
-	TpEnterWritev              *ebpf.Program `ebpf:"tp_enter_writev"`
-	TpExitSendmsg              *ebpf.Program `ebpf:"tp_exit_sendmsg"`
-	TpExitSendto               *ebpf.Program `ebpf:"tp_exit_sendto"`
-	TpExitWrite                *ebpf.Program `ebpf:"tp_exit_write"`
-	TpExitWritev               *ebpf.Program `ebpf:"tp_exit_writev"`
+	AnyEnterAccept                    *ebpf.Program `ebpf:"any_enter_accept"`
+	AnyEnterAccept4                   *ebpf.Program `ebpf:"any_enter_accept4"`
+	AnyEnterClose                     *ebpf.Program `ebpf:"any_enter_close"`
+	AnyExitAccept                     *ebpf.Program `ebpf:"any_exit_accept"`
+	AnyExitAccept4                    *ebpf.Program `ebpf:"any_exit_accept4"`
+	FentryUnixStreamSendmsg           *ebpf.Program `ebpf:"fentry_unix_stream_sendmsg"`
+	FexitUnixStreamSendmsg            *ebpf.Program `ebpf:"fexit_unix_stream_sendmsg"`
+	FexitUnixStreamSendmsgBounded     *ebpf.Program `ebpf:"fexit_unix_stream_sendmsg_bounded"`
+	FollowExit                        *ebpf.Program `ebpf:"follow_exit"`
+	FollowFork                        *ebpf.Program `ebpf:"follow_fork"`
+	KprobeUnixStreamSendmsg           *ebpf.Program `ebpf:"kprobe_unix_stream_sendmsg"`
+	KretprobeUnixStreamSendmsg        *ebpf.Program `ebpf:"kretprobe_unix_stream_sendmsg"`
+	KretprobeUnixStreamSendmsgBounded *ebpf.Program `ebpf:"kretprobe_unix_stream_sendmsg_bounded"`
+	PeerHpackWriteField               *ebpf.Program `ebpf:"peer_hpack_write_field"`
+	TpEnterSendmsg                    *ebpf.Program `ebpf:"tp_enter_sendmsg"`
+	TpEnterSendto                     *ebpf.Program `ebpf:"tp_enter_sendto"`
+	TpEnterWrite                      *ebpf.Program `ebpf:"tp_enter_write"`
+	TpEnterWritev                     *ebpf.Program `ebpf:"tp_enter_writev"`
+	TpExitSendmsg                     *ebpf.Program `ebpf:"tp_exit_sendmsg"`
+	TpExitSendmsgBounded              *ebpf.Program `ebpf:"tp_exit_sendmsg_bounded"`
+	TpExitSendto                      *ebpf.Program `ebpf:"tp_exit_sendto"`
+	TpExitSendtoBounded               *ebpf.Program `ebpf:"tp_exit_sendto_bounded"`
+	TpExitWrite                       *ebpf.Program `ebpf:"tp_exit_write"`
+	TpExitWriteBounded                *ebpf.Program `ebpf:"tp_exit_write_bounded"`
+	TpExitWritev                      *ebpf.Program `ebpf:"tp_exit_writev"`
+	TpExitWritevBounded               *ebpf.Program `ebpf:"tp_exit_writev_bounded"`
 }
 
 func (p *snoopPrograms) Close() error {
@@ -354,19 +372,25 @@ func (p *snoopPrograms) Close() error {
 		p.AnyExitAccept4,
 		p.FentryUnixStreamSendmsg,
 		p.FexitUnixStreamSendmsg,
+		p.FexitUnixStreamSendmsgBounded,
 		p.FollowExit,
 		p.FollowFork,
 		p.KprobeUnixStreamSendmsg,
 		p.KretprobeUnixStreamSendmsg,
+		p.KretprobeUnixStreamSendmsgBounded,
 		p.PeerHpackWriteField,
 		p.TpEnterSendmsg,
 		p.TpEnterSendto,
 		p.TpEnterWrite,
 		p.TpEnterWritev,
 		p.TpExitSendmsg,
+		p.TpExitSendmsgBounded,
 		p.TpExitSendto,
+		p.TpExitSendtoBounded,
 		p.TpExitWrite,
+		p.TpExitWriteBounded,
 		p.TpExitWritev,
+		p.TpExitWritevBounded,
 	)
 }
 

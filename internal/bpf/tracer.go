@@ -144,6 +144,7 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 			delete(spec.Programs, name)
 		}
 	}
+	useBoundedPrograms(spec, haveLoop())
 	spec.Maps["events"].MaxEntries = ringBufSize(opts.RingBufSize)
 	cfg := snoopConfig{}
 	if !opts.IncludeSelf {

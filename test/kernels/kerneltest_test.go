@@ -199,9 +199,15 @@ func TestReport(t *testing.T) {
 		return p
 	}
 	bad := write("bad.log", sampleLog)
+	badRes := write("bad.result", "KERNELTEST-RESULT: FAIL rc=1\n")
 	good := write("good.log", strings.ReplaceAll(strings.ReplaceAll(sampleLog,
 		"FAIL: TestCaptureSyscallsByteExact/tracepoint", "PASS: TestCaptureSyscallsByteExact/tracepoint"),
 		"KERNELTEST-RESULT: FAIL rc=1", "KERNELTEST-RESULT: PASS"))
+	goodRes := write("good.result", "KERNELTEST-RESULT: PASS\n")
+	// The console shows PASS, split by another writer; the result port,
+	// which alone counts, has nothing: the guest never finished.
+	garbled := write("garbled.log", strings.ReplaceAll(sampleLog, "KERNELTEST-RESULT: FAIL rc=1", "KERNELTEST-RESULKERNELTEST-RESULT: PASS"))
+	noRes := filepath.Join(dir, "none.result")
 	hung := write("hung.log", "[    5.0] Run /init as init process\r\nKERNELTEST-UNAME: 6.12.1\r\n"+
 		"panic: test timed out after 2m30s\r\n\trunning tests:\r\n\t\tTestCaptureSyscallsByteExact/kprobe (2m0s)\r\n\r\n"+
 		"goroutine 1 [running]:\r\n"+
@@ -213,14 +219,16 @@ func TestReport(t *testing.T) {
 		ok             bool
 		want           []string
 	}{
-		{"pass", "k\tfentry,tracepoint\t" + good + "\texited\t10.0\n", true,
+		{"pass", "k\tfentry,tracepoint\t" + good + "\t" + goodRes + "\texited\t10.0\n", true,
 			[]string{"kprobe      no        -", "unavailable (not expected)", "fentry      yes       PASS", "kernels: 2 passed, 0 failed"}},
-		{"expected backend missing", "k\tfentry,kprobe,tracepoint\t" + good + "\texited\t10.0\n", false,
+		{"expected backend missing", "k\tfentry,kprobe,tracepoint\t" + good + "\t" + goodRes + "\texited\t10.0\n", false,
 			[]string{"MISSING", "k: FAIL: expected backend kprobe: MISSING in TestCaptureSyscallsByteExact"}},
-		{"subtest fails", "k\tfentry,tracepoint\t" + bad + "\texited\t10.0\n", false,
+		{"subtest fails", "k\tfentry,tracepoint\t" + bad + "\t" + badRes + "\texited\t10.0\n", false,
 			[]string{"k: FAIL: test binary: FAIL rc=1", "TestCaptureSyscallsByteExact/tracepoint: captured 5 bytes", "kernels: 1 passed, 1 failed"}},
-		{"timeout", "k\tfentry\t" + hung + "\ttimeout\t300.0\n", false,
-			[]string{"k: FAIL: timed out", "no KERNELTEST-RESULT marker",
+		{"verdict only from the result port", "k\tfentry\t" + garbled + "\t" + noRes + "\texited\t10.0\n", false,
+			[]string{"k: FAIL: no verdict on the result port"}},
+		{"timeout", "k\tfentry\t" + hung + "\t" + noRes + "\ttimeout\t300.0\n", false,
+			[]string{"k: FAIL: timed out", "no verdict on the result port",
 				"k: FAIL: guest kernel: Oops: int3: 0000 [#1] PREEMPT SMP NOPTI",
 				"k: FAIL: test binary panicked: test timed out after 2m30s | running tests: | TestCaptureSyscallsByteExact/kprobe (2m0s)", "guest kernel: RIP: 0010:syscall_trace_enter+0xd6/0x190"}},
 	} {
@@ -239,5 +247,59 @@ func TestReport(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestArm64Image(t *testing.T) {
+	img := make([]byte, 4096)
+	copy(img[arm64MagicOff:], arm64Magic)
+	img[100] = 42
+	var z bytes.Buffer
+	zw := gzip.NewWriter(&z)
+	zw.Write(img)
+	zw.Close()
+	for name, in := range map[string][]byte{"plain": img, "gzip": z.Bytes()} {
+		got, _, err := arm64Image(in)
+		if err != nil || !bytes.Equal(got, img) {
+			t.Errorf("%s: %d bytes, %v", name, len(got), err)
+		}
+	}
+	if _, _, err := arm64Image([]byte("not a kernel at all, not even close to one, no magic anywhere here at all")); err == nil {
+		t.Error("garbage accepted")
+	}
+}
+
+func TestTable(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, s string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	log := write("k.log", "=== RUN   TestCaptureLargeSend/fentry\n    capture_test.go:1: large send: whole\n"+
+		"--- PASS: TestCaptureLargeSend (1.00s)\n    --- PASS: TestCaptureLargeSend/fentry (0.50s)\n"+
+		"    --- PASS: TestCaptureLargeSend/tracepoint (0.50s)\n")
+	res := write("k.result", "KERNELTEST-RESULT: PASS\n")
+	manifest := write("manifest", "arm64:trixie:6.12.118+deb13-arm64\tfentry,tracepoint\t"+log+"\t"+res+"\texited\t1\n"+
+		"host:6.18\ttracepoint\t"+log+"\t"+res+"\texited\t1\n")
+	row := "| arm64 | 13 trixie | 6.12 | ✓ | no | ✓ | whole |"
+	kept := "| amd64 | 11 bullseye | 5.10 | ✓ | ✓ | ✓ | first 1024 KiB, the rest reported lost |"
+	readme := write("README.md", "intro\n"+tableBegin+"\n"+tableHead+"\n"+kept+"\n"+tableEnd+"\nrest\n")
+	var out bytes.Buffer
+	if err := cmdTable(&out, []string{"check", readme, manifest}); err == nil {
+		t.Fatal("check passed with a row missing from the committed table")
+	}
+	if err := cmdTable(&out, []string{"update", readme, manifest}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(readme)
+	want := "intro\n" + tableBegin + "\n" + tableHead + "\n" + kept + "\n" + row + "\n" + tableEnd + "\nrest\n"
+	if string(got) != want {
+		t.Fatalf("updated README:\n%s\nwant:\n%s", got, want)
+	}
+	if err := cmdTable(&out, []string{"check", readme, manifest}); err != nil {
+		t.Fatalf("check after update: %v\n%s", err, out.String())
 	}
 }

@@ -18,16 +18,19 @@ var knownBackends = []string{"fentry", "kprobe", "tracepoint"}
 
 // A run is one kernel's line of the manifest scripts/test-kernels.sh writes:
 //
-//	label <TAB> expected backends <TAB> log file <TAB> how it ended <TAB> seconds
+//	label <TAB> expected backends <TAB> log file <TAB> result file <TAB> how it ended <TAB> seconds
 //
-// where how it ended is "exited", "timeout" or "error: text".
+// where how it ended is "exited", "timeout" or "error: text". The verdict
+// is read from the result file only: the guest writes it on a port of its
+// own, while the console log has several writers and can split a line.
 type run struct {
-	label   string
-	expect  []string
-	logPath string
-	ended   string
-	seconds string
-	log     guestLog
+	label      string
+	expect     []string
+	logPath    string
+	resultPath string
+	ended      string
+	seconds    string
+	log        guestLog
 }
 
 // guestLog is what a serial (or host) log says.
@@ -83,9 +86,8 @@ func parseLog(r io.Reader) (guestLog, error) {
 			g.btf = v
 			continue
 		}
-		if v, ok := strings.CutPrefix(line, "KERNELTEST-RESULT: "); ok {
-			g.result = v
-			continue
+		if strings.HasPrefix(line, "KERNELTEST-RESULT: ") {
+			continue // the verdict comes from the result file
 		}
 		if v, ok := strings.CutPrefix(line, "panic: "); ok && g.goPanic == nil {
 			g.goPanic = []string{v}
@@ -152,10 +154,10 @@ func readManifest(path string) ([]run, error) {
 			continue
 		}
 		f := strings.Split(line, "\t")
-		if len(f) != 5 {
-			return nil, fmt.Errorf("%s:%d: want 5 tab-separated fields, got %d", path, i+1, len(f))
+		if len(f) != 6 {
+			return nil, fmt.Errorf("%s:%d: want 6 tab-separated fields, got %d", path, i+1, len(f))
 		}
-		r := run{label: f[0], logPath: f[2], ended: f[3], seconds: f[4]}
+		r := run{label: f[0], logPath: f[2], resultPath: f[3], ended: f[4], seconds: f[5]}
 		for _, b := range strings.Split(f[1], ",") {
 			if b = strings.TrimSpace(b); b != "" {
 				r.expect = append(r.expect, b)
@@ -170,10 +172,33 @@ func readManifest(path string) ([]run, error) {
 		} else if !errors.Is(err, os.ErrNotExist) {
 			return nil, err
 		}
+		if r.log.result, err = readResult(r.resultPath); err != nil {
+			return nil, err
+		}
 		runs = append(runs, r)
 	}
 	return runs, nil
 }
+
+// readResult returns the verdict in a result file: "PASS", "FAIL rc=N",
+// or "" when the guest never wrote one (or wrote something else).
+func readResult(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	v, ok := strings.CutPrefix(strings.TrimRight(line, "\r"), "KERNELTEST-RESULT: ")
+	if !ok || (v != "PASS" && !reFailVerdict.MatchString(v)) {
+		return "", nil
+	}
+	return v, nil
+}
+
+var reFailVerdict = regexp.MustCompile(`^FAIL rc=\d+$`)
 
 // cell is one kernel × backend × test result.
 func (r *run) cell(test, backend string) string {
@@ -203,7 +228,7 @@ func (r *run) problems(tests []string) []string {
 	}
 	switch {
 	case r.log.result == "":
-		p = append(p, "no KERNELTEST-RESULT marker in the log (guest crashed or hung?)")
+		p = append(p, "no verdict on the result port (guest crashed or hung?)")
 	case r.log.result != "PASS":
 		p = append(p, "test binary: "+r.log.result)
 	}
@@ -247,6 +272,21 @@ func (r *run) problems(tests []string) []string {
 	return p
 }
 
+// runsPerBackend tells whether test t has a result per backend in some run.
+// Tests that run once whatever the backend (TestCaptureFirstRun,
+// TestFollowChildren) are not columns: their failure fails the test binary,
+// which the verdict reports.
+func runsPerBackend(runs []run, t string) bool {
+	for _, r := range runs {
+		for k := range r.log.status {
+			if k[0] == t {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func shortTest(t string) string {
 	if s := strings.TrimPrefix(t, "TestCapture"); s != "" {
 		return s
@@ -270,7 +310,7 @@ func cmdReport(w io.Writer, args []string) (bool, error) {
 	backends := slices.Clone(knownBackends)
 	for _, r := range runs {
 		for _, t := range r.log.tests {
-			if !slices.Contains(tests, t) {
+			if !slices.Contains(tests, t) && runsPerBackend(runs, t) {
 				tests = append(tests, t)
 			}
 		}

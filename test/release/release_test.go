@@ -122,6 +122,19 @@ func TestRelease(t *testing.T) {
 		})
 	}
 
+	// The arm64 tarball's binary, unpacked as a user would, traces a real
+	// gRPC call on an arm64 kernel (under qemu).
+	t.Run("arm64-guest", func(t *testing.T) {
+		privileged.Require(t)
+		unpacked := t.TempDir()
+		untar := exec.Command("tar", "xzf", filepath.Join(dist, tarballName("arm64")+".tar.gz"))
+		untar.Dir = unpacked
+		if out, err := untar.CombinedOutput(); err != nil {
+			t.Fatalf("tar xzf: %v\n%s", err, out)
+		}
+		testArm64Guest(t, root, filepath.Join(unpacked, tarballName("arm64"), "containerdsnoop"))
+	})
+
 	// Unpack the tarball for this machine as the README says and run it.
 	if runtime.GOARCH != "amd64" && runtime.GOARCH != "arm64" {
 		t.Skipf("no release tarball runs on %s", runtime.GOARCH)
