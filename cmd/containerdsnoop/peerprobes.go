@@ -84,7 +84,8 @@ func canonical(path string) string {
 	return filepath.Clean(path)
 }
 
-// report stops the manager and, at -v, says what the probes did.
+// report stops the manager and, at -v, says what the probes did, lost
+// records included: they are not traffic, only names that stay unknown.
 func (pp *peerProbes) report(w io.Writer, t *bpf.Tracer) {
 	pp.m.Close()
 	if !pp.verbose {

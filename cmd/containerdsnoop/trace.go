@@ -351,11 +351,6 @@ func startLossWatch(t *bpf.Tracer, w interface{ Write([]byte) (int, error) }) *l
 				if s.Lost() {
 					fmt.Fprintf(w, "containerdsnoop: lost %d events (%d bytes) and %d unreadable chunks in total; calls in them are not shown\n", s.LostEvents, s.LostBytes, s.Faults)
 				}
-				if s.LostHeaderFields > 0 {
-					// Not traffic: the probes' view of the peers. Only
-					// names of pre-attach table entries can be missing.
-					fmt.Fprintf(w, "containerdsnoop: lost %d peer-probe records; header table entries they would have named stay unknown\n", s.LostHeaderFields)
-				}
 				return
 			}
 			if s.LostEvents > last.LostEvents || s.LostBytes > last.LostBytes || s.Faults > last.Faults {
