@@ -23,7 +23,11 @@ type peerProbes struct {
 
 // startPeerProbes turns the peer probes on when asked for and the kernel
 // loaded the program; otherwise the trace works as without them.
-func startPeerProbes(f traceFlags, socket string, t *bpf.Tracer, p *pipeline.Pipeline, logf func(string, ...any)) *peerProbes {
+//
+// startup probes, before the tracer says it is ready, the processes already
+// connected to the traced socket; `trace -- CMD` does not ask for it: the
+// command's connections are all new.
+func startPeerProbes(f traceFlags, socket string, startup bool, t *bpf.Tracer, p *pipeline.Pipeline, logf func(string, ...any)) *peerProbes {
 	if !f.peerProbes {
 		return nil
 	}
@@ -35,6 +39,9 @@ func startPeerProbes(f traceFlags, socket string, t *bpf.Tracer, p *pipeline.Pip
 	}
 	pp := &peerProbes{m: peerprobe.New(t, logf, 0), store: p.EnablePeerFields(), verbose: f.verbose}
 	pp.store.Notify = pp.m.Probe
+	if !startup {
+		return pp
+	}
 	// Processes already connected are probed before the tracer says it
 	// is ready, so that their first calls after it are named too.
 	want := runtimeSocket

@@ -168,7 +168,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 		defer srv.Close()
 		fmt.Fprintf(stderr, "containerdsnoop: serving metrics on http://%s/metrics\n", srv.Addr())
 	}
-	if probes := startPeerProbes(f, filter.Socket, tracer, p, opts.Logf); probes != nil {
+	if probes := startPeerProbes(f, filter.Socket, len(command) == 0, tracer, p, opts.Logf); probes != nil {
 		defer probes.report(stderr, tracer)
 	}
 	files, err := openTraceFiles(f, tracer, p, opts.PIDs)
