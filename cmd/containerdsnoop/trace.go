@@ -36,6 +36,7 @@ type traceFlags struct {
 	metricsAddr string
 	otlp        string
 	otlpMsgs    bool
+	listPods    bool
 }
 
 func newTraceCommand() *cobra.Command {
@@ -91,6 +92,7 @@ Credentials in messages (registry passwords and tokens) are shown as
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics of the calls shown at http://ADDR/metrics, e.g. :9520 (off by default)")
 	fl.StringVar(&f.otlp, "otlp-endpoint", "", "export each call as an OpenTelemetry span over OTLP/HTTP to this collector, e.g. http://otel-collector:4318 (OTEL_EXPORTER_OTLP_* variables honoured)")
 	fl.BoolVar(&f.otlpMsgs, "otlp-messages", false, "with --otlp-endpoint, attach each call's messages (redacted) to its span")
+	fl.BoolVar(&f.listPods, "list-pods", false, "at start, ask the CRI runtime on --socket once, read-only, for its pods (ListPodSandbox, ListContainers), to name calls about pods from before the tracer (other tracers see these two calls)")
 	return cmd
 }
 
@@ -98,6 +100,9 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	stderr := cmd.ErrOrStderr()
 	if f.otlpMsgs && f.otlp == "" {
 		return errors.New("--otlp-messages needs --otlp-endpoint")
+	}
+	if f.listPods && f.socket == "" {
+		return errors.New("--list-pods needs --socket, the CRI socket to ask")
 	}
 	filter, err := f.filter()
 	if err != nil {
@@ -128,7 +133,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	// Before attaching: containerd's answers to this process would
 	// otherwise be traced, as calls whose requests were never seen.
 	var known podList
-	if f.socket != "" {
+	if f.listPods {
 		known = listPods(f.socket, opts.Logf)
 	}
 	tracer, err := bpf.Open(opts)

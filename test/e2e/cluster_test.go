@@ -49,7 +49,7 @@ func TestClusterMetricsAndTraces(t *testing.T) {
 	metricsAddr := freeAddr(t)
 	// The collector is stopped below: give up on it in 2 s, not 10.
 	t.Setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2000")
-	tr := startTracer(t, "--output", "json", "--socket", c.Socket, "--metrics-addr", metricsAddr, "--otlp-endpoint", otlpURL, "-v")
+	tr := startTracer(t, "--output", "json", "--socket", c.Socket, "--list-pods", "--metrics-addr", metricsAddr, "--otlp-endpoint", otlpURL, "-v")
 	if !strings.Contains(tr.Stderr(), "serving metrics on http://"+metricsAddr+"/metrics") {
 		t.Errorf("no metrics address on stderr:\n%s", indent(tr.Stderr()))
 	}

@@ -249,8 +249,13 @@ func TestDaemonSetPodSpec(t *testing.T) {
 	}
 	waitUntil("readiness line in the container's log", func() bool { return strings.Contains(readLog(), readyLine) })
 
-	// Calls made to containerd now, on a connection of their own.
+	// Calls made to containerd now, on a connection of their own. The
+	// first is about the tracer's own pod, which it can know only from its
+	// start-up query (--list-pods), made from inside the container.
 	rt2, _ := c.CRI(t)
+	if _, err := rt2.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: sb.PodSandboxId}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := rt2.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{}); err != nil {
 		t.Fatal(err)
 	}
@@ -268,6 +273,15 @@ func TestDaemonSetPodSpec(t *testing.T) {
 	waitUntil("ListPodSandbox in the JSON lines", func() bool {
 		return strings.Contains(readLog(), `"method":"/runtime.v1.RuntimeService/ListPodSandbox"`)
 	})
+	named := false
+	for _, l := range strings.Split(readLog(), "\n") {
+		if strings.Contains(l, `"type":"request"`) && strings.Contains(l, `"method":"/runtime.v1.RuntimeService/PodSandboxStatus"`) {
+			named = strings.Contains(l, `"pod":{"namespace":"containerdsnoop","name":"containerdsnoop-e2e","uid":"e2e-uid-daemonset"}`)
+		}
+	}
+	if !named {
+		t.Error("the PodSandboxStatus request about the tracer's own pod does not name it: no start-up query from inside the container")
+	}
 	st, err := rt.ContainerStats(ctx, &runtimeapi.ContainerStatsRequest{ContainerId: id})
 	if err != nil {
 		t.Fatal(err)
