@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 )
@@ -155,21 +156,35 @@ func TestFollowChildren(t *testing.T) {
 		t.Fatalf("client: %v %s", err, out)
 	}
 	sendUnrelated()
-	// Everything the command tree did is in the ring buffer once it has
-	// exited; drain what is there.
-	tr.Drain()
+	// The command tree's records, and the server's echoes to it. A send's
+	// record is written by the program at the syscall's (or the
+	// function's) exit, which a preemptible kernel (6.1-rt) can run after
+	// the peer already read the bytes and exited: read what the ring
+	// buffer holds until every expected record is there (or 20 s).
+	clientMsg := fmt.Sprintf("client-%d", client.Process.Pid)
 	var payloads []string
 	var ev capture.Event
-	for {
-		if err := tr.Read(&ev); err != nil {
+	joined := ""
+	complete := func() bool {
+		return strings.Count(joined, clientMsg) >= 2 && strings.Count(joined, "child-") >= 2
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		tr.Drain()
+		for {
+			if err := tr.Read(&ev); err != nil {
+				break
+			}
+			if len(ev.Data) > 0 {
+				payloads = append(payloads, string(ev.Data))
+			}
+		}
+		joined = strings.Join(payloads, "|")
+		if complete() || time.Now().After(deadline) {
 			break
 		}
-		if len(ev.Data) > 0 {
-			payloads = append(payloads, string(ev.Data))
-		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	joined := strings.Join(payloads, "|")
-	for _, want := range []string{fmt.Sprintf("client-%d", client.Process.Pid), "child-"} {
+	for _, want := range []string{clientMsg, "child-"} {
 		if strings.Count(joined, want) != 2 { // the send and its echo
 			t.Errorf("%q seen %d times, want 2 (sent and echoed); captured %q", want, strings.Count(joined, want), joined)
 		}

@@ -283,8 +283,10 @@ func TestTable(t *testing.T) {
 		"    --- PASS: TestCaptureLargeSend/tracepoint (0.50s)\n")
 	res := write("k.result", "KERNELTEST-RESULT: PASS\n")
 	manifest := write("manifest", "arm64:trixie:6.12.118+deb13-arm64\tfentry,tracepoint\t"+log+"\t"+res+"\texited\t1\n"+
+		"amd64:bookworm:6.1.0-57-rt-amd64\tfentry,tracepoint\t"+log+"\t"+res+"\texited\t1\n"+
 		"host:6.18\ttracepoint\t"+log+"\t"+res+"\texited\t1\n")
 	row := "| arm64 | 13 trixie | 6.12 | ✓ | no | ✓ | whole |"
+	rt := "| amd64 | 12 bookworm | 6.1 rt | ✓ | no | ✓ | whole |"
 	kept := "| amd64 | 11 bullseye | 5.10 | ✓ | ✓ | ✓ | first 1024 KiB, the rest reported lost |"
 	readme := write("README.md", "intro\n"+tableBegin+"\n"+tableHead+"\n"+kept+"\n"+tableEnd+"\nrest\n")
 	var out bytes.Buffer
@@ -295,7 +297,7 @@ func TestTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, _ := os.ReadFile(readme)
-	want := "intro\n" + tableBegin + "\n" + tableHead + "\n" + kept + "\n" + row + "\n" + tableEnd + "\nrest\n"
+	want := "intro\n" + tableBegin + "\n" + tableHead + "\n" + kept + "\n" + rt + "\n" + row + "\n" + tableEnd + "\nrest\n"
 	if string(got) != want {
 		t.Fatalf("updated README:\n%s\nwant:\n%s", got, want)
 	}

@@ -38,10 +38,28 @@ var (
 type tableRow struct {
 	arch, suite  string
 	major, minor int
+	flavor       string // "", or "rt", "cloud": Debian's other builds
 	line         string
 }
 
-func (r tableRow) key() string { return fmt.Sprintf("%s|%s|%d.%d", r.arch, r.suite, r.major, r.minor) }
+func (r tableRow) key() string {
+	return fmt.Sprintf("%s|%s|%d.%d|%s", r.arch, r.suite, r.major, r.minor, r.flavor)
+}
+
+// flavorOf names the Debian build flavor in a kernel release string.
+func flavorOf(release string) string {
+	for _, f := range []string{"rt", "cloud"} {
+		if strings.Contains(release, "-"+f+"-") {
+			return f
+		}
+	}
+	return ""
+}
+
+// series is the kernel column: "6.1", or "6.1 rt".
+func (r tableRow) series() string {
+	return strings.TrimSpace(fmt.Sprintf("%d.%d %s", r.major, r.minor, r.flavor))
+}
 
 func rowLess(a, b tableRow) int {
 	if a.arch != b.arch {
@@ -53,7 +71,10 @@ func rowLess(a, b tableRow) int {
 	if a.major != b.major {
 		return a.major - b.major
 	}
-	return a.minor - b.minor
+	if a.minor != b.minor {
+		return a.minor - b.minor
+	}
+	return strings.Compare(a.flavor, b.flavor)
 }
 
 // rowOf renders one run, or ok=false for a run that is not a matrix row.
@@ -64,9 +85,9 @@ func rowOf(r *run, tests []string) (tableRow, bool) {
 	}
 	major, _ := strconv.Atoi(m[3])
 	minor, _ := strconv.Atoi(m[4])
-	tr := tableRow{arch: m[1], suite: m[2], major: major, minor: minor}
+	tr := tableRow{arch: m[1], suite: m[2], major: major, minor: minor, flavor: flavorOf(r.label)}
 	failed := len(r.problems(tests)) > 0
-	cells := []string{tr.arch, orDash(suiteName[tr.suite]), fmt.Sprintf("%d.%d", major, minor)}
+	cells := []string{tr.arch, orDash(suiteName[tr.suite]), tr.series()}
 	for _, b := range knownBackends {
 		cells = append(cells, tableCell(r, b, tests, failed))
 	}
@@ -127,13 +148,14 @@ func splitTable(readme string) (before, after string, rows []tableRow, err error
 				suite = s
 			}
 		}
-		ver := strings.SplitN(f[2], ".", 2)
+		series, flavor, _ := strings.Cut(f[2], " ")
+		ver := strings.SplitN(series, ".", 2)
 		if suite == "" || len(ver) != 2 {
 			return "", "", nil, fmt.Errorf("kernel table: cannot read row %q", line)
 		}
 		major, _ := strconv.Atoi(ver[0])
 		minor, _ := strconv.Atoi(ver[1])
-		rows = append(rows, tableRow{arch: f[0], suite: suite, major: major, minor: minor, line: line})
+		rows = append(rows, tableRow{arch: f[0], suite: suite, major: major, minor: minor, flavor: flavor, line: line})
 	}
 	return before, after, rows, nil
 }
@@ -157,7 +179,7 @@ func mergeTable(committed, ran []tableRow, update bool) []tableRow {
 	for _, c := range committed {
 		keep := true
 		for _, r := range ran {
-			if r.key() == c.key() || (update && r.arch == c.arch && r.suite == c.suite) {
+			if r.key() == c.key() || (update && r.arch == c.arch && r.suite == c.suite && r.flavor == c.flavor) {
 				keep = false
 			}
 		}
