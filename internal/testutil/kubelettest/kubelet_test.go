@@ -1,0 +1,71 @@
+//go:build linux
+
+package kubelettest
+
+import (
+	"maps"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/containerdtest"
+)
+
+func TestParseCallLine(t *testing.T) {
+	for _, tc := range []struct {
+		line, method string
+	}{
+		{`I1129 23:40:01.123456   4242 remote_runtime.go:419] "[RemoteRuntimeService] ListPodSandbox" filter="nil" timeout="2m0s"`, "/runtime.v1.RuntimeService/ListPodSandbox"},
+		{`I1129 23:40:01.123456   4242 remote_image.go:99] "[RemoteImageService] ImageFsInfo" timeout="2m0s"`, "/runtime.v1.ImageService/ImageFsInfo"},
+		{`I1129 23:40:01.123456   4242 remote_runtime.go:439] "[RemoteRuntimeService] ListPodSandbox Response" filter="nil" items=[]`, ""},
+		{`E1129 23:40:01.123456   4242 remote_runtime.go:439] "[RemoteRuntimeService] ListPodSandbox" err="x"`, ""},
+		{`I1129 23:40:01.123456   4242 kubelet.go:1] "Starting kubelet"`, ""},
+		{`garbage`, ""},
+	} {
+		c, ok := parseCallLine(tc.line)
+		if ok != (tc.method != "") || c.Method != tc.method {
+			t.Errorf("parseCallLine(%q) = %q, %v; want %q", tc.line, c.Method, ok, tc.method)
+		}
+	}
+}
+
+// TestStaticPodLifecycle runs kubelet against a private containerd, adds a
+// static pod and removes it, and checks that kubelet logged the CRI calls
+// doing so and left the host's sysctls alone.
+func TestStaticPodLifecycle(t *testing.T) {
+	before := readSysctls(t)
+	c := containerdtest.Start(t)
+	k := Start(t, c)
+	k.AddPod(t, "lifecycle")
+	k.RemovePod(t, "lifecycle")
+	calls, err := k.Calls()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, c := range calls {
+		seen[c.Method]++
+	}
+	for _, m := range []string{"RunPodSandbox", "CreateContainer", "StartContainer", "StopPodSandbox"} {
+		if seen["/runtime.v1.RuntimeService/"+m] == 0 {
+			t.Errorf("kubelet logged no %s call; logged: %v", m, seen)
+		}
+	}
+	k.Stop(t)
+	if after := readSysctls(t); after != before {
+		t.Errorf("host sysctls changed while kubelet ran:\nbefore %s\nafter  %s", before, after)
+	}
+}
+
+func readSysctls(t *testing.T) string {
+	var b strings.Builder
+	for _, name := range slices.Sorted(maps.Keys(kernelDefaults)) {
+		v, err := os.ReadFile("/proc/sys/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.WriteString(name + "=" + strings.TrimSpace(string(v)) + " ")
+	}
+	return b.String()
+}
