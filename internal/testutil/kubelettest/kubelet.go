@@ -351,7 +351,7 @@ func (k *Kubelet) LogTail(n int) string {
 	return strings.Join(ls, "\n")
 }
 
-// Call is one CRI call kubelet logged before making it.
+// Call is one CRI call kubelet logged.
 type Call struct {
 	// Time is klog's timestamp (local time, microseconds; no year).
 	Time time.Time
@@ -359,9 +359,14 @@ type Call struct {
 	Method string
 }
 
-// Calls parses kubelet's log for the CRI calls it logged, in order. Only the
-// request lines count ("[RemoteRuntimeService] X", not "... X Response"):
-// they are logged before every call, whatever its outcome.
+// Calls parses kubelet's log for the RuntimeService calls it made, in
+// order. k8s.io/cri-client logs each before making it at -v=10
+// ("[RemoteRuntimeService] ListPodSandbox"; "... Response" lines after it),
+// except three: the Version call that validates the connection, logged as
+// "Validating the CRI v1 API runtime version"; RuntimeConfig, logged only
+// after it returns; and CreateContainer, whose response line carries the
+// same text plus the new containerID. ImageService calls are not logged per
+// call at all, so they are not in the result.
 func (k *Kubelet) Calls() ([]Call, error) {
 	f, err := os.Open(k.Log)
 	if err != nil {
@@ -379,39 +384,44 @@ func (k *Kubelet) Calls() ([]Call, error) {
 	return calls, sc.Err()
 }
 
-// services maps the log prefixes of k8s.io/cri-client to gRPC services.
-var services = map[string]string{
-	"[RemoteRuntimeService] ": "/runtime.v1.RuntimeService/",
-	"[RemoteImageService] ":   "/runtime.v1.ImageService/",
-}
+const runtimeService = "/runtime.v1.RuntimeService/"
 
 // parseCallLine reads a klog line such as
 //
 //	I1129 23:40:01.123456   4242 remote_runtime.go:419] "[RemoteRuntimeService] ListPodSandbox" filter="nil" timeout="2m0s"
 func parseCallLine(line string) (Call, bool) {
-	i := strings.Index(line, `] "[Remote`)
-	if i < 0 || len(line) < 21 || line[0] != 'I' {
+	i := strings.Index(line, `] "`)
+	if i < 0 || len(line) < 21 || (line[0] != 'I' && line[0] != 'E') {
 		return Call{}, false
 	}
-	msg := line[i+3:]
-	end := strings.IndexByte(msg, '"')
-	if end < 0 {
+	msg, rest, ok := strings.Cut(line[i+3:], `"`)
+	if !ok {
 		return Call{}, false
 	}
-	msg = msg[:end]
-	for prefix, svc := range services {
-		name, ok := strings.CutPrefix(msg, prefix)
-		if !ok || name == "" || strings.ContainsAny(name, " ") {
-			continue // "X Response", or another message
+	method := ""
+	switch {
+	case msg == "Validating the CRI v1 API runtime version":
+		method = "Version"
+	case msg == "RuntimeConfig from runtime service failed", msg == "[RemoteRuntimeService] RuntimeConfigResponse":
+		method = "RuntimeConfig"
+	case strings.HasPrefix(msg, "[RemoteRuntimeService] "):
+		name := strings.TrimPrefix(msg, "[RemoteRuntimeService] ")
+		if name == "" || strings.Contains(name, " ") || name == "RuntimeConfigResponse" {
+			return Call{}, false // "X Response"
 		}
-		ts, err := time.ParseInLocation("0102 15:04:05.000000", line[1:21], time.Local)
-		if err != nil {
-			return Call{}, false
+		if name == "CreateContainer" && strings.Contains(rest, " containerID=") {
+			return Call{}, false // its response
 		}
-		ts = ts.AddDate(time.Now().Year(), 0, 0)
-		return Call{Time: ts, Method: svc + name}, true
+		method = name
+	default:
+		return Call{}, false
 	}
-	return Call{}, false
+	ts, err := time.ParseInLocation("0102 15:04:05.000000", line[1:21], time.Local)
+	if err != nil {
+		return Call{}, false
+	}
+	ts = ts.AddDate(time.Now().Year(), 0, 0)
+	return Call{Time: ts, Method: runtimeService + method}, true
 }
 
 // PodManifest is a static pod with one container that sleeps.

@@ -17,9 +17,12 @@ func TestParseCallLine(t *testing.T) {
 		line, method string
 	}{
 		{`I1129 23:40:01.123456   4242 remote_runtime.go:419] "[RemoteRuntimeService] ListPodSandbox" filter="nil" timeout="2m0s"`, "/runtime.v1.RuntimeService/ListPodSandbox"},
-		{`I1129 23:40:01.123456   4242 remote_image.go:99] "[RemoteImageService] ImageFsInfo" timeout="2m0s"`, "/runtime.v1.ImageService/ImageFsInfo"},
+		{`I1129 23:40:01.123456   4242 remote_runtime.go:252] "Validating the CRI v1 API runtime version"`, "/runtime.v1.RuntimeService/Version"},
+		{`E1129 23:40:01.123456   4242 remote_runtime.go:1359] "RuntimeConfig from runtime service failed" err="rpc error: code = Unimplemented"`, "/runtime.v1.RuntimeService/RuntimeConfig"},
+		{`I1129 23:40:01.123456   4242 remote_runtime.go:483] "[RemoteRuntimeService] CreateContainer" podSandboxID="abc" timeout="4m0s"`, "/runtime.v1.RuntimeService/CreateContainer"},
+		{`I1129 23:40:01.123456   4242 remote_runtime.go:502] "[RemoteRuntimeService] CreateContainer" podSandboxID="abc" containerID="def"`, ""},
 		{`I1129 23:40:01.123456   4242 remote_runtime.go:439] "[RemoteRuntimeService] ListPodSandbox Response" filter="nil" items=[]`, ""},
-		{`E1129 23:40:01.123456   4242 remote_runtime.go:439] "[RemoteRuntimeService] ListPodSandbox" err="x"`, ""},
+		{`E1129 23:40:01.123456   4242 remote_runtime.go:444] "ListPodSandbox with filter from runtime service failed" err="x"`, ""},
 		{`I1129 23:40:01.123456   4242 kubelet.go:1] "Starting kubelet"`, ""},
 		{`garbage`, ""},
 	} {
