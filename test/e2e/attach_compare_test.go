@@ -26,6 +26,10 @@ import (
 // .ci/run when the uprobes land.
 const attachExactEnv = "CONTAINERDSNOOP_ATTACH_EXACT"
 
+// attachWindow is how long the real-client tests drive their client after
+// attaching: the requirement is stated over the first minute.
+const attachWindow = time.Minute
+
 // shownCall is what one tracer showed of one call a client made.
 type shownCall struct {
 	conn   uint64
