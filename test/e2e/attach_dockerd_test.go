@@ -16,7 +16,9 @@ import (
 // operator would: dockerd has run containers on its one connection to
 // containerd (so every method path it uses is in the header table, sent as
 // an index from then on), and its Events/Subscribe stream has been open
-// since it started. A tracer started before dockerd is the reference; the
+// since it started. For the minute after the attach, containers are run,
+// exec'd into, stopped and removed. A tracer started before dockerd is the
+// reference; the
 // late tracer must show every call and every event it shows after the
 // attach, nothing differently (see attachReport and attachExactEnv).
 func TestAttachToDockerd(t *testing.T) {

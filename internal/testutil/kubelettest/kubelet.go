@@ -357,6 +357,9 @@ type Call struct {
 	Time time.Time
 	// Method is the full gRPC method, e.g. "/runtime.v1.RuntimeService/Version".
 	Method string
+	// Canceled: kubelet logged the call as failed with code Canceled. Its
+	// context may have ended before grpc-go sent anything.
+	Canceled bool
 }
 
 // Calls parses kubelet's log for the RuntimeService calls it made, in
@@ -377,8 +380,17 @@ func (k *Kubelet) Calls() ([]Call, error) {
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 0, 1<<20), 64<<20)
 	for sc.Scan() {
-		if c, ok := parseCallLine(sc.Text()); ok {
+		line := sc.Text()
+		if c, ok := parseCallLine(line); ok {
 			calls = append(calls, c)
+		} else if m := canceledMethod(line); m != "" {
+			// The latest call of that method not yet marked.
+			for i := len(calls) - 1; i >= 0; i-- {
+				if calls[i].Method == m && !calls[i].Canceled {
+					calls[i].Canceled = true
+					break
+				}
+			}
 		}
 	}
 	return calls, sc.Err()
@@ -422,6 +434,25 @@ func parseCallLine(line string) (Call, bool) {
 	}
 	ts = ts.AddDate(time.Now().Year(), 0, 0)
 	return Call{Time: ts, Method: runtimeService + method}, true
+}
+
+// canceledMethod returns the method of a line such as
+//
+//	E1129 23:53:07.848079   4242 remote_runtime.go:280] "Version from runtime service failed" err="rpc error: code = Canceled desc = context canceled"
+func canceledMethod(line string) string {
+	if len(line) == 0 || line[0] != 'E' || !strings.Contains(line, "code = Canceled") {
+		return ""
+	}
+	i := strings.Index(line, `] "`)
+	if i < 0 {
+		return ""
+	}
+	msg, _, _ := strings.Cut(line[i+3:], `"`)
+	if !strings.HasSuffix(msg, " from runtime service failed") {
+		return ""
+	}
+	name, _, _ := strings.Cut(msg, " ")
+	return runtimeService + name
 }
 
 // PodManifest is a static pod with one container that sleeps.

@@ -12,6 +12,19 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/containerdtest"
 )
 
+func TestCanceledMethod(t *testing.T) {
+	for line, want := range map[string]string{
+		`E1129 23:53:07.848079   4242 remote_runtime.go:280] "Version from runtime service failed" err="rpc error: code = Canceled desc = context canceled"`:                    "/runtime.v1.RuntimeService/Version",
+		`E1129 23:53:07.848079   4242 remote_runtime.go:444] "ListPodSandbox with filter from runtime service failed" err="rpc error: code = Canceled desc = context canceled"`: "/runtime.v1.RuntimeService/ListPodSandbox",
+		`E1129 23:53:07.848079   4242 remote_runtime.go:280] "Version from runtime service failed" err="rpc error: code = Unavailable desc = x"`:                                "",
+		`I1129 23:53:07.848079   4242 remote_runtime.go:280] "Version from runtime service failed" err="rpc error: code = Canceled desc = context canceled"`:                    "",
+	} {
+		if got := canceledMethod(line); got != want {
+			t.Errorf("canceledMethod(%q) = %q, want %q", line, got, want)
+		}
+	}
+}
+
 func TestParseCallLine(t *testing.T) {
 	for _, tc := range []struct {
 		line, method string
