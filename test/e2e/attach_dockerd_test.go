@@ -18,9 +18,9 @@ import (
 // an index from then on), and its Events/Subscribe stream has been open
 // since it started. For the minute after the attach, containers are run,
 // exec'd into, stopped and removed. A tracer started before dockerd is the
-// reference; the
-// late tracer must show every call and every event it shows after the
-// attach, nothing differently (see attachReport and attachExactEnv).
+// reference; the late tracer must show every call and every event it shows
+// after the attach, nothing differently (see attachReport and
+// attachExactEnv).
 func TestAttachToDockerd(t *testing.T) {
 	c := containerdtest.Start(t)
 	full := startTracer(t, "--output", "json", "--socket", c.Socket)
