@@ -13,7 +13,8 @@
 // and mount points, and writes symlinks under /var/log. Here it runs in a
 // private mount namespace whose /proc/sys is read-only (with the six sysctls
 // it insists on shown at the values it wants, so it has nothing to change),
-// whose /run and /var/log are empty tmpfs, and with its own root, cert, log
+// whose /run, /var/log and /var/lib are empty tmpfs (it writes to fixed paths
+// in each), and with its own root, cert, log
 // and manifest directories below one temporary directory. It serves no port
 // (enableServer false, healthz and read-only ports 0). Pods use the host
 // network: the test containerd has no CNI.
@@ -237,8 +238,10 @@ done
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir /run/containerd
 ln -s "$sock" /run/containerd/containerd.sock
-# kubelet links container logs into /var/log/containers.
+# kubelet links container logs into /var/log/containers, and serves the
+# device plugin registry at the fixed /var/lib/kubelet/device-plugins.
 mount -t tmpfs -o mode=0755 tmpfs /var/log
+mount -t tmpfs -o mode=0755 tmpfs /var/lib
 exec "$@"
 `
 

@@ -48,9 +48,21 @@ func TestParseCallLine(t *testing.T) {
 
 // TestStaticPodLifecycle runs kubelet against a private containerd, adds a
 // static pod and removes it, and checks that kubelet logged the CRI calls
-// doing so and left the host's sysctls alone.
+// doing so and left the host alone: its sysctls, and the fixed paths
+// kubelet writes to.
 func TestStaticPodLifecycle(t *testing.T) {
 	before := readSysctls(t)
+	for _, p := range fixedPaths {
+		if _, err := os.Lstat(p); err == nil {
+			t.Logf("%s exists before the test; not checked", p)
+		}
+	}
+	absent := map[string]bool{}
+	for _, p := range fixedPaths {
+		if _, err := os.Lstat(p); err != nil {
+			absent[p] = true
+		}
+	}
 	c := containerdtest.Start(t)
 	k := Start(t, c)
 	k.AddPod(t, "lifecycle")
@@ -72,7 +84,15 @@ func TestStaticPodLifecycle(t *testing.T) {
 	if after := readSysctls(t); after != before {
 		t.Errorf("host sysctls changed while kubelet ran:\nbefore %s\nafter  %s", before, after)
 	}
+	for p := range absent {
+		if _, err := os.Lstat(p); err == nil {
+			t.Errorf("kubelet created %s on the host", p)
+		}
+	}
 }
+
+// fixedPaths are where kubelet writes whatever its configuration says.
+var fixedPaths = []string{"/var/lib/kubelet", "/var/log/containers", "/var/log/pods", "/run/containerd/containerd.sock"}
 
 func readSysctls(t *testing.T) string {
 	var b strings.Builder
