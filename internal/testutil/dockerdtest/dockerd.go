@@ -11,7 +11,9 @@
 //
 // Unlike kubelet (kubelettest), dockerd runs in the host's mount namespace:
 // it mounts each container's root filesystem itself and hands the path to
-// containerd, which must see that mount.
+// containerd, which must see that mount. So two fixed paths of its own are
+// left on the host, as by a package install: /etc/docker/key.json (its
+// identity key, created once) and /run/docker (plugin sockets).
 package dockerdtest
 
 import (
