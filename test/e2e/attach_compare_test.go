@@ -17,13 +17,15 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/containerdtest"
 )
 
-// attachExactEnv turns on the assertions of issue 11 that the tracer meets
-// only with the uprobes that read header fields from Go peers: at least 99 %
-// of a real client's calls after a late attach shown with their method and
-// status within the first minute. Until that work is in, the tests measure
-// and log those figures and assert everything else (nothing wrong, every
-// call and every streamed message shown). The coordinator sets it to 1 in
-// .ci/run when the uprobes land.
+// attachExactEnv=1 makes TestAttachToKubelet assert what issue 11 asks of
+// a late attach: at least 99 % of the calls of the first minute shown with
+// their method and status. TestAttachToDockerd always asserts it. Measured
+// with the peer probes, kubelet's figure is 98.9-99.3 %: the calls kubelet
+// makes rarely on a connection of their own (ImageFsInfo, ListImages: a few
+// a minute) stay unnamed longest (docs/attach.md). Without the variable the
+// kubelet test logs the figures and asserts the rest: nothing wrong, every
+// call and every streamed message shown. The coordinator sets it in .ci/run
+// once the kubelet figure holds.
 const attachExactEnv = "CONTAINERDSNOOP_ATTACH_EXACT"
 
 // attachWindow is how long the real-client tests drive their client after
@@ -245,9 +247,9 @@ func compareAttach(t testing.TB, full, late []*record, pid int, attached, until 
 	return rep
 }
 
-// checkAttach fails t on anything wrong or missing and, with attachExactEnv,
-// on fewer than 99 % of calls named and with a status.
-func (a *attachReport) check(t testing.TB) {
+// check fails t on anything wrong or missing and, when exact, on fewer
+// than 99 % of calls named and with a status.
+func (a *attachReport) check(t testing.TB, exact bool) {
 	t.Helper()
 	for i, w := range a.wrong {
 		if i == 20 {
@@ -269,7 +271,7 @@ func (a *attachReport) check(t testing.TB) {
 	if a.total == 0 {
 		t.Error("no calls in the window after the attach")
 	}
-	if os.Getenv(attachExactEnv) != "1" {
+	if !exact {
 		t.Logf("%s unset: not asserting >= 99%% named and with status", attachExactEnv)
 		return
 	}

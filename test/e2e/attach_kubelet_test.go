@@ -71,7 +71,7 @@ func TestAttachToKubelet(t *testing.T) {
 	if unnamed > 0 || len(lines(full.Stderr())) > 1 {
 		t.Errorf("the reference tracer shows %d of kubelet's calls without a method; its stderr:\n%s", unnamed, indent(full.Stderr()))
 	}
-	rep.check(t)
+	rep.check(t, os.Getenv(attachExactEnv) == "1")
 }
 
 // checkKubeletLog matches each call kubelet logged to a call of the same
