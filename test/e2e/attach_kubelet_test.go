@@ -32,7 +32,7 @@ func TestAttachToKubelet(t *testing.T) {
 	k.AddPod(t, "old-b")
 	k.RemovePod(t, "old-a")
 
-	late := startTracer(t, "--output", "json", "--socket", c.Socket)
+	late := startTracer(t, "--output", "json", "-v", "--socket", c.Socket)
 	attached := time.Now()
 	// A minute of pod changes, as the requirement is stated over the
 	// first minute after attaching.
@@ -72,6 +72,9 @@ func TestAttachToKubelet(t *testing.T) {
 		t.Errorf("the reference tracer shows %d of kubelet's calls without a method; its stderr:\n%s", unnamed, indent(full.Stderr()))
 	}
 	rep.check(t, os.Getenv(attachExactEnv) == "1")
+	if rep.named < rep.total {
+		t.Logf("late tracer's stderr (-v):\n%s", indent(late.Stderr()))
+	}
 }
 
 // checkKubeletLog matches each call kubelet logged to a call of the same
