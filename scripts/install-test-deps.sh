@@ -93,3 +93,6 @@ fi
 # Pinned builds from the Go module proxy, each idempotent (scripts/deps/).
 bash "$(dirname "$0")/deps/prometheus.sh"
 bash "$(dirname "$0")/deps/otelcol.sh"
+# Real clients of containerd for the attach tests, each in its own script.
+bash "$(dirname "$0")/deps/kubelet.sh"
+bash "$(dirname "$0")/deps/docker.sh"

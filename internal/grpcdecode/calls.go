@@ -45,6 +45,11 @@ type grpcCall struct {
 	// guess is a method the request payload uniquely fits, when the real
 	// one is unknown.
 	guess string
+	// joined marks a stream opened before the capture started: its first
+	// DATA seen may continue a message whose start was never captured,
+	// and until a frame proves a message boundary (see alignedStart),
+	// nothing of that direction can be split into messages.
+	joined [2]bool
 }
 
 func state(c *h2.Conn) *connState {
@@ -81,9 +86,15 @@ func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
 		d.headers(c, s, ev)
 	case h2.Data:
 		dir, ok := call.DirOf(c.Stream, ev.End)
-		cl := s.calls.Get(ev.Stream)
-		if cl == nil || !ok {
+		if !ok {
 			return
+		}
+		cl := s.calls.Get(ev.Stream)
+		if cl == nil {
+			// A stream opened before the capture (a Subscribe stream's
+			// events): its messages are still shown, by field number.
+			cl = &grpcCall{stream: ev.Stream, joined: [2]bool{true, true}}
+			s.calls.Put(ev.Stream, cl)
 		}
 		d.data(c, cl, dir, ev)
 		if ev.EndStream && dir == call.Response {
@@ -215,6 +226,19 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 }
 
 func (d *Decoder) data(c *h2.Conn, cl *grpcCall, dir call.Type, ev *h2.Event) {
+	if cl.joined[dir] {
+		if !alignedStart(ev.Data) {
+			if len(ev.Data) > 0 {
+				// Every byte is accounted for: say what was not shown.
+				r := d.record(c, cl, dir, ev)
+				r.Note = "DATA of a stream opened before the capture started (" + strconv.Itoa(len(ev.Data)) + " bytes, not at a message boundary: not shown)"
+				r.WireBytes = len(ev.Data)
+				d.emit(r)
+			}
+			return
+		}
+		cl.joined[dir] = false
+	}
 	if cl.lost[dir] && !cl.split[dir].partial() {
 		// After lost bytes the next DATA may start mid-message: nothing
 		// from this direction of the call can be trusted.
@@ -243,11 +267,17 @@ func (d *Decoder) message(c *h2.Conn, cl *grpcCall, dir call.Type, m message, ev
 	if payload != nil {
 		decodeInto(r, cl, dir, payload)
 	}
+	if cl.start.IsZero() && r.Note == "" {
+		r.Note = joinedNote
+	}
 	if dir == call.Request {
 		d.emit(r)
 		return
 	}
-	if cl.m != nil && cl.m.ServerStreaming {
+	// A call opened before the capture is most likely a stream that
+	// lives long (events): each message is shown as it comes rather than
+	// held for trailers that may never come.
+	if cl.m != nil && cl.m.ServerStreaming || cl.start.IsZero() {
 		d.emit(r)
 		return
 	}

@@ -38,11 +38,18 @@ func FuzzSplitter(f *testing.F) {
 			}
 		}
 		var g splitter
-		out, _ := g.add(garbage)
+		out, err := g.add(garbage)
+		total := 0
 		for _, m := range out {
 			if len(m.payload) > len(garbage) {
 				t.Fatal("message longer than its input")
 			}
+			total += 5 + len(m.payload)
+		}
+		// A frame taken as the first of a stream joined mid-way must be
+		// whole messages and nothing else.
+		if alignedStart(garbage) && (err != nil || total != len(garbage)) {
+			t.Fatalf("alignedStart accepted %x, which splits into %d of its bytes (%v)", garbage, total, err)
 		}
 	})
 }

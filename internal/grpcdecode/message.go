@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
 )
 
 // maxMessage bounds what one gRPC message may claim, so a corrupt length
@@ -57,6 +59,42 @@ func (s *splitter) add(data []byte) ([]message, error) {
 	s.done = off
 	s.out = out
 	return out, nil
+}
+
+// joinedNote labels the messages of a stream opened before the capture:
+// its method is unknown and its first message boundary was found by
+// alignedStart.
+const joinedNote = "stream opened before the capture started"
+
+// alignedStart reports whether a DATA frame of a stream joined mid-way
+// provably starts at a gRPC message boundary: it must hold one or more
+// whole messages and nothing else (each a valid 5-byte prefix, flag 0 or 1,
+// and, when uncompressed, a payload that parses as protobuf). A frame
+// carrying the tail of an earlier message would have to end exactly where a
+// chain of such prefixes ends, with well-formed protobuf in between. A
+// message longer than a frame is never taken as a start, so streams of big
+// messages stay unsplit (shown as counted bytes) until a small one comes.
+func alignedStart(data []byte) bool {
+	if len(data) < 5 {
+		return false
+	}
+	for off := 0; off < len(data); {
+		if len(data)-off < 5 {
+			return false
+		}
+		flag := data[off]
+		n := int(binary.BigEndian.Uint32(data[off+1 : off+5]))
+		if flag > 1 || n > len(data)-off-5 {
+			return false
+		}
+		if flag == 0 {
+			if _, ok := protoreg.Schemaless(data[off+5 : off+5+n]); !ok {
+				return false
+			}
+		}
+		off += 5 + n
+	}
+	return true
 }
 
 func (s *splitter) partial() bool { return len(s.buf) > s.done }

@@ -1,6 +1,13 @@
 package pipeline
 
-import "testing"
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"testing"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
+)
 
 // TestAttachMidConnection starts decoding long_lived.wire (one connection,
 // 300 CRI calls with per-call deadlines, as kubelet makes them) at many
@@ -115,4 +122,76 @@ func anyKey(m map[uint32]bool) uint32 {
 		return k
 	}
 	return 0
+}
+
+// TestAttachOpenStream starts decoding error_status.wire at every write
+// after its Subscribe call (stream 5) was opened, as a tracer attached to
+// dockerd finds containerd's event stream: every event whose DATA frame was
+// captured whole must be shown, by field number (the method is unknown),
+// labelled, paired by stream id, with the bytes it was sent with.
+func TestAttachOpenStream(t *testing.T) {
+	recs, _ := load(t, "error_status")
+	server, err := wirerec.ParseH2(wirerec.Stream(recs, 1, true), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := wirerec.SplitGRPC(server.Stream(5).Data)
+	if err != nil || len(msgs) != 3 {
+		t.Fatalf("reference parser: %d messages, %v; want 3 events", len(msgs), err)
+	}
+	var want []json.RawMessage
+	for _, m := range msgs {
+		want = append(want, schemaless(t, hex.EncodeToString(m.Data)))
+	}
+	// The write that carries the Subscribe request (its filter; the path is
+	// Huffman-coded).
+	opened := -1
+	for i, r := range recs {
+		if !r.FromServer && bytes.Contains(r.Data, []byte(`topic~=`)) {
+			opened = i
+			break
+		}
+	}
+	if opened < 0 {
+		t.Fatal("no Subscribe request in the recording")
+	}
+	evs := events(recs)
+	shown := 0
+	for start := opened + 1; start < len(evs); start++ {
+		// The events whose bytes all come at or after start.
+		var after []json.RawMessage
+		seen := 0
+		for i := 0; i < start; i++ {
+			if recs[i].FromServer {
+				seen += bytes.Count(recs[i].Data, []byte("containerd.events.Task"))
+			}
+		}
+		after = want[min(seen, len(want)):]
+		var got []json.RawMessage
+		for _, l := range replay(t, evs[start:]) {
+			if l.Stream != 5 || l.Type != "response" || string(l.Message) == "null" || len(l.Message) == 0 {
+				continue
+			}
+			if l.Method != nil {
+				t.Fatalf("start %d: method %s shown for a stream opened before the capture", start, *l.Method)
+			}
+			if l.Note != "stream opened before the capture started" {
+				t.Fatalf("start %d: note %q", start, l.Note)
+			}
+			got = append(got, l.Message)
+		}
+		if len(got) != len(after) {
+			t.Fatalf("start %d: %d events shown, want %d", start, len(got), len(after))
+		}
+		for i := range got {
+			if !jsonEqual(got[i], after[i]) {
+				t.Fatalf("start %d: event %d\n got %s\nwant %s", start, i, got[i], after[i])
+			}
+		}
+		shown += len(got)
+	}
+	if shown == 0 {
+		t.Fatal("no start point left an event to show: the test proves nothing")
+	}
+	t.Logf("%d start points, %d events shown in all", len(evs)-opened-1, shown)
 }

@@ -48,35 +48,8 @@ func ImportBusyboxImage(t testing.TB, c *Containerd, name string) {
 // test dependencies. The archive lives in a temporary directory of t.
 func WriteBusyboxImage(t testing.TB, name string, entrypoint ...string) string {
 	t.Helper()
-	bbPath := privileged.RequireBinary(t, "busybox")
-	bb, err := os.ReadFile(bbPath)
-	if err != nil {
-		t.Fatalf("read busybox: %v", err)
-	}
-
-	var layer bytes.Buffer
-	tw := tar.NewWriter(&layer)
+	layer := busyboxLayer(t)
 	mtime := time.Unix(0, 0)
-	headers := []*tar.Header{
-		{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mtime},
-		{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(bb)), ModTime: mtime},
-	}
-	for _, applet := range busyboxApplets {
-		headers = append(headers, &tar.Header{Name: "bin/" + applet, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777, ModTime: mtime})
-	}
-	for _, h := range headers {
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if h.Typeflag == tar.TypeReg {
-			if _, err := tw.Write(bb); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
 
 	type descriptor struct {
 		MediaType   string            `json:"mediaType"`
@@ -99,7 +72,7 @@ func WriteBusyboxImage(t testing.TB, name string, entrypoint ...string) string {
 	}
 
 	// The layer is uncompressed, so its digest is also its diff ID.
-	layerDesc := add("application/vnd.oci.image.layer.v1.tar", layer.Bytes())
+	layerDesc := add("application/vnd.oci.image.layer.v1.tar", layer)
 	config := add("application/vnd.oci.image.config.v1+json", mustJSON(map[string]any{
 		"architecture": runtime.GOARCH,
 		"os":           "linux",
@@ -142,4 +115,53 @@ func WriteBusyboxImage(t testing.TB, name string, entrypoint ...string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// WriteBusyboxRootfs writes the layer of WriteBusyboxImage alone, a root
+// filesystem tarball, for `docker import` (Debian 12's docker cannot load
+// OCI archives). The file lives in a temporary directory of t.
+func WriteBusyboxRootfs(t testing.TB) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "rootfs.tar")
+	if err := os.WriteFile(path, busyboxLayer(t), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// busyboxLayer is a tar of the host's static busybox in /bin with applet
+// links.
+func busyboxLayer(t testing.TB) []byte {
+	t.Helper()
+	bbPath := privileged.RequireBinary(t, "busybox")
+	bb, err := os.ReadFile(bbPath)
+	if err != nil {
+		t.Fatalf("read busybox: %v", err)
+	}
+
+	var layer bytes.Buffer
+	tw := tar.NewWriter(&layer)
+	mtime := time.Unix(0, 0)
+	headers := []*tar.Header{
+		{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mtime},
+		{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(bb)), ModTime: mtime},
+	}
+	for _, applet := range busyboxApplets {
+		headers = append(headers, &tar.Header{Name: "bin/" + applet, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777, ModTime: mtime})
+	}
+	for _, h := range headers {
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			if _, err := tw.Write(bb); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	return layer.Bytes()
 }
