@@ -62,9 +62,6 @@ func backendsFor(attach string) ([]backend, error) {
 // stream socket: entry notes where the bytes are, exit copies as many as
 // the kernel accepted.
 func attachTracepoints(t *Tracer) error {
-	if err := ensureTracefs(); err != nil {
-		return err
-	}
 	// Exits first, so no entry is recorded that no exit consumes.
 	for _, tp := range []struct {
 		name string
@@ -118,9 +115,6 @@ func attachKprobes(t *Tracer) error {
 // (to free decoder state) and accepts (to know which process holds the
 // server end). Syscall tracepoints exist wherever BPF does.
 func attachClose(t *Tracer) error {
-	if err := ensureTracefs(); err != nil {
-		return err
-	}
 	for _, tp := range []struct{ name, prog string }{
 		{"sys_enter_close", "any_enter_close"},
 		{"sys_exit_accept4", "any_exit_accept4"},

@@ -95,6 +95,11 @@ func Open(opts Options) (*Tracer, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, privilegeError(fmt.Errorf("raise the memlock limit: %w", err))
 	}
+	// Every backend attaches syscall tracepoints (closes, accepts), and
+	// cilium/ebpf caches its first tracefs lookup: mount before any of it.
+	if err := ensureTracefs(); err != nil {
+		return nil, err
+	}
 
 	candidates, err := backendsFor(opts.Attach)
 	if err != nil {
