@@ -178,40 +178,94 @@ static __always_inline struct sock *unix_stream_sk(struct socket *sock)
 /* Which process holds each socket, learnt when it accepts a connection or
  * sends. The peer credentials alone can name a process long gone: a shim's
  * listening socket is created by a short-lived "shim start" process and
- * handed to the real shim. */
+ * handed to the real shim.
+ *
+ * An entry is believed only while it provably still describes the socket:
+ * - the key is a struct sock address, which the kernel reuses for a new
+ *   socket once the old one is freed, so the entry also holds the socket's
+ *   inode number (unique per socket), checked against the socket at that
+ *   address now; an embryo (connected, not yet accepted) has no socket
+ *   yet, so no entry describes it;
+ * - the owner may have exited (and its pid been reused) or exec'd (closing
+ *   its close-on-exec sockets) since: owner_gone holds when each process
+ *   last did either, and an entry older than that is stale.
+ * A stale entry is ignored, never repaired by guessing: the next send or
+ * accept by the holder notes it again. */
+struct owner {
+	__u64 ino;
+	__u64 ts;   /* when noted, bpf_ktime_get_ns */
+	__u32 tgid;
+	__u32 pad;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
-	__type(key, __u64);   /* struct sock * */
-	__type(value, __u32); /* tgid */
+	__type(key, __u64); /* struct sock * */
+	__type(value, struct owner);
 } sk_owner SEC(".maps");
 
-static __always_inline void note_owner(struct sock *sk, __u32 tgid)
-{
-	__u64 key = (__u64)sk;
-	__u32 *cur = bpf_map_lookup_elem(&sk_owner, &key);
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);   /* tgid */
+	__type(value, __u64); /* last exit or exec, bpf_ktime_get_ns */
+} owner_gone SEC(".maps");
 
-	if (!cur || *cur != tgid)
-		bpf_map_update_elem(&sk_owner, &key, &tgid, BPF_ANY);
+static __always_inline bool owner_stale(const struct owner *o)
+{
+	__u32 tgid = o->tgid;
+	__u64 *gone = bpf_map_lookup_elem(&owner_gone, &tgid);
+
+	return gone && *gone >= o->ts;
 }
 
-/* The process at the other end of sk's connection. */
+static __always_inline void note_owner(struct socket *sock, struct sock *sk, __u32 tgid)
+{
+	__u64 key = (__u64)sk;
+	__u64 ino = socket_ino(sock);
+	struct owner *cur = bpf_map_lookup_elem(&sk_owner, &key);
+	struct owner o = {};
+
+	if (cur && cur->tgid == tgid && cur->ino == ino && !owner_stale(cur))
+		return;
+	o.ino = ino;
+	o.ts = bpf_ktime_get_ns();
+	o.tgid = tgid;
+	bpf_map_update_elem(&sk_owner, &key, &o, BPF_ANY);
+}
+
+/* The process known to hold sk now, or 0. */
+static __always_inline __u32 owner_of(struct sock *sk)
+{
+	struct socket *sock = BPF_CORE_READ(sk, sk_socket);
+	__u64 key = (__u64)sk;
+	struct owner *o;
+
+	if (!sock)
+		return 0;
+	o = bpf_map_lookup_elem(&sk_owner, &key);
+	if (!o || o->ino != socket_ino(sock) || owner_stale(o))
+		return 0;
+	return o->tgid;
+}
+
+/* The process at the other end of sk's connection, or 0 when unknown. */
 static __always_inline __u32 peer_pid_of(struct sock *sk)
 {
 	struct sock *peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
-	__u64 key = (__u64)peer;
-	__u32 *owner;
 	struct pid *pid;
+	__u32 owner;
 
-	if (peer && (owner = bpf_map_lookup_elem(&sk_owner, &key)))
-		return *owner;
+	if (peer && (owner = owner_of(peer)))
+		return owner;
 	/* Not accepted yet (a client may send before the server accepts):
 	 * the process accepting on its listener will hold it. Kernels before
 	 * 6.10 do not link an embryo to its listener. */
 	if (peer && bpf_core_field_exists(((struct unix_sock *)peer)->listener)) {
-		key = (__u64)BPF_CORE_READ((struct unix_sock *)peer, listener);
-		if (key && (owner = bpf_map_lookup_elem(&sk_owner, &key)))
-			return *owner;
+		struct sock *l = BPF_CORE_READ((struct unix_sock *)peer, listener);
+		if (l && (owner = owner_of(l)))
+			return owner;
 	}
 	pid = BPF_CORE_READ(sk, sk_peer_pid);
 	if (!pid)
@@ -377,7 +431,7 @@ static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 bac
 
 	if (!sk)
 		return;
-	note_owner(sk, bpf_get_current_pid_tgid() >> 32);
+	note_owner(sock, sk, bpf_get_current_pid_tgid() >> 32);
 	sc = bpf_map_lookup_elem(&scratch_map, &zero);
 	if (!sc)
 		return;
@@ -590,7 +644,7 @@ static __always_inline int enter_accept(__u64 fd)
 		return 0;
 	sk = BPF_CORE_READ(sock, sk);
 	if (sk && BPF_CORE_READ(sk, __sk_common.skc_family) == AF_UNIX)
-		note_owner(sk, bpf_get_current_pid_tgid() >> 32);
+		note_owner(sock, sk, bpf_get_current_pid_tgid() >> 32);
 	return 0;
 }
 
@@ -608,13 +662,15 @@ int any_enter_accept(struct syscall_trace_enter *ctx)
 
 static __always_inline int exit_accept(long fd)
 {
+	struct socket *sock;
 	struct sock *sk;
 
 	if (fd < 0)
 		return 0;
-	sk = unix_stream_sk(fd_socket(fd));
+	sock = fd_socket(fd);
+	sk = unix_stream_sk(sock);
 	if (sk)
-		note_owner(sk, bpf_get_current_pid_tgid() >> 32);
+		note_owner(sock, sk, bpf_get_current_pid_tgid() >> 32);
 	return 0;
 }
 
@@ -628,6 +684,38 @@ SEC("tracepoint/syscalls/sys_exit_accept")
 int any_exit_accept(struct syscall_trace_exit *ctx)
 {
 	return exit_accept(ctx->ret);
+}
+
+/* ---- every backend: process exit and exec -----------------------------
+ *
+ * A process that exited no longer holds anything (and its pid may be
+ * reused); one that exec'd closed its close-on-exec sockets. Either makes
+ * the socket owners noted for it before stale (see sk_owner).
+ */
+static __always_inline int owner_gone_now(void)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u64 now = bpf_ktime_get_ns();
+
+	bpf_map_update_elem(&owner_gone, &tgid, &now, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int any_sched_exit(void *ctx)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	/* Per thread; the process is gone when its last thread goes. */
+	if (BPF_CORE_READ(task, signal, live.counter))
+		return 0;
+	return owner_gone_now();
+}
+
+SEC("tracepoint/sched/sched_process_exec")
+int any_sched_exec(void *ctx)
+{
+	return owner_gone_now();
 }
 
 /* ---- trace -- CMD: follow the command's process tree -------------------

@@ -92,6 +92,14 @@ type snoopHpackScratch struct {
 	Data [4096]uint8
 }
 
+type snoopOwner struct {
+	_    structs.HostLayout
+	Ino  uint64
+	Ts   uint64
+	Tgid uint32
+	Pad  uint32
+}
+
 type snoopScratch struct {
 	_  structs.HostLayout
 	St struct {
@@ -141,6 +149,7 @@ const (
 	snoopMapHpackScratchMap                    = "hpack_scratch_map"
 	snoopMapHpackSeq                           = "hpack_seq"
 	snoopMapInflight                           = "inflight"
+	snoopMapOwnerGone                          = "owner_gone"
 	snoopMapPidFilter                          = "pid_filter"
 	snoopMapScratchMap                         = "scratch_map"
 	snoopMapSendPos                            = "send_pos"
@@ -151,6 +160,8 @@ const (
 	snoopProgAnyEnterClose                     = "any_enter_close"
 	snoopProgAnyExitAccept                     = "any_exit_accept"
 	snoopProgAnyExitAccept4                    = "any_exit_accept4"
+	snoopProgAnySchedExec                      = "any_sched_exec"
+	snoopProgAnySchedExit                      = "any_sched_exit"
 	snoopProgFentryUnixStreamSendmsg           = "fentry_unix_stream_sendmsg"
 	snoopProgFexitUnixStreamSendmsg            = "fexit_unix_stream_sendmsg"
 	snoopProgFexitUnixStreamSendmsgBounded     = "fexit_unix_stream_sendmsg_bounded"
@@ -226,6 +237,8 @@ type snoopProgramSpecs struct {
 	AnyEnterClose                     *ebpf.ProgramSpec `ebpf:"any_enter_close"`
 	AnyExitAccept                     *ebpf.ProgramSpec `ebpf:"any_exit_accept"`
 	AnyExitAccept4                    *ebpf.ProgramSpec `ebpf:"any_exit_accept4"`
+	AnySchedExec                      *ebpf.ProgramSpec `ebpf:"any_sched_exec"`
+	AnySchedExit                      *ebpf.ProgramSpec `ebpf:"any_sched_exit"`
 	FentryUnixStreamSendmsg           *ebpf.ProgramSpec `ebpf:"fentry_unix_stream_sendmsg"`
 	FexitUnixStreamSendmsg            *ebpf.ProgramSpec `ebpf:"fexit_unix_stream_sendmsg"`
 	FexitUnixStreamSendmsgBounded     *ebpf.ProgramSpec `ebpf:"fexit_unix_stream_sendmsg_bounded"`
@@ -257,6 +270,7 @@ type snoopMapSpecs struct {
 	HpackScratchMap *ebpf.MapSpec `ebpf:"hpack_scratch_map"`
 	HpackSeq        *ebpf.MapSpec `ebpf:"hpack_seq"`
 	Inflight        *ebpf.MapSpec `ebpf:"inflight"`
+	OwnerGone       *ebpf.MapSpec `ebpf:"owner_gone"`
 	PidFilter       *ebpf.MapSpec `ebpf:"pid_filter"`
 	ScratchMap      *ebpf.MapSpec `ebpf:"scratch_map"`
 	SendPos         *ebpf.MapSpec `ebpf:"send_pos"`
@@ -299,6 +313,7 @@ type snoopMaps struct {
 	HpackScratchMap *ebpf.Map `ebpf:"hpack_scratch_map"`
 	HpackSeq        *ebpf.Map `ebpf:"hpack_seq"`
 	Inflight        *ebpf.Map `ebpf:"inflight"`
+	OwnerGone       *ebpf.Map `ebpf:"owner_gone"`
 	PidFilter       *ebpf.Map `ebpf:"pid_filter"`
 	ScratchMap      *ebpf.Map `ebpf:"scratch_map"`
 	SendPos         *ebpf.Map `ebpf:"send_pos"`
@@ -312,6 +327,7 @@ func (m *snoopMaps) Close() error {
 		m.HpackScratchMap,
 		m.HpackSeq,
 		m.Inflight,
+		m.OwnerGone,
 		m.PidFilter,
 		m.ScratchMap,
 		m.SendPos,
@@ -340,6 +356,8 @@ type snoopPrograms struct {
 	AnyEnterClose                     *ebpf.Program `ebpf:"any_enter_close"`
 	AnyExitAccept                     *ebpf.Program `ebpf:"any_exit_accept"`
 	AnyExitAccept4                    *ebpf.Program `ebpf:"any_exit_accept4"`
+	AnySchedExec                      *ebpf.Program `ebpf:"any_sched_exec"`
+	AnySchedExit                      *ebpf.Program `ebpf:"any_sched_exit"`
 	FentryUnixStreamSendmsg           *ebpf.Program `ebpf:"fentry_unix_stream_sendmsg"`
 	FexitUnixStreamSendmsg            *ebpf.Program `ebpf:"fexit_unix_stream_sendmsg"`
 	FexitUnixStreamSendmsgBounded     *ebpf.Program `ebpf:"fexit_unix_stream_sendmsg_bounded"`
@@ -370,6 +388,8 @@ func (p *snoopPrograms) Close() error {
 		p.AnyEnterClose,
 		p.AnyExitAccept,
 		p.AnyExitAccept4,
+		p.AnySchedExec,
+		p.AnySchedExit,
 		p.FentryUnixStreamSendmsg,
 		p.FexitUnixStreamSendmsg,
 		p.FexitUnixStreamSendmsgBounded,
