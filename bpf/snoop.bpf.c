@@ -108,6 +108,7 @@ struct send_src {
 	__u64 nr_segs;
 	__u64 skip; /* bytes of the first segment already consumed */
 	__u32 kind;
+	__u32 verdict;
 };
 
 struct {
@@ -250,47 +251,80 @@ static __always_inline __u32 owner_of(struct sock *sk)
 	return o->tgid;
 }
 
-/* The process at the other end of sk's connection, or 0 when unknown. */
-static __always_inline __u32 peer_pid_of(struct sock *sk)
+/* The process known, from the owners noted, to be at the other end of sk's
+ * connection, or 0. */
+static __always_inline __u32 peer_owner(struct sock *sk)
 {
 	struct sock *peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
-	struct pid *pid;
 	__u32 owner;
 
-	if (peer && (owner = owner_of(peer)))
+	if (!peer)
+		return 0;
+	if ((owner = owner_of(peer)))
 		return owner;
 	/* Not accepted yet (a client may send before the server accepts):
 	 * the process accepting on its listener will hold it. Kernels before
 	 * 6.10 do not link an embryo to its listener. */
-	if (peer && bpf_core_field_exists(((struct unix_sock *)peer)->listener)) {
+	if (bpf_core_field_exists(((struct unix_sock *)peer)->listener)) {
 		struct sock *l = BPF_CORE_READ((struct unix_sock *)peer, listener);
 		if (l && (owner = owner_of(l)))
 			return owner;
 	}
-	pid = BPF_CORE_READ(sk, sk_peer_pid);
+	return 0;
+}
+
+/* The process sk's peer credentials name, if it is still alive: the one that
+ * connected, or for a client the one that called listen(), which need not
+ * be the one that accepts (a shim's "start" process, systemd's socket
+ * activation). */
+static __always_inline __u32 peer_creds(struct sock *sk)
+{
+	struct pid *pid = BPF_CORE_READ(sk, sk_peer_pid);
+
 	if (!pid)
 		return 0;
-	/* The credentials name the process that connected or listened; if it
-	 * has exited since (a shim's "start" process), no process is its
-	 * thread-group leader any more: say unknown rather than name it. */
+	/* If it has exited since, no process is its thread-group leader any
+	 * more: say unknown rather than name it. */
 	if (!BPF_CORE_READ(pid, tasks[bpf_core_enum_value(enum pid_type, PIDTYPE_TGID)].first))
 		return 0;
 	/* numbers[0] is the pid in the initial namespace, like bpf_get_current_pid_tgid. */
 	return BPF_CORE_READ(pid, numbers[0].nr);
 }
 
-static __always_inline bool wanted(__u32 tgid, struct sock *sk)
+/* The process at the other end of sk's connection, or 0 when unknown. */
+static __always_inline __u32 peer_pid_of(struct sock *sk)
+{
+	__u32 owner = peer_owner(sk);
+
+	return owner ? owner : peer_creds(sk);
+}
+
+enum verdict {
+	SKIP = 0,
+	TRACE = 1,
+	/* Filtered, but the process at the other end is not known yet:
+	 * traced and marked EVENT_F_UNDECIDED for userspace to decide. */
+	UNDECIDED = 2,
+};
+
+static __always_inline enum verdict wanted(__u32 tgid, struct sock *sk)
 {
 	__u32 peer;
 
 	if (tgid == cfg.self_pid)
-		return false;
+		return SKIP;
 	if (!cfg.filter_pids)
-		return true;
+		return TRACE;
 	if (bpf_map_lookup_elem(&pid_filter, &tgid))
-		return true;
-	peer = peer_pid_of(sk);
-	return peer && bpf_map_lookup_elem(&pid_filter, &peer);
+		return TRACE;
+	if ((peer = peer_owner(sk)))
+		return bpf_map_lookup_elem(&pid_filter, &peer) ? TRACE : SKIP;
+	/* Credentials may name another process than the one that will read
+	 * (see peer_creds): they can say yes, not no. */
+	peer = peer_creds(sk);
+	if (peer && bpf_map_lookup_elem(&pid_filter, &peer))
+		return TRACE;
+	return UNDECIDED;
 }
 
 /* Fill what every chunk of one send shares. */
@@ -437,6 +471,8 @@ static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 bac
 		return;
 	fill_header(&sc->ev, sock, sk, sent);
 	sc->ev.backend = backend;
+	if (src->verdict == UNDECIDED)
+		sc->ev.flags |= EVENT_F_UNDECIDED;
 
 	key = (__u64)sk;
 	pos = bpf_map_lookup_elem(&send_pos, &key);
@@ -512,7 +548,7 @@ static __always_inline int enter_send(__u64 fd, __u32 kind, __u64 base, __u64 nr
 	__u32 tid = (__u32)pid_tgid;
 	struct send_src src = {};
 
-	if (!sk || !wanted(pid_tgid >> 32, sk))
+	if (!sk || !(src.verdict = wanted(pid_tgid >> 32, sk)))
 		return 0;
 	src.sock = (__u64)sock;
 	src.sk = (__u64)sk;
@@ -604,7 +640,9 @@ int any_enter_close(struct syscall_trace_enter *ctx)
 	__u32 zero = 0;
 	__u64 key;
 
-	if (!sk || !wanted(pid_tgid >> 32, sk))
+	/* Whatever the filter says now: a socket that was traced (it has a
+	 * stream offset) has decoder state in userspace, undecided ones too. */
+	if (!sk || (__u32)(pid_tgid >> 32) == cfg.self_pid)
 		return 0;
 	key = (__u64)sk;
 	if (!bpf_map_lookup_elem(&send_pos, &key))
@@ -787,7 +825,7 @@ static __always_inline int enter_sendmsg(struct socket *sock, struct msghdr *msg
 	struct send_src src = {};
 	unsigned int type;
 
-	if (!sk || BPF_CORE_READ(sock, type) != SOCK_STREAM || !wanted(pid_tgid >> 32, sk))
+	if (!sk || BPF_CORE_READ(sock, type) != SOCK_STREAM || !(src.verdict = wanted(pid_tgid >> 32, sk)))
 		return 0;
 	src.sock = (__u64)sock;
 	src.sk = (__u64)sk;

@@ -269,6 +269,9 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 		return err
 	}
 	loss.stop()
+	if p.HeldDropped > 0 {
+		fmt.Fprintf(stderr, "containerdsnoop: dropped %d bytes of connections whose other end was not known yet (over the bound on what is held); calls in them are not shown\n", p.HeldDropped)
+	}
 	if child != nil {
 		return exitStatus(<-childDone)
 	}

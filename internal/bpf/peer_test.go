@@ -74,12 +74,16 @@ func peerHelper(mode string) int {
 	case "acceptor":
 		// Listens at the path given; accepts one connection per line read,
 		// reads its byte and answers.
-		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
-		if err != nil {
-			return 2
-		}
-		if unix.Bind(fd, &unix.SockaddrUnix{Name: os.Getenv("CDSNOOP_SOCK")}) != nil || unix.Listen(fd, 8) != nil {
-			return 2
+		// Without a path, on the listener inherited as fd 3.
+		fd := 3
+		if path := os.Getenv("CDSNOOP_SOCK"); path != "" {
+			var err error
+			if fd, err = unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0); err != nil {
+				return 2
+			}
+			if unix.Bind(fd, &unix.SockaddrUnix{Name: path}) != nil || unix.Listen(fd, 8) != nil {
+				return 2
+			}
 		}
 		fmt.Println("ready")
 		for in.Scan() {
@@ -344,4 +348,63 @@ func waitEvents(t *testing.T, c *collector, f func([]capture.Event) bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+func TestCaptureUndecidedFirstSend(t *testing.T) {
+	forEachBackend(t, testCaptureUndecidedFirstSend)
+}
+
+// With --pid naming the server, a client (not filtered) sends its first
+// request before the server accepts, on a listener another process
+// created (a shim's "start" process, systemd socket activation): the
+// kernel cannot tell who will read it and must not drop it. It is captured
+// and marked undecided; the server's answer is decided.
+func testCaptureUndecidedFirstSend(t *testing.T, backend string) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "s")
+	lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(lfd, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(lfd, 8); err != nil {
+		t.Fatal(err)
+	}
+	ln := os.NewFile(uintptr(lfd), "listener")
+	defer ln.Close()
+	srv := startPeerHelper(t, "acceptor", ln)
+	srv.expect(t, "ready")
+	srvPID := uint32(srv.cmd.Process.Pid)
+	_, c := startCapture(t, Options{Attach: backend, IncludeSelf: true, PIDs: []uint32{srvPID}})
+
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.Write(fd, []byte("q")); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(srv.in, "accept")
+	srv.expect(t, "answered")
+	ev := c.eventOn(t, inode(t, fd))
+	if !ev.Undecided || ev.Offset != 0 || !ev.Restart {
+		t.Errorf("first request: undecided %v offset %d new %v, want an undecided first chunk", ev.Undecided, ev.Offset, ev.Restart)
+	}
+	waitEvents(t, c, func(evs []capture.Event) bool {
+		for _, e := range evs {
+			if e.PID == srvPID && e.PeerIno == inode(t, fd) {
+				if e.Undecided {
+					t.Error("the server's answer is marked undecided")
+				}
+				return true
+			}
+		}
+		return false
+	})
 }

@@ -54,11 +54,12 @@ type snoopEvent struct {
 type snoopEventFlag uint32
 
 const (
-	snoopEventFlagEVENT_F_FAULT snoopEventFlag = 1
-	snoopEventFlagEVENT_F_NEW   snoopEventFlag = 2
-	snoopEventFlagEVENT_F_BOUND snoopEventFlag = 4
-	snoopEventFlagEVENT_F_CLOSE snoopEventFlag = 8
-	snoopEventFlagEVENT_F_HPACK snoopEventFlag = 16
+	snoopEventFlagEVENT_F_FAULT     snoopEventFlag = 1
+	snoopEventFlagEVENT_F_NEW       snoopEventFlag = 2
+	snoopEventFlagEVENT_F_BOUND     snoopEventFlag = 4
+	snoopEventFlagEVENT_F_CLOSE     snoopEventFlag = 8
+	snoopEventFlagEVENT_F_HPACK     snoopEventFlag = 16
+	snoopEventFlagEVENT_F_UNDECIDED snoopEventFlag = 32
 )
 
 type snoopHpackField struct {
@@ -120,14 +121,14 @@ type snoopScratch struct {
 }
 
 type snoopSendSrc struct {
-	_      structs.HostLayout
-	Sock   uint64
-	Sk     uint64
-	Base   uint64
-	NrSegs uint64
-	Skip   uint64
-	Kind   uint32
-	_      [4]byte
+	_       structs.HostLayout
+	Sock    uint64
+	Sk      uint64
+	Base    uint64
+	NrSegs  uint64
+	Skip    uint64
+	Kind    uint32
+	Verdict uint32
 }
 
 type snoopStats struct {

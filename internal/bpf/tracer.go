@@ -298,6 +298,8 @@ func (t *Tracer) decode(raw []byte, ev *capture.Event) bool {
 		Restart:  k.Flags&uint8(snoopEventFlagEVENT_F_NEW) != 0,
 		Bound:    k.Flags&uint8(snoopEventFlagEVENT_F_BOUND) != 0,
 		Close:    k.Flags&uint8(snoopEventFlagEVENT_F_CLOSE) != 0,
+
+		Undecided: k.Flags&uint8(snoopEventFlagEVENT_F_UNDECIDED) != 0,
 	}
 	if !ev.Fault {
 		end := eventSize + int(k.Len)
