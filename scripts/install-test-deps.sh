@@ -79,6 +79,10 @@ else
 	log "installed; all tools present"
 fi
 
+# Real clients and servers nobody here wrote, pinned, from the Go module proxy.
+bash "$(dirname "$0")/deps/crictl.sh"
+bash "$(dirname "$0")/deps/containerd2.sh"
+
 # The eBPF programs attach to uprobes and read trace events through tracefs,
 # which minimal VMs and containers often do not mount.
 tracefs=/sys/kernel/tracing
