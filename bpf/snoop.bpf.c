@@ -309,6 +309,7 @@ enum verdict {
 
 static __always_inline enum verdict wanted(__u32 tgid, struct sock *sk)
 {
+	struct sock *other;
 	__u32 peer;
 
 	if (tgid == cfg.self_pid)
@@ -319,12 +320,20 @@ static __always_inline enum verdict wanted(__u32 tgid, struct sock *sk)
 		return TRACE;
 	if ((peer = peer_owner(sk)))
 		return bpf_map_lookup_elem(&pid_filter, &peer) ? TRACE : SKIP;
-	/* Credentials may name another process than the one that will read
-	 * (see peer_creds): they can say yes, not no. */
 	peer = peer_creds(sk);
 	if (peer && bpf_map_lookup_elem(&pid_filter, &peer))
 		return TRACE;
-	return UNDECIDED;
+	/* When the other end is the accepting one (its socket carries the
+	 * listener's address), the credentials name whoever created the
+	 * listener, which need not be who accepts and reads (see peer_creds):
+	 * they can say yes, not no. For a socket pair or a connecting client
+	 * they name the process itself. */
+	if (!peer)
+		return UNDECIDED;
+	other = BPF_CORE_READ((struct unix_sock *)sk, peer);
+	if (other && BPF_CORE_READ((struct unix_sock *)other, addr))
+		return UNDECIDED;
+	return SKIP;
 }
 
 /* Fill what every chunk of one send shares. */
