@@ -85,12 +85,21 @@ struct {
 } pid_filter SEC(".maps");
 
 /* Bytes sent so far on each traced socket: the stream offset of the next
- * chunk. LRU so that closed sockets age out without a close hook. */
+ * chunk. LRU so that closed sockets age out without a close hook. The
+ * socket's inode says which socket the entry is for: a socket freed
+ * without a close(2) (its process exited) leaves its entry, and a new
+ * socket at the same address must not inherit its offset or be reported
+ * closed as if traced. */
+struct pos {
+	__u64 off;
+	__u64 ino;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, __u64);
+	__type(value, struct pos);
 } send_pos SEC(".maps");
 
 enum src_kind {
@@ -468,7 +477,8 @@ static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 bac
 	struct sock *sk = (struct sock *)src->sk;
 	struct emit_state *st;
 	struct scratch *sc;
-	__u64 *pos, zero64 = 0, key;
+	struct pos *pos, fresh = {};
+	__u64 key;
 	__u32 zero = 0, iters;
 	struct stats *s;
 
@@ -484,24 +494,29 @@ static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 bac
 		sc->ev.flags |= EVENT_F_UNDECIDED;
 
 	key = (__u64)sk;
+	fresh.ino = sc->ev.sock_ino;
 	pos = bpf_map_lookup_elem(&send_pos, &key);
-	if (!pos) {
-		bpf_map_update_elem(&send_pos, &key, &zero64, BPF_NOEXIST);
-		pos = bpf_map_lookup_elem(&send_pos, &key);
-		if (!pos)
-			return;
+	if (pos && pos->ino != fresh.ino) {
+		/* Another socket's, at the same address: start over. */
+		bpf_map_update_elem(&send_pos, &key, &fresh, BPF_ANY);
+		sc->ev.flags |= EVENT_F_NEW;
+	} else if (!pos) {
+		bpf_map_update_elem(&send_pos, &key, &fresh, BPF_NOEXIST);
 		sc->ev.flags |= EVENT_F_NEW;
 	}
+	pos = bpf_map_lookup_elem(&send_pos, &key);
+	if (!pos)
+		return;
 	st = &sc->st;
 	if (loop) {
-		st->off = __sync_fetch_and_add(pos, sent);
+		st->off = __sync_fetch_and_add(&pos->off, sent);
 	} else {
 		/* An atomic add that returns the old value (BPF_FETCH) is 5.12+;
 		 * the bounded twins also run on 5.10, where only a plain atomic
 		 * add is allowed. Two threads sending on one socket at the same
 		 * instant could then be given the same offset. */
-		st->off = *pos;
-		__sync_fetch_and_add(pos, sent);
+		st->off = pos->off;
+		__sync_fetch_and_add(&pos->off, sent);
 	}
 	if (!src->kind) {
 		/* Bytes we cannot read (pages spliced into the socket): the
@@ -646,6 +661,7 @@ int any_enter_close(struct syscall_trace_enter *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct scratch *sc;
 	struct stats *s;
+	struct pos *pos;
 	__u32 zero = 0;
 	__u64 key;
 
@@ -654,7 +670,8 @@ int any_enter_close(struct syscall_trace_enter *ctx)
 	if (!sk || (__u32)(pid_tgid >> 32) == cfg.self_pid)
 		return 0;
 	key = (__u64)sk;
-	if (!bpf_map_lookup_elem(&send_pos, &key))
+	pos = bpf_map_lookup_elem(&send_pos, &key);
+	if (!pos || pos->ino != socket_ino(sock))
 		return 0; /* never sent anything while traced: nothing to free */
 	bpf_map_delete_elem(&send_pos, &key);
 	sc = bpf_map_lookup_elem(&scratch_map, &zero);

@@ -101,6 +101,12 @@ type snoopOwner struct {
 	Pad  uint32
 }
 
+type snoopPos struct {
+	_   structs.HostLayout
+	Off uint64
+	Ino uint64
+}
+
 type snoopScratch struct {
 	_  structs.HostLayout
 	St struct {
