@@ -223,6 +223,11 @@ func testCrictl(t *testing.T, opts containerdtest.Options) {
 	reqs := map[key]*record{}
 	ttrpcCalls := 0
 	for _, r := range recs {
+		// Every message decoded: cgroup metrics (Task/Stats) and the OCI
+		// spec (Containers/Get, Task/Create options) inside Anys too.
+		if r.MessageText != nil {
+			t.Errorf("a message shown only as text:\n    %s", r)
+		}
 		if int(r.PID) == churn || int(r.PeerPID) == churn {
 			t.Errorf("a line of the unrelated process %d passed --pid %d:\n    %s", churn, c.PID, r)
 		}
@@ -257,6 +262,22 @@ func testCrictl(t *testing.T, opts containerdtest.Options) {
 	}
 	if ttrpcCalls == 0 {
 		t.Error("no ttrpc call between containerd and the pod's shim was shown")
+	}
+	// crictl stats made containerd ask the shim for the container's cgroup
+	// metrics: shown decoded, not as text.
+	stats := false
+	for _, r := range recs {
+		stats = stats || (r.Protocol == "ttrpc" && r.Type == "response" && strings.HasSuffix(r.method(), ".Task/Stats") &&
+			strings.Contains(string(r.Message), `io.containerd.cgroups.v`) && strings.Contains(string(r.Message), `"@type"`))
+	}
+	if !stats {
+		var seen []string
+		for _, r := range recs {
+			if strings.Contains(r.method(), "Stats") || strings.Contains(r.method(), "Metrics") {
+				seen = append(seen, r.String())
+			}
+		}
+		t.Errorf("no Task/Stats response with decoded cgroup metrics; stats lines:\n%s", indent(strings.Join(seen, "\n")))
 	}
 
 	// Not even the recording holds anything of the unrelated process.
