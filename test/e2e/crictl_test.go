@@ -134,6 +134,8 @@ func testCrictl(t *testing.T, opts containerdtest.Options) {
 	churn := startChurn(t)
 	rec := filepath.Join(t.TempDir(), "trace.cdsnoop")
 	tr := startTracer(t, "--output", "json", "--pid", fmt.Sprint(c.PID), "--record", rec)
+	// The README's crictl sample: its calls on containerd's socket, as a table.
+	table := startTracer(t, "--full", "--socket", c.Socket)
 	before := c.Handled(t)
 
 	dir := t.TempDir()
@@ -202,6 +204,23 @@ func testCrictl(t *testing.T, opts containerdtest.Options) {
 		return true
 	})
 	recs := stopJSON(t, tr, syscall.SIGINT)
+	table.waitText("the last call's row", func(out string) bool { return hasRespRow(out, "/runtime.v1.ImageService/ListImages") })
+	out := table.stop(syscall.SIGINT)
+	table.checkQuietStderr(t)
+	resps := 0
+	for _, r := range parseTable(t, out) {
+		if r["TYPE"] == "RESP" {
+			resps++
+		}
+	}
+	calls := 0
+	for _, n := range want {
+		calls += n
+	}
+	if resps != calls {
+		t.Errorf("the table shows %d calls ending, containerd answered %d", resps, calls)
+	}
+	t.Logf("crictl's calls (containerd %s):\n%s", map[bool]string{false: "1.6", true: containerdtest.Containerd2Version}[opts.V2], out)
 
 	// Every call containerd answered, with its method and status, once.
 	got := shown(recs)
