@@ -282,6 +282,24 @@ func testCrictl(t *testing.T, opts containerdtest.Options) {
 	if ttrpcCalls == 0 {
 		t.Error("no ttrpc call between containerd and the pod's shim was shown")
 	}
+	// Every call ends with a line, also those the shim never answers
+	// because it exits (containerd 2's Task/Shutdown): the pod is gone.
+	ended := map[key]bool{}
+	var cut []string
+	for _, r := range recs {
+		if r.Type == "response" && (r.Status != nil || r.Note != nil) {
+			ended[key{r.Conn, r.Stream}] = true
+		}
+		if r.Status == nil && r.Note != nil && *r.Note == "connection closed before the call ended" {
+			cut = append(cut, r.method())
+		}
+	}
+	t.Logf("calls ended by their connection closing: %v", cut)
+	for k, r := range reqs {
+		if !ended[k] {
+			t.Errorf("a call without a final line:\n    %s", r)
+		}
+	}
 	// crictl stats made containerd ask the shim for the container's cgroup
 	// metrics: shown decoded, not as text.
 	stats := false
