@@ -133,9 +133,11 @@ func testCrictl(t *testing.T, opts containerdtest.Options) {
 	containerdtest.ImportBusyboxImage(t, c, workload)
 	churn := startChurn(t)
 	rec := filepath.Join(t.TempDir(), "trace.cdsnoop")
-	tr := startTracer(t, "--output", "json", "--pid", fmt.Sprint(c.PID), "--record", rec)
-	// The README's crictl sample: its calls on containerd's socket, as a table.
+	// The README's crictl sample: its calls on containerd's socket, as a
+	// table. Started first: with --socket it lists the pods before it
+	// attaches, calls the other tracer would otherwise see.
 	table := startTracer(t, "--full", "--socket", c.Socket)
+	tr := startTracer(t, "--output", "json", "--pid", fmt.Sprint(c.PID), "--record", rec)
 	before := c.Handled(t)
 
 	dir := t.TempDir()
