@@ -85,12 +85,21 @@ struct {
 } pid_filter SEC(".maps");
 
 /* Bytes sent so far on each traced socket: the stream offset of the next
- * chunk. LRU so that closed sockets age out without a close hook. */
+ * chunk. LRU so that closed sockets age out without a close hook. The
+ * socket's inode says which socket the entry is for: a socket freed
+ * without a close(2) (its process exited) leaves its entry, and a new
+ * socket at the same address must not inherit its offset or be reported
+ * closed as if traced. */
+struct pos {
+	__u64 off;
+	__u64 ino;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, __u64);
+	__type(value, struct pos);
 } send_pos SEC(".maps");
 
 enum src_kind {
@@ -108,6 +117,7 @@ struct send_src {
 	__u64 nr_segs;
 	__u64 skip; /* bytes of the first segment already consumed */
 	__u32 kind;
+	__u32 verdict;
 };
 
 struct {
@@ -178,65 +188,161 @@ static __always_inline struct sock *unix_stream_sk(struct socket *sock)
 /* Which process holds each socket, learnt when it accepts a connection or
  * sends. The peer credentials alone can name a process long gone: a shim's
  * listening socket is created by a short-lived "shim start" process and
- * handed to the real shim. */
+ * handed to the real shim.
+ *
+ * An entry is believed only while it provably still describes the socket:
+ * - the key is a struct sock address, which the kernel reuses for a new
+ *   socket once the old one is freed, so the entry also holds the socket's
+ *   inode number (unique per socket), checked against the socket at that
+ *   address now; an embryo (connected, not yet accepted) has no socket
+ *   yet, so no entry describes it;
+ * - the owner may have exited (and its pid been reused) or exec'd (closing
+ *   its close-on-exec sockets) since: owner_gone holds when each process
+ *   last did either, and an entry older than that is stale.
+ * A stale entry is ignored, never repaired by guessing: the next send or
+ * accept by the holder notes it again. */
+struct owner {
+	__u64 ino;
+	__u64 ts;   /* when noted, bpf_ktime_get_ns */
+	__u32 tgid;
+	__u32 pad;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
-	__type(key, __u64);   /* struct sock * */
-	__type(value, __u32); /* tgid */
+	__type(key, __u64); /* struct sock * */
+	__type(value, struct owner);
 } sk_owner SEC(".maps");
 
-static __always_inline void note_owner(struct sock *sk, __u32 tgid)
-{
-	__u64 key = (__u64)sk;
-	__u32 *cur = bpf_map_lookup_elem(&sk_owner, &key);
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);   /* tgid */
+	__type(value, __u64); /* last exit or exec, bpf_ktime_get_ns */
+} owner_gone SEC(".maps");
 
-	if (!cur || *cur != tgid)
-		bpf_map_update_elem(&sk_owner, &key, &tgid, BPF_ANY);
+static __always_inline bool owner_stale(const struct owner *o)
+{
+	__u32 tgid = o->tgid;
+	__u64 *gone = bpf_map_lookup_elem(&owner_gone, &tgid);
+
+	return gone && *gone >= o->ts;
 }
 
-/* The process at the other end of sk's connection. */
-static __always_inline __u32 peer_pid_of(struct sock *sk)
+static __always_inline void note_owner(struct socket *sock, struct sock *sk, __u32 tgid)
+{
+	__u64 key = (__u64)sk;
+	__u64 ino = socket_ino(sock);
+	struct owner *cur = bpf_map_lookup_elem(&sk_owner, &key);
+	struct owner o = {};
+
+	if (cur && cur->tgid == tgid && cur->ino == ino && !owner_stale(cur))
+		return;
+	o.ino = ino;
+	o.ts = bpf_ktime_get_ns();
+	o.tgid = tgid;
+	bpf_map_update_elem(&sk_owner, &key, &o, BPF_ANY);
+}
+
+/* The process known to hold sk now, or 0. */
+static __always_inline __u32 owner_of(struct sock *sk)
+{
+	struct socket *sock = BPF_CORE_READ(sk, sk_socket);
+	__u64 key = (__u64)sk;
+	struct owner *o;
+
+	if (!sock)
+		return 0;
+	o = bpf_map_lookup_elem(&sk_owner, &key);
+	if (!o || o->ino != socket_ino(sock) || owner_stale(o))
+		return 0;
+	return o->tgid;
+}
+
+/* The process known, from the owners noted, to be at the other end of sk's
+ * connection, or 0. */
+static __always_inline __u32 peer_owner(struct sock *sk)
 {
 	struct sock *peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
-	__u64 key = (__u64)peer;
-	__u32 *owner;
-	struct pid *pid;
+	__u32 owner;
 
-	if (peer && (owner = bpf_map_lookup_elem(&sk_owner, &key)))
-		return *owner;
+	if (!peer)
+		return 0;
+	if ((owner = owner_of(peer)))
+		return owner;
 	/* Not accepted yet (a client may send before the server accepts):
 	 * the process accepting on its listener will hold it. Kernels before
 	 * 6.10 do not link an embryo to its listener. */
-	if (peer && bpf_core_field_exists(((struct unix_sock *)peer)->listener)) {
-		key = (__u64)BPF_CORE_READ((struct unix_sock *)peer, listener);
-		if (key && (owner = bpf_map_lookup_elem(&sk_owner, &key)))
-			return *owner;
+	if (bpf_core_field_exists(((struct unix_sock *)peer)->listener)) {
+		struct sock *l = BPF_CORE_READ((struct unix_sock *)peer, listener);
+		if (l && (owner = owner_of(l)))
+			return owner;
 	}
-	pid = BPF_CORE_READ(sk, sk_peer_pid);
+	return 0;
+}
+
+/* The process sk's peer credentials name, if it is still alive: the one that
+ * connected, or for a client the one that called listen(), which need not
+ * be the one that accepts (a shim's "start" process, systemd's socket
+ * activation). */
+static __always_inline __u32 peer_creds(struct sock *sk)
+{
+	struct pid *pid = BPF_CORE_READ(sk, sk_peer_pid);
+
 	if (!pid)
 		return 0;
-	/* The credentials name the process that connected or listened; if it
-	 * has exited since (a shim's "start" process), no process is its
-	 * thread-group leader any more: say unknown rather than name it. */
+	/* If it has exited since, no process is its thread-group leader any
+	 * more: say unknown rather than name it. */
 	if (!BPF_CORE_READ(pid, tasks[bpf_core_enum_value(enum pid_type, PIDTYPE_TGID)].first))
 		return 0;
 	/* numbers[0] is the pid in the initial namespace, like bpf_get_current_pid_tgid. */
 	return BPF_CORE_READ(pid, numbers[0].nr);
 }
 
-static __always_inline bool wanted(__u32 tgid, struct sock *sk)
+/* The process at the other end of sk's connection, or 0 when unknown. */
+static __always_inline __u32 peer_pid_of(struct sock *sk)
 {
+	__u32 owner = peer_owner(sk);
+
+	return owner ? owner : peer_creds(sk);
+}
+
+enum verdict {
+	SKIP = 0,
+	TRACE = 1,
+	/* Filtered, but the process at the other end is not known yet:
+	 * traced and marked EVENT_F_UNDECIDED for userspace to decide. */
+	UNDECIDED = 2,
+};
+
+static __always_inline enum verdict wanted(__u32 tgid, struct sock *sk)
+{
+	struct sock *other;
 	__u32 peer;
 
 	if (tgid == cfg.self_pid)
-		return false;
+		return SKIP;
 	if (!cfg.filter_pids)
-		return true;
+		return TRACE;
 	if (bpf_map_lookup_elem(&pid_filter, &tgid))
-		return true;
-	peer = peer_pid_of(sk);
-	return peer && bpf_map_lookup_elem(&pid_filter, &peer);
+		return TRACE;
+	if ((peer = peer_owner(sk)))
+		return bpf_map_lookup_elem(&pid_filter, &peer) ? TRACE : SKIP;
+	peer = peer_creds(sk);
+	if (peer && bpf_map_lookup_elem(&pid_filter, &peer))
+		return TRACE;
+	/* When the other end is the accepting one (its socket carries the
+	 * listener's address), the credentials name whoever created the
+	 * listener, which need not be who accepts and reads (see peer_creds):
+	 * they can say yes, not no. For a socket pair or a connecting client
+	 * they name the process itself. */
+	if (!peer)
+		return UNDECIDED;
+	other = BPF_CORE_READ((struct unix_sock *)sk, peer);
+	if (other && BPF_CORE_READ((struct unix_sock *)other, addr))
+		return UNDECIDED;
+	return SKIP;
 }
 
 /* Fill what every chunk of one send shares. */
@@ -371,38 +477,46 @@ static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 bac
 	struct sock *sk = (struct sock *)src->sk;
 	struct emit_state *st;
 	struct scratch *sc;
-	__u64 *pos, zero64 = 0, key;
+	struct pos *pos, fresh = {};
+	__u64 key;
 	__u32 zero = 0, iters;
 	struct stats *s;
 
 	if (!sk)
 		return;
-	note_owner(sk, bpf_get_current_pid_tgid() >> 32);
+	note_owner(sock, sk, bpf_get_current_pid_tgid() >> 32);
 	sc = bpf_map_lookup_elem(&scratch_map, &zero);
 	if (!sc)
 		return;
 	fill_header(&sc->ev, sock, sk, sent);
 	sc->ev.backend = backend;
+	if (src->verdict == UNDECIDED)
+		sc->ev.flags |= EVENT_F_UNDECIDED;
 
 	key = (__u64)sk;
+	fresh.ino = sc->ev.sock_ino;
 	pos = bpf_map_lookup_elem(&send_pos, &key);
-	if (!pos) {
-		bpf_map_update_elem(&send_pos, &key, &zero64, BPF_NOEXIST);
-		pos = bpf_map_lookup_elem(&send_pos, &key);
-		if (!pos)
-			return;
+	if (pos && pos->ino != fresh.ino) {
+		/* Another socket's, at the same address: start over. */
+		bpf_map_update_elem(&send_pos, &key, &fresh, BPF_ANY);
+		sc->ev.flags |= EVENT_F_NEW;
+	} else if (!pos) {
+		bpf_map_update_elem(&send_pos, &key, &fresh, BPF_NOEXIST);
 		sc->ev.flags |= EVENT_F_NEW;
 	}
+	pos = bpf_map_lookup_elem(&send_pos, &key);
+	if (!pos)
+		return;
 	st = &sc->st;
 	if (loop) {
-		st->off = __sync_fetch_and_add(pos, sent);
+		st->off = __sync_fetch_and_add(&pos->off, sent);
 	} else {
 		/* An atomic add that returns the old value (BPF_FETCH) is 5.12+;
 		 * the bounded twins also run on 5.10, where only a plain atomic
 		 * add is allowed. Two threads sending on one socket at the same
 		 * instant could then be given the same offset. */
-		st->off = *pos;
-		__sync_fetch_and_add(pos, sent);
+		st->off = pos->off;
+		__sync_fetch_and_add(&pos->off, sent);
 	}
 	if (!src->kind) {
 		/* Bytes we cannot read (pages spliced into the socket): the
@@ -458,7 +572,7 @@ static __always_inline int enter_send(__u64 fd, __u32 kind, __u64 base, __u64 nr
 	__u32 tid = (__u32)pid_tgid;
 	struct send_src src = {};
 
-	if (!sk || !wanted(pid_tgid >> 32, sk))
+	if (!sk || !(src.verdict = wanted(pid_tgid >> 32, sk)))
 		return 0;
 	src.sock = (__u64)sock;
 	src.sk = (__u64)sk;
@@ -547,13 +661,17 @@ int any_enter_close(struct syscall_trace_enter *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct scratch *sc;
 	struct stats *s;
+	struct pos *pos;
 	__u32 zero = 0;
 	__u64 key;
 
-	if (!sk || !wanted(pid_tgid >> 32, sk))
+	/* Whatever the filter says now: a socket that was traced (it has a
+	 * stream offset) has decoder state in userspace, undecided ones too. */
+	if (!sk || (__u32)(pid_tgid >> 32) == cfg.self_pid)
 		return 0;
 	key = (__u64)sk;
-	if (!bpf_map_lookup_elem(&send_pos, &key))
+	pos = bpf_map_lookup_elem(&send_pos, &key);
+	if (!pos || pos->ino != socket_ino(sock))
 		return 0; /* never sent anything while traced: nothing to free */
 	bpf_map_delete_elem(&send_pos, &key);
 	sc = bpf_map_lookup_elem(&scratch_map, &zero);
@@ -590,7 +708,7 @@ static __always_inline int enter_accept(__u64 fd)
 		return 0;
 	sk = BPF_CORE_READ(sock, sk);
 	if (sk && BPF_CORE_READ(sk, __sk_common.skc_family) == AF_UNIX)
-		note_owner(sk, bpf_get_current_pid_tgid() >> 32);
+		note_owner(sock, sk, bpf_get_current_pid_tgid() >> 32);
 	return 0;
 }
 
@@ -608,13 +726,15 @@ int any_enter_accept(struct syscall_trace_enter *ctx)
 
 static __always_inline int exit_accept(long fd)
 {
+	struct socket *sock;
 	struct sock *sk;
 
 	if (fd < 0)
 		return 0;
-	sk = unix_stream_sk(fd_socket(fd));
+	sock = fd_socket(fd);
+	sk = unix_stream_sk(sock);
 	if (sk)
-		note_owner(sk, bpf_get_current_pid_tgid() >> 32);
+		note_owner(sock, sk, bpf_get_current_pid_tgid() >> 32);
 	return 0;
 }
 
@@ -628,6 +748,38 @@ SEC("tracepoint/syscalls/sys_exit_accept")
 int any_exit_accept(struct syscall_trace_exit *ctx)
 {
 	return exit_accept(ctx->ret);
+}
+
+/* ---- every backend: process exit and exec -----------------------------
+ *
+ * A process that exited no longer holds anything (and its pid may be
+ * reused); one that exec'd closed its close-on-exec sockets. Either makes
+ * the socket owners noted for it before stale (see sk_owner).
+ */
+static __always_inline int owner_gone_now(void)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u64 now = bpf_ktime_get_ns();
+
+	bpf_map_update_elem(&owner_gone, &tgid, &now, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int any_sched_exit(void *ctx)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	/* Per thread; the process is gone when its last thread goes. */
+	if (BPF_CORE_READ(task, signal, live.counter))
+		return 0;
+	return owner_gone_now();
+}
+
+SEC("tracepoint/sched/sched_process_exec")
+int any_sched_exec(void *ctx)
+{
+	return owner_gone_now();
 }
 
 /* ---- trace -- CMD: follow the command's process tree -------------------
@@ -699,7 +851,7 @@ static __always_inline int enter_sendmsg(struct socket *sock, struct msghdr *msg
 	struct send_src src = {};
 	unsigned int type;
 
-	if (!sk || BPF_CORE_READ(sock, type) != SOCK_STREAM || !wanted(pid_tgid >> 32, sk))
+	if (!sk || BPF_CORE_READ(sock, type) != SOCK_STREAM || !(src.verdict = wanted(pid_tgid >> 32, sk)))
 		return 0;
 	src.sock = (__u64)sock;
 	src.sk = (__u64)sk;

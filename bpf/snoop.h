@@ -32,6 +32,15 @@ enum event_flag {
 	 * from a uprobe on hpack.(*Encoder).WriteField. The payload is a
 	 * struct hpack_field and its bytes; sk, peer_sk and path are 0. */
 	EVENT_F_HPACK = 1 << 4,
+	/* The pid filter could not decide: the sender is not in it and the
+	 * process at the other end is not known yet (a client sending before
+	 * the server accepted; the listener's credentials name its creator,
+	 * which may have exited or handed it on, and are believed only when
+	 * they name a filtered process). Sent
+	 * anyway, so that the first request of a connection the filter wants
+	 * is not lost; userspace holds such chunks until the connection's
+	 * other end is known and keeps or discards them then. */
+	EVENT_F_UNDECIDED = 1 << 5,
 };
 
 /* Bytes of an hpack field event kept of each string: longer ones are cut

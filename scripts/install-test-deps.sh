@@ -90,9 +90,11 @@ else
 	mount -t tracefs tracefs "$tracefs" || die "could not mount tracefs at $tracefs"
 fi
 
-# Pinned builds from the Go module proxy, each idempotent (scripts/deps/).
-bash "$(dirname "$0")/deps/prometheus.sh"
-bash "$(dirname "$0")/deps/otelcol.sh"
-# Real clients of containerd for the attach tests, each in its own script.
-bash "$(dirname "$0")/deps/kubelet.sh"
-bash "$(dirname "$0")/deps/docker.sh"
+# Real clients and servers nobody here wrote, each in its own idempotent
+# script (scripts/deps/): pinned builds from the Go module proxy (crictl,
+# containerd 2.x, Prometheus, the OpenTelemetry Collector, kubelet) and
+# Debian's dockerd.
+deps=$(dirname "$0")/deps
+for dep in crictl containerd2 prometheus otelcol kubelet docker; do
+	bash "$deps/$dep.sh"
+done

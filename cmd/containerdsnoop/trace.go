@@ -56,7 +56,10 @@ which processes were probed).
 
 With -- COMMAND, it starts the command, shows only the calls its process tree
 makes and receives (children are followed from fork, in the kernel), stops
-when it exits and exits with its exit code.
+when it exits and exits with its exit code. The command's standard output
+goes to the terminal with the trace, or, when the trace's standard output
+is not a terminal (a pipe, a file: --output json | jq), to standard error,
+so that the trace stays parseable.
 
 Credentials in messages (registry passwords and tokens) are shown as
 "[redacted]" unless --show-secrets.`,
@@ -210,6 +213,11 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	if len(command) > 0 {
 		child = exec.Command(command[0], command[1:]...)
 		child.Stdin, child.Stdout, child.Stderr = os.Stdin, os.Stdout, os.Stderr
+		if !isTerminal(os.Stdout) {
+			// The trace is going to a pipe or a file, for a program to
+			// read: the command's own output must not break it.
+			child.Stdout = os.Stderr
+		}
 		if err := child.Start(); err != nil {
 			return fmt.Errorf("start %s: %w", command[0], err)
 		}
@@ -274,6 +282,9 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 		return err
 	}
 	loss.stop()
+	if p.HeldDropped > 0 {
+		fmt.Fprintf(stderr, "containerdsnoop: dropped %d bytes of connections whose other end was not known yet (over the bound on what is held); calls in them are not shown\n", p.HeldDropped)
+	}
 	if child != nil {
 		return exitStatus(<-childDone)
 	}
@@ -384,6 +395,12 @@ func (l *lossWatch) stop() {
 		close(l.done)
 	}
 	<-l.stopped
+}
+
+// isTerminal reports whether f is a terminal.
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 func terminalWidth(fd int) int {

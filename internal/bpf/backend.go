@@ -62,9 +62,6 @@ func backendsFor(attach string) ([]backend, error) {
 // stream socket: entry notes where the bytes are, exit copies as many as
 // the kernel accepted.
 func attachTracepoints(t *Tracer) error {
-	if err := ensureTracefs(); err != nil {
-		return err
-	}
 	// Exits first, so no entry is recorded that no exit consumes.
 	for _, tp := range []struct {
 		name string
@@ -115,22 +112,22 @@ func attachKprobes(t *Tracer) error {
 }
 
 // attachClose hooks what every backend shares: closes of traced sockets
-// (to free decoder state) and accepts (to know which process holds the
-// server end). Syscall tracepoints exist wherever BPF does.
+// (to free decoder state), accepts (to know which process holds the
+// server end), and process exits and execs (after which what was known
+// about a process's sockets is stale). Tracepoints exist wherever BPF does.
 func attachClose(t *Tracer) error {
-	if err := ensureTracefs(); err != nil {
-		return err
-	}
-	for _, tp := range []struct{ name, prog string }{
-		{"sys_enter_close", "any_enter_close"},
-		{"sys_exit_accept4", "any_exit_accept4"},
-		{"sys_exit_accept", "any_exit_accept"},
-		{"sys_enter_accept4", "any_enter_accept4"},
-		{"sys_enter_accept", "any_enter_accept"},
+	for _, tp := range []struct{ group, name, prog string }{
+		{"sched", "sched_process_exit", "any_sched_exit"},
+		{"sched", "sched_process_exec", "any_sched_exec"},
+		{"syscalls", "sys_enter_close", "any_enter_close"},
+		{"syscalls", "sys_exit_accept4", "any_exit_accept4"},
+		{"syscalls", "sys_exit_accept", "any_exit_accept"},
+		{"syscalls", "sys_enter_accept4", "any_enter_accept4"},
+		{"syscalls", "sys_enter_accept", "any_enter_accept"},
 	} {
-		l, err := link.Tracepoint("syscalls", tp.name, t.progs[tp.prog], nil)
+		l, err := link.Tracepoint(tp.group, tp.name, t.progs[tp.prog], nil)
 		if err != nil {
-			return fmt.Errorf("attach tracepoint syscalls:%s: %w", tp.name, err)
+			return fmt.Errorf("attach tracepoint %s:%s: %w", tp.group, tp.name, err)
 		}
 		t.links = append(t.links, l)
 	}

@@ -44,17 +44,20 @@ func checkKernel() error {
 	return nil
 }
 
-// ensureTracefs mounts tracefs where the tracepoint attach looks for it,
-// because minimal hosts and containers often lack it.
+// ensureTracefs mounts tracefs when no tracefs is reachable, because minimal
+// hosts and fresh VMs often lack it. It must run before anything calls into
+// cilium/ebpf's tracefs code (link.Tracepoint, the kprobe fallback):
+// cilium/ebpf looks tracefs up once per process (internal/tracefs
+// getTracefsPath, a sync.OnceValues) and keeps a failure for good, so a
+// mount made after a failed backend would not be seen until the next run.
+// It looks where cilium/ebpf does: any tracefs in /proc/self/mountinfo, a
+// debugfs with a tracing directory, then the canonical paths.
 func ensureTracefs() error {
-	if _, err := os.Stat(tracefsPath + "/events"); err == nil {
-		return nil
-	}
-	if _, err := os.Stat("/sys/kernel/debug/tracing/events"); err == nil {
+	if tracefsReachable() {
 		return nil
 	}
 	if err := unix.Mount("nodev", tracefsPath, "tracefs", 0, ""); err != nil {
-		return fmt.Errorf("mount tracefs at %s: %w", tracefsPath, err)
+		return fmt.Errorf("tracefs is not mounted and mounting it at %s failed (%w): mount it (mount -t tracefs nodev %s) or run with CAP_SYS_ADMIN", tracefsPath, err, tracefsPath)
 	}
 	return nil
 }
@@ -85,4 +88,31 @@ func useBoundedPrograms(spec *ebpf.CollectionSpec, loop bool) {
 			spec.Programs[base] = p
 		}
 	}
+}
+
+func tracefsReachable() bool {
+	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		for _, line := range strings.Split(string(mi), "\n") {
+			// "id parent major:minor root mountpoint options [optional...] - fstype source super"
+			pre, post, ok := strings.Cut(line, " - ")
+			f, g := strings.Fields(pre), strings.Fields(post)
+			if !ok || len(f) < 5 || len(g) < 1 || f[3] != "/" {
+				continue
+			}
+			switch g[0] {
+			case "tracefs":
+				return true
+			case "debugfs":
+				if st, err := os.Stat(f[4] + "/tracing/events"); err == nil && st.IsDir() {
+					return true
+				}
+			}
+		}
+	}
+	for _, p := range []string{tracefsPath, "/sys/kernel/debug/tracing"} {
+		if _, err := os.Stat(p + "/events"); err == nil {
+			return true
+		}
+	}
+	return false
 }

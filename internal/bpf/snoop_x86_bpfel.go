@@ -54,11 +54,12 @@ type snoopEvent struct {
 type snoopEventFlag uint32
 
 const (
-	snoopEventFlagEVENT_F_FAULT snoopEventFlag = 1
-	snoopEventFlagEVENT_F_NEW   snoopEventFlag = 2
-	snoopEventFlagEVENT_F_BOUND snoopEventFlag = 4
-	snoopEventFlagEVENT_F_CLOSE snoopEventFlag = 8
-	snoopEventFlagEVENT_F_HPACK snoopEventFlag = 16
+	snoopEventFlagEVENT_F_FAULT     snoopEventFlag = 1
+	snoopEventFlagEVENT_F_NEW       snoopEventFlag = 2
+	snoopEventFlagEVENT_F_BOUND     snoopEventFlag = 4
+	snoopEventFlagEVENT_F_CLOSE     snoopEventFlag = 8
+	snoopEventFlagEVENT_F_HPACK     snoopEventFlag = 16
+	snoopEventFlagEVENT_F_UNDECIDED snoopEventFlag = 32
 )
 
 type snoopHpackField struct {
@@ -92,6 +93,20 @@ type snoopHpackScratch struct {
 	Data [4096]uint8
 }
 
+type snoopOwner struct {
+	_    structs.HostLayout
+	Ino  uint64
+	Ts   uint64
+	Tgid uint32
+	Pad  uint32
+}
+
+type snoopPos struct {
+	_   structs.HostLayout
+	Off uint64
+	Ino uint64
+}
+
 type snoopScratch struct {
 	_  structs.HostLayout
 	St struct {
@@ -112,14 +127,14 @@ type snoopScratch struct {
 }
 
 type snoopSendSrc struct {
-	_      structs.HostLayout
-	Sock   uint64
-	Sk     uint64
-	Base   uint64
-	NrSegs uint64
-	Skip   uint64
-	Kind   uint32
-	_      [4]byte
+	_       structs.HostLayout
+	Sock    uint64
+	Sk      uint64
+	Base    uint64
+	NrSegs  uint64
+	Skip    uint64
+	Kind    uint32
+	Verdict uint32
 }
 
 type snoopStats struct {
@@ -141,6 +156,7 @@ const (
 	snoopMapHpackScratchMap                    = "hpack_scratch_map"
 	snoopMapHpackSeq                           = "hpack_seq"
 	snoopMapInflight                           = "inflight"
+	snoopMapOwnerGone                          = "owner_gone"
 	snoopMapPidFilter                          = "pid_filter"
 	snoopMapScratchMap                         = "scratch_map"
 	snoopMapSendPos                            = "send_pos"
@@ -151,6 +167,8 @@ const (
 	snoopProgAnyEnterClose                     = "any_enter_close"
 	snoopProgAnyExitAccept                     = "any_exit_accept"
 	snoopProgAnyExitAccept4                    = "any_exit_accept4"
+	snoopProgAnySchedExec                      = "any_sched_exec"
+	snoopProgAnySchedExit                      = "any_sched_exit"
 	snoopProgFentryUnixStreamSendmsg           = "fentry_unix_stream_sendmsg"
 	snoopProgFexitUnixStreamSendmsg            = "fexit_unix_stream_sendmsg"
 	snoopProgFexitUnixStreamSendmsgBounded     = "fexit_unix_stream_sendmsg_bounded"
@@ -226,6 +244,8 @@ type snoopProgramSpecs struct {
 	AnyEnterClose                     *ebpf.ProgramSpec `ebpf:"any_enter_close"`
 	AnyExitAccept                     *ebpf.ProgramSpec `ebpf:"any_exit_accept"`
 	AnyExitAccept4                    *ebpf.ProgramSpec `ebpf:"any_exit_accept4"`
+	AnySchedExec                      *ebpf.ProgramSpec `ebpf:"any_sched_exec"`
+	AnySchedExit                      *ebpf.ProgramSpec `ebpf:"any_sched_exit"`
 	FentryUnixStreamSendmsg           *ebpf.ProgramSpec `ebpf:"fentry_unix_stream_sendmsg"`
 	FexitUnixStreamSendmsg            *ebpf.ProgramSpec `ebpf:"fexit_unix_stream_sendmsg"`
 	FexitUnixStreamSendmsgBounded     *ebpf.ProgramSpec `ebpf:"fexit_unix_stream_sendmsg_bounded"`
@@ -257,6 +277,7 @@ type snoopMapSpecs struct {
 	HpackScratchMap *ebpf.MapSpec `ebpf:"hpack_scratch_map"`
 	HpackSeq        *ebpf.MapSpec `ebpf:"hpack_seq"`
 	Inflight        *ebpf.MapSpec `ebpf:"inflight"`
+	OwnerGone       *ebpf.MapSpec `ebpf:"owner_gone"`
 	PidFilter       *ebpf.MapSpec `ebpf:"pid_filter"`
 	ScratchMap      *ebpf.MapSpec `ebpf:"scratch_map"`
 	SendPos         *ebpf.MapSpec `ebpf:"send_pos"`
@@ -299,6 +320,7 @@ type snoopMaps struct {
 	HpackScratchMap *ebpf.Map `ebpf:"hpack_scratch_map"`
 	HpackSeq        *ebpf.Map `ebpf:"hpack_seq"`
 	Inflight        *ebpf.Map `ebpf:"inflight"`
+	OwnerGone       *ebpf.Map `ebpf:"owner_gone"`
 	PidFilter       *ebpf.Map `ebpf:"pid_filter"`
 	ScratchMap      *ebpf.Map `ebpf:"scratch_map"`
 	SendPos         *ebpf.Map `ebpf:"send_pos"`
@@ -312,6 +334,7 @@ func (m *snoopMaps) Close() error {
 		m.HpackScratchMap,
 		m.HpackSeq,
 		m.Inflight,
+		m.OwnerGone,
 		m.PidFilter,
 		m.ScratchMap,
 		m.SendPos,
@@ -340,6 +363,8 @@ type snoopPrograms struct {
 	AnyEnterClose                     *ebpf.Program `ebpf:"any_enter_close"`
 	AnyExitAccept                     *ebpf.Program `ebpf:"any_exit_accept"`
 	AnyExitAccept4                    *ebpf.Program `ebpf:"any_exit_accept4"`
+	AnySchedExec                      *ebpf.Program `ebpf:"any_sched_exec"`
+	AnySchedExit                      *ebpf.Program `ebpf:"any_sched_exit"`
 	FentryUnixStreamSendmsg           *ebpf.Program `ebpf:"fentry_unix_stream_sendmsg"`
 	FexitUnixStreamSendmsg            *ebpf.Program `ebpf:"fexit_unix_stream_sendmsg"`
 	FexitUnixStreamSendmsgBounded     *ebpf.Program `ebpf:"fexit_unix_stream_sendmsg_bounded"`
@@ -370,6 +395,8 @@ func (p *snoopPrograms) Close() error {
 		p.AnyEnterClose,
 		p.AnyExitAccept,
 		p.AnyExitAccept4,
+		p.AnySchedExec,
+		p.AnySchedExit,
 		p.FentryUnixStreamSendmsg,
 		p.FexitUnixStreamSendmsg,
 		p.FexitUnixStreamSendmsgBounded,

@@ -95,6 +95,11 @@ func Open(opts Options) (*Tracer, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, privilegeError(fmt.Errorf("raise the memlock limit: %w", err))
 	}
+	// Every backend attaches syscall tracepoints (closes, accepts), and
+	// cilium/ebpf caches its first tracefs lookup: mount before any of it.
+	if err := ensureTracefs(); err != nil {
+		return nil, err
+	}
 
 	candidates, err := backendsFor(opts.Attach)
 	if err != nil {
@@ -293,6 +298,8 @@ func (t *Tracer) decode(raw []byte, ev *capture.Event) bool {
 		Restart:  k.Flags&uint8(snoopEventFlagEVENT_F_NEW) != 0,
 		Bound:    k.Flags&uint8(snoopEventFlagEVENT_F_BOUND) != 0,
 		Close:    k.Flags&uint8(snoopEventFlagEVENT_F_CLOSE) != 0,
+
+		Undecided: k.Flags&uint8(snoopEventFlagEVENT_F_UNDECIDED) != 0,
 	}
 	if !ev.Fault {
 		end := eventSize + int(k.Len)

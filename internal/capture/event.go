@@ -43,7 +43,11 @@ type Event struct {
 	Bound bool
 	// Close: no data; the sender closed a descriptor of this socket.
 	Close bool
-	Data  []byte
+	// Undecided: captured although the pid filter could not decide yet (the
+	// sender is not in it and the other end is not known yet); the
+	// connection is kept or dropped once its other end is known.
+	Undecided bool
+	Data      []byte
 	// Field, when set, makes this event not data but a header field a Go
 	// process was about to HPACK-encode (a peer probe, internal/peerprobe):
 	// only Time, PID, TID, Comm and CgroupID are set besides it.

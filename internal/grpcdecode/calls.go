@@ -25,6 +25,24 @@ func New(emit func(*call.Record)) *Decoder { return &Decoder{emit: emit} }
 
 type connState struct {
 	calls call.Table[grpcCall]
+	// reset holds the last streams ended by RST_STREAM. Stream ids are
+	// never reused on a connection, so frames that arrive on one later
+	// (the server's trailers, sent before it saw a client's cancel)
+	// belong to that call, whose line was already printed: they are not
+	// shown again as a call of unknown method.
+	reset     [maxReset]uint32
+	resetNext int
+}
+
+const maxReset = 64
+
+func (s *connState) wasReset(id uint32) bool {
+	for _, r := range s.reset {
+		if r == id && id != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // grpcCall is what the decoder keeps of one open call.
@@ -69,6 +87,7 @@ func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
 		// Calls still open belonged to the previous connection on these
 		// sockets; their ends will never be seen.
 		s.calls.Clear()
+		s.reset = [maxReset]uint32{}
 	case h2.Lost:
 		for _, cl := range s.calls.All() {
 			dir, ok := call.DirOf(c.Stream, ev.End)
@@ -103,7 +122,15 @@ func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
 		}
 	case h2.ResetStream:
 		if cl := s.calls.Get(ev.Stream); cl != nil {
-			d.finish(c, s, cl, ev, &call.Status{Code: rstCode(ev.ErrCode), Message: "stream reset: " + ev.ErrCode.String()})
+			by := ""
+			if dir, ok := call.DirOf(c.Stream, ev.End); ok && dir == call.Request {
+				by = " by the client"
+			} else if ok {
+				by = " by the server"
+			}
+			d.finish(c, s, cl, ev, &call.Status{Code: rstCode(ev.ErrCode), Message: "stream reset" + by + ": " + ev.ErrCode.String()})
+			s.reset[s.resetNext] = ev.Stream
+			s.resetNext = (s.resetNext + 1) % maxReset
 		}
 	}
 }
@@ -166,6 +193,9 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 	}
 
 	if cl == nil {
+		if s.wasReset(ev.Stream) {
+			return // the reset call's late answer: already ended
+		}
 		// The call started before the capture: its method is unknown,
 		// but its end is still worth showing.
 		cl = &grpcCall{stream: ev.Stream}

@@ -162,11 +162,11 @@ func (j *jsonWriter) render(m proto.Message) rendering {
 		return out
 	}
 	var out rendering
-	raw, err := protojson.Marshal(m)
+	raw, err := protojson.MarshalOptions{Resolver: protoreg.Resolver}.Marshal(m)
 	if err != nil {
 		// An Any whose type is not compiled in cannot be rendered as
 		// JSON; the text form still shows every byte of it.
-		out.text = prototext.MarshalOptions{}.Format(m)
+		out.text = prototext.MarshalOptions{Resolver: protoreg.Resolver}.Format(m)
 		out.note = "message has no JSON form: " + err.Error()
 	} else {
 		// protojson's spacing is deliberately unstable; lines are compact.
@@ -174,6 +174,7 @@ func (j *jsonWriter) render(m proto.Message) rendering {
 		if json.Compact(&c, raw) == nil {
 			raw = c.Bytes()
 		}
+		raw = protoreg.SpliceJSONAnys(raw)
 		out.json = raw
 	}
 	if len(j.rendered) >= maxRendered {

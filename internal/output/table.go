@@ -76,7 +76,7 @@ func messageText(m proto.Message) string {
 	if s, ok := texts.m[m]; ok {
 		return s
 	}
-	s := prototext.MarshalOptions{}.Format(m)
+	s := prototext.MarshalOptions{Resolver: protoreg.Resolver}.Format(m)
 	if len(texts.m) >= 4096 {
 		clear(texts.m)
 	}

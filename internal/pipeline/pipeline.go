@@ -64,6 +64,9 @@ type Pipeline struct {
 	pods       *pods.Index
 	lastExpiry time.Time
 	err        error
+	// held: undecided chunks per sending socket (undecided.go).
+	held      map[uint64]*held
+	heldBytes int
 	// Records counts what was written.
 	Records uint64
 	// CommOf, when set, names a peer that has not sent anything on the
@@ -72,6 +75,9 @@ type Pipeline struct {
 	// it nil, as this machine says nothing about the recorded processes,
 	// and such a peer keeps an empty comm. Set it before the first Feed.
 	CommOf func(pid uint32) string
+	// HeldDropped counts bytes of undecided chunks dropped because the
+	// bounds on what is held were reached.
+	HeldDropped uint64
 }
 
 // IdleTimeout is how long a silent connection is kept. Its HTTP/2 state
@@ -142,13 +148,22 @@ func (p *Pipeline) Feed(ev *capture.Event) {
 	if p.socket != "" && !p.socketMatches(ev.Path) {
 		return
 	}
-	if p.pids != nil && !p.pids[ev.PID] && !p.pids[ev.PeerPID] {
+	if ev.Undecided {
+		p.hold(ev)
+		return
+	}
+	keep := p.pids == nil || p.pids[ev.PID] || p.pids[ev.PeerPID]
+	if len(p.held) > 0 {
+		p.decide(ev, keep)
+	}
+	if !keep {
 		return
 	}
 	p.asm.Feed(ev)
 	if ev.Time.Sub(p.lastExpiry) > time.Minute {
 		p.lastExpiry = ev.Time
 		p.asm.Expire(ev.Time.Add(-IdleTimeout))
+		p.expireHeld(ev.Time.Add(-IdleTimeout))
 	}
 }
 

@@ -36,7 +36,11 @@ var messages = &messageCache{entries: map[protoreflect.FullName]map[string]proto
 func (c *messageCache) decode(mt protoreflect.MessageType, payload []byte) (proto.Message, error) {
 	if len(payload) > cacheMaxMessage {
 		msg := mt.New().Interface()
-		return msg, proto.Unmarshal(payload, msg)
+		if err := proto.Unmarshal(payload, msg); err != nil {
+			return msg, err
+		}
+		convertJSONAnys(msg.ProtoReflect(), 0)
+		return msg, nil
 	}
 	name := mt.Descriptor().FullName()
 	c.mu.Lock()
@@ -49,6 +53,7 @@ func (c *messageCache) decode(mt protoreflect.MessageType, payload []byte) (prot
 	if err := proto.Unmarshal(payload, msg); err != nil {
 		return msg, err
 	}
+	convertJSONAnys(msg.ProtoReflect(), 0)
 	c.mu.Lock()
 	if c.n >= cacheMaxEntries || c.bytes+len(payload) > cacheMaxBytes {
 		clear(c.entries)

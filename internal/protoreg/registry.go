@@ -9,7 +9,11 @@ import (
 	// Every API whose calls can be decoded registers its descriptors here.
 	// The method table is read from the descriptors, never typed by hand:
 	// a hand-kept list drifts from the APIs, misnaming methods and pairing
-	// them with the wrong response types.
+	// them with the wrong response types. Message types that travel
+	// inside google.protobuf.Any are here too: a task's stats (Task/Stats,
+	// Tasks/Metrics) are cgroup metrics.
+	_ "github.com/containerd/cgroups/v3/cgroup1/stats"
+	_ "github.com/containerd/cgroups/v3/cgroup2/stats"
 	_ "github.com/containerd/containerd/api/events"
 	_ "github.com/containerd/containerd/api/runtime/sandbox/v1"
 	_ "github.com/containerd/containerd/api/runtime/task/v2"

@@ -76,11 +76,12 @@ const (
 
 // Event flag bits.
 const (
-	flagFault   = 1 << 0
-	flagRestart = 1 << 1
-	flagBound   = 1 << 2
-	flagClose   = 1 << 3
-	knownFlags  = flagFault | flagRestart | flagBound | flagClose
+	flagFault     = 1 << 0
+	flagRestart   = 1 << 1
+	flagBound     = 1 << 2
+	flagClose     = 1 << 3
+	flagUndecided = 1 << 4
+	knownFlags    = flagFault | flagRestart | flagBound | flagClose | flagUndecided
 )
 
 // Limits: a reader refuses larger values, so that a corrupt length cannot

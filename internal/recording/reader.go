@@ -333,6 +333,8 @@ func (r *Reader) event(body []byte, ev *capture.Event) error {
 		Restart:  flags&flagRestart != 0,
 		Bound:    flags&flagBound != 0,
 		Close:    flags&flagClose != 0,
+
+		Undecided: flags&flagUndecided != 0,
 	}
 	comm, path := d.uvarint(), d.uvarint()
 	if d.err != nil {

@@ -120,6 +120,9 @@ func (w *Writer) Write(ev *capture.Event) error {
 	if ev.Close {
 		flags |= flagClose
 	}
+	if ev.Undecided {
+		flags |= flagUndecided
+	}
 	t := ev.Time.UnixNano()
 	b := append(w.body[:0], flags)
 	b = binary.AppendVarint(b, t-w.last)

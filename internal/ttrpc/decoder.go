@@ -1,6 +1,7 @@
 package ttrpc
 
 import (
+	"slices"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -111,11 +112,33 @@ func (d *Decoder) Gap(sc *stream.Conn, end int, n uint64) {
 	}
 }
 
-// Closed implements stream.Sink: calls still open never end.
+// Closed implements stream.Sink. Calls still open on a connection whose
+// socket was closed (a shim that exited during Task/Shutdown) will never
+// end: each gets a final line saying so, as gRPC calls do, rather than
+// vanish. (At exit or idle expiry nothing is claimed.)
 func (d *Decoder) Closed(sc *stream.Conn) {
-	if s, ok := sc.State.(*conn); ok {
-		s.calls.Clear()
+	s, ok := sc.State.(*conn)
+	if !ok {
+		return
 	}
+	if client, known := sc.ClientEnd(); sc.Closed && known {
+		var ids []uint32
+		for id, cl := range s.calls.All() {
+			if cl.seen {
+				ids = append(ids, id)
+			}
+		}
+		slices.Sort(ids)
+		for _, id := range ids {
+			cl := s.calls.Get(id)
+			// No process sent this line: the kernel reported the close.
+			rec := d.record(s, cl, stream.Peer(client), &capture.Event{Time: sc.Last}, call.Response)
+			rec.Final = true
+			rec.Note = "connection closed before the call ended"
+			d.emit(rec)
+		}
+	}
+	s.calls.Clear()
 }
 
 func (s *conn) desync(end int) { s.dirs[end].synced = false }

@@ -361,3 +361,35 @@ func TestParseEnvelopes(t *testing.T) {
 		t.Error("status code as bytes accepted")
 	}
 }
+
+// TestConnectionClosedMidCall: a call still open when the connection's
+// socket is closed (containerd 2's Task/Shutdown: the shim exits before
+// it answers) gets a final line saying so, like gRPC; an answered call
+// does not, nor do calls of a connection merely forgotten (idle, exit).
+func TestConnectionClosedMidCall(t *testing.T) {
+	var recs []*call.Record
+	f := newFeeder(func(r *call.Record) { recs = append(recs, r) })
+	id := []byte{0x0a, 0x03, 'a', 'b', 'c'}
+	f.send(0, frameBytes(1, typeRequest, 0, requestPayload("containerd.task.v3.Task", "State", id)))
+	f.send(1, frameBytes(1, typeResponse, 0, nil))
+	f.send(0, frameBytes(3, typeRequest, 0, requestPayload("containerd.task.v3.Task", "Shutdown", id)))
+	// The shim (end 1) exits: the kernel reports its socket's close.
+	f.asm.Feed(&capture.Event{Time: f.now.Add(time.Second), Sock: 2, PeerSock: 1, PID: 200, Close: true, Path: "/run/containerd/s/abc"})
+	if len(recs) != 4 {
+		t.Fatalf("%d records, want 4 (State request and response, Shutdown request, its end)", len(recs))
+	}
+	end := recs[3]
+	if end.Method != "/containerd.task.v3.Task/Shutdown" || !end.Final || end.Type != call.Response ||
+		end.Note != "connection closed before the call ended" || end.Status != nil || end.Stream != 3 || end.PID != 0 || end.PeerPID != 100 {
+		t.Errorf("final line of the cut call: %+v", end)
+	}
+
+	// Forgotten without a close (idle expiry, the tracer's exit): no claim.
+	recs = nil
+	f = newFeeder(func(r *call.Record) { recs = append(recs, r) })
+	f.send(0, frameBytes(1, typeRequest, 0, requestPayload("containerd.task.v3.Task", "Wait", id)))
+	f.asm.Close()
+	if len(recs) != 1 {
+		t.Errorf("%d records after the tracer stopped, want only the request", len(recs))
+	}
+}

@@ -46,8 +46,8 @@ type opsResult struct {
 }
 
 // runTraceCommand runs `containerdsnoop trace args...` to its end. The
-// command after -- inherits the tracer's stdout and stderr, so what it
-// prints is in the result too.
+// tracer's stdout is not a terminal, so the command after -- prints its
+// stdout and stderr to the tracer's stderr.
 func runTraceCommand(t *testing.T, args ...string) opsResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), opsRunTimeout)
@@ -75,19 +75,6 @@ func runTraceCommand(t *testing.T, args ...string) opsResult {
 		t.Fatalf("run trace %v: %v", args, err)
 	}
 	return opsResult{code: code, stdout: stdout.String(), stderr: stderr.String()}
-}
-
-// splitJSONLines separates the tracer's JSON lines from the text the traced
-// command printed on the same stdout.
-func splitJSONLines(out string) (jsonLines, text []string) {
-	for _, l := range lines(out) {
-		if strings.HasPrefix(l, "{") {
-			jsonLines = append(jsonLines, l)
-		} else {
-			text = append(text, l)
-		}
-	}
-	return jsonLines, text
 }
 
 // ctrSidePID returns the pid of ctr on a line that ctr sent or received,
@@ -217,20 +204,21 @@ func TestOpsTraceCommand(t *testing.T) {
 		if res.code != 0 {
 			t.Errorf("exit code %d, want 0 (ctr's)", res.code)
 		}
+		// The trace's stdout is not a terminal: it is JSON only, and ctr's
+		// own output goes to stderr, after the readiness line.
+		var text []string
 		for _, l := range lines(res.stderr) {
 			if !strings.HasPrefix(l, readyLine) {
-				t.Errorf("unexpected stderr line: %s", l)
+				text = append(text, l)
 			}
 		}
-		jsonLines, text := splitJSONLines(res.stdout)
-		// ctr's own output shares the tracer's stdout.
 		m := regexp.MustCompile(`(?m)^Server:\s*\n\s*Version:\s*(\S+)\s*\n\s*Revision:\s*(\S+)`).FindStringSubmatch(strings.Join(text, "\n"))
 		if m == nil {
-			t.Fatalf("ctr's output (Server: ... Version:) is not on stdout; non-JSON lines:\n%s", indent(strings.Join(text, "\n")))
+			t.Fatalf("ctr's output (Server: ... Version:) is not on stderr; other stderr lines:\n%s", indent(strings.Join(text, "\n")))
 		}
-		recs, err := parseJSON(strings.Join(jsonLines, "\n"))
+		recs, err := parseJSON(res.stdout)
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("stdout is not only JSON lines: %v", err)
 		}
 		if len(recs) == 0 {
 			t.Fatal("no JSON line")

@@ -522,7 +522,17 @@ func checkMessage(t *testing.T, what string, r *record, typeName string, want pr
 		t.Errorf("%s message is not a JSON object (%v):\n    %.500s", what, err, r)
 		return nil
 	}
-	if err := protojson.Unmarshal(r.Message, got); err != nil {
+	// Anys holding JSON (the OCI spec) are compared as JSON.
+	msg, tracedAnys, err := takeJSONAnysJSON(r.Message)
+	if err != nil {
+		t.Errorf("%s message: %v", what, err)
+		return generic
+	}
+	want, wantAnys := takeJSONAnysProto(want)
+	if !sameTaken(tracedAnys, wantAnys) {
+		t.Errorf("traced %s's JSON Anys differ from the ones on the wire:\n    traced: %.1000v\n    actual: %.1000v", what, tracedAnys, wantAnys)
+	}
+	if err := protojson.Unmarshal(msg, got); err != nil {
 		t.Errorf("%s message does not parse as %s: %v\n    %.500s", what, typeName, err, r)
 		return generic
 	}

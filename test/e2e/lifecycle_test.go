@@ -16,13 +16,11 @@ import (
 	"testing"
 	"time"
 
-	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
 	containersapi "github.com/containerd/containerd/api/services/containers/v1"
 	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
 	// The runc options inside a container record, for prototext.
 	_ "github.com/containerd/containerd/api/types/runc/options"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -454,8 +452,11 @@ func checkAPICall(t *testing.T, call *criCall, req, resp *record, containerdPID 
 	switch call.req.(type) {
 	case *containersapi.GetContainerRequest:
 		wantJSON(t, reqJSON, containerID, "id")
-		// The container's spec is an Any of a type no protobuf registry
-		// knows, so the response comes as message_text (checked above).
+		// The container's spec is the JSON containerd packed in an Any,
+		// shown as that JSON (checked above, against the wire).
+		if v, _ := jsonAt(respJSON, "container", "spec", "value", "ociVersion"); v == nil {
+			t.Errorf("container spec not shown as JSON: %v", respJSON)
+		}
 	case *tasksapi.GetRequest:
 		wantJSON(t, reqJSON, containerID, "containerId")
 		wantJSON(t, respJSON, containerID, "process", "id")
@@ -699,23 +700,27 @@ func checkShimCalls(t *testing.T, c *containerdtest.Containerd, pod *podRun, tra
 		t.Errorf("%d Task/Exec calls, want 1", len(execs))
 	} else {
 		exec := execs[0]
-		// The exec's process spec is an Any of the runtime-spec type, which
-		// no registry knows: the request comes as message_text.
-		var req taskapi.ExecProcessRequest
-		if exec.req.MessageText == nil {
-			t.Errorf("Task/Exec request without message_text:\n    %s", exec.req)
-		} else if err := prototext.Unmarshal([]byte(*exec.req.MessageText), &req); err != nil {
-			t.Errorf("Task/Exec message_text does not parse: %v\n    %s", err, exec.req)
+		// The exec's process spec is the JSON containerd packed in an Any
+		// of the runtime-spec type: shown as that JSON.
+		var req struct {
+			ID     string `json:"id"`
+			ExecID string `json:"execId"`
+			Spec   struct {
+				Type  string `json:"@type"`
+				Value struct {
+					Args []string `json:"args"`
+				} `json:"value"`
+			} `json:"spec"`
 		}
-		var spec struct {
-			Args []string `json:"args"`
+		if err := json.Unmarshal(exec.req.Message, &req); err != nil || exec.req.MessageText != nil {
+			t.Errorf("Task/Exec request not shown as JSON (%v):\n    %s", err, exec.req)
 		}
-		if err := json.Unmarshal(req.GetSpec().GetValue(), &spec); err != nil || strings.Join(spec.Args, " ") != "echo hello" {
-			t.Errorf("Task/Exec process args = %q (%v), want echo hello", spec.Args, err)
+		if req.Spec.Type != "types.containerd.io/opencontainers/runtime-spec/1/Process" || strings.Join(req.Spec.Value.Args, " ") != "echo hello" {
+			t.Errorf("Task/Exec process %s args = %q, want the runtime-spec Process, echo hello", req.Spec.Type, req.Spec.Value.Args)
 		}
-		execID := req.GetExecID()
-		if req.GetID() != ctr || execID == "" {
-			t.Errorf("Task/Exec for %q exec %q, want the container and an exec id", req.GetID(), execID)
+		execID := req.ExecID
+		if req.ID != ctr || execID == "" {
+			t.Errorf("Task/Exec for %q exec %q, want the container and an exec id", req.ID, execID)
 		}
 		one("Exec", ctr, "", "ExecSync")
 		start := one("Start", ctr, execID, "ExecSync")

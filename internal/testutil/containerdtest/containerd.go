@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -62,6 +63,11 @@ type Containerd struct {
 	Dir string
 	// PID is the containerd process ID.
 	PID int
+	// V2 is set for containerd 2.x (Options.V2).
+	V2 bool
+	// MetricsURL is containerd's Prometheus metrics page, "" unless
+	// Options.Metrics.
+	MetricsURL string
 
 	layout  layout
 	cmd     *exec.Cmd
@@ -76,8 +82,41 @@ type Containerd struct {
 // when not running as root.
 func Start(t testing.TB) *Containerd {
 	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// Options choose which containerd Start runs and what it exposes.
+type Options struct {
+	// V2 runs containerd 2.x and its runc shim, built by
+	// scripts/deps/containerd2.sh into Containerd2Dir (config version 3),
+	// instead of Debian's 1.6 from PATH.
+	V2 bool
+	// Metrics makes containerd serve its Prometheus metrics on an
+	// ephemeral loopback port (Containerd.MetricsURL), e.g. for
+	// grpc_server_handled_total, an oracle outside the tracer.
+	Metrics bool
+}
+
+// Containerd2Version is the containerd 2.x that scripts/deps/containerd2.sh
+// builds, and Containerd2Dir where it installs containerd and
+// containerd-shim-runc-v2.
+const (
+	Containerd2Version = "v2.4.2"
+	Containerd2Dir     = "/usr/local/lib/containerdsnoop-test/containerd-" + Containerd2Version
+)
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, opts Options) *Containerd {
+	t.Helper()
 	privileged.Require(t)
-	bin := privileged.RequireBinary(t, "containerd")
+	var bin string
+	if opts.V2 {
+		const install = "run scripts/deps/containerd2.sh (make test-deps)"
+		bin = privileged.RequireFile(t, filepath.Join(Containerd2Dir, "containerd"), install)
+		privileged.RequireFile(t, filepath.Join(Containerd2Dir, "containerd-shim-runc-v2"), install)
+	} else {
+		bin = privileged.RequireBinary(t, "containerd")
+	}
 
 	// Not t.TempDir: its paths embed the test name and easily push the
 	// socket path past the 107-byte sun_path limit.
@@ -86,7 +125,15 @@ func Start(t testing.TB) *Containerd {
 		t.Fatalf("create containerd dir: %v", err)
 	}
 	l := newLayout(dir)
-	c := &Containerd{Socket: l.socket, Dir: dir, layout: l}
+	if opts.Metrics {
+		if l.metrics, err = freeLoopbackPort(); err != nil {
+			t.Fatalf("pick a metrics port: %v", err)
+		}
+	}
+	c := &Containerd{Socket: l.socket, Dir: dir, layout: l, V2: opts.V2}
+	if l.metrics != "" {
+		c.MetricsURL = "http://" + l.metrics + "/v1/metrics"
+	}
 	// Registered before anything can fail so that a half-started instance is
 	// still stopped, unmounted and removed.
 	t.Cleanup(func() { c.cleanup(t) })
@@ -94,7 +141,7 @@ func Start(t testing.TB) *Containerd {
 	if len(l.ttrpc) > maxSocketPath {
 		t.Fatalf("socket path %s is longer than %d bytes", l.ttrpc, maxSocketPath)
 	}
-	if err := l.create(); err != nil {
+	if err := l.create(opts.V2); err != nil {
 		t.Fatalf("prepare containerd dir: %v", err)
 	}
 	if err := c.start(bin); err != nil {
@@ -121,6 +168,10 @@ func (c *Containerd) start(bin string) error {
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.Env = withoutContainerdEnv(os.Environ())
+	if c.V2 {
+		// containerd finds its shim in PATH: this one's own, not 1.6's.
+		cmd.Env = append(cmd.Env, "PATH="+filepath.Dir(bin)+":"+os.Getenv("PATH"))
+	}
 	// If the test binary dies without running Cleanups (a go test -timeout
 	// panic, SIGKILL), containerd still gets told to shut down instead of
 	// lingering with our sockets and mounts.
@@ -218,6 +269,10 @@ func (c *Containerd) Ctr(t testing.TB, args ...string) (string, error) {
 	// CONTAINERD_NAMESPACE from the developer's shell would silently change
 	// which namespace a bare command acts on.
 	cmd.Env = withoutContainerdEnv(os.Environ())
+	if c.V2 {
+		// containerd finds its shim in PATH: this one's own, not 1.6's.
+		cmd.Env = append(cmd.Env, "PATH="+filepath.Dir(bin)+":"+os.Getenv("PATH"))
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr

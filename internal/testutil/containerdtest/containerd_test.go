@@ -158,3 +158,33 @@ func TestUnescapeMountinfo(t *testing.T) {
 		}
 	}
 }
+
+// TestStartContainerd2WithMetrics: containerd 2.x (config version 3) serves
+// CRI, and its grpc_server_handled_total counts the calls it answered, by
+// method and code; so does 1.6's.
+func TestStartContainerd2WithMetrics(t *testing.T) {
+	for _, v2 := range []bool{false, true} {
+		t.Run(map[bool]string{false: "1.6", true: "2.x"}[v2], func(t *testing.T) {
+			c := StartWith(t, Options{V2: v2, Metrics: true})
+			ctx := testContext(t)
+			v, err := versionapi.NewVersionClient(c.Dial(t)).Version(ctx, &emptypb.Empty{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v2 != (v.GetVersion() == Containerd2Version) {
+				t.Errorf("containerd version %s (V2 %v)", v.GetVersion(), v2)
+			}
+			rt, _ := c.CRI(t)
+			if _, err := rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: "missing"}); status.Code(err) != codes.NotFound {
+				t.Fatalf("ContainerStatus: %v", err)
+			}
+			h := c.Handled(t)
+			if h[HandledKey{"/runtime.v1.RuntimeService/ContainerStatus", "NotFound"}] != 1 {
+				t.Errorf("grpc_server_handled_total has no NotFound ContainerStatus: %v", h)
+			}
+			if h[HandledKey{"/containerd.services.version.v1.Version/Version", "OK"}] < 2 {
+				t.Errorf("grpc_server_handled_total lacks the Version calls (readiness probe and this test): %v", h)
+			}
+		})
+	}
+}

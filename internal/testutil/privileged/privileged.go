@@ -57,3 +57,14 @@ func skipOrFail(t testing.TB, strict bool, format string, args ...any) {
 	}
 	t.Skipf(format+" [set "+RequireEnv+"=1 to fail instead of skipping]", args...)
 }
+
+// RequireFile returns path when it is an executable file, else skips t (or
+// fails it with RequireEnv=1), saying how to install it: for test
+// dependencies installed at fixed paths rather than in PATH.
+func RequireFile(t testing.TB, path, install string) string {
+	t.Helper()
+	if st, err := os.Stat(path); err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
+		skipOrFail(t, os.Getenv(RequireEnv) == "1", "%s is not installed: %s", path, install)
+	}
+	return path
+}

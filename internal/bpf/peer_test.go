@@ -1,0 +1,410 @@
+package bpf
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/capture"
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/child"
+)
+
+// TestCapturePeer*: the peer named on an event must be the process at the other end at that
+// moment, or 0 (unknown). These tests build the situations in which a
+// remembered socket owner goes stale: a socket freed and its address reused
+// by a new one, an owner that exited or exec'd, and a client that sends
+// before the server accepts. Each runs on every backend.
+
+// peerHelperEnv turns the test binary into one of the processes below.
+const peerHelperEnv = "CDSNOOP_PEER_HELPER"
+
+// TestPeerHelperProcess is not a test: the peer tests run this binary as
+// their other processes.
+func TestPeerHelperProcess(t *testing.T) {
+	mode := os.Getenv(peerHelperEnv)
+	if mode == "" {
+		t.Skip("helper process only")
+	}
+	os.Exit(peerHelper(mode))
+}
+
+func peerHelper(mode string) int {
+	in := bufio.NewScanner(os.Stdin)
+	switch mode {
+	case "churn":
+		// On "go": a socket pair that sends both ways, so this process is
+		// noted as the owner of both socks, then is freed.
+		pinCPU0()
+		for in.Scan() {
+			fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+			if err != nil {
+				return 2
+			}
+			unix.Write(fds[0], []byte("c"))
+			unix.Write(fds[1], []byte("c"))
+			unix.Close(fds[1])
+			unix.Close(fds[0])
+			fmt.Println("done")
+		}
+	case "write-exit":
+		// Sends on the inherited socket (fd 3), then exits; the socket
+		// lives on in the parent.
+		if _, err := unix.Write(3, []byte("w")); err != nil {
+			return 2
+		}
+	case "write-exec":
+		// Sends on fd 3, then execs with fd 3 closed on exec: still alive
+		// under the same pid, no longer holding the socket.
+		if _, err := unix.Write(3, []byte("w")); err != nil {
+			return 2
+		}
+		unix.CloseOnExec(3)
+		sh, _ := exec.LookPath("sh")
+		syscall.Exec(sh, []string{"sh", "-c", "echo execd; exec sleep 60"}, os.Environ())
+		return 3
+	case "acceptor":
+		// Listens at the path given; accepts one connection per line read,
+		// reads its byte and answers.
+		// Without a path, on the listener inherited as fd 3.
+		fd := 3
+		if path := os.Getenv("CDSNOOP_SOCK"); path != "" {
+			var err error
+			if fd, err = unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0); err != nil {
+				return 2
+			}
+			if unix.Bind(fd, &unix.SockaddrUnix{Name: path}) != nil || unix.Listen(fd, 8) != nil {
+				return 2
+			}
+		}
+		fmt.Println("ready")
+		for in.Scan() {
+			c, _, err := unix.Accept(fd)
+			if err != nil {
+				return 2
+			}
+			var b [1]byte
+			unix.Read(c, b[:])
+			unix.Write(c, []byte("y"))
+			fmt.Println("answered")
+		}
+	}
+	return 0
+}
+
+// pinCPU0 keeps this goroutine on one thread on CPU 0: a sock freed on a
+// CPU is the next one allocated there, which is the reuse the tests want.
+func pinCPU0() {
+	runtime.LockOSThread()
+	var set unix.CPUSet
+	set.Set(0)
+	unix.SchedSetaffinity(0, &set)
+}
+
+type peerProc struct {
+	cmd   *exec.Cmd
+	in    io.WriteCloser
+	lines *bufio.Scanner
+	done  chan struct{} // closed when it has exited, with err
+	err   error
+}
+
+func startPeerHelper(t *testing.T, mode string, extra *os.File, env ...string) *peerProc {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestPeerHelperProcess$")
+	cmd.Env = append(append(os.Environ(), peerHelperEnv+"="+mode), env...)
+	if extra != nil {
+		cmd.ExtraFiles = []*os.File{extra}
+	}
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exited, err := child.Start(cmd, syscall.SIGKILL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &peerProc{cmd: cmd, in: stdin, lines: bufio.NewScanner(stdout), done: make(chan struct{})}
+	go func() {
+		p.err = <-exited
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		stdin.Close()
+		cmd.Process.Kill()
+		<-p.done
+	})
+	return p
+}
+
+// expect reads the helper's next line, which must be want.
+func (p *peerProc) expect(t *testing.T, want string) {
+	t.Helper()
+	if !p.lines.Scan() || p.lines.Text() != want {
+		t.Fatalf("helper said %q (%v), want %q", p.lines.Text(), p.lines.Err(), want)
+	}
+}
+
+// eventOn waits for the first event sent on the socket with this inode.
+func (c *collector) eventOn(t *testing.T, ino uint64) capture.Event {
+	t.Helper()
+	c.waitFor(t, ino, 1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	evs := c.events[ino]
+	if len(evs) == 0 {
+		t.Fatalf("no event on socket inode %d", ino)
+	}
+	return evs[0]
+}
+
+func TestCapturePeerAddressReused(t *testing.T) {
+	forEachBackend(t, testPeerSocketAddressReused)
+}
+
+// A process sends on both ends of a socket pair and frees it; this process
+// then makes pairs of its own, on the same CPU, so their socks take the
+// freed addresses. The peer of this process's sends is itself (a socket
+// pair's credentials name its creator), never the other process.
+func testPeerSocketAddressReused(t *testing.T, backend string) {
+	_, c := startCapture(t, Options{Attach: backend, IncludeSelf: true})
+	churn := startPeerHelper(t, "churn", nil)
+	self := uint32(os.Getpid())
+	other := uint32(churn.cmd.Process.Pid)
+
+	done := make(chan []uint64)
+	go func() {
+		pinCPU0()
+		defer runtime.UnlockOSThread()
+		var inos []uint64
+		for i := 0; i < 200; i++ {
+			fmt.Fprintln(churn.in, "go")
+			if !churn.lines.Scan() {
+				break
+			}
+			fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+			if err != nil {
+				break
+			}
+			var st unix.Stat_t
+			unix.Fstat(fds[0], &st)
+			unix.Write(fds[0], []byte("s"))
+			inos = append(inos, st.Ino)
+			unix.Close(fds[0])
+			unix.Close(fds[1])
+		}
+		done <- inos
+	}()
+	inos := <-done
+	if len(inos) != 200 {
+		t.Fatalf("only %d rounds ran", len(inos))
+	}
+	wrong := 0
+	for _, ino := range inos {
+		ev := c.eventOn(t, ino)
+		if ev.PeerPID == other {
+			wrong++
+		} else if ev.PeerPID != self && ev.PeerPID != 0 {
+			t.Errorf("peer %d, want %d (this process) or 0", ev.PeerPID, self)
+		}
+	}
+	if wrong > 0 {
+		t.Errorf("%d of %d sends named the process that freed the socket as the peer (%d), want this process (%d)", wrong, len(inos), other, self)
+	}
+}
+
+func TestCapturePeerOwnerExited(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) { testPeerOwnerGone(t, backend, "write-exit") })
+}
+
+func TestCapturePeerOwnerExecd(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) { testPeerOwnerGone(t, backend, "write-exec") })
+}
+
+// This process makes a socket pair and lends one end to a child, which
+// sends on it (so it is noted as that end's owner) and then exits, or
+// execs with the socket closed on exec. A later send from this process
+// names this process (the pair's creator, still holding both ends) or
+// nobody, never the child.
+func testPeerOwnerGone(t *testing.T, backend, mode string) {
+	_, c := startCapture(t, Options{Attach: backend, IncludeSelf: true})
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine := os.NewFile(uintptr(fds[0]), "mine")
+	lent := os.NewFile(uintptr(fds[1]), "lent")
+	defer mine.Close()
+	defer lent.Close()
+	child := startPeerHelper(t, mode, lent)
+	childPID := uint32(child.cmd.Process.Pid)
+	// The child's send is seen, so it was noted as the owner.
+	if ev := c.eventOn(t, inode(t, fds[1])); ev.PID != childPID {
+		t.Fatalf("send on the lent end from pid %d, want the child %d", ev.PID, childPID)
+	}
+	if mode == "write-exit" {
+		<-child.done
+		if child.err != nil {
+			t.Fatalf("child: %v", child.err)
+		}
+	} else {
+		child.expect(t, "execd")
+	}
+	if _, err := unix.Write(fds[0], []byte("m")); err != nil {
+		t.Fatal(err)
+	}
+	ev := c.eventOn(t, inode(t, fds[0]))
+	if self := uint32(os.Getpid()); ev.PeerPID != self && ev.PeerPID != 0 {
+		t.Errorf("peer %d after the child (%d) went (%s), want this process (%d) or 0", ev.PeerPID, childPID, mode, self)
+	}
+}
+
+func TestCapturePeerSendBeforeAccept(t *testing.T) {
+	forEachBackend(t, testPeerSendBeforeAccept)
+}
+
+// A client sends before the server accepts (containerd's first request to
+// a new shim): the peer is the process that accepts on that listener, and
+// the server's answer names the client.
+func testPeerSendBeforeAccept(t *testing.T, backend string) {
+	_, c := startCapture(t, Options{Attach: backend, IncludeSelf: true})
+	dir := t.TempDir()
+	path := filepath.Join(dir, "s")
+	srv := startPeerHelper(t, "acceptor", nil, "CDSNOOP_SOCK="+path)
+	srv.expect(t, "ready")
+	srvPID := uint32(srv.cmd.Process.Pid)
+	self := uint32(os.Getpid())
+	dial := func() int {
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+			t.Fatal(err)
+		}
+		return fd
+	}
+	for round := 0; round < 2; round++ {
+		fd := dial()
+		if _, err := unix.Write(fd, []byte("q")); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintln(srv.in, "accept")
+		srv.expect(t, "answered")
+		var b [1]byte
+		if _, err := unix.Read(fd, b[:]); err != nil {
+			t.Fatal(err)
+		}
+		ev := c.eventOn(t, inode(t, fd))
+		// Before any accept since the attach, the acceptor is not known
+		// yet; the listener's credentials name it too, as its creator.
+		if ev.PeerPID != srvPID && !(round == 0 && ev.PeerPID == 0) {
+			t.Errorf("round %d: request's peer %d, want the acceptor %d", round, ev.PeerPID, srvPID)
+		}
+		waitEvents(t, c, func(evs []capture.Event) bool {
+			for _, e := range evs {
+				if e.PID == srvPID && e.PeerIno == inode(t, fd) {
+					if e.PeerPID != self {
+						t.Errorf("round %d: answer's peer %d, want %d", round, e.PeerPID, self)
+					}
+					return true
+				}
+			}
+			return false
+		})
+	}
+}
+
+// waitEvents polls every event collected so far until f accepts them.
+func waitEvents(t *testing.T, c *collector, f func([]capture.Event) bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c.mu.Lock()
+		var all []capture.Event
+		for _, evs := range c.events {
+			all = append(all, evs...)
+		}
+		c.mu.Unlock()
+		if f(all) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the expected event was not captured")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestCaptureUndecidedFirstSend(t *testing.T) {
+	forEachBackend(t, testCaptureUndecidedFirstSend)
+}
+
+// With --pid naming the server, a client (not filtered) sends its first
+// request before the server accepts, on a listener another process
+// created (a shim's "start" process, systemd socket activation): the
+// kernel cannot tell who will read it and must not drop it. It is captured
+// and marked undecided; the server's answer is decided.
+func testCaptureUndecidedFirstSend(t *testing.T, backend string) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "s")
+	lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(lfd, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(lfd, 8); err != nil {
+		t.Fatal(err)
+	}
+	ln := os.NewFile(uintptr(lfd), "listener")
+	defer ln.Close()
+	srv := startPeerHelper(t, "acceptor", ln)
+	srv.expect(t, "ready")
+	srvPID := uint32(srv.cmd.Process.Pid)
+	_, c := startCapture(t, Options{Attach: backend, IncludeSelf: true, PIDs: []uint32{srvPID}})
+
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.Write(fd, []byte("q")); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(srv.in, "accept")
+	srv.expect(t, "answered")
+	ev := c.eventOn(t, inode(t, fd))
+	if !ev.Undecided || ev.Offset != 0 || !ev.Restart {
+		t.Errorf("first request: undecided %v offset %d new %v, want an undecided first chunk", ev.Undecided, ev.Offset, ev.Restart)
+	}
+	waitEvents(t, c, func(evs []capture.Event) bool {
+		for _, e := range evs {
+			if e.PID == srvPID && e.PeerIno == inode(t, fd) {
+				if e.Undecided {
+					t.Error("the server's answer is marked undecided")
+				}
+				return true
+			}
+		}
+		return false
+	})
+}
