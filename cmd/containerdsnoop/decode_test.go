@@ -18,6 +18,7 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/output"
 	"github.com/containerdsnoop/containerdsnoop/internal/pipeline"
 	"github.com/containerdsnoop/containerdsnoop/internal/recording"
+	"github.com/containerdsnoop/containerdsnoop/internal/termsafe"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
 )
 
@@ -294,5 +295,26 @@ func TestDecodeInProcess(t *testing.T) {
 	var re *recording.Error
 	if !errors.As(err, &re) || !errors.Is(err, recording.ErrTruncated) {
 		t.Errorf("error %v, want a truncation", err)
+	}
+}
+
+// TestDecodeVerboseEscapes: a recording's header strings are whatever the
+// file holds; -v prints them escaped, never raw escape sequences.
+func TestDecodeVerboseEscapes(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "evil.cdsnoop")
+	w, err := recording.Create(path, recording.Header{Tool: "containerdsnoop", Version: "test\u202e", Hostname: "node\x1b]0;PWNED\a\x1b[2J",
+		Kernel: "6.1\u009b", Backend: "tracepoint", Start: time.Unix(1767323045, 0), CommandLine: []string{"trace", "\xff\x1b[5m"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r := runMain(t, "decode", "-v", path)
+	if r.code != 0 || !strings.Contains(r.stderr, `node\x1b]0;PWNED\x07\x1b[2J`) || !strings.Contains(r.stderr, `6.1\u009b`) {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	if !termsafe.Safe(strings.TrimSuffix(r.stderr, "\n")) {
+		t.Errorf("stderr holds control characters: %q", r.stderr)
 	}
 }

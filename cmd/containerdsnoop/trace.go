@@ -24,6 +24,7 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/pipeline"
 	"github.com/containerdsnoop/containerdsnoop/internal/pods"
 	"github.com/containerdsnoop/containerdsnoop/internal/spans"
+	"github.com/containerdsnoop/containerdsnoop/internal/termsafe"
 )
 
 type traceFlags struct {
@@ -123,7 +124,9 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 		filter.PIDs = nil // the kernel filter is exact; the tree grows there
 	}
 	if f.verbose {
-		opts.Logf = func(format string, args ...any) { fmt.Fprintf(stderr, "containerdsnoop: "+format+"\n", args...) }
+		opts.Logf = func(format string, args ...any) {
+			fmt.Fprintln(stderr, "containerdsnoop: "+termsafe.Escape(fmt.Sprintf(format, args...)))
+		}
 	}
 	// Before attaching: containerd's answers to this process would
 	// otherwise be traced, as calls whose requests were never seen.

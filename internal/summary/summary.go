@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
+	"github.com/containerdsnoop/containerdsnoop/internal/termsafe"
 )
 
 // Summary accumulates records. Not safe for concurrent use.
@@ -131,8 +132,10 @@ func (s *Summary) WriteTable(w io.Writer) error {
 			st = append(st, fmt.Sprintf("unknown=%d", r.Unknown))
 		}
 		sort.Strings(st)
-		_, err := fmt.Fprintf(w, "%-60s %7d %7d %10s %10s %10s %10d %10d  %s\n", r.Method, r.Calls, r.Errors,
-			dur(r.P50NS), dur(r.P99NS), dur(r.MaxNS), r.ReqBytes, r.RespBytes, strings.Join(st, " "))
+		// Method and status names come from the wire (a ttrpc name is any
+		// string a process sends): escaped for the terminal.
+		_, err := fmt.Fprintf(w, "%-60s %7d %7d %10s %10s %10s %10d %10d  %s\n", termsafe.Escape(r.Method), r.Calls, r.Errors,
+			dur(r.P50NS), dur(r.P99NS), dur(r.MaxNS), r.ReqBytes, r.RespBytes, termsafe.Escape(strings.Join(st, " ")))
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,173 @@
+package pipeline
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/capture"
+	"github.com/containerdsnoop/containerdsnoop/internal/output"
+	"github.com/containerdsnoop/containerdsnoop/internal/summary"
+	"github.com/containerdsnoop/containerdsnoop/internal/termsafe"
+)
+
+// Strings a hostile local process chooses: its comm (prctl PR_SET_NAME),
+// its socket's path, a ttrpc container id, service and method names, a
+// gRPC path and status message.
+const (
+	evilComm   = "\x1b]0;PWNED\a\x1b[2J"
+	evilPath   = "@/containerd-shim/ns/\x1b[31mred/shim.sock"
+	evilID     = "id\x1b]0;x\a\u202e"
+	evilSvc    = "svc\u009b31m"
+	evilMethod = "M\u202egnp\u2066"
+	// h2 refuses a :path that is not visible ASCII (the block cannot be
+	// HTTP/2), so the gRPC side carries its hostile strings elsewhere.
+	evilPath2  = "/evil.Service/Get"
+	evilStatus = "bad\x1b[2J\u202e\xff"
+)
+
+// hostileEvents: a ttrpc connection (a Task/Create with an escaping id,
+// and a call with hostile names) and an HTTP/2 gRPC connection (a hostile
+// :path and grpc-message), both from a process with a hostile comm on a
+// socket with a hostile path.
+func hostileEvents(t testing.TB) []capture.Event {
+	t0 := time.Unix(1767323045, 0)
+	var evs []capture.Event
+	add := func(sock, peer uint64, bound bool, off *uint64, data []byte) {
+		evs = append(evs, capture.Event{Time: t0.Add(time.Duration(len(evs)) * time.Millisecond), Sock: sock, PeerSock: peer,
+			Ino: sock, PeerIno: peer, Offset: *off, Len: uint32(len(data)), SendLen: uint32(len(data)), PID: uint32(sock),
+			TID: uint32(sock), PeerPID: uint32(peer), Comm: evilComm, Path: evilPath, Bound: bound, Restart: *off == 0, Data: data})
+		*off += uint64(len(data))
+	}
+
+	// ttrpc on sockets 10 (client) and 11 (server).
+	var c, s uint64
+	createReq := protowire.AppendTag(nil, 1, protowire.BytesType)
+	createReq = protowire.AppendString(createReq, evilID)
+	add(10, 11, false, &c, ttrpcRequest(1, "containerd.task.v2.Task", "Create", createReq))
+	add(11, 10, true, &s, ttrpcFrame(1, 2, nil))
+	add(10, 11, false, &c, ttrpcRequest(3, evilSvc, evilMethod, nil))
+	add(11, 10, true, &s, ttrpcFrame(3, 2, nil))
+
+	// gRPC on sockets 20 (client) and 21 (server).
+	var cb, sb bytes.Buffer
+	cb.WriteString(http2.ClientPreface)
+	cf, sf := http2.NewFramer(&cb, nil), http2.NewFramer(&sb, nil)
+	cf.WriteSettings()
+	sf.WriteSettings()
+	hdrs := func(fields ...string) []byte {
+		var b bytes.Buffer
+		e := hpack.NewEncoder(&b)
+		for i := 0; i < len(fields); i += 2 {
+			e.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+		}
+		return b.Bytes()
+	}
+	cf.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, BlockFragment: hdrs(":method", "POST", ":scheme", "http",
+		":path", evilPath2, ":authority", "x", "content-type", "application/grpc", "containerd-namespace", "ns\x1b[1m")})
+	cf.WriteData(1, true, []byte{0, 0, 0, 0, 2, 0x0a, 0})
+	sf.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, EndStream: true, BlockFragment: hdrs(":status", "200",
+		"content-type", "application/grpc", "grpc-status", "13", "grpc-message", evilStatus)})
+	var gc, gs uint64
+	add(20, 21, false, &gc, cb.Bytes())
+	add(21, 20, true, &gs, sb.Bytes())
+	return evs
+}
+
+func ttrpcFrame(stream uint32, typ byte, payload []byte) []byte {
+	b := binary.BigEndian.AppendUint32(nil, uint32(len(payload)))
+	b = binary.BigEndian.AppendUint32(b, stream)
+	return append(append(b, typ, 0), payload...)
+}
+
+func ttrpcRequest(stream uint32, service, method string, payload []byte) []byte {
+	var r []byte
+	r = protowire.AppendTag(r, 1, protowire.BytesType)
+	r = protowire.AppendString(r, service)
+	r = protowire.AppendTag(r, 2, protowire.BytesType)
+	r = protowire.AppendString(r, method)
+	r = protowire.AppendTag(r, 3, protowire.BytesType)
+	r = protowire.AppendBytes(r, payload)
+	return ttrpcFrame(stream, 1, r)
+}
+
+// TestHostileStringsEscaped: no control character, DEL, C1 control, bidi
+// control or invalid UTF-8 from the wire reaches a table line or the
+// --summary table; JSON keeps the exact values and stays valid.
+func TestHostileStringsEscaped(t *testing.T) {
+	evs := hostileEvents(t)
+	run := func(format string) (string, *summary.Summary) {
+		var buf bytes.Buffer
+		w, err := output.New(format, &buf, output.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := summary.New()
+		p := New(w, Filter{Summary: sum})
+		p.Replay = true
+		for i := range evs {
+			p.Feed(&evs[i])
+		}
+		if err := p.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return buf.String(), sum
+	}
+
+	table, sum := run("table")
+	var st bytes.Buffer
+	if err := sum.WriteTable(&st); err != nil {
+		t.Fatal(err)
+	}
+	for name, out := range map[string]string{"table": table, "summary": st.String()} {
+		lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+		if len(lines) < 3 {
+			t.Fatalf("%s: too few lines:\n%s", name, out)
+		}
+		for _, l := range lines {
+			if !termsafe.Safe(l) {
+				t.Errorf("%s line holds a control character: %q", name, l)
+			}
+		}
+	}
+	for _, want := range []string{`\x1b]0;PWNED\x07\x1b[2J`, `container=id\x1b]0;x\x07\u202e`, `svc\u009b31m/M\u202egnp\u2066`, "/evil.Service/Get", `bad\x1b[2J\u202e`} {
+		if !strings.Contains(table, want) {
+			t.Errorf("table lacks %s:\n%s", want, table)
+		}
+	}
+	if !strings.Contains(st.String(), `svc\u009b31m/M\u202egnp\u2066`) {
+		t.Errorf("summary lacks the escaped ttrpc method:\n%s", st.String())
+	}
+
+	js, _ := run("json")
+	var sawComm, sawID, sawMethod, sawStatus bool
+	for _, l := range strings.Split(strings.TrimSpace(js), "\n") {
+		var v struct {
+			Comm        string  `json:"comm"`
+			Socket      string  `json:"socket"`
+			Method      *string `json:"method"`
+			ContainerID string  `json:"container_id"`
+			Status      *struct {
+				Message string `json:"message"`
+			} `json:"status"`
+		}
+		if err := json.Unmarshal([]byte(l), &v); err != nil {
+			t.Fatalf("not JSON: %v: %s", err, l)
+		}
+		sawComm = sawComm || v.Comm == evilComm
+		sawID = sawID || v.ContainerID == evilID
+		sawMethod = sawMethod || v.Method != nil && *v.Method == "/"+evilSvc+"/"+evilMethod
+		// Invalid UTF-8 becomes U+FFFD, as encoding/json writes it.
+		sawStatus = sawStatus || v.Status != nil && v.Status.Message == strings.ToValidUTF8(evilStatus, "\uFFFD")
+	}
+	if !sawComm || !sawID || !sawMethod || !sawStatus {
+		t.Errorf("JSON lost exact values (comm %v, id %v, method %v, status %v):\n%s", sawComm, sawID, sawMethod, sawStatus, js)
+	}
+}
