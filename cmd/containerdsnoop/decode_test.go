@@ -318,3 +318,27 @@ func TestDecodeVerboseEscapes(t *testing.T) {
 		t.Errorf("stderr holds control characters: %q", r.stderr)
 	}
 }
+
+// TestPcapNeverOverwrites: --pcap at a planted symlink or an existing file
+// is one line of error, exit 1, and the target keeps its bytes.
+func TestPcapNeverOverwrites(t *testing.T) {
+	path, _ := writeRecording(t, fixtureEvents(t, "unary_version"), capture.Stats{})
+	dir := t.TempDir()
+	target := filepath.Join(dir, "shadow")
+	os.WriteFile(target, []byte("root:x:0:0"), 0o644)
+	link := filepath.Join(dir, "out.pcapng")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	pre := filepath.Join(dir, "pre.pcapng")
+	os.WriteFile(pre, nil, 0o666)
+	for _, p := range []string{link, pre} {
+		r := runMain(t, "decode", "-o", "json", "--pcap", p, path)
+		if r.code != 1 || !oneError.MatchString(r.stderr) || !strings.Contains(r.stderr, "--pcap: "+p+" already exists") {
+			t.Errorf("%s: exit %d, stderr %q", p, r.code, r.stderr)
+		}
+	}
+	if b, _ := os.ReadFile(target); string(b) != "root:x:0:0" {
+		t.Errorf("symlink target overwritten: %q", b)
+	}
+}
