@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"log"
 	"os"
 	"os/exec"
@@ -59,7 +61,12 @@ makes and receives (children are followed from fork, in the kernel), stops
 when it exits and exits with its exit code.
 
 Credentials in messages (registry passwords and tokens) are shown as
-"[redacted]" unless --show-secrets.`,
+"[redacted]" unless --show-secrets.
+
+A --pid that does not exist is an error (the number could only match an
+unrelated process that reuses it later); a --socket path that does not exist
+yet is a warning, since a tracer started at boot or as a DaemonSet may start
+before containerd creates its socket.`,
 		Example: `  # everything, as a table
   sudo containerdsnoop trace
 
@@ -86,7 +93,7 @@ Credentials in messages (registry passwords and tokens) are shown as
 	f.viewFlags.register(cmd)
 	fl.StringVar(&f.record, "record", "", "also write every captured event to this file, for 'containerdsnoop decode' (raw payloads)")
 	fl.StringVar(&f.attach, "attach", "auto", "capture backend: auto or "+strings.Join(bpf.Backends(), ", "))
-	fl.IntVar(&f.ringBufSize, "ringbuf-size", bpf.DefaultRingBufSize, "bytes of kernel ring buffer between the capture and this process")
+	fl.IntVar(&f.ringBufSize, "ringbuf-size", bpf.DefaultRingBufSize, "bytes of kernel ring buffer between the capture and this process: a power of two from 64 KiB to 1 GiB")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "explain decisions (backend selection, peer probes) on stderr")
 	fl.BoolVar(&f.peerProbes, "peer-probes", true, "read HTTP/2 header fields from the Go processes at either end (uprobes), so connections open before the tracer decode fully; see docs/attach.md")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics of the calls shown at http://ADDR/metrics, e.g. :9520 (off by default)")
@@ -102,6 +109,9 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	}
 	filter, err := f.filter()
 	if err != nil {
+		return err
+	}
+	if err := f.check(stderr); err != nil {
 		return err
 	}
 	out, err := f.newOutput(cmd)
@@ -298,6 +308,37 @@ func listPods(socket string, logf func(string, ...any)) podList {
 		}
 	}
 	return podList{sb, cs}
+}
+
+// Ring buffer bounds: the kernel wants a power of two (of pages); below
+// 64 KiB a single 16 KiB chunk burst overflows it, above 1 GiB it is
+// locked kernel memory no node should give a tracer.
+const (
+	minRingBufSize = 64 << 10
+	maxRingBufSize = 1 << 30
+)
+
+// check validates what trace alone is given against this machine, before
+// anything is attached. A --pid that does not exist is an error: the
+// filter is by number, so it could only ever match an unrelated process
+// that later reuses it. A --socket path that does not exist is only a
+// warning: a DaemonSet's tracer may well start before containerd has
+// created its socket, and the filter matches the path once it is bound.
+func (f *traceFlags) check(stderr io.Writer) error {
+	if n := f.ringBufSize; n < minRingBufSize || n > maxRingBufSize || n&(n-1) != 0 {
+		return fmt.Errorf("invalid --ringbuf-size %d: must be a power of two from %d (64 KiB) to %d (1 GiB)", n, minRingBufSize, maxRingBufSize)
+	}
+	for _, pid := range f.pids {
+		if err := unix.Kill(int(pid), 0); errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("--pid %d: no such process", pid)
+		}
+	}
+	if s := f.socket; s != "" && !strings.HasPrefix(s, "@") {
+		if _, err := os.Stat(s); errors.Is(err, fs.ErrNotExist) {
+			fmt.Fprintf(stderr, "containerdsnoop: warning: --socket %s does not exist (yet); its connections are shown once something binds it\n", termsafe.Escape(s))
+		}
+	}
+	return nil
 }
 
 // exitStatus passes on the traced command's exit status.
