@@ -342,3 +342,16 @@ func TestPcapNeverOverwrites(t *testing.T) {
 		t.Errorf("symlink target overwritten: %q", b)
 	}
 }
+
+// TestDecodeLengthMismatch: an event whose length disagrees with its data
+// is damage, reported like a truncation: what came before is printed, then
+// one line of error, exit 1.
+func TestDecodeLengthMismatch(t *testing.T) {
+	evs := fixtureEvents(t, "two_conns")
+	evs[len(evs)/2].Len += 7
+	path, _ := writeRecording(t, evs, capture.Stats{})
+	r := runMain(t, "decode", "-o", "json", path)
+	if r.code != 1 || !oneError.MatchString(r.stderr) || !strings.Contains(r.stderr, "holds") || r.stdout == "" {
+		t.Errorf("exit %d, stderr %q, %d bytes of output", r.code, r.stderr, len(r.stdout))
+	}
+}
