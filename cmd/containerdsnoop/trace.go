@@ -21,6 +21,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/bpf"
+	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/metrics"
 	"github.com/containerdsnoop/containerdsnoop/internal/pipeline"
@@ -384,9 +385,15 @@ func startLossWatch(t *bpf.Tracer, w interface{ Write([]byte) (int, error) }) *l
 	go func() {
 		defer close(l.stopped)
 		var last capture.Stats
+		var lastDrops []budget.Drop
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
 		report := func(final bool) {
+			if final {
+				reportDrops(w, nil, "in total")
+			} else {
+				lastDrops = reportDrops(w, lastDrops, "in the last second")
+			}
 			s, err := t.Stats()
 			if err != nil {
 				return
@@ -414,6 +421,16 @@ func startLossWatch(t *bpf.Tracer, w interface{ Write([]byte) (int, error) }) *l
 		}
 	}()
 	return l
+}
+
+// reportDrops prints what the decoders dropped to stay within their
+// limits since prev (internal/budget), one line per kind, and returns the
+// counters now.
+func reportDrops(w io.Writer, prev []budget.Drop, when string) []budget.Drop {
+	for _, d := range budget.Since(prev) {
+		fmt.Fprintf(w, "containerdsnoop: warning: dropped %s %s, to stay within the memory budget (docs/security.md)\n", d, when)
+	}
+	return budget.Drops()
 }
 
 func (l *lossWatch) stop() {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/output"
 	"github.com/containerdsnoop/containerdsnoop/internal/summary"
@@ -169,5 +171,105 @@ func TestHostileStringsEscaped(t *testing.T) {
 	}
 	if !sawComm || !sawID || !sawMethod || !sawStatus {
 		t.Errorf("JSON lost exact values (comm %v, id %v, method %v, status %v):\n%s", sawComm, sawID, sawMethod, sawStatus, js)
+	}
+}
+
+// TestHeaderBlockBombs plays the header attacks on one connection: a
+// header block of the 1-byte indexed field 0x82 repeated (held, but its
+// decoded list is over the limit) and one so long (HEADERS then
+// CONTINUATION after CONTINUATION) that it is not even held. Both are
+// counted as dropped, the decoder allocates a bounded amount, the call
+// after the first is decoded completely and the one after the second is
+// shown with its method unknown (the dropped block's table changes are
+// unknown), never wrong.
+func TestHeaderBlockBombs(t *testing.T) {
+	var cb, sb bytes.Buffer
+	cb.WriteString(http2.ClientPreface)
+	cf, sf := http2.NewFramer(&cb, nil), http2.NewFramer(&sb, nil)
+	cf.WriteSettings()
+	sf.WriteSettings()
+	bomb := func(stream uint32, n int) {
+		block := bytes.Repeat([]byte{0x82}, n)
+		first := true
+		for len(block) > 0 {
+			k := min(len(block), 16384)
+			if first {
+				cf.WriteHeaders(http2.HeadersFrameParam{StreamID: stream, BlockFragment: block[:k], EndHeaders: k == len(block)})
+				first = false
+			} else {
+				cf.WriteContinuation(stream, k == len(block), block[:k])
+			}
+			block = block[k:]
+		}
+	}
+	var henc bytes.Buffer
+	enc := hpack.NewEncoder(&henc)
+	call := func(stream uint32) {
+		henc.Reset()
+		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/runtime.v1.RuntimeService/Version"},
+			{":authority", "x"}, {"content-type", "application/grpc"}} {
+			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		cf.WriteHeaders(http2.HeadersFrameParam{StreamID: stream, EndHeaders: true, BlockFragment: henc.Bytes()})
+		cf.WriteData(stream, true, []byte{0, 0, 0, 0, 3, 0x0a, 1, 'x'})
+	}
+	before := budget.HeaderBlocks.Load()
+	call(1)
+	bomb(3, 200000) // held (under 256 KiB), decodes to 8 MB of fields: refused
+	call(5)
+	bomb(7, 4<<20) // 4 MiB of CONTINUATION: never held
+	call(9)
+	input := cb.Len() + sb.Len()
+
+	t0 := time.Unix(1767323045, 0)
+	var evs []capture.Event
+	var off [2]uint64
+	add := func(end int, data []byte) {
+		for len(data) > 0 {
+			k := min(len(data), 16384) // as the capture cuts large sends
+			sock, peer := uint64(30+end), uint64(31-end)
+			evs = append(evs, capture.Event{Time: t0, Sock: sock, PeerSock: peer, Ino: sock, PeerIno: peer, Offset: off[end],
+				Len: uint32(k), PID: 7, TID: 7, Comm: "evil", Path: "/run/evil.sock", Bound: end == 1, Restart: off[end] == 0, Data: data[:k]})
+			off[end] += uint64(k)
+			data = data[k:]
+		}
+	}
+	add(0, cb.Bytes())
+	add(1, sb.Bytes())
+
+	var buf bytes.Buffer
+	w, _ := output.New("json", &buf, output.Options{})
+	p := New(w, Filter{})
+	p.Replay = true
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	for i := range evs {
+		p.Feed(&evs[i])
+	}
+	p.Close()
+	runtime.ReadMemStats(&m1)
+	if got := budget.HeaderBlocks.Load() - before; got != 2 {
+		t.Errorf("%d header blocks counted as dropped, want 2", got)
+	}
+	// The 4 MiB of input pass through the capture's buffers once; the
+	// refused 200,000-field block must not be expanded 40-fold.
+	if alloc := m1.TotalAlloc - m0.TotalAlloc; alloc > uint64(3*input) {
+		t.Errorf("%d input bytes made the pipeline allocate %d", input, alloc)
+	}
+	// After the block that was not held, the table is unknown: the next
+	// call's indexed :path is shown as unknown, not guessed.
+	if !strings.Contains(buf.String(), `"stream":9,"method":null,"unresolved_headers":3,`) {
+		t.Errorf("call after the dropped block not shown as unresolved:\n%s", buf.String())
+	}
+	for _, stream := range []string{`"stream":1,`, `"stream":5,`} {
+		found := false
+		for _, l := range strings.Split(buf.String(), "\n") {
+			if strings.Contains(l, stream) && strings.Contains(l, `"method":"/runtime.v1.RuntimeService/Version"`) && strings.Contains(l, `"message":{"version":"x"}`) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("call on %s not decoded completely:\n%s", stream, buf.String())
+		}
 	}
 }

@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"slices"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
 	"github.com/containerdsnoop/containerdsnoop/internal/termsafe"
 )
@@ -20,20 +22,36 @@ type Summary struct {
 	methods map[string]*method
 	start   time.Time
 	end     time.Time
+	rng     *rand.Rand
 }
+
+// Bounds: a method name is whatever a process sends as :path or ttrpc
+// names, so distinct names past MaxMethods are counted under one row,
+// OtherMethods; and latencies past maxLatencies per method are kept as a
+// uniform sample (reservoir), so a trace running for days holds a bounded
+// amount and p50/p99 become estimates from 65,536 calls (max stays exact).
+const (
+	MaxMethods   = 1000
+	OtherMethods = "(other methods)"
+	maxLatencies = 1 << 16
+)
 
 type method struct {
 	name       string
 	calls      int
 	statuses   map[string]int
 	latencies  []time.Duration
+	timed      int // calls with a latency, sampled or not
+	maxLatency time.Duration
 	reqBytes   int64
 	respBytes  int64
 	unfinished int
 }
 
 // New returns an empty Summary.
-func New() *Summary { return &Summary{methods: map[string]*method{}} }
+func New() *Summary {
+	return &Summary{methods: map[string]*method{}, rng: rand.New(rand.NewPCG(1, 2))}
+}
 
 // Add counts one record. Every record adds its bytes; the line that ends a
 // call counts the call, its status and latency.
@@ -49,6 +67,10 @@ func (s *Summary) Add(r *call.Record) {
 		name = "?"
 	}
 	m := s.methods[name]
+	if m == nil && len(s.methods) >= MaxMethods {
+		name = OtherMethods
+		m = s.methods[name]
+	}
 	if m == nil {
 		m = &method{name: name, statuses: map[string]int{}}
 		s.methods[name] = m
@@ -69,7 +91,13 @@ func (s *Summary) Add(r *call.Record) {
 		m.unfinished++
 	}
 	if r.Latency > 0 {
-		m.latencies = append(m.latencies, r.Latency)
+		m.timed++
+		m.maxLatency = max(m.maxLatency, r.Latency)
+		if len(m.latencies) < maxLatencies {
+			m.latencies = append(m.latencies, r.Latency)
+		} else if i := s.rng.IntN(m.timed); i < maxLatencies {
+			m.latencies[i] = r.Latency
+		}
 	}
 }
 
@@ -100,7 +128,7 @@ func (s *Summary) Rows() []Row {
 		if len(m.latencies) > 0 {
 			l := slices.Clone(m.latencies)
 			slices.Sort(l)
-			r.P50NS, r.P99NS, r.MaxNS = int64(quantile(l, 0.50)), int64(quantile(l, 0.99)), int64(l[len(l)-1])
+			r.P50NS, r.P99NS, r.MaxNS = int64(quantile(l, 0.50)), int64(quantile(l, 0.99)), int64(m.maxLatency)
 		}
 		rows = append(rows, r)
 	}
@@ -140,6 +168,11 @@ func (s *Summary) WriteTable(w io.Writer) error {
 			return err
 		}
 	}
+	for _, d := range budget.Drops() {
+		if _, err := fmt.Fprintf(w, "DROPPED %d %s\n", d.Count, d.What); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -157,7 +190,9 @@ func (s *Summary) WriteJSON(w io.Writer) error {
 		Start   string `json:"start,omitempty"`
 		End     string `json:"end,omitempty"`
 		Methods []Row  `json:"methods"`
-	}{Type: "summary", Methods: s.Rows()}
+		// Dropped: what the decoders dropped to stay within their limits.
+		Dropped []budget.Drop `json:"dropped,omitempty"`
+	}{Type: "summary", Methods: s.Rows(), Dropped: budget.Drops()}
 	if !s.start.IsZero() {
 		out.Start, out.End = s.start.Format(time.RFC3339Nano), s.end.Format(time.RFC3339Nano)
 	}

@@ -1,0 +1,105 @@
+// Package budget holds the limits that keep the tracer's memory bounded
+// whatever bytes local processes send, and counts what was dropped to stay
+// within them. The tracer runs as root on every node and decodes bytes any
+// process can write to any unix socket: every piece of decoder state has a
+// limit here, chosen far above what real containerd, CRI and shim traffic
+// reaches, so that only hostile or broken peers hit them. What is dropped
+// is counted (and reported on stderr and in --summary, like ring-buffer
+// loss) and never decoded into wrong output.
+package budget
+
+import (
+	"fmt"
+	"sync/atomic"
+)
+
+const (
+	// DefaultMemory is the default --memory-budget: the soft limit given to
+	// the Go runtime (debug.SetMemoryLimit). The caps below keep what
+	// hostile input can make the decoders hold under it; the DaemonSet's
+	// memory limit (deploy/daemonset.yaml) is above it.
+	DefaultMemory = 192 << 20
+
+	// MaxHeaderBlock bounds one HTTP/2 header block as sent (HEADERS and
+	// its CONTINUATION frames joined), and MaxHeaderList the same block
+	// once HPACK-decoded, counted as SETTINGS_MAX_HEADER_LIST_SIZE counts
+	// (RFC 9113 section 6.5.2: name + value + 32 per field). grpc-go's
+	// default limit is 16 MiB; real CRI and containerd headers are under
+	// 2 KiB, so 256 KiB is never reached by them, and it bounds the
+	// expansion of a block of 1-byte indexed fields to 256 KiB of fields.
+	MaxHeaderBlock = 256 << 10
+	MaxHeaderList  = 256 << 10
+
+	// MaxHPACKTable caps the dynamic table the tracer mirrors. A peer may
+	// advertise up to 4 GiB in SETTINGS_HEADER_TABLE_SIZE; grpc-go and
+	// containerd use the default 4096. A size update above the cap makes
+	// the table unknown (calls then show the method as unknown until the
+	// table turns over), never wrong.
+	MaxHPACKTable = 64 << 10
+)
+
+// Counter counts one kind of drop. Safe for concurrent use: the decoder
+// adds, the stderr reporter reads.
+type Counter struct {
+	what string
+	n    atomic.Uint64
+}
+
+// Add counts n drops.
+func (c *Counter) Add(n uint64) { c.n.Add(n) }
+
+// Load returns the count.
+func (c *Counter) Load() uint64 { return c.n.Load() }
+
+// What says what was dropped.
+func (c *Counter) What() string { return c.what }
+
+var all []*Counter
+
+func counter(what string) *Counter {
+	c := &Counter{what: what}
+	all = append(all, c)
+	return c
+}
+
+// The drops, in the order they are reported.
+var (
+	HeaderBlocks = counter("HTTP/2 header blocks over the size limit (not decoded)")
+	HPACKTables  = counter("HTTP/2 header tables over the size limit (made unknown)")
+)
+
+// Drop is one nonzero counter.
+type Drop struct {
+	What  string `json:"what"`
+	Count uint64 `json:"count"`
+}
+
+// Drops returns the nonzero counters.
+func Drops() []Drop {
+	var out []Drop
+	for _, c := range all {
+		if n := c.Load(); n > 0 {
+			out = append(out, Drop{What: c.what, Count: n})
+		}
+	}
+	return out
+}
+
+// Since returns the counters that grew since prev (a Drops result), with
+// the growth.
+func Since(prev []Drop) []Drop {
+	was := map[string]uint64{}
+	for _, d := range prev {
+		was[d.What] = d.Count
+	}
+	var out []Drop
+	for _, d := range Drops() {
+		if d.Count > was[d.What] {
+			out = append(out, Drop{What: d.What, Count: d.Count - was[d.What]})
+		}
+	}
+	return out
+}
+
+// String is "3 HTTP/2 header blocks over ...".
+func (d Drop) String() string { return fmt.Sprintf("%d %s", d.Count, d.What) }
