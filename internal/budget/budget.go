@@ -65,7 +65,7 @@ func counter(what string) *Counter {
 // The drops, in the order they are reported.
 var (
 	HeaderBlocks = counter("HTTP/2 header blocks over the size limit (not decoded)")
-	HPACKTables  = counter("HTTP/2 header tables over the size limit (made unknown)")
+	HeldCalls    = counter("requests held for --errors/--slow (their ends print alone)")
 )
 
 // Drop is one nonzero counter.

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/budget"
+	"github.com/containerdsnoop/containerdsnoop/internal/callfilter"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/output"
 	"github.com/containerdsnoop/containerdsnoop/internal/summary"
@@ -271,5 +272,31 @@ func TestHeaderBlockBombs(t *testing.T) {
 		if !found {
 			t.Errorf("call on %s not decoded completely:\n%s", stream, buf.String())
 		}
+	}
+}
+
+// TestHeldReleasedOnClose: with --errors, ttrpc calls left open on
+// connections that close are not held after the close.
+func TestHeldReleasedOnClose(t *testing.T) {
+	var buf bytes.Buffer
+	w, _ := output.New("json", &buf, output.Options{})
+	p := New(w, Filter{Calls: callfilter.Options{Errors: true}})
+	p.Replay = true
+	t0 := time.Unix(1767323045, 0)
+	for conn := range uint64(64) {
+		sock := 1000 + 2*conn
+		var off uint64
+		for s := range uint32(8) {
+			data := ttrpcRequest(2*s+1, "containerd.task.v2.Task", "Wait", nil)
+			p.Feed(&capture.Event{Time: t0, Sock: sock, PeerSock: sock + 1, Offset: off, Len: uint32(len(data)), Comm: "evil", Path: "/run/x", Restart: off == 0, Data: data})
+			off += uint64(len(data))
+		}
+		if conn == 0 && p.calls.Held() != 8 {
+			t.Fatalf("%d calls held on one connection, want 8", p.calls.Held())
+		}
+		p.Feed(&capture.Event{Time: t0, Sock: sock, PeerSock: sock + 1, Close: true})
+	}
+	if n := p.calls.Held(); n != 0 {
+		t.Errorf("%d calls held after their connections closed", n)
 	}
 }

@@ -93,7 +93,7 @@ func New(out output.Writer, f Filter) *Pipeline {
 	}
 	grpc := grpcdecode.New(p.write)
 	p.h2 = h2.NewDecoder(grpc)
-	p.sinks = tee{newMux(p.h2, ttrpc.NewDecoder(p.write), f.Protocol)}
+	p.sinks = tee{newMux(p.h2, ttrpc.NewDecoder(p.write), f.Protocol), closer{p.calls}}
 	p.asm = stream.New(&p.sinks)
 	return p
 }
@@ -137,6 +137,19 @@ func (t *tee) Closed(c *stream.Conn) {
 	}
 }
 
+// closer releases what the call filter holds for a connection once the
+// decoders have seen it close.
+type closer struct{ calls *callfilter.Filter }
+
+func (closer) Bytes(*stream.Conn, int, *capture.Event, []byte) {}
+func (closer) Gap(*stream.Conn, int, uint64)                   {}
+func (c closer) Closed(sc *stream.Conn)                        { c.calls.ConnClosed(sc.ID) }
+
+// HeldTimeout is how long --errors and --slow hold a call's request for
+// its end: past it the request is dropped (counted) and the end, if it
+// comes, is printed alone.
+const HeldTimeout = time.Hour
+
 // Feed takes the next capture event.
 func (p *Pipeline) Feed(ev *capture.Event) {
 	if p.socket != "" && !p.socketMatches(ev.Path) {
@@ -149,6 +162,7 @@ func (p *Pipeline) Feed(ev *capture.Event) {
 	if ev.Time.Sub(p.lastExpiry) > time.Minute {
 		p.lastExpiry = ev.Time
 		p.asm.Expire(ev.Time.Add(-IdleTimeout))
+		p.calls.Expire(ev.Time.Add(-HeldTimeout))
 	}
 }
 
