@@ -65,6 +65,7 @@ func counter(what string) *Counter {
 // The drops, in the order they are reported.
 var (
 	HeaderBlocks = counter("HTTP/2 header blocks over the size limit (not decoded)")
+	Messages     = counter("gRPC messages over the size limit (shown by size, not decoded)")
 	HeldCalls    = counter("requests held for --errors/--slow (their ends print alone)")
 )
 

@@ -1,11 +1,13 @@
 package grpcdecode
 
 import (
+	"fmt"
 	"strconv"
 	"time"
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/h2"
@@ -233,7 +235,11 @@ func (d *Decoder) message(c *h2.Conn, cl *grpcCall, dir call.Type, m message, ev
 	r := d.record(c, cl, dir, ev)
 	r.WireBytes = 5 + len(m.payload)
 	payload := m.payload
-	if m.compressed {
+	if m.skipped > 0 {
+		r.WireBytes = 5 + m.skipped
+		r.Note = fmt.Sprintf("message of %d bytes not decoded: over the %d MiB limit (docs/security.md)", m.skipped, MaxHeldMessage>>20)
+		budget.Messages.Add(1)
+	} else if m.compressed {
 		var err error
 		if payload, err = inflate(cl.enc[dir], m.payload); err != nil {
 			r.Note = err.Error()

@@ -79,3 +79,32 @@ func TestPercentDecode(t *testing.T) {
 		}
 	}
 }
+
+// TestSplitterSkipsHuge: a message over MaxHeldMessage is skipped as its
+// bytes arrive, never buffered, and reported by its size; the next
+// message is split as usual.
+func TestSplitterSkipsHuge(t *testing.T) {
+	var s splitter
+	n := MaxHeldMessage + 1
+	hdr := []byte{0, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
+	chunk := make([]byte, 1<<20)
+	var got []message
+	add := func(b []byte) {
+		out, err := s.add(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, out...)
+		if cap(s.buf) > 2<<20 {
+			t.Fatalf("splitter holds %d bytes", cap(s.buf))
+		}
+	}
+	add(append(hdr, chunk[:100]...))
+	for sent := 100; sent < n; sent += len(chunk) {
+		add(chunk[:min(len(chunk), n-sent)])
+	}
+	add(frame(0, []byte("next")))
+	if len(got) != 2 || got[0].skipped != n || got[0].payload != nil || string(got[1].payload) != "next" {
+		t.Fatalf("messages %+v", got)
+	}
+}

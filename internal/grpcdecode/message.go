@@ -13,6 +13,13 @@ import (
 // default limit is 16 MiB.
 const maxMessage = 64 << 20
 
+// MaxHeldMessage is the largest message buffered to be decoded: containerd's
+// own limit (16 MiB), so real traffic never exceeds it. A larger message
+// (up to maxMessage) is skipped as its bytes arrive, never buffered, and
+// shown by its size with a note: otherwise streams announcing large
+// messages and trickling their bytes would make the tracer hold them all.
+const MaxHeldMessage = 16 << 20
+
 // splitter cuts one direction of a stream into gRPC messages.
 type splitter struct {
 	buf []byte
@@ -20,6 +27,10 @@ type splitter struct {
 	// dropped at the next add, so those messages stay valid until then.
 	done int
 	out  []message
+	// skip is what is left of a message over MaxHeldMessage, skipLen its
+	// size and skipCompressed its flag.
+	skip, skipLen  int
+	skipCompressed bool
 }
 
 type message struct {
@@ -27,6 +38,9 @@ type message struct {
 	// payload points into the splitter's buffer: valid until its next add
 	// or reset. Whatever keeps it longer copies it (decoding copies).
 	payload []byte
+	// skipped, when not 0, is the size of a message that was not held
+	// (over MaxHeldMessage); payload is nil.
+	skipped int
 }
 
 // add appends DATA and returns the messages it completed, valid until the
@@ -38,15 +52,38 @@ func (s *splitter) add(data []byte) ([]message, error) {
 		s.buf = append(s.buf[:0], s.buf[s.done:]...)
 		s.done = 0
 	}
-	s.buf = append(s.buf, data...)
 	out := s.out[:0]
+	if s.skip > 0 {
+		k := min(s.skip, len(data))
+		s.skip -= k
+		data = data[k:]
+		if s.skip > 0 {
+			s.out = out
+			return out, nil
+		}
+		out = append(out, message{compressed: s.skipCompressed, skipped: s.skipLen})
+	}
+	s.buf = append(s.buf, data...)
 	off := 0
 	for len(s.buf)-off >= 5 {
 		flag := s.buf[off]
 		n := binary.BigEndian.Uint32(s.buf[off+1 : off+5])
 		if flag > 1 || n > maxMessage {
 			s.done = len(s.buf) // drop it all at the next add
+			s.out = out
 			return out, fmt.Errorf("not at a gRPC message boundary (flag %d, length %d)", flag, n)
+		}
+		if n > MaxHeldMessage {
+			// Skip it from here on; what is already buffered goes too.
+			have := len(s.buf) - off - 5
+			if have >= int(n) {
+				out = append(out, message{compressed: flag == 1, skipped: int(n)})
+				off += 5 + int(n)
+				continue
+			}
+			s.skip, s.skipLen, s.skipCompressed = int(n)-have, int(n), flag == 1
+			off = len(s.buf)
+			break
 		}
 		if len(s.buf)-off-5 < int(n) {
 			break
@@ -59,8 +96,8 @@ func (s *splitter) add(data []byte) ([]message, error) {
 	return out, nil
 }
 
-func (s *splitter) partial() bool { return len(s.buf) > s.done }
-func (s *splitter) reset()        { s.buf, s.done = s.buf[:0], 0 }
+func (s *splitter) partial() bool { return len(s.buf) > s.done || s.skip > 0 }
+func (s *splitter) reset()        { s.buf, s.done, s.skip = s.buf[:0], 0, 0 }
 
 // inflate undoes the message compression named by grpc-encoding.
 func inflate(encoding string, b []byte) ([]byte, error) {
