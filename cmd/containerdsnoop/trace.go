@@ -7,9 +7,11 @@ import (
 	"io"
 	"io/fs"
 	"log"
+	"math"
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -35,6 +37,7 @@ type traceFlags struct {
 	record      string
 	attach      string
 	ringBufSize int
+	memBudget   string
 	verbose     bool
 	peerProbes  bool
 	metricsAddr string
@@ -95,6 +98,7 @@ before containerd creates its socket.`,
 	fl.StringVar(&f.record, "record", "", "also write every captured event to this file, for 'containerdsnoop decode' (raw payloads)")
 	fl.StringVar(&f.attach, "attach", "auto", "capture backend: auto or "+strings.Join(bpf.Backends(), ", "))
 	fl.IntVar(&f.ringBufSize, "ringbuf-size", bpf.DefaultRingBufSize, "bytes of kernel ring buffer between the capture and this process: a power of two from 64 KiB to 1 GiB")
+	fl.StringVar(&f.memBudget, "memory-budget", "192Mi", "memory this process aims to stay within, besides the kernel ring buffer (e.g. 192Mi, 1Gi; at least 64Mi): the Go runtime's soft limit; the decoders' own limits keep hostile input under it (docs/security.md)")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "explain decisions (backend selection, peer probes) on stderr")
 	fl.BoolVar(&f.peerProbes, "peer-probes", true, "read HTTP/2 header fields from the Go processes at either end (uprobes), so connections open before the tracer decode fully; see docs/attach.md")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics of the calls shown at http://ADDR/metrics, e.g. :9520 (off by default)")
@@ -319,6 +323,28 @@ const (
 	maxRingBufSize = 1 << 30
 )
 
+const minMemBudget = 64 << 20
+
+// parseSize reads a byte count with an optional suffix: Ki, Mi, Gi (powers
+// of 1024) or K, M, G (powers of 1000).
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"K", 1e3}, {"M", 1e6}, {"G", 1e9}} {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSuffix(s, u.suffix), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("invalid size %q", s)
+	}
+	return n * mult, nil
+}
+
 // check validates what trace alone is given against this machine, before
 // anything is attached. A --pid that does not exist is an error: the
 // filter is by number, so it could only ever match an unrelated process
@@ -326,6 +352,14 @@ const (
 // warning: a DaemonSet's tracer may well start before containerd has
 // created its socket, and the filter matches the path once it is bound.
 func (f *traceFlags) check(stderr io.Writer) error {
+	b, err := parseSize(f.memBudget)
+	if err != nil || b < minMemBudget {
+		return fmt.Errorf("invalid --memory-budget %q: want a size of at least 64Mi, e.g. 192Mi or 1Gi", f.memBudget)
+	}
+	// A soft limit: the runtime collects harder as it nears it. The hard
+	// bounds are the decoders' limits (internal/budget), sized so that
+	// hostile input stays under the default.
+	debug.SetMemoryLimit(b)
 	if n := f.ringBufSize; n < minRingBufSize || n > maxRingBufSize || n&(n-1) != 0 {
 		return fmt.Errorf("invalid --ringbuf-size %d: must be a power of two from %d (64 KiB) to %d (1 GiB)", n, minRingBufSize, maxRingBufSize)
 	}

@@ -17,6 +17,8 @@ func TestTraceFlagsChecked(t *testing.T) {
 		{[]string{"--ringbuf-size", "1000000"}, "invalid --ringbuf-size 1000000"},
 		{[]string{"--ringbuf-size", "32768"}, "invalid --ringbuf-size 32768"},
 		{[]string{"--pid", "4000000"}, "--pid 4000000: no such process"},
+		{[]string{"--memory-budget", "10Mi"}, `invalid --memory-budget "10Mi": want a size of at least 64Mi`},
+		{[]string{"--memory-budget", "lots"}, `invalid --memory-budget "lots"`},
 	} {
 		r := runMain(t, append([]string{"trace"}, tc.args...)...)
 		if r.code != 1 || strings.Count(r.stderr, "\n") != 1 || !strings.HasPrefix(r.stderr, "containerdsnoop: "+tc.want) {
@@ -33,5 +35,18 @@ func TestTraceSocketMissingWarns(t *testing.T) {
 	want := "containerdsnoop: warning: --socket /nonexistent/containerd.sock does not exist (yet); its connections are shown once something binds it\n"
 	if !strings.HasPrefix(r.stderr, want) {
 		t.Errorf("exit %d, stderr %q, want it to start with %q", r.code, r.stderr, want)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"192Mi": 192 << 20, "1Gi": 1 << 30, "200M": 200e6, "123456": 123456, "64Ki": 64 << 10} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "Mi", "-1Mi", "1.5Gi", "99999999999999Gi"} {
+		if _, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q) accepted", in)
+		}
 	}
 }
