@@ -13,12 +13,14 @@ import (
 // default limit is 16 MiB.
 const maxMessage = 64 << 20
 
-// MaxHeldMessage is the largest message buffered to be decoded: containerd's
-// own limit (16 MiB), so real traffic never exceeds it. A larger message
+// MaxHeldMessage is the largest message buffered to be decoded: twice
+// containerd's own limit (16 MiB), so real traffic never exceeds it (a
+// 16 MiB payload with its protobuf framing is a little over 16 MiB, and
+// the end-to-end tests send such). A larger message
 // (up to maxMessage) is skipped as its bytes arrive, never buffered, and
 // shown by its size with a note: otherwise streams announcing large
 // messages and trickling their bytes would make the tracer hold them all.
-const MaxHeldMessage = 16 << 20
+const MaxHeldMessage = 32 << 20
 
 // splitter cuts one direction of a stream into gRPC messages.
 type splitter struct {
