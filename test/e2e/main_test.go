@@ -46,6 +46,9 @@ func TestMain(m *testing.M) {
 	if sock := os.Getenv(helperSocketEnv); sock != "" {
 		os.Exit(runHelperServer(sock))
 	}
+	if os.Getenv(attackEnv) != "" {
+		os.Exit(runAttack())
+	}
 	dir, err := os.MkdirTemp("", "containerdsnoop-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: create binary dir:", err)
