@@ -157,6 +157,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 
 	p := pipeline.New(out, filter)
 	p.CommOf = procComms()
+	p.SweepDead = pipeline.InitPIDNamespace()
 	p.Pods().Learn(known.sandboxes, known.containers)
 	var exp *spans.Exporter
 	if f.otlp != "" {
@@ -247,6 +248,8 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 			if stopping.Load() {
 				break
 			}
+			// Free the state of connections whose processes are gone.
+			p.Sweep(time.Now())
 			if err := flush(); err != nil {
 				return err
 			}

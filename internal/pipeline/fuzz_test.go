@@ -110,7 +110,6 @@ func FuzzPipeline(f *testing.F) {
 		w, _ := output.New("table", &buf, output.Options{})
 		sum := summary.New()
 		p := New(w, Filter{Summary: sum})
-		p.Replay = true
 
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)

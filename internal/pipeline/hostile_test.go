@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"os"
+	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
@@ -114,7 +116,6 @@ func TestHostileStringsEscaped(t *testing.T) {
 		}
 		sum := summary.New()
 		p := New(w, Filter{Summary: sum})
-		p.Replay = true
 		for i := range evs {
 			p.Feed(&evs[i])
 		}
@@ -241,7 +242,6 @@ func TestHeaderBlockBombs(t *testing.T) {
 	var buf bytes.Buffer
 	w, _ := output.New("json", &buf, output.Options{})
 	p := New(w, Filter{})
-	p.Replay = true
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
 	for i := range evs {
@@ -281,7 +281,6 @@ func TestHeldReleasedOnClose(t *testing.T) {
 	var buf bytes.Buffer
 	w, _ := output.New("json", &buf, output.Options{})
 	p := New(w, Filter{Calls: callfilter.Options{Errors: true}})
-	p.Replay = true
 	t0 := time.Unix(1767323045, 0)
 	for conn := range uint64(64) {
 		sock := 1000 + 2*conn
@@ -298,5 +297,34 @@ func TestHeldReleasedOnClose(t *testing.T) {
 	}
 	if n := p.calls.Held(); n != 0 {
 		t.Errorf("%d calls held after their connections closed", n)
+	}
+}
+
+// TestSweepDeadProcesses: the state of a connection whose processes have
+// exited without close() is freed by the next sweep; a live one is kept.
+func TestSweepDeadProcesses(t *testing.T) {
+	if !InitPIDNamespace() {
+		t.Skip("not in the initial PID namespace")
+	}
+	var buf bytes.Buffer
+	w, _ := output.New("json", &buf, output.Options{})
+	p := New(w, Filter{})
+	p.SweepDead = true
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	for i, pid := range []uint32{uint32(dead.Process.Pid), uint32(os.Getpid())} {
+		data := ttrpcRequest(1, "containerd.task.v2.Task", "Wait", nil)
+		sock := uint64(500 + 2*i)
+		p.Feed(&capture.Event{Time: t0, Sock: sock, PeerSock: sock + 1, Len: uint32(len(data)), PID: pid, PeerPID: pid, Comm: "x", Restart: true, Data: data})
+	}
+	if p.asm.Len() != 2 {
+		t.Fatalf("%d connections", p.asm.Len())
+	}
+	p.Sweep(t0.Add(SweepIdle + time.Second))
+	if p.asm.Len() != 1 {
+		t.Fatalf("%d connections after the sweep, want the live one", p.asm.Len())
 	}
 }

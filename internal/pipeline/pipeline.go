@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
@@ -63,6 +64,7 @@ type Pipeline struct {
 	records    []RecordSink
 	pods       *pods.Index
 	lastExpiry time.Time
+	lastSweep  time.Time
 	err        error
 	// Records counts what was written.
 	Records uint64
@@ -72,6 +74,11 @@ type Pipeline struct {
 	// it nil, as this machine says nothing about the recorded processes,
 	// and such a peer keeps an empty comm. Set it before the first Feed.
 	CommOf func(pid uint32) string
+	// SweepDead lets Sweep free connections whose processes have exited.
+	// Set it only for a live trace in the initial PID namespace (see
+	// InitPIDNamespace): elsewhere every pid would look dead, and a
+	// recording's pids are not this machine's.
+	SweepDead bool
 }
 
 // IdleTimeout is how long a silent connection is kept. Its HTTP/2 state
@@ -164,6 +171,43 @@ func (p *Pipeline) Feed(ev *capture.Event) {
 		p.asm.Expire(ev.Time.Add(-IdleTimeout))
 		p.calls.Expire(ev.Time.Add(-HeldTimeout))
 	}
+	p.Sweep(ev.Time)
+}
+
+// SweepIdle is how long a connection must be silent before Sweep checks
+// whether its processes are still alive.
+const SweepIdle = 2 * time.Second
+
+// Sweep frees the state of connections whose processes have all exited
+// (at most every SweepIdle): a process that exits without close() leaves
+// its sockets to the kernel, and no close is traced, on any backend. Call
+// it when the capture is idle too, so that state is freed within seconds
+// also when nothing else is sent. A connection whose socket outlives the
+// process that last used it (passed to or inherited by another) is
+// dropped too and decoded as joined mid-stream if it is used again:
+// never wrong. Not for recordings: this machine's processes say nothing
+// about theirs; and only with SweepDead set.
+func (p *Pipeline) Sweep(now time.Time) {
+	if !p.SweepDead || now.Sub(p.lastSweep) < SweepIdle {
+		return
+	}
+	p.lastSweep = now
+	p.asm.Sweep(now.Add(-SweepIdle), func(c *stream.Conn) bool {
+		return !alive(c.Ends[0].PID) && !alive(c.Ends[1].PID)
+	})
+}
+
+// InitPIDNamespace reports whether this process runs in the kernel's
+// initial PID namespace, whose pids the capture reports: its namespace
+// file's inode is the kernel's fixed PROC_PID_INIT_INO.
+func InitPIDNamespace() bool {
+	var st unix.Stat_t
+	return unix.Stat("/proc/self/ns/pid", &st) == nil && st.Ino == 0xEFFFFFFC
+}
+
+// alive reports whether process pid exists; 0 (unknown) is not alive.
+func alive(pid uint32) bool {
+	return pid != 0 && unix.Kill(int(pid), 0) != unix.ESRCH
 }
 
 // EnablePeerFields makes HTTP/2 decoding name the header table entries of

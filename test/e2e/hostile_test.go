@@ -19,6 +19,7 @@ import (
 	"unsafe"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protowire"
 
@@ -92,6 +93,16 @@ func runAttack() int {
 	}
 	bomb(1, 16<<20)
 	bomb(3, 200000)
+	// A call left open: once the attacker has exited, the tracer must
+	// notice (no close() is traced) and end it.
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/runtime.v1.RuntimeService/Version"},
+		{":authority", "x"}, {"content-type", "application/grpc"}} {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 5, EndHeaders: true, BlockFragment: hb.Bytes()})
+	fr.WriteData(5, true, []byte{0, 0, 0, 0, 0})
 
 	var tt []byte
 	req := func(stream uint32, svc, method string, payload []byte) {
@@ -229,6 +240,18 @@ func TestHostileAttacks(t *testing.T) {
 			return req && resp
 		})
 	}
+	// The attacker exited without close(): its open call ends, and its
+	// connections' state is freed, within seconds.
+	exited := time.Now()
+	tr.waitText("the attacker's open call ended by its exit", func(s string) bool {
+		for _, l := range strings.Split(s, "\n") {
+			if strings.Contains(l, "RESP") && strings.Contains(l, "/runtime.v1.RuntimeService/Version") && strings.Contains(l, "connection closed before the call ended") {
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("the attacker's connection freed %v after it exited", time.Since(exited).Round(100*time.Millisecond))
 	deadline := time.Now().Add(20 * time.Second)
 	for rss := procStatus(t, pid, "VmRSS"); rss > baseline+64<<20; rss = procStatus(t, pid, "VmRSS") {
 		if time.Now().After(deadline) {
