@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
 	"github.com/containerdsnoop/containerdsnoop/internal/callfilter"
@@ -20,6 +21,7 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/output"
 	"github.com/containerdsnoop/containerdsnoop/internal/peerfields"
 	"github.com/containerdsnoop/containerdsnoop/internal/pods"
+	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
 	"github.com/containerdsnoop/containerdsnoop/internal/redact"
 	"github.com/containerdsnoop/containerdsnoop/internal/stream"
 	"github.com/containerdsnoop/containerdsnoop/internal/summary"
@@ -257,6 +259,9 @@ func (p *Pipeline) write(r *call.Record) {
 	if !p.filter.ShowSecrets && r.Message != nil {
 		r.Message = p.redacted(r.Message)
 	}
+	if !p.filter.ShowSecrets && r.Message == nil && len(r.Raw) > 0 {
+		r.Raw = redactedRaw(r)
+	}
 	p.calls.Add(r)
 }
 
@@ -280,6 +285,33 @@ func (p *Pipeline) redacted(m proto.Message) proto.Message {
 	}
 	p.redactions[m] = out
 	return out
+}
+
+// redactedRaw hides the secrets of a message shown without its schema: it
+// is parsed as the guessed method's type, then as each type that can
+// carry a credential; the first that fits strictly and hides something
+// gives the bytes shown (the same message, secrets replaced). What fits
+// no such type has no field a known type calls a secret, and is shown as
+// it is.
+func redactedRaw(r *call.Record) []byte {
+	var types []protoreflect.MessageType
+	if m, ok := protoreg.Lookup(r.MethodGuess); ok && r.MethodGuess != "" {
+		if r.Type == call.Request {
+			types = append(types, m.Input)
+		} else {
+			types = append(types, m.Output)
+		}
+	}
+	for _, t := range append(types, protoreg.CredentialTypes(redact.SecretField)...) {
+		m, ok := protoreg.Fit(r.Raw, t)
+		if !ok || !redact.Message(m) {
+			continue
+		}
+		if b, err := (proto.MarshalOptions{Deterministic: true}).Marshal(m); err == nil {
+			return b
+		}
+	}
+	return r.Raw
 }
 
 // emit takes a record the filters selected.
