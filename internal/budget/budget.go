@@ -36,6 +36,12 @@ const (
 	// the table unknown (calls then show the method as unknown until the
 	// table turns over), never wrong.
 	MaxHPACKTable = 64 << 10
+
+	// MaxHTTP2Frame caps the frame size the tracer holds whole. A peer may
+	// allow frames of up to 16 MiB (SETTINGS_MAX_FRAME_SIZE); grpc-go and
+	// containerd keep the default 16 KiB. A larger frame is counted and
+	// skipped by resynchronizing at the next frame boundary.
+	MaxHTTP2Frame = 1 << 20
 )
 
 // Counter counts one kind of drop. Safe for concurrent use: the decoder
@@ -65,6 +71,7 @@ func counter(what string) *Counter {
 // The drops, in the order they are reported.
 var (
 	HeaderBlocks = counter("HTTP/2 header blocks over the size limit (not decoded)")
+	Frames       = counter("HTTP/2 frames over the size limit (skipped)")
 	Messages     = counter("gRPC messages over the size limit (shown by size, not decoded)")
 	HeldCalls    = counter("requests held for --errors/--slow (their ends print alone)")
 )

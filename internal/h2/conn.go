@@ -71,8 +71,8 @@ func (c *Conn) Unresolved() uint64 {
 const (
 	defaultMaxFrame = 16384
 	// maxBuffered bounds what a direction holds while waiting for a frame
-	// or a sync point; a legal frame is at most 16 MiB.
-	maxBuffered = 1<<24 + frameHeaderLen
+	// or a sync point: a frame up to budget.MaxHTTP2Frame.
+	maxBuffered = budget.MaxHTTP2Frame + frameHeaderLen
 )
 
 type direction struct {
@@ -222,6 +222,11 @@ func (d *Decoder) parse(c *Conn, end int, cap *capture.Event) {
 		}
 		h := parseHeader(b)
 		if !h.plausible(max(dir.maxFrame, defaultMaxFrame)) {
+			if h.length > budget.MaxHTTP2Frame && h.plausible(1<<24-1) {
+				// A legal frame, too large to hold: counted, skipped by
+				// resynchronizing.
+				budget.Frames.Add(1)
+			}
 			d.desync(c, end, cap)
 			continue
 		}
@@ -290,7 +295,7 @@ func (d *Decoder) frame(c *Conn, end int, f http2.Frame, cap *capture.Event) {
 			peer.dec.SetMaxTableSize(v)
 		}
 		if v, ok := f.Value(http2.SettingMaxFrameSize); ok && v >= defaultMaxFrame {
-			peer.maxFrame = v
+			peer.maxFrame = min(v, budget.MaxHTTP2Frame)
 		}
 	case *http2.HeadersFrame:
 		dir.block, dir.blockDropped = dir.block[:0], false
