@@ -187,8 +187,7 @@ const SweepIdle = 2 * time.Second
 // also when nothing else is sent. A connection whose socket outlives the
 // process that last used it (passed to or inherited by another) is
 // dropped too and decoded as joined mid-stream if it is used again:
-// never wrong. Not for recordings: this machine's processes say nothing
-// about theirs; and only with SweepDead set.
+// never wrong. Only with SweepDead set.
 func (p *Pipeline) Sweep(now time.Time) {
 	if !p.SweepDead || now.Sub(p.lastSweep) < SweepIdle {
 		return
