@@ -97,7 +97,7 @@ before containerd creates its socket.`,
 	f.viewFlags.register(cmd)
 	fl.StringVar(&f.record, "record", "", "also write every captured event to this file, for 'containerdsnoop decode' (raw payloads)")
 	fl.StringVar(&f.attach, "attach", "auto", "capture backend: auto or "+strings.Join(bpf.Backends(), ", "))
-	fl.IntVar(&f.ringBufSize, "ringbuf-size", bpf.DefaultRingBufSize, "bytes of kernel ring buffer between the capture and this process: a power of two from 64 KiB to 1 GiB")
+	fl.IntVar(&f.ringBufSize, "ringbuf-size", bpf.DefaultRingBufSize, "bytes of kernel ring buffer between the capture and this process: a power of two from 4 KiB to 1 GiB")
 	fl.StringVar(&f.memBudget, "memory-budget", "192Mi", "memory this process aims to stay within, besides the kernel ring buffer (e.g. 192Mi, 1Gi; at least 64Mi): the Go runtime's soft limit; the decoders' own limits keep hostile input under it (docs/security.md)")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "explain decisions (backend selection, peer probes) on stderr")
 	fl.BoolVar(&f.peerProbes, "peer-probes", true, "read HTTP/2 header fields from the Go processes at either end (uprobes), so connections open before the tracer decode fully; see docs/attach.md")
@@ -318,11 +318,11 @@ func listPods(socket string, logf func(string, ...any)) podList {
 	return podList{sb, cs}
 }
 
-// Ring buffer bounds: the kernel wants a power of two (of pages); below
-// 64 KiB a single 16 KiB chunk burst overflows it, above 1 GiB it is
-// locked kernel memory no node should give a tracer.
+// Ring buffer bounds: the kernel wants a power of two of at least a page
+// (a tiny one only loses data: the overflow tests use 8 KiB on purpose);
+// above 1 GiB it is locked kernel memory no node should give a tracer.
 const (
-	minRingBufSize = 64 << 10
+	minRingBufSize = 4 << 10
 	maxRingBufSize = 1 << 30
 )
 
@@ -364,7 +364,7 @@ func (f *traceFlags) check(stderr io.Writer) error {
 	// hostile input stays under the default.
 	debug.SetMemoryLimit(b)
 	if n := f.ringBufSize; n < minRingBufSize || n > maxRingBufSize || n&(n-1) != 0 {
-		return fmt.Errorf("invalid --ringbuf-size %d: must be a power of two from %d (64 KiB) to %d (1 GiB)", n, minRingBufSize, maxRingBufSize)
+		return fmt.Errorf("invalid --ringbuf-size %d: must be a power of two from %d (4 KiB) to %d (1 GiB)", n, minRingBufSize, maxRingBufSize)
 	}
 	for _, pid := range f.pids {
 		if err := unix.Kill(int(pid), 0); errors.Is(err, unix.ESRCH) {

@@ -12,10 +12,10 @@ func TestTraceFlagsChecked(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--ringbuf-size", "3"}, "invalid --ringbuf-size 3: must be a power of two from 65536 (64 KiB) to 1073741824 (1 GiB)"},
+		{[]string{"--ringbuf-size", "3"}, "invalid --ringbuf-size 3: must be a power of two from 4096 (4 KiB) to 1073741824 (1 GiB)"},
 		{[]string{"--ringbuf-size", "1099511627776"}, "invalid --ringbuf-size 1099511627776"},
 		{[]string{"--ringbuf-size", "1000000"}, "invalid --ringbuf-size 1000000"},
-		{[]string{"--ringbuf-size", "32768"}, "invalid --ringbuf-size 32768"},
+		{[]string{"--ringbuf-size", "2048"}, "invalid --ringbuf-size 2048"},
 		{[]string{"--pid", "4000000"}, "--pid 4000000: no such process"},
 		{[]string{"--memory-budget", "10Mi"}, `invalid --memory-budget "10Mi": want a size of at least 64Mi`},
 		{[]string{"--memory-budget", "lots"}, `invalid --memory-budget "lots"`},
