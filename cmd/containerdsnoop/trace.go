@@ -98,7 +98,7 @@ before containerd creates its socket.`,
 	fl.StringVar(&f.record, "record", "", "also write every captured event to this file, for 'containerdsnoop decode' (raw payloads)")
 	fl.StringVar(&f.attach, "attach", "auto", "capture backend: auto or "+strings.Join(bpf.Backends(), ", "))
 	fl.IntVar(&f.ringBufSize, "ringbuf-size", bpf.DefaultRingBufSize, "bytes of kernel ring buffer between the capture and this process: a power of two from 4 KiB to 1 GiB")
-	fl.StringVar(&f.memBudget, "memory-budget", "192Mi", "memory this process aims to stay within, besides the kernel ring buffer (e.g. 192Mi, 1Gi; at least 64Mi): the Go runtime's soft limit; the decoders' own limits keep hostile input under it (docs/security.md)")
+	fl.StringVar(&f.memBudget, "memory-budget", fmt.Sprintf("%dMi", budget.DefaultMemory>>20), "memory this process aims to stay within, besides the kernel ring buffer (e.g. 160Mi, 1Gi; at least 64Mi): the Go runtime's soft limit; the decoders' own limits keep hostile input under it (docs/security.md)")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "explain decisions (backend selection, peer probes) on stderr")
 	fl.BoolVar(&f.peerProbes, "peer-probes", true, "read HTTP/2 header fields from the Go processes at either end (uprobes), so connections open before the tracer decode fully; see docs/attach.md")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics of the calls shown at http://ADDR/metrics, e.g. :9520 (off by default)")
@@ -357,7 +357,7 @@ func parseSize(s string) (int64, error) {
 func (f *traceFlags) check(stderr io.Writer) error {
 	b, err := parseSize(f.memBudget)
 	if err != nil || b < minMemBudget {
-		return fmt.Errorf("invalid --memory-budget %q: want a size of at least 64Mi, e.g. 192Mi or 1Gi", f.memBudget)
+		return fmt.Errorf("invalid --memory-budget %q: want a size of at least 64Mi, e.g. 160Mi or 1Gi", f.memBudget)
 	}
 	// A soft limit: the runtime collects harder as it nears it. The hard
 	// bounds are the decoders' limits (internal/budget), sized so that

@@ -18,7 +18,7 @@ const (
 	// the Go runtime (debug.SetMemoryLimit). The caps below keep what
 	// hostile input can make the decoders hold under it; the DaemonSet's
 	// memory limit (deploy/daemonset.yaml) is above it.
-	DefaultMemory = 192 << 20
+	DefaultMemory = 160 << 20
 
 	// MaxHeaderBlock bounds one HTTP/2 header block as sent (HEADERS and
 	// its CONTINUATION frames joined), and MaxHeaderList the same block

@@ -50,6 +50,9 @@ const (
 // calls with escape sequences in their names and container id; then it
 // exits without closing its sockets.
 func runAttack() int {
+	// Wait for the go: the test starts the tracer on this pid first.
+	var go1 [1]byte
+	os.Stdin.Read(go1[:])
 	name := append([]byte(attackComm), 0)
 	unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&name[0])), 0, 0, 0)
 	send := func(b []byte) error {
@@ -172,10 +175,6 @@ func TestHostileAttacks(t *testing.T) {
 	privileged.Require(t)
 	ctrBin := privileged.RequireBinary(t, "ctr")
 	c := containerdtest.Start(t)
-	tr := startTracer(t, "--full", "--summary")
-	pid := tr.cmd.Process.Pid
-	baseline := procStatus(t, pid, "VmRSS")
-	cpu0 := cpuTime(t, pid)
 
 	// The test binary's own directory is private to root: nobody runs a
 	// copy from the binary directory, which TestMain opens to everyone.
@@ -193,9 +192,22 @@ func TestHostileAttacks(t *testing.T) {
 	attacker.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	var attackErr bytes.Buffer
 	attacker.Stderr = &attackErr
+	goAttack, err := attacker.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := attacker.Start(); err != nil {
 		t.Fatal(err)
 	}
+	// Only the attacker's and containerd's connections (ctr's included):
+	// the tracer sees every unix socket on the machine, and other tests'
+	// traffic would make its memory say nothing about the attack.
+	tr := startTracer(t, "--full", "--summary", "--pid", strconv.Itoa(attacker.Process.Pid), "--pid", strconv.Itoa(c.PID))
+	pid := tr.cmd.Process.Pid
+	baseline := procStatus(t, pid, "VmRSS")
+	cpu0 := cpuTime(t, pid)
+	goAttack.Write([]byte{1})
+	goAttack.Close()
 	// The concurrent real client: ctr, against containerd, during the attack.
 	var ctrPIDs []int
 	for range 5 {
@@ -255,7 +267,10 @@ func TestHostileAttacks(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for rss := procStatus(t, pid, "VmRSS"); rss > baseline+64<<20; rss = procStatus(t, pid, "VmRSS") {
 		if time.Now().After(deadline) {
-			t.Errorf("tracer RSS %d MiB 20 s after the attack, %d MiB before it", rss>>20, baseline>>20)
+			// The tracer sees every unix socket on the machine: say what
+			// else it was decoding.
+			t.Errorf("tracer RSS %d MiB 20 s after the attack, %d MiB before it; stderr:\n%s\nlast output:\n%s", rss>>20, baseline>>20,
+				indent(tr.Stderr()), indent(lastLines(tr.Stdout(), 30)))
 			break
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -304,4 +319,9 @@ func TestHostileRecordPath(t *testing.T) {
 	if fi, err := os.Stat(planted); err != nil || fi.Size() != 0 {
 		t.Errorf("planted file written: %v %v", fi, err)
 	}
+}
+
+func lastLines(s string, n int) string {
+	ls := lines(s)
+	return strings.Join(ls[max(0, len(ls)-n):], "\n")
 }
