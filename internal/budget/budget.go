@@ -42,7 +42,17 @@ const (
 	// containerd keep the default 16 KiB. A larger frame is counted and
 	// skipped by resynchronizing at the next frame boundary.
 	MaxHTTP2Frame = 1 << 20
+
+	// MaxPartialMessages bounds the gRPC messages held partly received,
+	// over all connections, counted at the size each claims: real calls
+	// rarely have more than one large message in flight. Messages up to
+	// 64 KiB are always held; a larger one that does not fit is skipped
+	// as its bytes arrive and shown by its size.
+	MaxPartialMessages = 64 << 20
 )
+
+// PartialMessages is what partly received gRPC messages claim now.
+var PartialMessages atomic.Int64
 
 // Counter counts one kind of drop. Safe for concurrent use: the decoder
 // adds, the stderr reporter reads.

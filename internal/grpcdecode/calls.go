@@ -65,7 +65,7 @@ func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
 	case h2.Preface:
 		// Calls still open belonged to the previous connection on these
 		// sockets; their ends will never be seen.
-		s.calls.Clear()
+		s.clear()
 	case h2.Lost:
 		for _, cl := range s.calls.All() {
 			dir, ok := call.DirOf(c.Stream, ev.End)
@@ -122,6 +122,15 @@ func (d *Decoder) Closed(c *h2.Conn) {
 			r.Note = "connection closed before the call ended"
 			d.emit(r)
 		}
+	}
+	s.clear()
+}
+
+// clear drops every open call, and what their partial messages reserved.
+func (s *connState) clear() {
+	for _, cl := range s.calls.All() {
+		cl.split[call.Request].reset()
+		cl.split[call.Response].reset()
 	}
 	s.calls.Clear()
 }
@@ -238,6 +247,9 @@ func (d *Decoder) message(c *h2.Conn, cl *grpcCall, dir call.Type, m message, ev
 	if m.skipped > 0 {
 		r.WireBytes = 5 + m.skipped
 		r.Note = fmt.Sprintf("message of %d bytes not decoded: over the %d MiB limit (docs/security.md)", m.skipped, MaxHeldMessage>>20)
+		if m.skipped <= MaxHeldMessage {
+			r.Note = fmt.Sprintf("message of %d bytes not decoded: partial messages over their %d MiB budget (docs/security.md)", m.skipped, budget.MaxPartialMessages>>20)
+		}
 		budget.Messages.Add(1)
 	} else if m.compressed {
 		var err error
@@ -297,6 +309,8 @@ func (d *Decoder) record(c *h2.Conn, cl *grpcCall, dir call.Type, ev *h2.Event) 
 
 func (d *Decoder) finish(c *h2.Conn, s *connState, cl *grpcCall, ev *h2.Event, st *call.Status) {
 	s.calls.Delete(cl.stream)
+	cl.split[call.Request].reset()
+	cl.split[call.Response].reset()
 	r := cl.held
 	if r == nil {
 		r = d.record(c, cl, call.Response, ev)

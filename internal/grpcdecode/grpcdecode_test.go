@@ -5,6 +5,8 @@ import (
 	"compress/gzip"
 	"encoding/binary"
 	"testing"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 )
 
 func frame(flag byte, payload []byte) []byte {
@@ -106,5 +108,38 @@ func TestSplitterSkipsHuge(t *testing.T) {
 	add(frame(0, []byte("next")))
 	if len(got) != 2 || got[0].skipped != n || got[0].payload != nil || string(got[1].payload) != "next" {
 		t.Fatalf("messages %+v", got)
+	}
+}
+
+// TestPartialBudget: messages held partly received are bounded over all
+// streams at the size they claim; past it a large one is skipped as its
+// bytes arrive, small ones are always held, and finishing or resetting
+// releases the reservation.
+func TestPartialBudget(t *testing.T) {
+	before := budget.PartialMessages.Load()
+	hdr := func(n int) []byte { return []byte{0, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)} }
+	const claim = 30 << 20 // under MaxHeldMessage
+	var held []*splitter
+	for range budget.MaxPartialMessages / claim {
+		s := &splitter{}
+		if _, err := s.add(append(hdr(claim), 1, 2, 3)); err != nil || s.skip != 0 {
+			t.Fatalf("first claims: skip %d, %v", s.skip, err)
+		}
+		held = append(held, s)
+	}
+	over := &splitter{}
+	over.add(append(hdr(claim), 1, 2, 3))
+	if over.skip != claim-3 || over.reserved != 0 {
+		t.Fatalf("claim past the budget: skip %d, reserved %d", over.skip, over.reserved)
+	}
+	small := &splitter{}
+	if out, _ := small.add(append(hdr(1000), make([]byte, 1000)...)); len(out) != 1 || out[0].skipped != 0 {
+		t.Fatalf("small message not decoded past the budget: %+v", out)
+	}
+	for _, s := range held {
+		s.reset()
+	}
+	if got := budget.PartialMessages.Load(); got != before {
+		t.Fatalf("%d bytes still reserved after the resets", got-before)
 	}
 }

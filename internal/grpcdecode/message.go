@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 )
 
 // maxMessage bounds what one gRPC message may claim, so a corrupt length
@@ -33,6 +35,25 @@ type splitter struct {
 	// size and skipCompressed its flag.
 	skip, skipLen  int
 	skipCompressed bool
+	// reserved is what this splitter counts in budget.PartialMessages:
+	// the size its partial message claims.
+	reserved int
+}
+
+// smallMessage is a size every partial message may hold whatever the
+// budget, so that ordinary calls never depend on it.
+const smallMessage = 64 << 10
+
+// reserve sets this splitter's share of the process-wide budget for
+// partial messages to n, and reports whether that fits (n up to
+// smallMessage always does).
+func (s *splitter) reserve(n int) bool {
+	if n > smallMessage && budget.PartialMessages.Load()-int64(s.reserved)+int64(n) > budget.MaxPartialMessages {
+		return false
+	}
+	budget.PartialMessages.Add(int64(n - s.reserved))
+	s.reserved = n
+	return true
 }
 
 type message struct {
@@ -67,17 +88,23 @@ func (s *splitter) add(data []byte) ([]message, error) {
 	}
 	s.buf = append(s.buf, data...)
 	off := 0
+	waiting := false // for the rest of a message, reserved at its size
 	for len(s.buf)-off >= 5 {
 		flag := s.buf[off]
 		n := binary.BigEndian.Uint32(s.buf[off+1 : off+5])
 		if flag > 1 || n > maxMessage {
 			s.done = len(s.buf) // drop it all at the next add
 			s.out = out
+			s.reserve(0)
 			return out, fmt.Errorf("not at a gRPC message boundary (flag %d, length %d)", flag, n)
 		}
-		if n > MaxHeldMessage {
+		have := len(s.buf) - off - 5
+		// A message that is not complete yet is held only within its
+		// limit and, past smallMessage, within the process's budget for
+		// partial messages (reserved at its claimed size, so trickling
+		// its bytes cannot grow what is held).
+		if n > MaxHeldMessage || have < int(n) && !s.reserve(int(n)) {
 			// Skip it from here on; what is already buffered goes too.
-			have := len(s.buf) - off - 5
 			if have >= int(n) {
 				out = append(out, message{compressed: flag == 1, skipped: int(n)})
 				off += 5 + int(n)
@@ -87,7 +114,8 @@ func (s *splitter) add(data []byte) ([]message, error) {
 			off = len(s.buf)
 			break
 		}
-		if len(s.buf)-off-5 < int(n) {
+		if have < int(n) {
+			waiting = true
 			break
 		}
 		out = append(out, message{compressed: flag == 1, payload: s.buf[off+5 : off+5+int(n) : off+5+int(n)]})
@@ -95,11 +123,17 @@ func (s *splitter) add(data []byte) ([]message, error) {
 	}
 	s.done = off
 	s.out = out
+	if !waiting {
+		s.reserve(0)
+	}
 	return out, nil
 }
 
 func (s *splitter) partial() bool { return len(s.buf) > s.done || s.skip > 0 }
-func (s *splitter) reset()        { s.buf, s.done, s.skip = s.buf[:0], 0, 0 }
+func (s *splitter) reset() {
+	s.buf, s.done, s.skip = s.buf[:0], 0, 0
+	s.reserve(0)
+}
 
 // inflate undoes the message compression named by grpc-encoding.
 func inflate(encoding string, b []byte) ([]byte, error) {
