@@ -229,7 +229,7 @@ func TestHostileAttacks(t *testing.T) {
 	}
 
 	// The ttrpc calls were sent last: once they show, the rest was read.
-	out := tr.waitText("the attacker's ttrpc calls", func(s string) bool {
+	tr.waitText("the attacker's ttrpc calls", func(s string) bool {
 		return strings.Contains(s, `container=id\x1b]0;x\x07`) && strings.Contains(s, `/svc\u009b31m/M\u202egnp`)
 	})
 	peak := procStatus(t, pid, "VmHWM")
@@ -238,7 +238,7 @@ func TestHostileAttacks(t *testing.T) {
 		t.Errorf("tracer peak RSS %d MiB, over the DaemonSet's limit of %d MiB", peak>>20, limit>>20)
 	}
 	for _, p := range ctrPIDs {
-		out = tr.waitText(fmt.Sprintf("ctr %d's Version call", p), func(s string) bool {
+		tr.waitText(fmt.Sprintf("ctr %d's Version call", p), func(s string) bool {
 			req, resp := false, false
 			for _, l := range strings.Split(s, "\n") {
 				f := strings.Fields(l)
@@ -276,7 +276,7 @@ func TestHostileAttacks(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 
-	out = tr.stop(os.Interrupt)
+	out := tr.stop(os.Interrupt)
 	for _, l := range append(lines(out), lines(tr.Stderr())...) {
 		if !termsafe.Safe(l) {
 			t.Errorf("control character reached the terminal: %q", l)
