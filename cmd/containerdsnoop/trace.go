@@ -172,6 +172,9 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	if f.metricsAddr != "" {
 		m := metrics.New(version)
 		m.CaptureStats(tracer.Stats)
+		for _, c := range budget.All() {
+			m.AddDropCounter(c.Reason(), c.Load)
+		}
 		p.AddRecordSink(m)
 		p.AddSink(m)
 		if exp != nil {

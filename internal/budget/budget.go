@@ -57,8 +57,8 @@ var PartialMessages atomic.Int64
 // Counter counts one kind of drop. Safe for concurrent use: the decoder
 // adds, the stderr reporter reads.
 type Counter struct {
-	what string
-	n    atomic.Uint64
+	reason, what string
+	n            atomic.Uint64
 }
 
 // Add counts n drops.
@@ -70,20 +70,26 @@ func (c *Counter) Load() uint64 { return c.n.Load() }
 // What says what was dropped.
 func (c *Counter) What() string { return c.what }
 
+// Reason is a short name for metrics labels.
+func (c *Counter) Reason() string { return c.reason }
+
 var all []*Counter
 
-func counter(what string) *Counter {
-	c := &Counter{what: what}
+// All returns every counter, for exporting them (e.g. as metrics).
+func All() []*Counter { return all }
+
+func counter(reason, what string) *Counter {
+	c := &Counter{reason: reason, what: what}
 	all = append(all, c)
 	return c
 }
 
 // The drops, in the order they are reported.
 var (
-	HeaderBlocks = counter("HTTP/2 header blocks over the size limit (not decoded)")
-	Frames       = counter("HTTP/2 frames over the size limit (skipped)")
-	Messages     = counter("gRPC messages over the size limit (shown by size, not decoded)")
-	HeldCalls    = counter("requests held for --errors/--slow (their ends print alone)")
+	HeaderBlocks = counter("http2_header_block", "HTTP/2 header blocks over the size limit (not decoded)")
+	Frames       = counter("http2_frame", "HTTP/2 frames over the size limit (skipped)")
+	Messages     = counter("grpc_message", "gRPC messages over the size limit (shown by size, not decoded)")
+	HeldCalls    = counter("held_request", "requests held for --errors/--slow (their ends print alone)")
 )
 
 // Drop is one nonzero counter.
