@@ -1,0 +1,26 @@
+package budget
+
+import "testing"
+
+func TestDrops(t *testing.T) {
+	before := Drops()
+	HeaderBlocks.Add(2)
+	HeldCalls.Add(1)
+	got := Since(before)
+	if len(got) != 2 || got[0].What != HeaderBlocks.What() || got[0].Count != 2 || got[1].Count != 1 {
+		t.Fatalf("since: %+v", got)
+	}
+	if s := got[0].String(); s != "2 HTTP/2 header blocks over the size limit (not decoded)" {
+		t.Errorf("String() = %q", s)
+	}
+	if len(Since(Drops())) != 0 {
+		t.Error("no growth reported as growth")
+	}
+	seen := map[string]bool{}
+	for _, c := range All() {
+		if c.Reason() == "" || seen[c.Reason()] {
+			t.Errorf("reason %q empty or repeated", c.Reason())
+		}
+		seen[c.Reason()] = true
+	}
+}
