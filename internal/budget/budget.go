@@ -127,3 +127,22 @@ func Since(prev []Drop) []Drop {
 
 // String is "3 HTTP/2 header blocks over ...".
 func (d Drop) String() string { return fmt.Sprintf("%d %s", d.Count, d.What) }
+
+// keepCap is the backing array a buffer may keep between uses.
+const keepCap = 64 << 10
+
+// Consume drops the first n bytes of a connection's receive buffer and
+// returns what is left, letting go of a large backing array once what is
+// left fits a small one: one large frame must not pin its size for the
+// connection's life (thousands of connections, each once sent a 4 MiB
+// frame, would otherwise hold gigabytes).
+func Consume(buf []byte, n int) []byte {
+	rest := len(buf) - n
+	if cap(buf) > keepCap && rest <= keepCap/2 {
+		if rest == 0 {
+			return nil
+		}
+		return append(make([]byte, 0, keepCap), buf[n:]...)
+	}
+	return append(buf[:0], buf[n:]...)
+}

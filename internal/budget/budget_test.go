@@ -24,3 +24,20 @@ func TestDrops(t *testing.T) {
 		seen[c.Reason()] = true
 	}
 }
+
+func TestConsume(t *testing.T) {
+	big := make([]byte, 4<<20)
+	big[4<<20-1] = 7
+	rest := Consume(big, 4<<20-1)
+	if len(rest) != 1 || rest[0] != 7 || cap(rest) > keepCap {
+		t.Fatalf("after a 4 MiB frame: len %d cap %d", len(rest), cap(rest))
+	}
+	small := make([]byte, 100, 1000)
+	small[99] = 9
+	if rest := Consume(small, 99); len(rest) != 1 || rest[0] != 9 || cap(rest) != 1000 {
+		t.Fatalf("small buffer reallocated: len %d cap %d", len(rest), cap(rest))
+	}
+	if rest := Consume(big, len(big)); rest != nil {
+		t.Fatal("empty large buffer kept")
+	}
+}

@@ -189,7 +189,7 @@ func (d *Decoder) parse(c *Conn, end int, cap *capture.Event) {
 	consumed := 0
 	defer func() {
 		if consumed > 0 {
-			dir.buf = append(dir.buf[:0], dir.buf[consumed:]...)
+			dir.buf = budget.Consume(dir.buf, consumed)
 		}
 	}()
 	for {
