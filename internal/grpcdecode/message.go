@@ -72,7 +72,7 @@ type message struct {
 // dropped.
 func (s *splitter) add(data []byte) ([]message, error) {
 	if s.done > 0 {
-		s.buf = append(s.buf[:0], s.buf[s.done:]...)
+		s.buf = budget.Consume(s.buf, s.done)
 		s.done = 0
 	}
 	out := s.out[:0]
