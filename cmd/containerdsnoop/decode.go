@@ -13,6 +13,7 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/pipeline"
 	"github.com/containerdsnoop/containerdsnoop/internal/recording"
+	"github.com/containerdsnoop/containerdsnoop/internal/termsafe"
 )
 
 type decodeFlags struct {
@@ -70,7 +71,8 @@ func runDecode(cmd *cobra.Command, f decodeFlags, path string) error {
 	about := fmt.Sprintf("recorded on %s (kernel %s, backend %s) from %s by %s %s: %s",
 		orUnknown(h.Hostname), orUnknown(h.Kernel), orUnknown(h.Backend), h.Start.Format(time.RFC3339), h.Tool, h.Version, strings.Join(h.CommandLine, " "))
 	if f.verbose {
-		fmt.Fprintf(stderr, "containerdsnoop: %s: %s\n", path, about)
+		// The header's strings are whatever the file holds: escaped.
+		fmt.Fprintf(stderr, "containerdsnoop: %s\n", termsafe.Escape(path+": "+about))
 	}
 
 	p := pipeline.New(out, filter)
@@ -119,6 +121,7 @@ func runDecode(cmd *cobra.Command, f decodeFlags, path string) error {
 	if err := f.writeSummary(cmd); err != nil {
 		return err
 	}
+	reportDrops(stderr, nil, "in total")
 	if t, ok := r.Trailer(); ok && t.StatsKnown && t.Stats.Lost() {
 		fmt.Fprintf(stderr, "containerdsnoop: the live capture lost %d events (%d bytes) and %d unreadable chunks; calls in them are not shown\n",
 			t.Stats.LostEvents, t.Stats.LostBytes, t.Stats.Faults)

@@ -18,6 +18,7 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/output"
 	"github.com/containerdsnoop/containerdsnoop/internal/pipeline"
 	"github.com/containerdsnoop/containerdsnoop/internal/recording"
+	"github.com/containerdsnoop/containerdsnoop/internal/termsafe"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
 )
 
@@ -294,5 +295,63 @@ func TestDecodeInProcess(t *testing.T) {
 	var re *recording.Error
 	if !errors.As(err, &re) || !errors.Is(err, recording.ErrTruncated) {
 		t.Errorf("error %v, want a truncation", err)
+	}
+}
+
+// TestDecodeVerboseEscapes: a recording's header strings are whatever the
+// file holds; -v prints them escaped, never raw escape sequences.
+func TestDecodeVerboseEscapes(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "evil.cdsnoop")
+	w, err := recording.Create(path, recording.Header{Tool: "containerdsnoop", Version: "test\u202e", Hostname: "node\x1b]0;PWNED\a\x1b[2J",
+		Kernel: "6.1\u009b", Backend: "tracepoint", Start: time.Unix(1767323045, 0), CommandLine: []string{"trace", "\xff\x1b[5m"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r := runMain(t, "decode", "-v", path)
+	if r.code != 0 || !strings.Contains(r.stderr, `node\x1b]0;PWNED\x07\x1b[2J`) || !strings.Contains(r.stderr, `6.1\u009b`) {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	if !termsafe.Safe(strings.TrimSuffix(r.stderr, "\n")) {
+		t.Errorf("stderr holds control characters: %q", r.stderr)
+	}
+}
+
+// TestPcapNeverOverwrites: --pcap at a planted symlink or an existing file
+// is one line of error, exit 1, and the target keeps its bytes.
+func TestPcapNeverOverwrites(t *testing.T) {
+	path, _ := writeRecording(t, fixtureEvents(t, "unary_version"), capture.Stats{})
+	dir := t.TempDir()
+	target := filepath.Join(dir, "shadow")
+	os.WriteFile(target, []byte("root:x:0:0"), 0o644)
+	link := filepath.Join(dir, "out.pcapng")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	pre := filepath.Join(dir, "pre.pcapng")
+	os.WriteFile(pre, nil, 0o666)
+	for _, p := range []string{link, pre} {
+		r := runMain(t, "decode", "-o", "json", "--pcap", p, path)
+		if r.code != 1 || !oneError.MatchString(r.stderr) || !strings.Contains(r.stderr, "--pcap: "+p+" already exists") {
+			t.Errorf("%s: exit %d, stderr %q", p, r.code, r.stderr)
+		}
+	}
+	if b, _ := os.ReadFile(target); string(b) != "root:x:0:0" {
+		t.Errorf("symlink target overwritten: %q", b)
+	}
+}
+
+// TestDecodeLengthMismatch: an event whose length disagrees with its data
+// is damage, reported like a truncation: what came before is printed, then
+// one line of error, exit 1.
+func TestDecodeLengthMismatch(t *testing.T) {
+	evs := fixtureEvents(t, "two_conns")
+	evs[len(evs)/2].Len += 7
+	path, _ := writeRecording(t, evs, capture.Stats{})
+	r := runMain(t, "decode", "-o", "json", path)
+	if r.code != 1 || !oneError.MatchString(r.stderr) || !strings.Contains(r.stderr, "holds") || r.stdout == "" {
+		t.Errorf("exit %d, stderr %q, %d bytes of output", r.code, r.stderr, len(r.stdout))
 	}
 }

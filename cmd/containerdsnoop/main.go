@@ -8,6 +8,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/termsafe"
 )
 
 // version is stamped at release with -ldflags "-X main.version=...".
@@ -19,7 +21,9 @@ func main() {
 		if errors.As(err, &ee) {
 			os.Exit(int(ee))
 		}
-		fmt.Fprintln(os.Stderr, "containerdsnoop: "+err.Error())
+		// Errors can quote what a file or the wire held (a recording's
+		// strings, a path): escaped for the terminal.
+		fmt.Fprintln(os.Stderr, "containerdsnoop: "+termsafe.Escape(err.Error()))
 		os.Exit(1)
 	}
 }

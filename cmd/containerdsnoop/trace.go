@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"log"
+	"math"
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -19,11 +23,13 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/bpf"
+	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/metrics"
 	"github.com/containerdsnoop/containerdsnoop/internal/pipeline"
 	"github.com/containerdsnoop/containerdsnoop/internal/pods"
 	"github.com/containerdsnoop/containerdsnoop/internal/spans"
+	"github.com/containerdsnoop/containerdsnoop/internal/termsafe"
 )
 
 type traceFlags struct {
@@ -31,6 +37,7 @@ type traceFlags struct {
 	record      string
 	attach      string
 	ringBufSize int
+	memBudget   string
 	verbose     bool
 	peerProbes  bool
 	metricsAddr string
@@ -62,7 +69,12 @@ is not a terminal (a pipe, a file: --output json | jq), to standard error,
 so that the trace stays parseable.
 
 Credentials in messages (registry passwords and tokens) are shown as
-"[redacted]" unless --show-secrets.`,
+"[redacted]" unless --show-secrets.
+
+A --pid that does not exist is an error (the number could only match an
+unrelated process that reuses it later); a --socket path that does not exist
+yet is a warning, since a tracer started at boot or as a DaemonSet may start
+before containerd creates its socket.`,
 		Example: `  # everything, as a table
   sudo containerdsnoop trace
 
@@ -89,7 +101,8 @@ Credentials in messages (registry passwords and tokens) are shown as
 	f.viewFlags.register(cmd)
 	fl.StringVar(&f.record, "record", "", "also write every captured event to this file, for 'containerdsnoop decode' (raw payloads)")
 	fl.StringVar(&f.attach, "attach", "auto", "capture backend: auto or "+strings.Join(bpf.Backends(), ", "))
-	fl.IntVar(&f.ringBufSize, "ringbuf-size", bpf.DefaultRingBufSize, "bytes of kernel ring buffer between the capture and this process")
+	fl.IntVar(&f.ringBufSize, "ringbuf-size", bpf.DefaultRingBufSize, "bytes of kernel ring buffer between the capture and this process: a power of two from 4 KiB to 1 GiB")
+	fl.StringVar(&f.memBudget, "memory-budget", fmt.Sprintf("%dMi", budget.DefaultMemory>>20), "memory this process aims to stay within, besides the kernel ring buffer (e.g. 160Mi, 1Gi; at least 64Mi): the Go runtime's soft limit; the decoders' own limits keep hostile input under it (docs/security.md)")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "explain decisions (backend selection, peer probes) on stderr")
 	fl.BoolVar(&f.peerProbes, "peer-probes", true, "read HTTP/2 header fields from the Go processes at either end (uprobes), so connections open before the tracer decode fully; see docs/attach.md")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics of the calls shown at http://ADDR/metrics, e.g. :9520 (off by default)")
@@ -109,6 +122,9 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	}
 	filter, err := f.filter()
 	if err != nil {
+		return err
+	}
+	if err := f.check(stderr); err != nil {
 		return err
 	}
 	out, err := f.newOutput(cmd)
@@ -131,7 +147,9 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 		filter.PIDs = nil // the kernel filter is exact; the tree grows there
 	}
 	if f.verbose {
-		opts.Logf = func(format string, args ...any) { fmt.Fprintf(stderr, "containerdsnoop: "+format+"\n", args...) }
+		opts.Logf = func(format string, args ...any) {
+			fmt.Fprintln(stderr, "containerdsnoop: "+termsafe.Escape(fmt.Sprintf(format, args...)))
+		}
 	}
 	// Before attaching: containerd's answers to this process would
 	// otherwise be traced, as calls whose requests were never seen.
@@ -147,6 +165,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 
 	p := pipeline.New(out, filter)
 	p.CommOf = procComms()
+	p.SweepDead = pipeline.InitPIDNamespace()
 	p.Pods().Learn(known.sandboxes, known.containers)
 	var exp *spans.Exporter
 	if f.otlp != "" {
@@ -161,6 +180,9 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	if f.metricsAddr != "" {
 		m := metrics.New(version)
 		m.CaptureStats(tracer.Stats)
+		for _, c := range budget.All() {
+			m.AddDropCounter(c.Reason(), c.Load)
+		}
 		p.AddRecordSink(m)
 		p.AddSink(m)
 		if exp != nil {
@@ -242,6 +264,8 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 			if stopping.Load() {
 				break
 			}
+			// Free the state of connections whose processes are gone.
+			p.Sweep(time.Now())
 			if err := flush(); err != nil {
 				return err
 			}
@@ -313,6 +337,67 @@ func listPods(socket string, logf func(string, ...any)) podList {
 	return podList{sb, cs}
 }
 
+// Ring buffer bounds: the kernel wants a power of two of at least a page
+// (a tiny one only loses data: the overflow tests use 8 KiB on purpose);
+// above 1 GiB it is locked kernel memory no node should give a tracer.
+const (
+	minRingBufSize = 4 << 10
+	maxRingBufSize = 1 << 30
+)
+
+const minMemBudget = 64 << 20
+
+// parseSize reads a byte count with an optional suffix: Ki, Mi, Gi (powers
+// of 1024) or K, M, G (powers of 1000).
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"K", 1e3}, {"M", 1e6}, {"G", 1e9}} {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSuffix(s, u.suffix), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("invalid size %q", s)
+	}
+	return n * mult, nil
+}
+
+// check validates what trace alone is given against this machine, before
+// anything is attached. A --pid that does not exist is an error: the
+// filter is by number, so it could only ever match an unrelated process
+// that later reuses it. A --socket path that does not exist is only a
+// warning: a DaemonSet's tracer may well start before containerd has
+// created its socket, and the filter matches the path once it is bound.
+func (f *traceFlags) check(stderr io.Writer) error {
+	b, err := parseSize(f.memBudget)
+	if err != nil || b < minMemBudget {
+		return fmt.Errorf("invalid --memory-budget %q: want a size of at least 64Mi, e.g. 160Mi or 1Gi", f.memBudget)
+	}
+	// A soft limit: the runtime collects harder as it nears it. The hard
+	// bounds are the decoders' limits (internal/budget), sized so that
+	// hostile input stays under the default.
+	debug.SetMemoryLimit(b)
+	if n := f.ringBufSize; n < minRingBufSize || n > maxRingBufSize || n&(n-1) != 0 {
+		return fmt.Errorf("invalid --ringbuf-size %d: must be a power of two from %d (4 KiB) to %d (1 GiB)", n, minRingBufSize, maxRingBufSize)
+	}
+	for _, pid := range f.pids {
+		if err := unix.Kill(int(pid), 0); errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("--pid %d: no such process", pid)
+		}
+	}
+	if s := f.socket; s != "" && !strings.HasPrefix(s, "@") {
+		if _, err := os.Stat(s); errors.Is(err, fs.ErrNotExist) {
+			fmt.Fprintf(stderr, "containerdsnoop: warning: --socket %s does not exist (yet); its connections are shown once something binds it\n", termsafe.Escape(s))
+		}
+	}
+	return nil
+}
+
 // exitStatus passes on the traced command's exit status.
 // procComms names live processes from /proc/PID/comm, for the pipeline's
 // peers that have sent nothing yet. Answers are cached (a pid is looked up
@@ -356,9 +441,15 @@ func startLossWatch(t *bpf.Tracer, w interface{ Write([]byte) (int, error) }) *l
 	go func() {
 		defer close(l.stopped)
 		var last capture.Stats
+		var lastDrops []budget.Drop
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
 		report := func(final bool) {
+			if final {
+				reportDrops(w, nil, "in total")
+			} else {
+				lastDrops = reportDrops(w, lastDrops, "in the last second")
+			}
 			s, err := t.Stats()
 			if err != nil {
 				return
@@ -386,6 +477,16 @@ func startLossWatch(t *bpf.Tracer, w interface{ Write([]byte) (int, error) }) *l
 		}
 	}()
 	return l
+}
+
+// reportDrops prints what the decoders dropped to stay within their
+// limits since prev (internal/budget), one line per kind, and returns the
+// counters now.
+func reportDrops(w io.Writer, prev []budget.Drop, when string) []budget.Drop {
+	for _, d := range budget.Since(prev) {
+		fmt.Fprintf(w, "containerdsnoop: warning: dropped %s %s, to stay within the memory budget (docs/security.md)\n", d, when)
+	}
+	return budget.Drops()
 }
 
 func (l *lossWatch) stop() {

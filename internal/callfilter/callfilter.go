@@ -5,12 +5,14 @@
 package callfilter
 
 import (
+	"container/list"
 	"path"
 	"regexp"
 	"time"
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
 )
 
@@ -32,14 +34,35 @@ type Options struct {
 	Slow time.Duration
 }
 
-// maxHeld bounds the lines held for one unfinished call (a long stream).
-const maxHeld = 256
+// Bounds on what --errors and --slow hold, since any process can open
+// calls and never end them (or close the connection, or just exit): the
+// lines of one unfinished call (a long stream), the calls held at once
+// and the bytes their lines stand for. Past a bound the oldest held call's
+// lines are dropped (counted in budget.HeldCalls); if that call ends and
+// matches, its end line is still printed. A connection's held calls are
+// released when it closes: their ends will never come.
+const (
+	maxHeld      = 256
+	maxHeldCalls = 4096
+	maxHeldBytes = 32 << 20
+)
 
 // Filter passes the lines of selected calls to next.
 type Filter struct {
-	opts Options
-	next func(*call.Record)
-	held map[key][]*call.Record
+	opts   Options
+	next   func(*call.Record)
+	held   map[key]*heldCall
+	byConn map[uint64]map[key]*heldCall
+	order  list.List // of *heldCall, oldest first
+	bytes  int
+}
+
+type heldCall struct {
+	k     key
+	recs  []*call.Record
+	bytes int
+	first time.Time
+	el    *list.Element
 }
 
 type key struct {
@@ -50,7 +73,7 @@ type key struct {
 
 // New returns a Filter; when opts filter nothing it is a plain pass-through.
 func New(opts Options, next func(*call.Record)) *Filter {
-	return &Filter{opts: opts, next: next, held: map[key][]*call.Record{}}
+	return &Filter{opts: opts, next: next, held: map[key]*heldCall{}, byConn: map[uint64]map[key]*heldCall{}}
 }
 
 // Add takes the next line. Records are retained while their call is held.
@@ -64,13 +87,14 @@ func (f *Filter) Add(r *call.Record) {
 	}
 	k := key{r.Conn, r.Stream, r.Protocol}
 	if !r.Final {
-		if h := f.held[k]; len(h) < maxHeld {
-			f.held[k] = append(h, r)
-		}
+		f.hold(k, r)
 		return
 	}
-	held := f.held[k]
-	delete(f.held, k)
+	var held []*call.Record
+	if h := f.held[k]; h != nil {
+		held = h.recs
+		f.release(h)
+	}
 	if !f.endMatches(r) {
 		return
 	}
@@ -79,6 +103,66 @@ func (f *Filter) Add(r *call.Record) {
 	}
 	f.next(r)
 }
+
+func (f *Filter) hold(k key, r *call.Record) {
+	h := f.held[k]
+	if h == nil {
+		h = &heldCall{k: k, first: r.Time}
+		h.el = f.order.PushBack(h)
+		f.held[k] = h
+		if f.byConn[k.conn] == nil {
+			f.byConn[k.conn] = map[key]*heldCall{}
+		}
+		f.byConn[k.conn][k] = h
+	}
+	if len(h.recs) >= maxHeld {
+		return
+	}
+	n := max(r.WireBytes, 1)
+	h.recs = append(h.recs, r)
+	h.bytes += n
+	f.bytes += n
+	for (len(f.held) > maxHeldCalls || f.bytes > maxHeldBytes) && f.order.Len() > 1 {
+		f.release(f.order.Front().Value.(*heldCall))
+		budget.HeldCalls.Add(1)
+	}
+}
+
+func (f *Filter) release(h *heldCall) {
+	f.order.Remove(h.el)
+	delete(f.held, h.k)
+	if m := f.byConn[h.k.conn]; m != nil {
+		delete(m, h.k)
+		if len(m) == 0 {
+			delete(f.byConn, h.k.conn)
+		}
+	}
+	f.bytes -= h.bytes
+}
+
+// ConnClosed releases what is held for the calls of a connection that has
+// closed: their ends will never be seen.
+func (f *Filter) ConnClosed(conn uint64) {
+	for _, h := range f.byConn[conn] {
+		f.release(h)
+	}
+}
+
+// Expire drops the held lines of calls that started before t, counted in
+// budget.HeldCalls; an end that comes later is still printed alone.
+func (f *Filter) Expire(t time.Time) {
+	for f.order.Len() > 0 {
+		h := f.order.Front().Value.(*heldCall)
+		if !h.first.Before(t) {
+			return
+		}
+		f.release(h)
+		budget.HeldCalls.Add(1)
+	}
+}
+
+// Held is how many calls are held, for tests.
+func (f *Filter) Held() int { return len(f.held) }
 
 func (f *Filter) lineMatches(r *call.Record) bool {
 	o := &f.opts

@@ -66,3 +66,51 @@ func TestFilters(t *testing.T) {
 		})
 	}
 }
+
+// TestHeldBounded: calls that never end are held within bounds, released
+// when their connection closes, and expired; an end whose request was
+// dropped still prints.
+func TestHeldBounded(t *testing.T) {
+	var out []*call.Record
+	f := New(Options{Errors: true}, func(r *call.Record) { out = append(out, r) })
+	t0 := time.Unix(1000, 0)
+	req := func(conn uint64, stream uint32, bytes int) {
+		f.Add(&call.Record{Conn: conn, Stream: stream, Protocol: "ttrpc", Type: call.Request, Time: t0, WireBytes: bytes})
+	}
+	for conn := range uint64(64) {
+		for s := range uint32(10) {
+			req(conn, s, 1<<10)
+		}
+	}
+	if f.Held() != 640 {
+		t.Fatalf("%d held", f.Held())
+	}
+	for conn := range uint64(64) {
+		f.ConnClosed(conn)
+	}
+	if f.Held() != 0 || f.bytes != 0 || f.order.Len() != 0 || len(f.byConn) != 0 {
+		t.Fatalf("after the closes: %d held, %d bytes", f.Held(), f.bytes)
+	}
+
+	for s := range uint32(10000) {
+		req(1, s, 100)
+	}
+	if f.Held() != maxHeldCalls {
+		t.Fatalf("%d held, want the cap %d", f.Held(), maxHeldCalls)
+	}
+	for s := range uint32(100) {
+		req(2, s, 4<<20) // 400 MiB of requests
+	}
+	if f.bytes > maxHeldBytes {
+		t.Fatalf("%d bytes held", f.bytes)
+	}
+	// Call 0 on conn 1 was dropped long ago: its failed end prints alone.
+	f.Add(&call.Record{Conn: 1, Stream: 0, Protocol: "ttrpc", Type: call.Response, Final: true, Status: &call.Status{Code: codes.Internal}})
+	if len(out) != 1 || out[0].Type != call.Response {
+		t.Fatalf("printed %d lines", len(out))
+	}
+	f.Expire(t0.Add(time.Second))
+	if f.Held() != 0 || f.bytes != 0 {
+		t.Fatalf("after expiry: %d held, %d bytes", f.Held(), f.bytes)
+	}
+}

@@ -1,11 +1,13 @@
 package grpcdecode
 
 import (
+	"fmt"
 	"strconv"
 	"time"
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/h2"
@@ -86,7 +88,7 @@ func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
 	case h2.Preface:
 		// Calls still open belonged to the previous connection on these
 		// sockets; their ends will never be seen.
-		s.calls.Clear()
+		s.clear()
 		s.reset = [maxReset]uint32{}
 	case h2.Lost:
 		for _, cl := range s.calls.All() {
@@ -158,6 +160,15 @@ func (d *Decoder) Closed(c *h2.Conn) {
 			r.Note = "connection closed before the call ended"
 			d.emit(r)
 		}
+	}
+	s.clear()
+}
+
+// clear drops every open call, and what their partial messages reserved.
+func (s *connState) clear() {
+	for _, cl := range s.calls.All() {
+		cl.split[call.Request].reset()
+		cl.split[call.Response].reset()
 	}
 	s.calls.Clear()
 }
@@ -287,7 +298,14 @@ func (d *Decoder) message(c *h2.Conn, cl *grpcCall, dir call.Type, m message, ev
 	r := d.record(c, cl, dir, ev)
 	r.WireBytes = 5 + len(m.payload)
 	payload := m.payload
-	if m.compressed {
+	if m.skipped > 0 {
+		r.WireBytes = 5 + m.skipped
+		r.Note = fmt.Sprintf("message of %d bytes not decoded: over the %d MiB limit (docs/security.md)", m.skipped, MaxHeldMessage>>20)
+		if m.skipped <= MaxHeldMessage {
+			r.Note = fmt.Sprintf("message of %d bytes not decoded: partial messages over their %d MiB budget (docs/security.md)", m.skipped, budget.MaxPartialMessages>>20)
+		}
+		budget.Messages.Add(1)
+	} else if m.compressed {
 		var err error
 		if payload, err = inflate(cl.enc[dir], m.payload); err != nil {
 			r.Note = err.Error()
@@ -351,6 +369,8 @@ func (d *Decoder) record(c *h2.Conn, cl *grpcCall, dir call.Type, ev *h2.Event) 
 
 func (d *Decoder) finish(c *h2.Conn, s *connState, cl *grpcCall, ev *h2.Event, st *call.Status) {
 	s.calls.Delete(cl.stream)
+	cl.split[call.Request].reset()
+	cl.split[call.Response].reset()
 	r := cl.held
 	if r == nil {
 		r = d.record(c, cl, call.Response, ev)

@@ -5,6 +5,8 @@ import (
 	"compress/gzip"
 	"encoding/binary"
 	"testing"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 )
 
 func frame(flag byte, payload []byte) []byte {
@@ -77,5 +79,67 @@ func TestPercentDecode(t *testing.T) {
 		if got := percentDecode(in); got != want {
 			t.Errorf("percentDecode(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestSplitterSkipsHuge: a message over MaxHeldMessage is skipped as its
+// bytes arrive, never buffered, and reported by its size; the next
+// message is split as usual.
+func TestSplitterSkipsHuge(t *testing.T) {
+	var s splitter
+	n := MaxHeldMessage + 1
+	hdr := []byte{0, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
+	chunk := make([]byte, 1<<20)
+	var got []message
+	add := func(b []byte) {
+		out, err := s.add(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, out...)
+		if cap(s.buf) > 2<<20 {
+			t.Fatalf("splitter holds %d bytes", cap(s.buf))
+		}
+	}
+	add(append(hdr, chunk[:100]...))
+	for sent := 100; sent < n; sent += len(chunk) {
+		add(chunk[:min(len(chunk), n-sent)])
+	}
+	add(frame(0, []byte("next")))
+	if len(got) != 2 || got[0].skipped != n || got[0].payload != nil || string(got[1].payload) != "next" {
+		t.Fatalf("messages %+v", got)
+	}
+}
+
+// TestPartialBudget: messages held partly received are bounded over all
+// streams at the size they claim; past it a large one is skipped as its
+// bytes arrive, small ones are always held, and finishing or resetting
+// releases the reservation.
+func TestPartialBudget(t *testing.T) {
+	before := budget.PartialMessages.Load()
+	hdr := func(n int) []byte { return []byte{0, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)} }
+	const claim = 30 << 20 // under MaxHeldMessage
+	var held []*splitter
+	for range budget.MaxPartialMessages / claim {
+		s := &splitter{}
+		if _, err := s.add(append(hdr(claim), 1, 2, 3)); err != nil || s.skip != 0 {
+			t.Fatalf("first claims: skip %d, %v", s.skip, err)
+		}
+		held = append(held, s)
+	}
+	over := &splitter{}
+	over.add(append(hdr(claim), 1, 2, 3))
+	if over.skip != claim-3 || over.reserved != 0 {
+		t.Fatalf("claim past the budget: skip %d, reserved %d", over.skip, over.reserved)
+	}
+	small := &splitter{}
+	if out, _ := small.add(append(hdr(1000), make([]byte, 1000)...)); len(out) != 1 || out[0].skipped != 0 {
+		t.Fatalf("small message not decoded past the budget: %+v", out)
+	}
+	for _, s := range held {
+		s.reset()
+	}
+	if got := budget.PartialMessages.Load(); got != before {
+		t.Fatalf("%d bytes still reserved after the resets", got-before)
 	}
 }

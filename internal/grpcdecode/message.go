@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
 )
 
@@ -15,6 +16,15 @@ import (
 // default limit is 16 MiB.
 const maxMessage = 64 << 20
 
+// MaxHeldMessage is the largest message buffered to be decoded: twice
+// containerd's own limit (16 MiB), so real traffic never exceeds it (a
+// 16 MiB payload with its protobuf framing is a little over 16 MiB, and
+// the end-to-end tests send such). A larger message
+// (up to maxMessage) is skipped as its bytes arrive, never buffered, and
+// shown by its size with a note: otherwise streams announcing large
+// messages and trickling their bytes would make the tracer hold them all.
+const MaxHeldMessage = 32 << 20
+
 // splitter cuts one direction of a stream into gRPC messages.
 type splitter struct {
 	buf []byte
@@ -22,6 +32,29 @@ type splitter struct {
 	// dropped at the next add, so those messages stay valid until then.
 	done int
 	out  []message
+	// skip is what is left of a message over MaxHeldMessage, skipLen its
+	// size and skipCompressed its flag.
+	skip, skipLen  int
+	skipCompressed bool
+	// reserved is what this splitter counts in budget.PartialMessages:
+	// the size its partial message claims.
+	reserved int
+}
+
+// smallMessage is a size every partial message may hold whatever the
+// budget, so that ordinary calls never depend on it.
+const smallMessage = 64 << 10
+
+// reserve sets this splitter's share of the process-wide budget for
+// partial messages to n, and reports whether that fits (n up to
+// smallMessage always does).
+func (s *splitter) reserve(n int) bool {
+	if n > smallMessage && budget.PartialMessages.Load()-int64(s.reserved)+int64(n) > budget.MaxPartialMessages {
+		return false
+	}
+	budget.PartialMessages.Add(int64(n - s.reserved))
+	s.reserved = n
+	return true
 }
 
 type message struct {
@@ -29,6 +62,9 @@ type message struct {
 	// payload points into the splitter's buffer: valid until its next add
 	// or reset. Whatever keeps it longer copies it (decoding copies).
 	payload []byte
+	// skipped, when not 0, is the size of a message that was not held
+	// (over MaxHeldMessage); payload is nil.
+	skipped int
 }
 
 // add appends DATA and returns the messages it completed, valid until the
@@ -37,20 +73,50 @@ type message struct {
 // dropped.
 func (s *splitter) add(data []byte) ([]message, error) {
 	if s.done > 0 {
-		s.buf = append(s.buf[:0], s.buf[s.done:]...)
+		s.buf = budget.Consume(s.buf, s.done)
 		s.done = 0
 	}
-	s.buf = append(s.buf, data...)
 	out := s.out[:0]
+	if s.skip > 0 {
+		k := min(s.skip, len(data))
+		s.skip -= k
+		data = data[k:]
+		if s.skip > 0 {
+			s.out = out
+			return out, nil
+		}
+		out = append(out, message{compressed: s.skipCompressed, skipped: s.skipLen})
+	}
+	s.buf = append(s.buf, data...)
 	off := 0
+	waiting := false // for the rest of a message, reserved at its size
 	for len(s.buf)-off >= 5 {
 		flag := s.buf[off]
 		n := binary.BigEndian.Uint32(s.buf[off+1 : off+5])
 		if flag > 1 || n > maxMessage {
 			s.done = len(s.buf) // drop it all at the next add
+			s.out = out
+			s.reserve(0)
 			return out, fmt.Errorf("not at a gRPC message boundary (flag %d, length %d)", flag, n)
 		}
-		if len(s.buf)-off-5 < int(n) {
+		have := len(s.buf) - off - 5
+		// A message that is not complete yet is held only within its
+		// limit and, past smallMessage, within the process's budget for
+		// partial messages (reserved at its claimed size, so trickling
+		// its bytes cannot grow what is held).
+		if n > MaxHeldMessage || have < int(n) && !s.reserve(int(n)) {
+			// Skip it from here on; what is already buffered goes too.
+			if have >= int(n) {
+				out = append(out, message{compressed: flag == 1, skipped: int(n)})
+				off += 5 + int(n)
+				continue
+			}
+			s.skip, s.skipLen, s.skipCompressed = int(n)-have, int(n), flag == 1
+			off = len(s.buf)
+			break
+		}
+		if have < int(n) {
+			waiting = true
 			break
 		}
 		out = append(out, message{compressed: flag == 1, payload: s.buf[off+5 : off+5+int(n) : off+5+int(n)]})
@@ -58,6 +124,9 @@ func (s *splitter) add(data []byte) ([]message, error) {
 	}
 	s.done = off
 	s.out = out
+	if !waiting {
+		s.reserve(0)
+	}
 	return out, nil
 }
 
@@ -97,8 +166,11 @@ func alignedStart(data []byte) bool {
 	return true
 }
 
-func (s *splitter) partial() bool { return len(s.buf) > s.done }
-func (s *splitter) reset()        { s.buf, s.done = s.buf[:0], 0 }
+func (s *splitter) partial() bool { return len(s.buf) > s.done || s.skip > 0 }
+func (s *splitter) reset() {
+	s.buf, s.done, s.skip = s.buf[:0], 0, 0
+	s.reserve(0)
+}
 
 // inflate undoes the message compression named by grpc-encoding.
 func inflate(encoding string, b []byte) ([]byte, error) {

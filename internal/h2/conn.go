@@ -7,6 +7,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/h2/hpack"
 	"github.com/containerdsnoop/containerdsnoop/internal/stream"
@@ -70,8 +71,8 @@ func (c *Conn) Unresolved() uint64 {
 const (
 	defaultMaxFrame = 16384
 	// maxBuffered bounds what a direction holds while waiting for a frame
-	// or a sync point; a legal frame is at most 16 MiB.
-	maxBuffered = 1<<24 + frameHeaderLen
+	// or a sync point: a frame up to budget.MaxHTTP2Frame.
+	maxBuffered = budget.MaxHTTP2Frame + frameHeaderLen
 )
 
 type direction struct {
@@ -88,6 +89,9 @@ type direction struct {
 	blockStream uint32
 	blockEnd    bool
 	inBlock     bool
+	// blockDropped: the block in progress grew past budget.MaxHeaderBlock
+	// and is not held; it ends with its table changes unknown.
+	blockDropped bool
 }
 
 // PeerDirection names, for one direction of one connection, the header
@@ -133,7 +137,7 @@ func (d *Decoder) conn(sc *stream.Conn) *Conn {
 
 func (dir *direction) init() {
 	dir.maxFrame = defaultMaxFrame
-	dir.dec = hpack.NewDecoder()
+	dir.dec = newHPACK()
 	dir.fr = http2.NewFramer(io.Discard, &dir.rd)
 	// Frame sizes are checked by plausible(); the framer must not reject
 	// what the peer legally negotiated.
@@ -172,13 +176,9 @@ func (d *Decoder) desync(c *Conn, end int, cap *capture.Event) {
 	dir := &c.dirs[end]
 	dir.synced = false
 	dir.started = true
-	dir.inBlock = false
+	dir.inBlock, dir.blockDropped = false, false
 	dir.block = dir.block[:0]
-	dir.dec = hpack.NewDecoder()
-	if dir.peer != nil {
-		dir.peer.Reset()
-		dir.dec.SetResolver(dir.peer)
-	}
+	dir.freshHPACK()
 	dir.fr = http2.NewFramer(io.Discard, &dir.rd)
 	dir.fr.SetMaxReadFrameSize(1<<24 - 1)
 	d.h.Event(c, &Event{Kind: Lost, End: end, Cap: cap})
@@ -189,7 +189,7 @@ func (d *Decoder) parse(c *Conn, end int, cap *capture.Event) {
 	consumed := 0
 	defer func() {
 		if consumed > 0 {
-			dir.buf = append(dir.buf[:0], dir.buf[consumed:]...)
+			dir.buf = budget.Consume(dir.buf, consumed)
 		}
 	}()
 	for {
@@ -222,6 +222,11 @@ func (d *Decoder) parse(c *Conn, end int, cap *capture.Event) {
 		}
 		h := parseHeader(b)
 		if !h.plausible(max(dir.maxFrame, defaultMaxFrame)) {
+			if h.length > budget.MaxHTTP2Frame && h.plausible(1<<24-1) {
+				// A legal frame, too large to hold: counted, skipped by
+				// resynchronizing.
+				budget.Frames.Add(1)
+			}
 			d.desync(c, end, cap)
 			continue
 		}
@@ -290,11 +295,12 @@ func (d *Decoder) frame(c *Conn, end int, f http2.Frame, cap *capture.Event) {
 			peer.dec.SetMaxTableSize(v)
 		}
 		if v, ok := f.Value(http2.SettingMaxFrameSize); ok && v >= defaultMaxFrame {
-			peer.maxFrame = v
+			peer.maxFrame = min(v, budget.MaxHTTP2Frame)
 		}
 	case *http2.HeadersFrame:
-		dir.block = append(dir.block[:0], f.HeaderBlockFragment()...)
+		dir.block, dir.blockDropped = dir.block[:0], false
 		dir.blockStream, dir.blockEnd = f.StreamID, f.StreamEnded()
+		dir.addBlock(f.HeaderBlockFragment())
 		dir.inBlock = !f.HeadersEnded()
 		if !dir.inBlock {
 			d.headerBlock(c, end, cap)
@@ -303,7 +309,7 @@ func (d *Decoder) frame(c *Conn, end int, f http2.Frame, cap *capture.Event) {
 		if !dir.inBlock || f.StreamID != dir.blockStream {
 			return
 		}
-		dir.block = append(dir.block, f.HeaderBlockFragment()...)
+		dir.addBlock(f.HeaderBlockFragment())
 		if f.HeadersEnded() {
 			dir.inBlock = false
 			d.headerBlock(c, end, cap)
@@ -330,12 +336,69 @@ func (d *Decoder) frame(c *Conn, end int, f http2.Frame, cap *capture.Event) {
 	}
 }
 
+// addBlock appends a fragment of the header block in progress, unless
+// the block has grown past budget.MaxHeaderBlock: then it is no longer
+// held (a HEADERS frame followed by endless CONTINUATION frames holds
+// nothing) and its end makes the table unknown.
+func (dir *direction) addBlock(frag []byte) {
+	if dir.blockDropped {
+		return
+	}
+	if len(dir.block)+len(frag) > budget.MaxHeaderBlock {
+		dir.blockDropped = true
+		dir.block = nil
+		return
+	}
+	dir.block = append(dir.block, frag...)
+}
+
+// newHPACK returns a decoder for a direction joined mid-stream, with the
+// budget's limits on what a block and the table may hold.
+func newHPACK() *hpack.Decoder {
+	d := hpack.NewDecoder()
+	d.SetLimits(budget.MaxHeaderList, budget.MaxHPACKTable)
+	return d
+}
+
+// freshHPACK gives the direction a decoder whose table is unknown, as on
+// attaching mid-stream, with its peer fields started over.
+func (dir *direction) freshHPACK() {
+	dir.dec = newHPACK()
+	if dir.peer != nil {
+		dir.peer.Reset()
+		dir.dec.SetResolver(dir.peer)
+	}
+}
+
+// releaseBlock lets go of a large block's buffer: one large block must not
+// pin it for the connection's life.
+func (dir *direction) releaseBlock() {
+	if cap(dir.block) > 64<<10 {
+		dir.block = nil
+	}
+}
+
 func (d *Decoder) headerBlock(c *Conn, end int, cap *capture.Event) {
 	dir := &c.dirs[end]
+	defer dir.releaseBlock()
+	if dir.blockDropped {
+		// Its table changes are unknown: the table starts over as if the
+		// tracer had just attached, so later references to them show as
+		// unknown, never wrong. The stream's other frames still show.
+		dir.blockDropped = false
+		dir.freshHPACK()
+		budget.HeaderBlocks.Add(1)
+		return
+	}
 	if dir.peer != nil {
 		dir.peer.Begin(cap, dir.block)
 	}
 	fields, err := dir.dec.Decode(dir.block)
+	if errors.Is(err, hpack.ErrListTooLarge) {
+		// The table is still exact; only this block's fields are lost.
+		budget.HeaderBlocks.Add(1)
+		return
+	}
 	if err != nil || !plausibleFields(fields) {
 		// The table is now in an unknown state, or the block was not a
 		// header block at all (a false frame boundary): start over.

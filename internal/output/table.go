@@ -13,6 +13,7 @@ import (
 
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
 	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
+	"github.com/containerdsnoop/containerdsnoop/internal/termsafe"
 )
 
 // The table's columns, padded so that lines align. MESSAGE, the only one
@@ -56,7 +57,11 @@ func (t *tableWriter) Write(r *call.Record) error {
 	line := fmt.Sprintf(tableHeader, r.Time.Format("15:04:05.000000"), r.Comm, fmt.Sprint(r.PID), fmt.Sprint(r.TID),
 		fmt.Sprint(r.PeerPID), typ, fmt.Sprint(r.Stream), method, status, latency, tableMessage(r))
 	line = strings.TrimRight(line, "\n")
-	line = cut(line, t.opts.Width)
+	// Every string in the line may come from any local process (comm,
+	// method, message, status message, container id, note): escaped as a
+	// whole, before the cut, so that no escape sequence or bidi control
+	// reaches the terminal.
+	line = cut(termsafe.Escape(line), t.opts.Width)
 	t.w.WriteString(line)
 	return t.w.WriteByte('\n')
 }

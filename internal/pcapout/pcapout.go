@@ -47,7 +47,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"runtime"
 	"time"
 
@@ -57,6 +56,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
+	"github.com/containerdsnoop/containerdsnoop/internal/safefile"
 	"github.com/containerdsnoop/containerdsnoop/internal/stream"
 )
 
@@ -128,10 +128,11 @@ type flow struct {
 	size    int
 }
 
-// Create creates (or truncates) path, readable by its owner only (it holds
-// whatever the traced processes sent), and writes the pcapng header.
+// Create creates path, new (an existing path is an error, see
+// internal/safefile) and readable by its owner only (it holds whatever the
+// traced processes sent), and writes the pcapng header.
 func Create(path string, opts Options) (*Writer, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := safefile.Create(path)
 	if err != nil {
 		return nil, err
 	}

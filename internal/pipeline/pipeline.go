@@ -9,7 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
 	"github.com/containerdsnoop/containerdsnoop/internal/callfilter"
@@ -19,6 +21,7 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/output"
 	"github.com/containerdsnoop/containerdsnoop/internal/peerfields"
 	"github.com/containerdsnoop/containerdsnoop/internal/pods"
+	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
 	"github.com/containerdsnoop/containerdsnoop/internal/redact"
 	"github.com/containerdsnoop/containerdsnoop/internal/stream"
 	"github.com/containerdsnoop/containerdsnoop/internal/summary"
@@ -63,6 +66,7 @@ type Pipeline struct {
 	records    []RecordSink
 	pods       *pods.Index
 	lastExpiry time.Time
+	lastSweep  time.Time
 	err        error
 	// held: undecided chunks per sending socket (undecided.go).
 	held      map[uint64]*held
@@ -78,6 +82,11 @@ type Pipeline struct {
 	// HeldDropped counts bytes of undecided chunks dropped because the
 	// bounds on what is held were reached.
 	HeldDropped uint64
+	// SweepDead lets Sweep free connections whose processes have exited.
+	// Set it only for a live trace in the initial PID namespace (see
+	// InitPIDNamespace): elsewhere every pid would look dead, and a
+	// recording's pids are not this machine's.
+	SweepDead bool
 }
 
 // IdleTimeout is how long a silent connection is kept. Its HTTP/2 state
@@ -99,7 +108,7 @@ func New(out output.Writer, f Filter) *Pipeline {
 	}
 	grpc := grpcdecode.New(p.write)
 	p.h2 = h2.NewDecoder(grpc)
-	p.sinks = tee{newMux(p.h2, ttrpc.NewDecoder(p.write), f.Protocol)}
+	p.sinks = tee{newMux(p.h2, ttrpc.NewDecoder(p.write), f.Protocol), closer{p.calls}}
 	p.asm = stream.New(&p.sinks)
 	return p
 }
@@ -143,6 +152,19 @@ func (t *tee) Closed(c *stream.Conn) {
 	}
 }
 
+// closer releases what the call filter holds for a connection once the
+// decoders have seen it close.
+type closer struct{ calls *callfilter.Filter }
+
+func (closer) Bytes(*stream.Conn, int, *capture.Event, []byte) {}
+func (closer) Gap(*stream.Conn, int, uint64)                   {}
+func (c closer) Closed(sc *stream.Conn)                        { c.calls.ConnClosed(sc.ID) }
+
+// HeldTimeout is how long --errors and --slow hold a call's request for
+// its end: past it the request is dropped (counted) and the end, if it
+// comes, is printed alone.
+const HeldTimeout = time.Hour
+
 // Feed takes the next capture event.
 func (p *Pipeline) Feed(ev *capture.Event) {
 	if p.socket != "" && !p.socketMatches(ev.Path) {
@@ -164,7 +186,44 @@ func (p *Pipeline) Feed(ev *capture.Event) {
 		p.lastExpiry = ev.Time
 		p.asm.Expire(ev.Time.Add(-IdleTimeout))
 		p.expireHeld(ev.Time.Add(-IdleTimeout))
+		p.calls.Expire(ev.Time.Add(-HeldTimeout))
 	}
+	p.Sweep(ev.Time)
+}
+
+// SweepIdle is how long a connection must be silent before Sweep checks
+// whether its processes are still alive.
+const SweepIdle = 2 * time.Second
+
+// Sweep frees the state of connections whose processes have all exited
+// (at most every SweepIdle): a process that exits without close() leaves
+// its sockets to the kernel, and no close is traced, on any backend. Call
+// it when the capture is idle too, so that state is freed within seconds
+// also when nothing else is sent. A connection whose socket outlives the
+// process that last used it (passed to or inherited by another) is
+// dropped too and decoded as joined mid-stream if it is used again:
+// never wrong. Only with SweepDead set.
+func (p *Pipeline) Sweep(now time.Time) {
+	if !p.SweepDead || now.Sub(p.lastSweep) < SweepIdle {
+		return
+	}
+	p.lastSweep = now
+	p.asm.Sweep(now.Add(-SweepIdle), func(c *stream.Conn) bool {
+		return !alive(c.Ends[0].PID) && !alive(c.Ends[1].PID)
+	})
+}
+
+// InitPIDNamespace reports whether this process runs in the kernel's
+// initial PID namespace, whose pids the capture reports: its namespace
+// file's inode is the kernel's fixed PROC_PID_INIT_INO.
+func InitPIDNamespace() bool {
+	var st unix.Stat_t
+	return unix.Stat("/proc/self/ns/pid", &st) == nil && st.Ino == 0xEFFFFFFC
+}
+
+// alive reports whether process pid exists; 0 (unknown) is not alive.
+func alive(pid uint32) bool {
+	return pid != 0 && unix.Kill(int(pid), 0) != unix.ESRCH
 }
 
 // EnablePeerFields makes HTTP/2 decoding name the header table entries of
@@ -214,6 +273,9 @@ func (p *Pipeline) write(r *call.Record) {
 	if !p.filter.ShowSecrets && r.Message != nil {
 		r.Message = p.redacted(r.Message)
 	}
+	if !p.filter.ShowSecrets && r.Message == nil && len(r.Raw) > 0 {
+		r.Raw = redactedRaw(r)
+	}
 	p.calls.Add(r)
 }
 
@@ -237,6 +299,33 @@ func (p *Pipeline) redacted(m proto.Message) proto.Message {
 	}
 	p.redactions[m] = out
 	return out
+}
+
+// redactedRaw hides the secrets of a message shown without its schema: it
+// is parsed as the guessed method's type, then as each type that can
+// carry a credential; the first that fits strictly and hides something
+// gives the bytes shown (the same message, secrets replaced). What fits
+// no such type has no field a known type calls a secret, and is shown as
+// it is.
+func redactedRaw(r *call.Record) []byte {
+	var types []protoreflect.MessageType
+	if m, ok := protoreg.Lookup(r.MethodGuess); ok && r.MethodGuess != "" {
+		if r.Type == call.Request {
+			types = append(types, m.Input)
+		} else {
+			types = append(types, m.Output)
+		}
+	}
+	for _, t := range append(types, protoreg.CredentialTypes(redact.SecretField)...) {
+		m, ok := protoreg.Fit(r.Raw, t)
+		if !ok || !redact.Message(m) {
+			continue
+		}
+		if b, err := (proto.MarshalOptions{Deterministic: true}).Marshal(m); err == nil {
+			return b
+		}
+	}
+	return r.Raw
 }
 
 // emit takes a record the filters selected.

@@ -52,6 +52,12 @@ func buildGuessTypes() {
 		if slices.ContainsFunc(ttrpcOnly, func(p string) bool { return strings.HasPrefix(m.Path, p) }) {
 			continue
 		}
+		// CRI v1alpha2 has v1's message shapes (v1alpha2.go): every payload
+		// fitting one fits its twin, so only v1 is a candidate. A guess of
+		// runtime.v1.X on an older client may be runtime.v1alpha2.X.
+		if strings.HasPrefix(m.Path, "/"+v1alpha2Package+".") {
+			continue
+		}
 		guessTypes = append(guessTypes, guessCandidate{m.Path, m.Input})
 	}
 }

@@ -1,8 +1,10 @@
 package protoreg
 
 import (
+	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -54,5 +56,25 @@ func TestSchemaless(t *testing.T) {
 	}
 	if _, ok := Schemaless([]byte{0x0a, 0x05, 'h'}); ok {
 		t.Fatal("truncated message accepted")
+	}
+}
+
+// TestV1alpha2: CRI v1alpha2 calls are known, with the v1 message shapes
+// under the v1alpha2 names, and decode like v1's.
+func TestV1alpha2(t *testing.T) {
+	m, ok := Lookup("/runtime.v1alpha2.ImageService/PullImage")
+	if !ok || m.Input.Descriptor().FullName() != "runtime.v1alpha2.PullImageRequest" || m.Output.Descriptor().FullName() != "runtime.v1alpha2.PullImageResponse" {
+		t.Fatalf("PullImage: %v %+v", ok, m)
+	}
+	if m, ok := Lookup("/runtime.v1alpha2.RuntimeService/Version"); !ok || m.Input.Descriptor().FullName() != "runtime.v1alpha2.VersionRequest" {
+		t.Fatalf("Version: %v", ok)
+	}
+	b, _ := proto.Marshal(&runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: "busybox"}, Auth: &runtimeapi.AuthConfig{Username: "u", Password: "p"}})
+	msg := m.Input.New().Interface()
+	if err := proto.Unmarshal(b, msg); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(strings.Fields(prototext.Format(msg)), " "); !strings.Contains(got, `password: "p"`) || !strings.Contains(got, `image: "busybox"`) {
+		t.Fatalf("decoded %s", got)
 	}
 }

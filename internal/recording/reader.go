@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"slices"
@@ -345,6 +346,16 @@ func (r *Reader) event(body []byte, ev *capture.Event) error {
 	}
 	if comm >= uint64(len(r.dict)) || path >= uint64(len(r.dict)) {
 		return errors.New("string index not in the dictionary")
+	}
+	// The data must be exactly what Len says (none for a fault or a
+	// close): a record that disagrees is damage, never decoded, or the
+	// stream offsets after it would be wrong.
+	want := uint64(ev.Len)
+	if ev.Fault || ev.Close {
+		want = 0
+	}
+	if uint64(len(d.b)) != want {
+		return fmt.Errorf("event of %d bytes holds %d bytes of data", ev.Len, len(d.b))
 	}
 	ev.Comm, ev.Path = r.dict[comm], r.dict[path]
 	ev.Time = time.Unix(0, t)

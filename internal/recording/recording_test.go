@@ -8,6 +8,7 @@ import (
 	"io"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -161,7 +162,7 @@ func TestDictionaryReset(t *testing.T) {
 	for i := range 70000 {
 		ev := evs[i%len(evs)]
 		ev.Comm = fmt.Sprintf("c%d", i)
-		ev.Data = nil
+		ev.Data, ev.Len = nil, 0
 		many = append(many, ev)
 	}
 	got, _, err := readAll(t, record(t, many))
@@ -483,5 +484,25 @@ func TestFieldRoundTrip(t *testing.T) {
 	bad[i-4] = 1 // name_len, before value_len, prefix_len and the name's own length
 	if _, _, err := readAll(t, bad); err == nil || !errors.Is(err, recording.ErrCorrupt) {
 		t.Fatalf("field longer than it says: %v", err)
+	}
+}
+
+// TestLengthMismatchIsDamage: an event whose length disagrees with its data
+// (more, fewer, or data on a fault or close) is reported as corruption at
+// that record, after the events before it, never decoded.
+func TestLengthMismatchIsDamage(t *testing.T) {
+	evs := fixtureEvents(t, "unary_version")
+	for name, spoil := range map[string]func(*capture.Event){
+		"longer":  func(ev *capture.Event) { ev.Len++ },
+		"shorter": func(ev *capture.Event) { ev.Len-- },
+		"fault":   func(ev *capture.Event) { ev.Fault = true },
+		"close":   func(ev *capture.Event) { ev.Close = true },
+	} {
+		bad := slices.Clone(evs)
+		spoil(&bad[2])
+		got, _, err := readAll(t, record(t, bad))
+		if !errors.Is(err, recording.ErrCorrupt) || !strings.Contains(err.Error(), "holds") || len(got) != 2 {
+			t.Errorf("%s: %d events, error %v; want the 2 before it and corruption", name, len(got), err)
+		}
 	}
 }

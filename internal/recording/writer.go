@@ -7,10 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"time"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
+	"github.com/containerdsnoop/containerdsnoop/internal/safefile"
 )
 
 // Writer writes a recording. Writes are buffered; Close flushes them and
@@ -38,11 +38,12 @@ type Writer struct {
 // bufSize is the write buffer: a few hundred events between syscalls.
 const bufSize = 256 << 10
 
-// Create creates (or truncates) the file at path, readable by its owner
-// only (it holds whatever the traced processes sent), and starts a
-// recording in it. Close closes the file.
+// Create creates the file at path, new (an existing path is an error,
+// see internal/safefile) and readable by its owner only (it holds
+// whatever the traced processes sent), and starts a recording in it.
+// Close closes the file.
 func Create(path string, h Header) (*Writer, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := safefile.Create(path)
 	if err != nil {
 		return nil, err
 	}

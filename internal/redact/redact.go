@@ -8,9 +8,12 @@
 // and map entries keyed like an HTTP credential header (Authorization,
 // Cookie, ...) such as the transfer service's registry resolver headers.
 // Messages inside google.protobuf.Any are unpacked, redacted and packed
-// again. Messages of unknown type (shown schema-less) cannot be inspected
-// and are printed as they are; raw bytes in recordings and pcap files are
-// never redacted.
+// again. A message of unknown type (shown schema-less: a connection joined
+// mid-stream, a method not compiled in) is parsed as its guessed type, and
+// as each compiled-in type that can carry a credential; if it fits one
+// strictly and that hides something, it is shown with the secrets hidden
+// (internal/pipeline). Raw bytes in recordings and pcap files are never
+// redacted.
 package redact
 
 import (
@@ -47,6 +50,11 @@ var secretHeaders = map[string]bool{
 	"cookie":              true,
 	"x-registry-auth":     true,
 	"x-registry-config":   true,
+}
+
+// SecretField reports whether fd's values are hidden wherever it occurs.
+func SecretField(fd protoreflect.FieldDescriptor) bool {
+	return secretFields[fd.Name()] && isText(fd)
 }
 
 // Message hides secrets in m, in place, and reports whether it hid any.

@@ -11,6 +11,7 @@
 package stream
 
 import (
+	"container/list"
 	"time"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
@@ -44,6 +45,8 @@ type Conn struct {
 	// client is 1 + the index of the client's end, 0 while unknown.
 	client uint8
 	ids    *uint64
+	k      key
+	el     *list.Element // in Assembler.lru
 }
 
 // ClientEnd returns the index of the client's end: the one that sends
@@ -94,6 +97,10 @@ type Assembler struct {
 	sink   Sink
 	conns  map[key]*Conn
 	nextID *uint64
+	// lru orders the connections by their last event, oldest first, so
+	// that eviction and expiry cost O(1) per connection dropped rather
+	// than a scan of all of them (a process can keep thousands open).
+	lru list.List
 	// MaxConns bounds memory on nodes with many short-lived clients: past
 	// it, the least recently active connection is dropped.
 	MaxConns int
@@ -127,10 +134,13 @@ func (a *Assembler) Feed(ev *capture.Event) {
 		if len(a.conns) >= a.MaxConns {
 			a.evictOldest()
 		}
-		c = &Conn{ids: a.nextID}
+		c = &Conn{ids: a.nextID, k: k}
 		c.Renew()
 		c.Ends[0].Sock, c.Ends[1].Sock = ev.Sock, ev.PeerSock
 		a.conns[k] = c
+		c.el = a.lru.PushBack(c)
+	} else {
+		a.lru.MoveToBack(c.el)
 	}
 	end := 0
 	if c.Ends[1].Sock == ev.Sock {
@@ -180,9 +190,29 @@ func (c *Conn) endOf(sock uint64) *End {
 
 // Expire drops connections idle since before cutoff.
 func (a *Assembler) Expire(cutoff time.Time) {
-	for k, c := range a.conns {
-		if c.Last.Before(cutoff) {
-			a.drop(k, c)
+	for a.lru.Len() > 0 {
+		c := a.lru.Front().Value.(*Conn)
+		if !c.Last.Before(cutoff) {
+			return
+		}
+		a.drop(c.k, c)
+	}
+}
+
+// Sweep drops the connections idle since before cutoff for which dead
+// says so (e.g. both processes have exited without closing their
+// sockets, which the kernel then closes without a close() to trace).
+// Connections active since cutoff are not looked at.
+func (a *Assembler) Sweep(cutoff time.Time, dead func(*Conn) bool) {
+	for e := a.lru.Front(); e != nil; {
+		c := e.Value.(*Conn)
+		if !c.Last.Before(cutoff) {
+			return
+		}
+		e = e.Next()
+		if dead(c) {
+			c.Closed = true
+			a.drop(c.k, c)
 		}
 	}
 }
@@ -200,17 +230,12 @@ func (a *Assembler) Close() {
 func (a *Assembler) drop(k key, c *Conn) {
 	a.sink.Closed(c)
 	delete(a.conns, k)
+	a.lru.Remove(c.el)
 }
 
 func (a *Assembler) evictOldest() {
-	var oldest *Conn
-	var ok key
-	for k, c := range a.conns {
-		if oldest == nil || c.Last.Before(oldest.Last) {
-			oldest, ok = c, k
-		}
-	}
-	if oldest != nil {
-		a.drop(ok, oldest)
+	if e := a.lru.Front(); e != nil {
+		c := e.Value.(*Conn)
+		a.drop(c.k, c)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 )
@@ -68,5 +69,47 @@ func TestAssemblerBoundsConnections(t *testing.T) {
 	}
 	if a.Len() != 3 {
 		t.Fatalf("%d connections tracked, want 3", a.Len())
+	}
+}
+
+// TestEvictionLRU: past MaxConns the least recently active connection goes,
+// in O(1); Expire and Sweep walk from the oldest.
+func TestEvictionLRU(t *testing.T) {
+	var l logSink
+	a := New(&l)
+	a.MaxConns = 3
+	t0 := time.Unix(1000, 0)
+	feed := func(sock uint64, sec int) {
+		e := ev(sock, sock+1, uint64(sec), "x")
+		e.Time = t0.Add(time.Duration(sec) * time.Second)
+		e.PID = uint32(sock)
+		a.Feed(e)
+	}
+	feed(10, 0) // c1
+	feed(20, 1) // c2
+	feed(30, 2) // c3
+	feed(10, 3) // c1 active again: c2 is now the oldest
+	feed(40, 4) // c4 evicts c2
+	if a.Len() != 3 || !strings.Contains(strings.Join(l.log, "\n"), "c2 closed false") {
+		t.Fatalf("%d conns, log:\n%s", a.Len(), strings.Join(l.log, "\n"))
+	}
+	l.log = nil
+	// Sweep: idle before t0+3.5s (only c3) and dead.
+	a.Sweep(t0.Add(3500*time.Millisecond), func(c *Conn) bool { return c.Ends[0].PID == 30 })
+	if a.Len() != 2 || strings.Join(l.log, "\n") != "c3 closed true" {
+		t.Fatalf("after the sweep %d conns, log %q", a.Len(), l.log)
+	}
+	a.Expire(t0.Add(time.Hour))
+	if a.Len() != 0 {
+		t.Fatalf("%d conns after expiry", a.Len())
+	}
+}
+
+// BenchmarkManyConns: a new connection past MaxConns costs O(1).
+func BenchmarkManyConns(b *testing.B) {
+	a := New(&logSink{})
+	for i := range b.N {
+		e := ev(uint64(2*i+10), uint64(2*i+11), 0, "x")
+		a.Feed(e)
 	}
 }

@@ -6,12 +6,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"slices"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
+	"github.com/containerdsnoop/containerdsnoop/internal/termsafe"
 )
 
 // Summary accumulates records. Not safe for concurrent use.
@@ -19,20 +22,36 @@ type Summary struct {
 	methods map[string]*method
 	start   time.Time
 	end     time.Time
+	rng     *rand.Rand
 }
+
+// Bounds: a method name is whatever a process sends as :path or ttrpc
+// names, so distinct names past MaxMethods are counted under one row,
+// OtherMethods; and latencies past maxLatencies per method are kept as a
+// uniform sample (reservoir), so a trace running for days holds a bounded
+// amount and p50/p99 become estimates from 65,536 calls (max stays exact).
+const (
+	MaxMethods   = 1000
+	OtherMethods = "(other methods)"
+	maxLatencies = 1 << 16
+)
 
 type method struct {
 	name       string
 	calls      int
 	statuses   map[string]int
 	latencies  []time.Duration
+	timed      int // calls with a latency, sampled or not
+	maxLatency time.Duration
 	reqBytes   int64
 	respBytes  int64
 	unfinished int
 }
 
 // New returns an empty Summary.
-func New() *Summary { return &Summary{methods: map[string]*method{}} }
+func New() *Summary {
+	return &Summary{methods: map[string]*method{}, rng: rand.New(rand.NewPCG(1, 2))}
+}
 
 // Add counts one record. Every record adds its bytes; the line that ends a
 // call counts the call, its status and latency.
@@ -48,6 +67,10 @@ func (s *Summary) Add(r *call.Record) {
 		name = "?"
 	}
 	m := s.methods[name]
+	if m == nil && len(s.methods) >= MaxMethods {
+		name = OtherMethods
+		m = s.methods[name]
+	}
 	if m == nil {
 		m = &method{name: name, statuses: map[string]int{}}
 		s.methods[name] = m
@@ -68,7 +91,13 @@ func (s *Summary) Add(r *call.Record) {
 		m.unfinished++
 	}
 	if r.Latency > 0 {
-		m.latencies = append(m.latencies, r.Latency)
+		m.timed++
+		m.maxLatency = max(m.maxLatency, r.Latency)
+		if len(m.latencies) < maxLatencies {
+			m.latencies = append(m.latencies, r.Latency)
+		} else if i := s.rng.IntN(m.timed); i < maxLatencies {
+			m.latencies[i] = r.Latency
+		}
 	}
 }
 
@@ -99,7 +128,7 @@ func (s *Summary) Rows() []Row {
 		if len(m.latencies) > 0 {
 			l := slices.Clone(m.latencies)
 			slices.Sort(l)
-			r.P50NS, r.P99NS, r.MaxNS = int64(quantile(l, 0.50)), int64(quantile(l, 0.99)), int64(l[len(l)-1])
+			r.P50NS, r.P99NS, r.MaxNS = int64(quantile(l, 0.50)), int64(quantile(l, 0.99)), int64(m.maxLatency)
 		}
 		rows = append(rows, r)
 	}
@@ -131,9 +160,16 @@ func (s *Summary) WriteTable(w io.Writer) error {
 			st = append(st, fmt.Sprintf("unknown=%d", r.Unknown))
 		}
 		sort.Strings(st)
-		_, err := fmt.Fprintf(w, "%-60s %7d %7d %10s %10s %10s %10d %10d  %s\n", r.Method, r.Calls, r.Errors,
-			dur(r.P50NS), dur(r.P99NS), dur(r.MaxNS), r.ReqBytes, r.RespBytes, strings.Join(st, " "))
+		// Method and status names come from the wire (a ttrpc name is any
+		// string a process sends): escaped for the terminal.
+		_, err := fmt.Fprintf(w, "%-60s %7d %7d %10s %10s %10s %10d %10d  %s\n", termsafe.Escape(r.Method), r.Calls, r.Errors,
+			dur(r.P50NS), dur(r.P99NS), dur(r.MaxNS), r.ReqBytes, r.RespBytes, termsafe.Escape(strings.Join(st, " ")))
 		if err != nil {
+			return err
+		}
+	}
+	for _, d := range budget.Drops() {
+		if _, err := fmt.Fprintf(w, "DROPPED %d %s\n", d.Count, d.What); err != nil {
 			return err
 		}
 	}
@@ -154,7 +190,9 @@ func (s *Summary) WriteJSON(w io.Writer) error {
 		Start   string `json:"start,omitempty"`
 		End     string `json:"end,omitempty"`
 		Methods []Row  `json:"methods"`
-	}{Type: "summary", Methods: s.Rows()}
+		// Dropped: what the decoders dropped to stay within their limits.
+		Dropped []budget.Drop `json:"dropped,omitempty"`
+	}{Type: "summary", Methods: s.Rows(), Dropped: budget.Drops()}
 	if !s.start.IsZero() {
 		out.Start, out.End = s.start.Format(time.RFC3339Nano), s.end.Format(time.RFC3339Nano)
 	}

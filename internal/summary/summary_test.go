@@ -3,6 +3,7 @@ package summary
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -57,5 +58,29 @@ func TestSummary(t *testing.T) {
 	var obj map[string]any
 	if err := json.Unmarshal(jb.Bytes(), &obj); err != nil || obj["type"] != "summary" {
 		t.Errorf("json %s: %v", jb.String(), err)
+	}
+}
+
+// TestSummaryBounded: thousands of distinct (hostile, long) method names
+// end up under one row past MaxMethods.
+func TestSummaryBounded(t *testing.T) {
+	s := New()
+	long := strings.Repeat("x", 64<<10)
+	for i := range 5000 {
+		m := fmt.Sprintf("/svc/%d%s", i, long)
+		s.Add(&call.Record{Method: m, Type: call.Response, Final: true, Status: &call.Status{}, Latency: time.Millisecond})
+	}
+	rows := s.Rows()
+	if len(rows) != MaxMethods+1 {
+		t.Fatalf("%d rows, want %d", len(rows), MaxMethods+1)
+	}
+	var other *Row
+	for i := range rows {
+		if rows[i].Method == OtherMethods {
+			other = &rows[i]
+		}
+	}
+	if other == nil || other.Calls != 5000-MaxMethods {
+		t.Fatalf("other methods row %+v", other)
 	}
 }

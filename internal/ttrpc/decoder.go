@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
@@ -171,7 +172,7 @@ func (d *Decoder) parse(s *conn, end int) {
 	start := dir.start
 	defer func() {
 		if consumed > 0 {
-			dir.buf = append(dir.buf[:0], dir.buf[consumed:]...)
+			dir.buf = budget.Consume(dir.buf, consumed)
 			// Frames after the first start in the newest chunk.
 			dir.start = ev.Time
 		}

@@ -49,6 +49,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(churnEnv) != "" {
 		os.Exit(runSocketpairChurn())
 	}
+	if os.Getenv(attackEnv) != "" {
+		os.Exit(runAttack())
+	}
 	dir, err := os.MkdirTemp("", "containerdsnoop-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: create binary dir:", err)

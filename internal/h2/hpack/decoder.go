@@ -40,6 +40,12 @@ var (
 	errIndexRange         = errors.New("hpack: table index out of range")
 	errSizeUpdateTooLarge = errors.New("hpack: dynamic table size update above the allowed maximum")
 	errSizeUpdatePosition = errors.New("hpack: dynamic table size update after a header field")
+
+	// ErrListTooLarge is returned for a block whose decoded header list
+	// is over the limit set with SetMaxListSize. Unlike the other errors
+	// it leaves the table exact: the whole block was decoded for its
+	// table changes, only its fields were dropped.
+	ErrListTooLarge = errors.New("hpack: header list over the size limit")
 )
 
 // indexError keeps the offending index for the log while still matching
@@ -106,6 +112,11 @@ type Decoder struct {
 	resolver  Resolver
 	conflicts uint64
 	block     []byte // the block being decoded, for the resolver
+	// maxList bounds a block's decoded header list (0: no limit), counted
+	// as SETTINGS_MAX_HEADER_LIST_SIZE counts it; tableCap bounds the
+	// table size any setting or update may allow (0: no cap).
+	maxList  uint64
+	tableCap uint32
 }
 
 // NewDecoder returns a decoder for a connection joined mid-stream: the table
@@ -143,9 +154,27 @@ func (d *Decoder) Reset() {
 // the start of its next block, and lowering M early could drop entries that
 // blocks still in flight refer to.
 func (d *Decoder) SetMaxTableSize(n uint32) {
+	if d.tableCap > 0 {
+		n = min(n, d.tableCap)
+	}
 	d.allowed = n
 	if n > d.maxSize {
 		d.maxSize = n
+	}
+}
+
+// SetLimits bounds what one block may decode to (its header list, counted
+// as SETTINGS_MAX_HEADER_LIST_SIZE counts: name + value + 32 per field)
+// and the table size any setting or in-band update may allow: a hostile
+// peer could otherwise expand a block of 1-byte indexed fields 40-fold
+// into memory, or advertise a 4 GiB table. A block over maxList returns
+// ErrListTooLarge with the table kept exact; an update over tableCap is
+// an error like any update above the allowed maximum. 0 means no limit.
+func (d *Decoder) SetLimits(maxList uint64, tableCap uint32) {
+	d.maxList, d.tableCap = maxList, tableCap
+	if tableCap > 0 {
+		d.allowed = min(d.allowed, tableCap)
+		d.maxSize = min(d.maxSize, max(tableCap, defaultTableSize))
 	}
 }
 
@@ -199,7 +228,20 @@ func (d *Decoder) decode(fields []Field, p []byte) ([]Field, error) {
 	// a dynamic table size update before it as part of it, as the
 	// encoder writes them together.
 	start := 0
+	var list uint64
+	over := false
 	for len(p) > 0 {
+		if !over && d.maxList > 0 && len(fields) > 0 {
+			// Account for the field appended last; past the limit, keep
+			// decoding for the table's sake but hold no more fields.
+			f := &fields[len(fields)-1]
+			list += uint64(len(f.Name)+len(f.Value)) + entryOverhead
+			over = list > d.maxList
+		}
+		if over {
+			clear(fields)
+			fields = fields[:0]
+		}
 		b := p[0]
 		switch {
 		case b&0x80 != 0: // indexed field, RFC 7541 section 6.1
@@ -228,7 +270,7 @@ func (d *Decoder) decode(fields []Field, p []byte) ([]Field, error) {
 			start = len(d.block) - len(p)
 		case b&0xe0 == 0x20: // dynamic table size update, section 6.3
 			// Section 4.2 allows updates only at the start of a block.
-			if len(fields) > 0 {
+			if len(fields) > 0 || over {
 				return fields, errSizeUpdatePosition
 			}
 			if p, err = d.sizeUpdate(p); err != nil {
@@ -240,6 +282,14 @@ func (d *Decoder) decode(fields []Field, p []byte) ([]Field, error) {
 			}
 			start = len(d.block) - len(p)
 		}
+	}
+	if d.maxList > 0 && len(fields) > 0 && !over {
+		f := &fields[len(fields)-1]
+		over = list+uint64(len(f.Name)+len(f.Value))+entryOverhead > d.maxList
+	}
+	if over {
+		clear(fields)
+		return fields[:0], ErrListTooLarge
 	}
 	return fields, nil
 }

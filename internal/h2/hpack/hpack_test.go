@@ -893,3 +893,29 @@ func BenchmarkDecodeStock(b *testing.B) {
 		}
 	}
 }
+
+// TestListLimit: a block of 1-byte indexed fields (":method: GET", 42
+// bytes each as a header list counts them) over the limit is refused with
+// ErrListTooLarge, holding no fields, and the table stays exact: entries
+// inserted by the refused block resolve in the next one.
+func TestListLimit(t *testing.T) {
+	d := NewDecoder()
+	d.Reset()
+	d.SetLimits(1000, 8192)
+	if _, err := d.Decode(bytes.Repeat([]byte{0x82}, 23)); err != nil {
+		t.Fatalf("23 fields (966 bytes): %v", err)
+	}
+	block := append(bytes.Repeat([]byte{0x82}, 100000), 0x40, 1, 'k', 1, 'v') // then insert k: v
+	if f, err := d.Decode(block); !errors.Is(err, ErrListTooLarge) || f != nil {
+		t.Fatalf("100000 fields: %d fields, %v", len(f), err)
+	}
+	f, err := d.Decode([]byte{0x80 | firstDynamic})
+	if err != nil || len(f) != 1 || !f[0].Known() || f[0].Name != "k" || f[0].Value != "v" {
+		t.Fatalf("after the refused block: %+v, %v", f, err)
+	}
+	// A size update above the cap is refused whatever the settings say.
+	d.SetMaxTableSize(1 << 30)
+	if _, err := d.Decode(appendInt(nil, 0x20, 5, 16384)); !errors.Is(err, errSizeUpdateTooLarge) {
+		t.Fatalf("size update over the cap: %v", err)
+	}
+}

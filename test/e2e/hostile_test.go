@@ -1,0 +1,328 @@
+//go:build linux
+
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/termsafe"
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/containerdtest"
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/privileged"
+)
+
+// attackEnv, when set, turns the test binary into the attacker (see
+// runAttack), run as nobody by TestHostileAttacks.
+const attackEnv = "CONTAINERDSNOOP_E2E_ATTACK"
+
+// The attacker's strings (docs/security.md): a comm that would retitle and
+// clear root's terminal, ttrpc names with a C1 CSI and a bidi override, a
+// container id with an OSC sequence.
+const (
+	attackComm   = "\x1b]0;PWNED\a\x1b[2J"
+	attackSvc    = "svc\u009b31m"
+	attackMethod = "M\u202egnp"
+	attackID     = "id\x1b]0;x\a"
+)
+
+// runAttack is the attacker: an unprivileged process writing crafted bytes
+// on its own socketpairs, which the root tracer sees like any unix
+// traffic. It sends a 16 MiB HTTP/2 header block (the 1-byte indexed field
+// 0x82 repeated: a HEADERS frame and 1023 CONTINUATION frames), a 200,000
+// field block that fits the block limit but not the list limit, and ttrpc
+// calls with escape sequences in their names and container id; then it
+// exits without closing its sockets.
+func runAttack() int {
+	// Wait for the go: the test starts the tracer on this pid first.
+	var go1 [1]byte
+	os.Stdin.Read(go1[:])
+	name := append([]byte(attackComm), 0)
+	unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&name[0])), 0, 0, 0)
+	send := func(b []byte) error {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+		if err != nil {
+			return err
+		}
+		go func() { // the peer drains, so that writes never block
+			buf := make([]byte, 1<<20)
+			for {
+				if n, err := unix.Read(fds[1], buf); n <= 0 || err != nil {
+					return
+				}
+			}
+		}()
+		for len(b) > 0 {
+			n, err := unix.Write(fds[0], b[:min(len(b), 1<<20)])
+			if err != nil {
+				return err
+			}
+			b = b[n:]
+		}
+		return nil
+	}
+
+	var h bytes.Buffer
+	h.WriteString(http2.ClientPreface)
+	fr := http2.NewFramer(&h, nil)
+	fr.WriteSettings()
+	bomb := func(stream uint32, n int) {
+		block := bytes.Repeat([]byte{0x82}, n)
+		for first := true; len(block) > 0; first = false {
+			k := min(len(block), 16384)
+			if first {
+				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: stream, BlockFragment: block[:k], EndHeaders: k == len(block)})
+			} else {
+				fr.WriteContinuation(stream, k == len(block), block[:k])
+			}
+			block = block[k:]
+		}
+	}
+	bomb(1, 16<<20)
+	bomb(3, 200000)
+	// A call left open: once the attacker has exited, the tracer must
+	// notice (no close() is traced) and end it.
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/runtime.v1.RuntimeService/Version"},
+		{":authority", "x"}, {"content-type", "application/grpc"}} {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 5, EndHeaders: true, BlockFragment: hb.Bytes()})
+	fr.WriteData(5, true, []byte{0, 0, 0, 0, 0})
+
+	var tt []byte
+	req := func(stream uint32, svc, method string, payload []byte) {
+		var r []byte
+		r = protowire.AppendTag(r, 1, protowire.BytesType)
+		r = protowire.AppendString(r, svc)
+		r = protowire.AppendTag(r, 2, protowire.BytesType)
+		r = protowire.AppendString(r, method)
+		r = protowire.AppendTag(r, 3, protowire.BytesType)
+		r = protowire.AppendBytes(r, payload)
+		tt = binary.BigEndian.AppendUint32(tt, uint32(len(r)))
+		tt = binary.BigEndian.AppendUint32(tt, stream)
+		tt = append(append(tt, 1, 0), r...)
+	}
+	create := protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), attackID)
+	req(1, "containerd.task.v2.Task", "Create", create)
+	req(3, attackSvc, attackMethod, nil)
+
+	for _, b := range [][]byte{h.Bytes(), tt} {
+		if err := send(b); err != nil {
+			fmt.Fprintln(os.Stderr, "attack:", err)
+			return 1
+		}
+	}
+	return 0 // exit, never close(): the kernel closes the sockets
+}
+
+// procStatus reads a field in kB from /proc/pid/status, in bytes.
+func procStatus(t *testing.T, pid int, field string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) >= 2 && f[0] == field+":" {
+			n, _ := strconv.ParseInt(f[1], 10, 64)
+			return n << 10
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return 0
+}
+
+// cpuTime is the user and system time pid has used.
+func cpuTime(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields after the parenthesized comm; utime and stime are 14 and 15.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+s) * 10 * time.Millisecond // USER_HZ is 100 on Linux
+}
+
+// TestHostileAttacks plays the attacks of docs/security.md as nobody against
+// the live tracer while ctr keeps calling the test containerd: the tracer's
+// peak RSS stays under the DaemonSet's memory limit, its RSS comes back
+// near where it was once the attacker is gone, every ctr call is still
+// decoded, what was dropped is reported, and no control character reaches
+// the table or stderr.
+func TestHostileAttacks(t *testing.T) {
+	privileged.Require(t)
+	ctrBin := privileged.RequireBinary(t, "ctr")
+	c := containerdtest.Start(t)
+
+	// The test binary's own directory is private to root: nobody runs a
+	// copy from the binary directory, which TestMain opens to everyone.
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	attackBin := filepath.Join(binDir, "attacker")
+	if err := os.WriteFile(attackBin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	attacker := exec.Command(attackBin)
+	attacker.Env = append(os.Environ(), attackEnv+"=1")
+	attacker.Dir = "/"
+	attacker.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	var attackErr bytes.Buffer
+	attacker.Stderr = &attackErr
+	goAttack, err := attacker.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := attacker.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Only the attacker's and containerd's connections (ctr's included):
+	// the tracer sees every unix socket on the machine, and other tests'
+	// traffic would make its memory say nothing about the attack.
+	tr := startTracer(t, "--full", "--summary", "--pid", strconv.Itoa(attacker.Process.Pid), "--pid", strconv.Itoa(c.PID))
+	pid := tr.cmd.Process.Pid
+	baseline := procStatus(t, pid, "VmRSS")
+	cpu0 := cpuTime(t, pid)
+	goAttack.Write([]byte{1})
+	goAttack.Close()
+	// The concurrent real client: ctr, against containerd, during the attack.
+	var ctrPIDs []int
+	for range 5 {
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		cmd := exec.CommandContext(ctx, ctrBin, "--address", c.Socket, "version")
+		if err := cmd.Start(); err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		ctrPIDs = append(ctrPIDs, cmd.Process.Pid)
+		err := cmd.Wait()
+		cancel()
+		if err != nil {
+			t.Fatalf("ctr version: %v", err)
+		}
+	}
+	if err := attacker.Wait(); err != nil {
+		t.Fatalf("attacker: %v: %s", err, attackErr.String())
+	}
+
+	// The ttrpc calls were sent last: once they show, the rest was read.
+	tr.waitText("the attacker's ttrpc calls", func(s string) bool {
+		return strings.Contains(s, `container=id\x1b]0;x\x07`) && strings.Contains(s, `/svc\u009b31m/M\u202egnp`)
+	})
+	peak := procStatus(t, pid, "VmHWM")
+	t.Logf("tracer RSS: %d MiB before, peak %d MiB (now %d MiB anonymous, %d MiB file and shared mappings: the binary, the ring buffer); CPU during the attack %v",
+		baseline>>20, peak>>20, procStatus(t, pid, "RssAnon")>>20, (procStatus(t, pid, "RssFile")+procStatus(t, pid, "RssShmem"))>>20, cpuTime(t, pid)-cpu0)
+	if limit := int64(256 << 20); peak > limit {
+		t.Errorf("tracer peak RSS %d MiB, over the DaemonSet's limit of %d MiB", peak>>20, limit>>20)
+	}
+	for _, p := range ctrPIDs {
+		tr.waitText(fmt.Sprintf("ctr %d's Version call", p), func(s string) bool {
+			req, resp := false, false
+			for _, l := range strings.Split(s, "\n") {
+				f := strings.Fields(l)
+				// TIMESTAMP COMM PID TID PEER TYPE STREAM METHOD [STATUS ...]
+				if len(f) < 8 || f[7] != "/containerd.services.version.v1.Version/Version" {
+					continue
+				}
+				req = req || f[2] == strconv.Itoa(p) && f[5] == "REQ"
+				resp = resp || len(f) > 8 && f[4] == strconv.Itoa(p) && f[5] == "RESP" && f[8] == "OK"
+			}
+			return req && resp
+		})
+	}
+	// The attacker exited without close(): its open call ends, and its
+	// connections' state is freed, within seconds.
+	exited := time.Now()
+	tr.waitText("the attacker's open call ended by its exit", func(s string) bool {
+		for _, l := range strings.Split(s, "\n") {
+			if strings.Contains(l, "RESP") && strings.Contains(l, "/runtime.v1.RuntimeService/Version") && strings.Contains(l, "connection closed before the call ended") {
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("the attacker's connection freed %v after it exited", time.Since(exited).Round(100*time.Millisecond))
+	deadline := time.Now().Add(20 * time.Second)
+	for rss := procStatus(t, pid, "VmRSS"); rss > baseline+64<<20; rss = procStatus(t, pid, "VmRSS") {
+		if time.Now().After(deadline) {
+			// The tracer sees every unix socket on the machine: say what
+			// else it was decoding.
+			t.Errorf("tracer RSS %d MiB 20 s after the attack, %d MiB before it; stderr:\n%s\nlast output:\n%s", rss>>20, baseline>>20,
+				indent(tr.Stderr()), indent(lastLines(tr.Stdout(), 30)))
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	out := tr.stop(os.Interrupt)
+	for _, l := range append(lines(out), lines(tr.Stderr())...) {
+		if !termsafe.Safe(l) {
+			t.Errorf("control character reached the terminal: %q", l)
+		}
+	}
+	if !strings.Contains(tr.Stderr(), "dropped 2 HTTP/2 header blocks over the size limit") {
+		t.Errorf("the dropped header blocks are not reported; stderr:\n%s", indent(tr.Stderr()))
+	}
+	if !strings.Contains(out, "DROPPED 2 HTTP/2 header blocks over the size limit") {
+		t.Errorf("the summary does not report the dropped header blocks:\n%s", indent(out))
+	}
+}
+
+// TestHostileRecordPath: --record at a symlink planted in /tmp, or at a
+// file another user created first, is refused with one line; the symlink's
+// target and the file are untouched.
+func TestHostileRecordPath(t *testing.T) {
+	privileged.Require(t)
+	dir, err := os.MkdirTemp("/tmp", "cdsnoop-plant-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	target := filepath.Join(dir, "shadow")
+	os.WriteFile(target, []byte("root:x:0:0\n"), 0o600)
+	link := filepath.Join(dir, "rec.cdsnoop")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	planted := filepath.Join(dir, "planted.pcapng")
+	os.WriteFile(planted, nil, 0o666)
+	os.Chown(planted, 65534, 65534)
+	for _, args := range [][]string{{"--record", link}, {"--pcap", planted}} {
+		code, stdout, stderr := runSnoop(t, nil, append(append([]string{"trace"}, args...), "--", "true")...)
+		checkOneLineError(t, code, stdout, stderr, args[1]+" already exists")
+	}
+	if b, _ := os.ReadFile(target); string(b) != "root:x:0:0\n" {
+		t.Errorf("symlink target changed: %q", b)
+	}
+	if fi, err := os.Stat(planted); err != nil || fi.Size() != 0 {
+		t.Errorf("planted file written: %v %v", fi, err)
+	}
+}
+
+func lastLines(s string, n int) string {
+	ls := lines(s)
+	return strings.Join(ls[max(0, len(ls)-n):], "\n")
+}
