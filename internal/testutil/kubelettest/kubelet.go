@@ -360,8 +360,11 @@ type Call struct {
 	Time time.Time
 	// Method is the full gRPC method, e.g. "/runtime.v1.RuntimeService/Version".
 	Method string
-	// Canceled: kubelet logged the call as failed with code Canceled. Its
-	// context may have ended before grpc-go sent anything.
+	// Canceled: kubelet logged a call of this method as failed with code
+	// Canceled, whose context may have ended before grpc-go sent anything.
+	// With concurrent calls of one method, the log does not say which one
+	// failed: the latest not yet marked is marked, so only the number of
+	// marked calls per method is exact.
 	Canceled bool
 }
 
