@@ -22,8 +22,8 @@ import (
 // attachExactEnv=1 makes TestAttachToKubelet assert what issue 11 asks of
 // a late attach: at least 99 % of the calls of the first minute shown with
 // their method and status. TestAttachToDockerd always asserts it. Measured
-// with the peer probes over four runs, kubelet's calls had their method in
-// 98.9-99.4 % and their status in 94.6-99.4 %: the first calls on each of
+// with the peer probes over five runs, kubelet's calls had their method in
+// 98.9-99.5 % and their status in 94.6-99.5 %: the first calls on each of
 // its three connections go unnamed until the direction is tied, and its
 // image-service connection carries only a few dozen calls a minute
 // (docs/attach.md). Without the variable the kubelet
