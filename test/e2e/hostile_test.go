@@ -166,11 +166,12 @@ func cpuTime(t *testing.T, pid int) time.Duration {
 }
 
 // TestHostileAttacks plays the attacks of docs/security.md as nobody against
-// the live tracer while ctr keeps calling the test containerd: the tracer's
-// peak RSS stays under the DaemonSet's memory limit, its RSS comes back
-// near where it was once the attacker is gone, every ctr call is still
-// decoded, what was dropped is reported, and no control character reaches
-// the table or stderr.
+// the live tracer while ctr keeps calling the test containerd: the attack
+// adds at most 32 MiB to the tracer's peak RSS (it added 3 GB before the
+// limits), its RSS comes back near where it was once the attacker is gone,
+// the attacker's state is freed within seconds of its exit, every ctr call
+// is still decoded, what was dropped is reported, and no control character
+// reaches the table or stderr.
 func TestHostileAttacks(t *testing.T) {
 	privileged.Require(t)
 	ctrBin := privileged.RequireBinary(t, "ctr")
@@ -235,8 +236,12 @@ func TestHostileAttacks(t *testing.T) {
 	peak := procStatus(t, pid, "VmHWM")
 	t.Logf("tracer RSS: %d MiB before, peak %d MiB (now %d MiB anonymous, %d MiB file and shared mappings: the binary, the ring buffer); CPU during the attack %v",
 		baseline>>20, peak>>20, procStatus(t, pid, "RssAnon")>>20, (procStatus(t, pid, "RssFile")+procStatus(t, pid, "RssShmem"))>>20, cpuTime(t, pid)-cpu0)
-	if limit := int64(256 << 20); peak > limit {
-		t.Errorf("tracer peak RSS %d MiB, over the DaemonSet's limit of %d MiB", peak>>20, limit>>20)
+	// What the attack may add: the decoders' limits hold a few MiB of it
+	// at a time (before them: 3 GB). What the tracer holds at rest (the
+	// binary, the ring buffer, peer probes' symbol tables) is not the
+	// attack's doing.
+	if grew := peak - baseline; grew > 32<<20 {
+		t.Errorf("the attack grew the tracer's RSS by %d MiB (from %d to %d MiB)", grew>>20, baseline>>20, peak>>20)
 	}
 	for _, p := range ctrPIDs {
 		tr.waitText(fmt.Sprintf("ctr %d's Version call", p), func(s string) bool {
