@@ -18,11 +18,11 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/child"
 )
 
-// TestCapturePeer*: the peer named on an event must be the process at the other end at that
-// moment, or 0 (unknown). These tests build the situations in which a
-// remembered socket owner goes stale: a socket freed and its address reused
-// by a new one, an owner that exited or exec'd, and a client that sends
-// before the server accepts. Each runs on every backend.
+// The peer named on an event must be the process at the other end at that
+// moment, or 0 (unknown). TestCapturePeers builds the situations in which
+// a remembered socket owner goes stale: a socket freed and its address
+// reused by a new one, an owner that exited or exec'd, and a client that
+// sends before the server accepts; on every backend.
 
 // peerHelperEnv turns the test binary into one of the processes below.
 const peerHelperEnv = "CDSNOOP_PEER_HELPER"
@@ -171,16 +171,24 @@ func (c *collector) eventOn(t *testing.T, ino uint64) capture.Event {
 	return evs[0]
 }
 
-func TestCapturePeerAddressReused(t *testing.T) {
-	forEachBackend(t, testPeerSocketAddressReused)
+// TestCapturePeers runs the scenarios below under one capture per backend:
+// loading a backend is most of a test's time in the kernel matrix's
+// emulated guests.
+func TestCapturePeers(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		_, c := startCapture(t, Options{Attach: backend, IncludeSelf: true})
+		testPeerSocketAddressReused(t, c)
+		testPeerOwnerGone(t, c, "write-exit")
+		testPeerOwnerGone(t, c, "write-exec")
+		testPeerSendBeforeAccept(t, c)
+	})
 }
 
 // A process sends on both ends of a socket pair and frees it; this process
 // then makes pairs of its own, on the same CPU, so their socks take the
 // freed addresses. The peer of this process's sends is itself (a socket
 // pair's credentials name its creator), never the other process.
-func testPeerSocketAddressReused(t *testing.T, backend string) {
-	_, c := startCapture(t, Options{Attach: backend, IncludeSelf: true})
+func testPeerSocketAddressReused(t *testing.T, c *collector) {
 	churn := startPeerHelper(t, "churn", nil)
 	self := uint32(os.Getpid())
 	other := uint32(churn.cmd.Process.Pid)
@@ -226,21 +234,12 @@ func testPeerSocketAddressReused(t *testing.T, backend string) {
 	}
 }
 
-func TestCapturePeerOwnerExited(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) { testPeerOwnerGone(t, backend, "write-exit") })
-}
-
-func TestCapturePeerOwnerExecd(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) { testPeerOwnerGone(t, backend, "write-exec") })
-}
-
 // This process makes a socket pair and lends one end to a child, which
 // sends on it (so it is noted as that end's owner) and then exits, or
 // execs with the socket closed on exec. A later send from this process
 // names this process (the pair's creator, still holding both ends) or
 // nobody, never the child.
-func testPeerOwnerGone(t *testing.T, backend, mode string) {
-	_, c := startCapture(t, Options{Attach: backend, IncludeSelf: true})
+func testPeerOwnerGone(t *testing.T, c *collector, mode string) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -272,15 +271,10 @@ func testPeerOwnerGone(t *testing.T, backend, mode string) {
 	}
 }
 
-func TestCapturePeerSendBeforeAccept(t *testing.T) {
-	forEachBackend(t, testPeerSendBeforeAccept)
-}
-
 // A client sends before the server accepts (containerd's first request to
 // a new shim): the peer is the process that accepts on that listener, and
 // the server's answer names the client.
-func testPeerSendBeforeAccept(t *testing.T, backend string) {
-	_, c := startCapture(t, Options{Attach: backend, IncludeSelf: true})
+func testPeerSendBeforeAccept(t *testing.T, c *collector) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "s")
 	srv := startPeerHelper(t, "acceptor", nil, "CDSNOOP_SOCK="+path)
