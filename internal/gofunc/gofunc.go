@@ -6,10 +6,11 @@
 // Distributions and release builds strip Go binaries (`-s -w`: no .symtab,
 // no DWARF), and cilium/ebpf's link.Executable resolves symbols from .symtab
 // only. Every Go binary still carries its function table, .gopclntab, which
-// the runtime itself needs for stack traces and garbage collection; the
-// standard library's debug/gosym reads it in every layout since Go 1.2
-// (1.16, 1.18 and 1.20 changed the header). This package reads it with
-// debug/gosym and debug/elf, and debug/buildinfo gives the Go version that
+// the runtime itself needs for stack traces and garbage collection. This
+// package walks it by hand (table.go says why not debug/gosym: memory),
+// in the layouts of Go 1.16, 1.18 and 1.20 (what the register-ABI binaries
+// the probes read have; the tests check it against debug/gosym), through
+// debug/elf's io.ReaderAt, and debug/buildinfo gives the Go version that
 // decides the calling convention.
 //
 // # What it returns
@@ -23,7 +24,6 @@ import (
 	"bytes"
 	"debug/buildinfo"
 	"debug/elf"
-	"debug/gosym"
 	"errors"
 	"fmt"
 	"strconv"
@@ -80,40 +80,41 @@ func Find(path string, want func(name string) bool, limit int) (*Binary, error) 
 	if err != nil {
 		return b, err
 	}
-	for i := range tab.Funcs {
-		fn := &tab.Funcs[i]
-		if !want(fn.Name) {
-			continue
+	err = tab.each(func(name []byte, entry uint64) bool {
+		if !want(string(name)) {
+			return true
 		}
-		off, ok := fileOffset(f, fn.Entry)
+		off, ok := fileOffset(f, entry)
 		if !ok {
-			continue
+			return true
 		}
-		b.Funcs = append(b.Funcs, Func{Name: fn.Name, Entry: fn.Entry, Offset: off, Prologue: prologue(f, off)})
-		if len(b.Funcs) >= limit {
-			break
-		}
+		b.Funcs = append(b.Funcs, Func{Name: string(name), Entry: entry, Offset: off, Prologue: prologue(f, off)})
+		return len(b.Funcs) < limit
+	})
+	if err != nil {
+		return b, fmt.Errorf("read the function table: %w", err)
 	}
 	return b, nil
 }
 
-// pclntab finds and parses the function table: the .gopclntab section, or,
-// in binaries linked by an external linker (cgo, docker's builds), the table
-// inside .data.rel.ro, found by its header.
+// pclntab finds the function table: the .gopclntab section, read through
+// its io.ReaderAt, or, in binaries linked by an external linker (cgo,
+// docker's builds), the table inside .data.rel.ro, found by its header.
 //
 // Since Go 1.18 the table holds function addresses as offsets from
-// runtime.text, and debug/gosym adds the text start it is given. The .text
-// section starts there when Go links the binary itself, but an external
-// linker may put C code first (Debian's containerd: 0x100 bytes), so the
-// table's own header is used when it holds an address in the executable
-// segment (it is unrelocated, zero, in position-independent binaries).
-func pclntab(f *elf.File, text uint64) (*gosym.Table, error) {
+// runtime.text. The .text section starts there when Go links the binary
+// itself, but an external linker may put C code first (Debian's
+// containerd: 0x100 bytes), so the table's own header is used when it
+// holds an address in the executable segment (it is unrelocated, zero, in
+// position-independent binaries).
+func pclntab(f *elf.File, text uint64) (*table, error) {
 	if sec := f.Section(".gopclntab"); sec != nil && sec.Type != elf.SHT_NOBITS {
-		data, err := sectionData(sec)
-		if err != nil {
-			return nil, err
+		if sec.Size > maxPclntab {
+			return nil, fmt.Errorf("%s of %d bytes is larger than %d", sec.Name, sec.Size, maxPclntab)
 		}
-		tab, err := newTable(data, textStart(f, data, sec.Addr, text))
+		var hdr [32]byte
+		n, _ := sec.ReadAt(hdr[:], 0)
+		tab, err := newTable(sec, int64(sec.Size), textStart(f, hdr[:n], sec.Addr, text))
 		if err != nil {
 			return nil, fmt.Errorf("parse .gopclntab: %w", err)
 		}
@@ -146,7 +147,7 @@ func sectionData(sec *elf.Section) ([]byte, error) {
 	return data, nil
 }
 
-// pcHeader magics of the 64-bit little-endian tables gosym reads: Go 1.16,
+// pcHeader magics of the 64-bit little-endian tables table reads: Go 1.16,
 // 1.18 and 1.20 (each followed by two zero bytes).
 var magics = [][]byte{
 	{0xf1, 0xff, 0xff, 0xff, 0, 0},
@@ -156,7 +157,7 @@ var magics = [][]byte{
 
 // searchTable looks for a pcHeader in data and takes the first candidate
 // that parses into a table holding runtime.main.
-func searchTable(f *elf.File, sec *elf.Section, data []byte, text uint64) *gosym.Table {
+func searchTable(f *elf.File, sec *elf.Section, data []byte, text uint64) *table {
 	for _, m := range magics {
 		for off := 0; off < len(data); {
 			i := bytes.Index(data[off:], m)
@@ -171,8 +172,15 @@ func searchTable(f *elf.File, sec *elf.Section, data []byte, text uint64) *gosym
 			if minLC, ptr := data[at+6], data[at+7]; (minLC != 1 && minLC != 2 && minLC != 4) || ptr != 8 {
 				continue
 			}
-			tab, err := newTable(data[at:], textStart(f, data[at:], sec.Addr+uint64(at), text))
-			if err == nil && tab.LookupFunc("runtime.main") != nil {
+			tab, err := newTable(bytes.NewReader(data[at:]), int64(len(data)-at), textStart(f, data[at:], sec.Addr+uint64(at), text))
+			if err != nil {
+				continue
+			}
+			found := false
+			if err := tab.each(func(name []byte, _ uint64) bool {
+				found = string(name) == "runtime.main"
+				return !found
+			}); err == nil && found {
 				return tab
 			}
 		}
@@ -263,17 +271,6 @@ func readAt(f *elf.File, off uint64, b []byte) bool {
 		return err == nil
 	}
 	return false
-}
-
-// newTable parses a function table; debug/gosym panics on some corrupt
-// inputs, and the file is any executable on the machine.
-func newTable(data []byte, text uint64) (tab *gosym.Table, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			tab, err = nil, fmt.Errorf("corrupt function table: %v", r)
-		}
-	}()
-	return gosym.NewTable(nil, gosym.NewLineTable(data, text))
 }
 
 // fileOffset maps a virtual address to its offset in the file through the
