@@ -238,7 +238,7 @@ func TestHostileAttacks(t *testing.T) {
 		baseline>>20, peak>>20, procStatus(t, pid, "RssAnon")>>20, (procStatus(t, pid, "RssFile")+procStatus(t, pid, "RssShmem"))>>20, cpuTime(t, pid)-cpu0)
 	// What the attack may add: the decoders' limits hold a few MiB of it
 	// at a time (before them: 3 GB). What the tracer holds at rest (the
-	// binary, the ring buffer, peer probes' symbol tables) is not the
+	// binary, the ring buffer, the BPF maps) is not the
 	// attack's doing.
 	if grew := peak - baseline; grew > 32<<20 {
 		t.Errorf("the attack grew the tracer's RSS by %d MiB (from %d to %d MiB)", grew>>20, baseline>>20, peak>>20)
