@@ -34,6 +34,10 @@ func TestAttachToKubelet(t *testing.T) {
 
 	late := startTracer(t, "--output", "json", "-v", "--socket", c.Socket)
 	attached := time.Now()
+	// Ready: kubelet (92 MB) and containerd have been examined and probed.
+	lp := late.cmd.Process.Pid
+	t.Logf("late tracer ready, having examined kubelet and containerd: %d MiB RSS, %d MiB anonymous",
+		procStatus(t, lp, "VmRSS")>>20, procStatus(t, lp, "RssAnon")>>20)
 	// A minute of pod changes, as the requirement is stated over the
 	// first minute after attaching.
 	k.RemovePod(t, "old-b")
