@@ -30,7 +30,9 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * first 64 chunks (1 MiB) of a send, the rest counted as lost. Their
  * verifier refuses a program that so much as names a bpf_loop callback,
  * so every program that emits exists twice, the second with the suffix
- * _bounded, and the loader keeps the one the kernel can run. */
+ * _bounded, and the loader keeps the one the kernel can run. The _bounded
+ * twins also do without atomic fetch-and-add (5.12+): they are what every
+ * kernel before 5.17 runs. */
 #define MAX_CHUNKS_NO_LOOP 64
 
 const volatile struct config cfg = {};
@@ -958,8 +960,9 @@ struct {
 	__type(value, __u64);
 } hpack_seq SEC(".maps");
 
-SEC("uprobe")
-int peer_hpack_write_field(struct pt_regs *ctx)
+/* fetch: whether the kernel has atomic fetch-and-add (5.12+); see the
+ * twins below. */
+static __always_inline int hpack_write_field(struct pt_regs *ctx, bool fetch)
 {
 	__u64 enc, name, name_len, value, value_len, sens, w, n, off;
 	struct { __u64 ptr, len, cap, off; } buf;
@@ -1006,7 +1009,16 @@ int peer_hpack_write_field(struct pt_regs *ctx)
 	sc->hf.sensitive = sens & 1;
 	sc->hf.name_len = name_len;
 	sc->hf.value_len = value_len;
-	sc->hf.seq = __sync_fetch_and_add(seq, 1);
+	if (fetch) {
+		sc->hf.seq = __sync_fetch_and_add(seq, 1);
+	} else {
+		/* 5.10 allows only an atomic add that returns nothing: two
+		 * CPUs could then stamp the same number, which peerfields
+		 * takes for a lost call (it drops what it holds): a cost,
+		 * never a wrong name. */
+		sc->hf.seq = *seq;
+		__sync_fetch_and_add(seq, 1);
+	}
 	if (bpf_probe_read_user(counts, sizeof(counts), (void *)enc)) {
 		sc->hf.flags |= HPACK_F_NO_COUNT;
 	} else {
@@ -1060,6 +1072,20 @@ int peer_hpack_write_field(struct pt_regs *ctx)
 		s->hpack_events++;
 	}
 	return 0;
+}
+
+/* Twice, like the exit programs: the loader keeps the _bounded twin on
+ * kernels before 5.17, which includes those without atomic fetch. */
+SEC("uprobe")
+int peer_hpack_write_field(struct pt_regs *ctx)
+{
+	return hpack_write_field(ctx, true);
+}
+
+SEC("uprobe")
+int peer_hpack_write_field_bounded(struct pt_regs *ctx)
+{
+	return hpack_write_field(ctx, false);
 }
 
 /* Keep the enums in BTF so bpf2go generates them for Go. */

@@ -69,9 +69,10 @@ var haveLoop = sync.OnceValue(func() bool {
 	return features.HaveProgramHelper(ebpf.Kprobe, asm.FnLoop) == nil
 })
 
-// boundedSuffix marks the twin of each exit program that copies at most
-// the first 64 chunks (1 MiB) of a send without bpf_loop, and counts the
-// rest as lost (bpf/snoop.bpf.c, MAX_CHUNKS_NO_LOOP).
+// boundedSuffix marks the twin of each program for kernels before 5.17:
+// the exit programs' twins copy at most the first 64 chunks (1 MiB) of a
+// send without bpf_loop and count the rest as lost (bpf/snoop.bpf.c,
+// MAX_CHUNKS_NO_LOOP); every twin does without atomic fetch-and-add (5.12+).
 const boundedSuffix = "_bounded"
 
 // useBoundedPrograms keeps one program of each twin pair, under the plain

@@ -17,8 +17,8 @@ func TestUseBoundedPrograms(t *testing.T) {
 				twins++
 			}
 		}
-		if twins != 6 {
-			t.Fatalf("%d programs have a bounded twin, want 6 (4 tracepoint exits, fexit, kretprobe)", twins)
+		if twins != 7 {
+			t.Fatalf("%d programs have a bounded twin, want 7 (4 tracepoint exits, fexit, kretprobe, the peer probe)", twins)
 		}
 		want := spec.Programs["tp_exit_write"]
 		if !loop {

@@ -178,6 +178,7 @@ const (
 	snoopProgKretprobeUnixStreamSendmsg        = "kretprobe_unix_stream_sendmsg"
 	snoopProgKretprobeUnixStreamSendmsgBounded = "kretprobe_unix_stream_sendmsg_bounded"
 	snoopProgPeerHpackWriteField               = "peer_hpack_write_field"
+	snoopProgPeerHpackWriteFieldBounded        = "peer_hpack_write_field_bounded"
 	snoopProgTpEnterSendmsg                    = "tp_enter_sendmsg"
 	snoopProgTpEnterSendto                     = "tp_enter_sendto"
 	snoopProgTpEnterWrite                      = "tp_enter_write"
@@ -255,6 +256,7 @@ type snoopProgramSpecs struct {
 	KretprobeUnixStreamSendmsg        *ebpf.ProgramSpec `ebpf:"kretprobe_unix_stream_sendmsg"`
 	KretprobeUnixStreamSendmsgBounded *ebpf.ProgramSpec `ebpf:"kretprobe_unix_stream_sendmsg_bounded"`
 	PeerHpackWriteField               *ebpf.ProgramSpec `ebpf:"peer_hpack_write_field"`
+	PeerHpackWriteFieldBounded        *ebpf.ProgramSpec `ebpf:"peer_hpack_write_field_bounded"`
 	TpEnterSendmsg                    *ebpf.ProgramSpec `ebpf:"tp_enter_sendmsg"`
 	TpEnterSendto                     *ebpf.ProgramSpec `ebpf:"tp_enter_sendto"`
 	TpEnterWrite                      *ebpf.ProgramSpec `ebpf:"tp_enter_write"`
@@ -374,6 +376,7 @@ type snoopPrograms struct {
 	KretprobeUnixStreamSendmsg        *ebpf.Program `ebpf:"kretprobe_unix_stream_sendmsg"`
 	KretprobeUnixStreamSendmsgBounded *ebpf.Program `ebpf:"kretprobe_unix_stream_sendmsg_bounded"`
 	PeerHpackWriteField               *ebpf.Program `ebpf:"peer_hpack_write_field"`
+	PeerHpackWriteFieldBounded        *ebpf.Program `ebpf:"peer_hpack_write_field_bounded"`
 	TpEnterSendmsg                    *ebpf.Program `ebpf:"tp_enter_sendmsg"`
 	TpEnterSendto                     *ebpf.Program `ebpf:"tp_enter_sendto"`
 	TpEnterWrite                      *ebpf.Program `ebpf:"tp_enter_write"`
@@ -406,6 +409,7 @@ func (p *snoopPrograms) Close() error {
 		p.KretprobeUnixStreamSendmsg,
 		p.KretprobeUnixStreamSendmsgBounded,
 		p.PeerHpackWriteField,
+		p.PeerHpackWriteFieldBounded,
 		p.TpEnterSendmsg,
 		p.TpEnterSendto,
 		p.TpEnterWrite,
