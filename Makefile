@@ -63,9 +63,10 @@ test: test-deps
 	GO=$(GO) bash scripts/test-kernels.sh
 
 # The capture tests on Debian's kernels from bullseye's 5.10 to sid's newest,
-# amd64 and (KERNEL_SLOW, on by default while bpf/ differs from the last
-# release tag) arm64, booted under qemu, and on this host's kernel. As root;
-# kernels are cached in /var/cache/containerdsnoop. README: "Capture backends".
+# amd64 and arm64, and (KERNEL_SLOW, on by default while bpf/ differs from the
+# last release tag) the real-time 6.1 kernel, booted under qemu, and on this
+# host's kernel. As root; kernels are cached in /var/cache/containerdsnoop.
+# README: "Capture backends".
 test-kernels:
 	GO=$(GO) bash scripts/test-kernels.sh
 
