@@ -5,13 +5,11 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,8 +17,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/containerdsnoop/containerdsnoop/internal/capture"
-	"github.com/containerdsnoop/containerdsnoop/internal/recording"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/child"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/containerdtest"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/privileged"
@@ -180,31 +176,8 @@ func testCrictl(t *testing.T, opts containerdtest.Options) {
 	}
 	must("images")
 
-	after := c.Handled(t)
-	want := map[containerdtest.HandledKey]int{}
-	for k, n := range after {
-		if d := n - before[k]; d > 0 {
-			want[k] = d
-		}
-	}
-	shown := func(recs []*record) map[containerdtest.HandledKey]int {
-		got := map[containerdtest.HandledKey]int{}
-		for _, r := range recs {
-			if r.Protocol == "grpc" && r.Socket == c.Socket && r.Type == "response" && r.Status != nil {
-				got[containerdtest.HandledKey{Method: r.method(), Code: r.Status.Name}]++
-			}
-		}
-		return got
-	}
-	tr.waitRecords("every call containerd counted", func(recs []*record) bool {
-		got := shown(recs)
-		for k, n := range want {
-			if got[k] < n {
-				return false
-			}
-		}
-		return true
-	})
+	want := handledDelta(before, c.Handled(t))
+	tr.waitRecords("every call containerd counted", func(recs []*record) bool { return shownAll(recs, c.Socket, want) })
 	recs := stopJSON(t, tr, syscall.SIGINT)
 	table.waitText("the last call's row", func(out string) bool { return hasRespRow(out, "/runtime.v1.ImageService/ListImages") })
 	out := table.stop(syscall.SIGINT)
@@ -225,82 +198,17 @@ func testCrictl(t *testing.T, opts containerdtest.Options) {
 	t.Logf("crictl's calls (containerd %s):\n%s", map[bool]string{false: "1.6", true: containerdtest.Containerd2Version}[opts.V2], out)
 
 	// Every call containerd answered, with its method and status, once.
-	got := shown(recs)
-	var diffs []string
-	for k := range merge(want, got) {
-		if want[k] != got[k] {
-			diffs = append(diffs, fmt.Sprintf("%s %s: containerd counted %d, shown %d", k.Method, k.Code, want[k], got[k]))
-		}
-	}
-	sort.Strings(diffs)
-	if len(diffs) > 0 {
-		t.Errorf("calls shown differ from containerd's grpc_server_handled_total:\n%s", indent(strings.Join(diffs, "\n")))
-	}
-
-	type key struct {
-		conn   uint64
-		stream uint32
-	}
-	reqs := map[key]*record{}
+	checkHandled(t, recs, c.Socket, want)
+	// Every call ends with a line, also those the shim never answers
+	// because it exits (containerd 2's Task/Shutdown): the pod is gone.
 	ttrpcCalls := 0
-	for _, r := range recs {
-		// Every message decoded: cgroup metrics (Task/Stats) and the OCI
-		// spec (Containers/Get, Task/Create options) inside Anys too.
-		if r.MessageText != nil {
-			t.Errorf("a message shown only as text:\n    %s", r)
-		}
-		if int(r.PID) == churn || int(r.PeerPID) == churn {
-			t.Errorf("a line of the unrelated process %d passed --pid %d:\n    %s", churn, c.PID, r)
-		}
-		k := key{r.Conn, r.Stream}
-		if r.Type == "request" {
-			if reqs[k] == nil {
-				reqs[k] = r
-			}
-			continue
-		}
-		final := r.Status != nil || (r.Note != nil && *r.Note == "connection closed before the call ended")
-		if !final {
-			continue
-		}
-		if r.Protocol == "ttrpc" {
+	for _, cl := range checkCalls(t, recs, c.PID, churn, nil) {
+		if cl.req.Protocol == "ttrpc" && cl.end != nil {
 			ttrpcCalls++
-		}
-		req := reqs[k]
-		// No first send missing: every call's request was shown, so its
-		// method is known.
-		if req == nil || r.Method == nil {
-			t.Errorf("a call ended without its request shown (a first send dropped?):\n    %s", r)
-			continue
-		}
-		// The peer of a request is the process that answered it, or 0.
-		if req.PeerPID != 0 && r.PID != 0 && req.PeerPID != r.PID {
-			t.Errorf("request's peer %d, but %d answered it:\n    %s\n    %s", req.PeerPID, r.PID, req, r)
-		}
-		if r.PeerPID != 0 && r.PeerPID != req.PID {
-			t.Errorf("response's peer %d, but %d asked:\n    %s\n    %s", r.PeerPID, req.PID, req, r)
 		}
 	}
 	if ttrpcCalls == 0 {
 		t.Error("no ttrpc call between containerd and the pod's shim was shown")
-	}
-	// Every call ends with a line, also those the shim never answers
-	// because it exits (containerd 2's Task/Shutdown): the pod is gone.
-	ended := map[key]bool{}
-	var cut []string
-	for _, r := range recs {
-		if r.Type == "response" && (r.Status != nil || r.Note != nil) {
-			ended[key{r.Conn, r.Stream}] = true
-		}
-		if r.Status == nil && r.Note != nil && *r.Note == "connection closed before the call ended" {
-			cut = append(cut, r.method())
-		}
-	}
-	t.Logf("calls ended by their connection closing: %v", cut)
-	for k, r := range reqs {
-		if !ended[k] {
-			t.Errorf("a call without a final line:\n    %s", r)
-		}
 	}
 	// crictl stats made containerd ask the shim for the container's cgroup
 	// metrics: shown decoded, not as text.
@@ -320,33 +228,5 @@ func testCrictl(t *testing.T, opts containerdtest.Options) {
 	}
 
 	// Not even the recording holds anything of the unrelated process.
-	rd, err := recording.Open(rec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
-	var ev capture.Event
-	for {
-		if err := rd.Next(&ev); err != nil {
-			if !errors.Is(err, io.EOF) {
-				t.Errorf("read recording: %v", err)
-			}
-			break
-		}
-		if int(ev.PID) == churn {
-			t.Errorf("the recording holds a send of the unrelated process: %+v", ev)
-			break
-		}
-	}
-}
-
-func merge(a, b map[containerdtest.HandledKey]int) map[containerdtest.HandledKey]bool {
-	out := map[containerdtest.HandledKey]bool{}
-	for k := range a {
-		out[k] = true
-	}
-	for k := range b {
-		out[k] = true
-	}
-	return out
+	checkRecordingClean(t, rec, churn)
 }

@@ -34,6 +34,8 @@ type layout struct {
 	certsDir   string
 	// metrics is containerd's metrics listener (host:port), "" for none.
 	metrics string
+	// level is containerd's log level: "info", or "debug" (Options.Debug).
+	level string
 }
 
 func newLayout(dir string) layout {
@@ -51,6 +53,7 @@ func newLayout(dir string) layout {
 		cniConfDir: filepath.Join(dir, "cni", "net.d"),
 		cniBinDir:  filepath.Join(dir, "cni", "bin"),
 		certsDir:   filepath.Join(dir, "certs.d"),
+		level:      "info",
 	}
 }
 
@@ -108,7 +111,7 @@ disabled_plugins = [
 # instances. Metrics only when a test asks (on an ephemeral port).
 [debug]
   address = ""
-  level = "info"
+  level = ` + q(l.level) + `
 
 [metrics]
   address = ` + q(l.metrics) + `
@@ -188,7 +191,7 @@ disabled_plugins = [
 
 [debug]
   address = ""
-  level = "info"
+  level = ` + q(l.level) + `
 
 [metrics]
   address = ` + q(l.metrics) + `

@@ -68,6 +68,8 @@ type Containerd struct {
 	// MetricsURL is containerd's Prometheus metrics page, "" unless
 	// Options.Metrics.
 	MetricsURL string
+	// Log is containerd's log file.
+	Log string
 
 	layout  layout
 	cmd     *exec.Cmd
@@ -95,6 +97,10 @@ type Options struct {
 	// ephemeral loopback port (Containerd.MetricsURL), e.g. for
 	// grpc_server_handled_total, an oracle outside the tracer.
 	Metrics bool
+	// Debug sets containerd's log level to debug: its log (Containerd.Log)
+	// then has a line for every event published, an oracle outside the
+	// tracer for event streams.
+	Debug bool
 }
 
 // Containerd2Version is the containerd 2.x that scripts/deps/containerd2.sh
@@ -130,7 +136,10 @@ func StartWith(t testing.TB, opts Options) *Containerd {
 			t.Fatalf("pick a metrics port: %v", err)
 		}
 	}
-	c := &Containerd{Socket: l.socket, Dir: dir, layout: l, V2: opts.V2}
+	if opts.Debug {
+		l.level = "debug"
+	}
+	c := &Containerd{Socket: l.socket, Dir: dir, Log: l.log, layout: l, V2: opts.V2}
 	if l.metrics != "" {
 		c.MetricsURL = "http://" + l.metrics + "/v1/metrics"
 	}
