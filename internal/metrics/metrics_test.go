@@ -2,13 +2,10 @@ package metrics_test
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -43,28 +40,9 @@ func replay(t *testing.T, m *metrics.Metrics, names ...string) []expectedCall {
 	p := pipeline.New(w, pipeline.Filter{})
 	p.AddRecordSink(m)
 	p.AddSink(m)
-	var calls []expectedCall
-	var shift uint32
-	for _, name := range names {
-		recs, err := wirerec.Load(filepath.Join("../../testdata/wire", name+".wire"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := os.ReadFile(filepath.Join("../../testdata/wire", name+".expected.json"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var c []expectedCall
-		if err := json.Unmarshal(b, &c); err != nil {
-			t.Fatal(err)
-		}
-		calls = append(calls, c...)
-		recs = wirerec.ShiftConns(recs, shift)
-		shift += 100
-		evs := wirerec.Events(recs, time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
-		for i := range evs {
-			p.Feed(&evs[i])
-		}
+	evs, calls := wirerec.FixtureEvents[expectedCall](t, names...)
+	for i := range evs {
+		p.Feed(&evs[i])
 	}
 	if err := p.Close(); err != nil {
 		t.Fatal(err)

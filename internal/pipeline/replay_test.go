@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
@@ -88,19 +87,7 @@ func replay(t testing.TB, evs []capture.Event) []line {
 
 func load(t testing.TB, name string) ([]wirerec.Record, []expectedCall) {
 	t.Helper()
-	recs, err := wirerec.Load(filepath.Join("../../testdata/wire", name+".wire"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var calls []expectedCall
-	b, err := readFile(filepath.Join("../../testdata/wire", name+".expected.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &calls); err != nil {
-		t.Fatal(err)
-	}
-	return recs, calls
+	return wirerec.Fixture[expectedCall](t, name)
 }
 
 func jsonEqual(a, b json.RawMessage) bool {

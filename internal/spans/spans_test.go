@@ -3,11 +3,8 @@ package spans_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -39,27 +36,9 @@ func replay(t *testing.T, e *spans.Exporter, f pipeline.Filter, names ...string)
 	}
 	p := pipeline.New(w, f)
 	p.AddRecordSink(e)
-	var calls []expectedCall
-	var shift uint32
-	for _, name := range names {
-		recs, err := wirerec.Load(filepath.Join("../../testdata/wire", name+".wire"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := os.ReadFile(filepath.Join("../../testdata/wire", name+".expected.json"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var c []expectedCall
-		if err := json.Unmarshal(b, &c); err != nil {
-			t.Fatal(err)
-		}
-		calls = append(calls, c...)
-		evs := wirerec.Events(wirerec.ShiftConns(recs, shift), time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
-		shift += 100
-		for i := range evs {
-			p.Feed(&evs[i])
-		}
+	evs, calls := wirerec.FixtureEvents[expectedCall](t, names...)
+	for i := range evs {
+		p.Feed(&evs[i])
 	}
 	if err := p.Close(); err != nil {
 		t.Fatal(err)

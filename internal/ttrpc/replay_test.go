@@ -3,8 +3,6 @@ package ttrpc
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"reflect"
 	"sort"
 	"testing"
@@ -45,19 +43,7 @@ type expectedCall struct {
 
 func load(t testing.TB, name string) ([]wirerec.Record, []expectedCall) {
 	t.Helper()
-	recs, err := wirerec.Load(filepath.Join("../../testdata/wire", name+".wire"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(filepath.Join("../../testdata/wire", name+".expected.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var calls []expectedCall
-	if err := json.Unmarshal(b, &calls); err != nil {
-		t.Fatal(err)
-	}
-	return recs, calls
+	return wirerec.Fixture[expectedCall](t, name)
 }
 
 // cut removes bytes [from, to) of one direction of one connection, as a

@@ -210,7 +210,7 @@ func TestClusterMetricsAndTraces(t *testing.T) {
 	})
 
 	// The collector goes away; the tracer goes on.
-	collector.stop()
+	collector.stop(t)
 	pod2 := runPod(t, c, "after")
 	tr.waitRecords("second RemovePodSandbox response", func(recs []*record) bool {
 		return countCalls(recs, criRuntime+"RemovePodSandbox", self, c.Socket) == 2

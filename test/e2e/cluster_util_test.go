@@ -14,12 +14,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/child"
 )
 
 // freeAddr returns a loopback address with a port nobody listens on now.
@@ -36,39 +37,26 @@ func freeAddr(t *testing.T) string {
 // daemon is a program the test runs in the background (Prometheus, the
 // collector), its output kept for the failure message.
 type daemon struct {
-	name   string
-	cmd    *exec.Cmd
-	log    string
-	exited chan struct{}
+	name string
+	proc *child.Proc
+	log  string
 }
 
 func startDaemon(t *testing.T, bin string, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{name: filepath.Base(bin), cmd: exec.Command(bin, args...), log: filepath.Join(t.TempDir(), "log"), exited: make(chan struct{})}
+	cmd := exec.Command(bin, args...)
+	d := &daemon{name: filepath.Base(bin), log: filepath.Join(t.TempDir(), "log")}
 	f, err := os.Create(d.log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	d.cmd.Stdout, d.cmd.Stderr = f, f
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // Pdeathsig follows the forking thread
-		defer runtime.UnlockOSThread()
-		if err := d.cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		d.cmd.Wait()
-		close(d.exited)
-	}()
-	if err := <-started; err != nil {
+	cmd.Stdout, cmd.Stderr = f, f
+	if d.proc, err = child.StartProc(cmd, syscall.SIGKILL); err != nil {
 		t.Fatalf("start %s: %v", bin, err)
 	}
 	t.Cleanup(func() {
-		d.stop()
+		d.stop(t)
 		if t.Failed() {
 			t.Logf("%s output:\n%s", d.name, indent(d.output()))
 		}
@@ -85,20 +73,7 @@ func (d *daemon) output() string {
 }
 
 // stop asks for a clean exit, then kills.
-func (d *daemon) stop() {
-	select {
-	case <-d.exited:
-		return
-	default:
-	}
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.exited:
-	case <-time.After(15 * time.Second):
-		d.cmd.Process.Kill()
-		<-d.exited
-	}
-}
+func (d *daemon) stop(t *testing.T) { d.proc.Stop(t, d.name, 15*time.Second) }
 
 // waitFor polls ready (a readiness endpoint, a file the program writes)
 // until it holds, the program exits, or timeout.
@@ -107,7 +82,7 @@ func (d *daemon) waitFor(t *testing.T, what string, timeout time.Duration, ready
 	deadline := time.Now().Add(timeout)
 	for !ready() {
 		select {
-		case <-d.exited:
+		case <-d.proc.Exited():
 			t.Fatalf("%s exited before %s:\n%s", d.name, what, indent(d.output()))
 		case <-time.After(100 * time.Millisecond):
 		}

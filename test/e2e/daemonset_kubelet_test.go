@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -38,25 +37,9 @@ func TestDaemonSetUnderKubelet(t *testing.T) {
 	ref := importTracerImage(t, c)
 	metricsAddr := freeAddr(t)
 
-	root, err := moduleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(filepath.Join(root, "deploy", "daemonset.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var template map[string]any
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	for template == nil {
-		var doc map[string]any
-		if err := dec.Decode(&doc); err != nil {
-			t.Fatalf("deploy/daemonset.yaml: no DaemonSet: %v", err)
-		}
-		if doc["kind"] == "DaemonSet" {
-			template = doc["spec"].(map[string]any)["template"].(map[string]any)
-		}
-	}
+	var doc map[string]any
+	decodeDaemonSet(t, &doc)
+	template := doc["spec"].(map[string]any)["template"].(map[string]any)
 	spec := template["spec"].(map[string]any)
 	spec["hostNetwork"] = true
 	socketDir := filepath.Dir(c.Socket)

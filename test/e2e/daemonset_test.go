@@ -72,6 +72,18 @@ type daemonSet struct {
 
 func loadDaemonSet(t *testing.T) *daemonSet {
 	t.Helper()
+	var ds daemonSet
+	decodeDaemonSet(t, &ds)
+	if len(ds.Spec.Template.Spec.Containers) != 1 {
+		t.Fatalf("DaemonSet has %d containers, want 1", len(ds.Spec.Template.Spec.Containers))
+	}
+	return &ds
+}
+
+// decodeDaemonSet decodes the DaemonSet document of deploy/daemonset.yaml
+// (the file also holds its ServiceAccount and such) into out.
+func decodeDaemonSet(t *testing.T, out any) {
+	t.Helper()
 	root, err := moduleRoot()
 	if err != nil {
 		t.Fatal(err)
@@ -82,16 +94,20 @@ func loadDaemonSet(t *testing.T) *daemonSet {
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	for {
-		var ds daemonSet
-		if err := dec.Decode(&ds); err != nil {
+		var doc yaml.Node
+		if err := dec.Decode(&doc); err != nil {
 			t.Fatalf("deploy/daemonset.yaml: no DaemonSet: %v", err)
 		}
-		if ds.Kind == "DaemonSet" {
-			if len(ds.Spec.Template.Spec.Containers) != 1 {
-				t.Fatalf("DaemonSet has %d containers, want 1", len(ds.Spec.Template.Spec.Containers))
-			}
-			return &ds
+		var head struct {
+			Kind string `yaml:"kind"`
 		}
+		if err := doc.Decode(&head); err != nil || head.Kind != "DaemonSet" {
+			continue
+		}
+		if err := doc.Decode(out); err != nil {
+			t.Fatalf("deploy/daemonset.yaml: %v", err)
+		}
+		return
 	}
 }
 

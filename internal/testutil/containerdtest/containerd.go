@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -71,10 +70,8 @@ type Containerd struct {
 	// Log is containerd's log file.
 	Log string
 
-	layout  layout
-	cmd     *exec.Cmd
-	exited  chan struct{} // closed once cmd.Wait has returned
-	waitErr error         // cmd.Wait's result; read only after exited is closed
+	layout layout
+	proc   *child.Proc
 }
 
 // Start launches a private containerd for t and waits until both its own API
@@ -184,18 +181,11 @@ func (c *Containerd) start(bin string) error {
 	// If the test binary dies without running Cleanups (a go test -timeout
 	// panic, SIGKILL), containerd still gets told to shut down instead of
 	// lingering with our sockets and mounts.
-	c.cmd = cmd
-	c.exited = make(chan struct{})
-	exited, err := child.Start(cmd, syscall.SIGTERM)
+	p, err := child.StartProc(cmd, syscall.SIGTERM)
 	if err != nil {
-		c.waitErr = err
-		close(c.exited)
 		return err
 	}
-	go func() {
-		c.waitErr = <-exited
-		close(c.exited)
-	}()
+	c.proc = p
 	c.PID = cmd.Process.Pid
 	return nil
 }
@@ -236,8 +226,8 @@ func (c *Containerd) waitReady() (string, error) {
 			return v, nil
 		}
 		select {
-		case <-c.exited:
-			return "", fmt.Errorf("containerd exited before becoming ready (%v); last probe error: %w", c.waitErr, err)
+		case <-c.proc.Exited():
+			return "", fmt.Errorf("containerd exited before becoming ready (%v); last probe error: %w", c.proc.Err(), err)
 		case <-deadline.C:
 			return "", fmt.Errorf("containerd not ready after %s: %w", readyTimeout, err)
 		case <-time.After(delay):
@@ -314,31 +304,10 @@ func (c *Containerd) CRI(t testing.TB) (runtimeapi.RuntimeServiceClient, runtime
 }
 
 // LogTail returns at most the last n lines of containerd's log.
-func (c *Containerd) LogTail(n int) string {
-	const maxRead = 1 << 20
-	f, err := os.Open(c.layout.log)
-	if err != nil {
-		return fmt.Sprintf("(read containerd log: %v)", err)
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err == nil && fi.Size() > maxRead {
-		if _, err := f.Seek(-maxRead, io.SeekEnd); err != nil {
-			return fmt.Sprintf("(seek containerd log: %v)", err)
-		}
-	}
-	data, err := io.ReadAll(f)
-	if err != nil {
-		return fmt.Sprintf("(read containerd log: %v)", err)
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if n >= 0 && len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (c *Containerd) LogTail(n int) string { return child.LogTail(c.layout.log, n) }
 
 func (c *Containerd) cleanup(t testing.TB) {
-	if c.cmd != nil {
+	if c.proc != nil {
 		c.stop(t)
 	}
 	if t.Failed() {
@@ -357,23 +326,23 @@ func (c *Containerd) cleanup(t testing.TB) {
 
 func (c *Containerd) stop(t testing.TB) {
 	select {
-	case <-c.exited:
-		t.Logf("containerd (pid %d) had already exited: %v", c.PID, c.waitErr)
+	case <-c.proc.Exited():
+		t.Logf("containerd (pid %d) had already exited: %v", c.PID, c.proc.Err())
 		return
 	default:
 	}
 	c.reapTasks(t)
-	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+	if err := c.proc.Cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		t.Logf("send SIGTERM to containerd: %v", err)
 	}
 	select {
-	case <-c.exited:
+	case <-c.proc.Exited():
 	case <-time.After(stopTimeout):
 		t.Logf("containerd (pid %d) still running %s after SIGTERM; killing it", c.PID, stopTimeout)
-		if err := c.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		if err := c.proc.Cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
 			t.Errorf("kill containerd: %v", err)
 		}
-		<-c.exited
+		<-c.proc.Exited()
 	}
 }
 

@@ -24,12 +24,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/child"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/containerdtest"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/privileged"
 )
@@ -51,10 +51,8 @@ type Dockerd struct {
 	Dir  string
 	Log  string
 
-	cli     string
-	cmd     *exec.Cmd
-	exited  chan struct{}
-	waitErr error
+	cli  string
+	proc *child.Proc
 }
 
 // Start starts dockerd against c's socket, waits until its API answers and
@@ -85,8 +83,8 @@ func Start(t testing.TB, c *containerdtest.Containerd) *Dockerd {
 			t.Fatalf("dockerd not ready after %s: %v; log tail:\n%s", readyTimeout, err, d.LogTail(30))
 		}
 		select {
-		case <-d.exited:
-			t.Fatalf("dockerd exited (%v); log tail:\n%s", d.waitErr, d.LogTail(30))
+		case <-d.proc.Exited():
+			t.Fatalf("dockerd exited (%v); log tail:\n%s", d.proc.Err(), d.LogTail(30))
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -122,27 +120,11 @@ func (d *Dockerd) start(bin, containerdSock string) error {
 			cmd.Env = append(cmd.Env, e)
 		}
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	d.cmd = cmd
-	d.exited = make(chan struct{})
-	started := make(chan error, 1)
-	go func() {
-		// Pdeathsig fires when the forking thread exits: keep it.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			d.waitErr = err
-			close(d.exited)
-			started <- err
-			return
-		}
-		started <- nil
-		d.waitErr = cmd.Wait()
-		close(d.exited)
-	}()
-	if err := <-started; err != nil {
+	p, err := child.StartProc(cmd, syscall.SIGTERM)
+	if err != nil {
 		return err
 	}
+	d.proc = p
 	d.PID = cmd.Process.Pid
 	return nil
 }
@@ -175,7 +157,7 @@ func (d *Dockerd) run(args ...string) (string, error) {
 func (d *Dockerd) Stop(t testing.TB) {
 	t.Helper()
 	select {
-	case <-d.exited:
+	case <-d.proc.Exited():
 		return
 	default:
 	}
@@ -184,18 +166,11 @@ func (d *Dockerd) Stop(t testing.TB) {
 			t.Logf("remove containers: %v", err)
 		}
 	}
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.exited:
-	case <-time.After(stopTimeout):
-		t.Logf("dockerd (pid %d) still running %s after SIGTERM; killing it", d.PID, stopTimeout)
-		_ = d.cmd.Process.Kill()
-		<-d.exited
-	}
+	d.proc.Stop(t, "dockerd", stopTimeout)
 }
 
 func (d *Dockerd) cleanup(t testing.TB) {
-	if d.cmd != nil {
+	if d.proc != nil {
 		d.Stop(t)
 	}
 	if t.Failed() {
@@ -234,14 +209,4 @@ func unmountUnder(dir string) error {
 }
 
 // LogTail returns at most the last n lines of dockerd's log.
-func (d *Dockerd) LogTail(n int) string {
-	b, err := os.ReadFile(d.Log)
-	if err != nil {
-		return fmt.Sprintf("(read dockerd log: %v)", err)
-	}
-	ls := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(ls) > n {
-		ls = ls[len(ls)-n:]
-	}
-	return strings.Join(ls, "\n")
-}
+func (d *Dockerd) LogTail(n int) string { return child.LogTail(d.Log, n) }

@@ -41,6 +41,7 @@ import (
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/child"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/containerdtest"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/privileged"
 )
@@ -75,9 +76,7 @@ type Kubelet struct {
 	c         *containerdtest.Containerd
 	rt        runtimeapi.RuntimeServiceClient
 	manifests string
-	cmd       *exec.Cmd
-	exited    chan struct{}
-	waitErr   error
+	proc      *child.Proc
 }
 
 // Binary returns the path of the kubelet built by scripts/deps/kubelet.sh
@@ -262,28 +261,14 @@ func (k *Kubelet) start(bin string) error {
 	cmd.Stdout, cmd.Stderr = log, log
 	// Unshareflags CLONE_NEWNS: the Go runtime also makes every mount in
 	// the new namespace private before exec, so nothing propagates back.
-	// Pdeathsig: a test binary killed without Cleanup takes kubelet along.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS, Pdeathsig: syscall.SIGKILL}
-	k.cmd = cmd
-	k.exited = make(chan struct{})
-	started := make(chan error, 1)
-	go func() {
-		// Pdeathsig fires when the forking thread exits: keep it.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			k.waitErr = err
-			close(k.exited)
-			started <- err
-			return
-		}
-		started <- nil
-		k.waitErr = cmd.Wait()
-		close(k.exited)
-	}()
-	if err := <-started; err != nil {
+	// Parent-death signal: a test binary killed without Cleanup takes
+	// kubelet along.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+	p, err := child.StartProc(cmd, syscall.SIGKILL)
+	if err != nil {
 		return err
 	}
+	k.proc = p
 	k.PID = cmd.Process.Pid
 	return nil
 }
@@ -294,8 +279,8 @@ func (k *Kubelet) waitFor(what string, cond func() bool) error {
 	deadline := time.Now().Add(readyTimeout)
 	for !cond() {
 		select {
-		case <-k.exited:
-			return fmt.Errorf("kubelet exited (%v) while waiting for %s; log tail:\n%s", k.waitErr, what, k.LogTail(40))
+		case <-k.proc.Exited():
+			return fmt.Errorf("kubelet exited (%v) while waiting for %s; log tail:\n%s", k.proc.Err(), what, k.LogTail(40))
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
@@ -306,29 +291,17 @@ func (k *Kubelet) waitFor(what string, cond func() bool) error {
 }
 
 // Exited is closed when kubelet has exited.
-func (k *Kubelet) Exited() <-chan struct{} { return k.exited }
+func (k *Kubelet) Exited() <-chan struct{} { return k.proc.Exited() }
 
 // Stop sends SIGTERM and waits for kubelet to exit. Pods keep running
 // (kubelet leaves them to the runtime); containerdtest's Cleanup reaps them.
 func (k *Kubelet) Stop(t testing.TB) {
 	t.Helper()
-	select {
-	case <-k.exited:
-		return
-	default:
-	}
-	_ = k.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-k.exited:
-	case <-time.After(stopTimeout):
-		t.Logf("kubelet (pid %d) still running %s after SIGTERM; killing it", k.PID, stopTimeout)
-		_ = k.cmd.Process.Kill()
-		<-k.exited
-	}
+	k.proc.Stop(t, "kubelet", stopTimeout)
 }
 
 func (k *Kubelet) cleanup(t testing.TB) {
-	if k.cmd != nil {
+	if k.proc != nil {
 		k.Stop(t)
 	}
 	if t.Failed() {
@@ -342,17 +315,7 @@ func (k *Kubelet) cleanup(t testing.TB) {
 }
 
 // LogTail returns at most the last n lines of kubelet's log.
-func (k *Kubelet) LogTail(n int) string {
-	b, err := os.ReadFile(k.Log)
-	if err != nil {
-		return fmt.Sprintf("(read kubelet log: %v)", err)
-	}
-	ls := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(ls) > n {
-		ls = ls[len(ls)-n:]
-	}
-	return strings.Join(ls, "\n")
-}
+func (k *Kubelet) LogTail(n int) string { return child.LogTail(k.Log, n) }
 
 // Call is one CRI call kubelet logged.
 type Call struct {
