@@ -191,6 +191,7 @@ const (
 	snoopProgTpExitWritev                      = "tp_exit_writev"
 	snoopProgTpExitWritevBounded               = "tp_exit_writev_bounded"
 	snoopVarCfg                                = "cfg"
+	snoopVarInflightN                          = "inflight_n"
 	snoopVarUnusedBackend                      = "unused_backend"
 	snoopVarUnusedFlags                        = "unused_flags"
 	snoopVarUnusedHpackField                   = "unused_hpack_field"
@@ -290,6 +291,7 @@ type snoopMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type snoopVariableSpecs struct {
 	Cfg              *ebpf.VariableSpec `ebpf:"cfg"`
+	InflightN        *ebpf.VariableSpec `ebpf:"inflight_n"`
 	UnusedBackend    *ebpf.VariableSpec `ebpf:"unused_backend"`
 	UnusedFlags      *ebpf.VariableSpec `ebpf:"unused_flags"`
 	UnusedHpackField *ebpf.VariableSpec `ebpf:"unused_hpack_field"`
@@ -348,6 +350,7 @@ func (m *snoopMaps) Close() error {
 // It can be passed to loadSnoopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type snoopVariables struct {
 	Cfg              *ebpf.Variable `ebpf:"cfg"`
+	InflightN        *ebpf.Variable `ebpf:"inflight_n"`
 	UnusedBackend    *ebpf.Variable `ebpf:"unused_backend"`
 	UnusedFlags      *ebpf.Variable `ebpf:"unused_flags"`
 	UnusedHpackField *ebpf.Variable `ebpf:"unused_hpack_field"`
