@@ -368,6 +368,66 @@ static __always_inline __u32 peer_creds(struct sock *sk)
 	return BPF_CORE_READ(pid, numbers[0].nr);
 }
 
+/* ---- --socket: only connections on one socket file ----------------------
+ *
+ * Decided before anything is looked up or copied, so other unix traffic
+ * on a busy node costs only this check and cannot crowd the selected
+ * socket's bytes out of the ring buffer. A connection is identified by the
+ * socket file its listener was bound to: an accepted socket shares its
+ * listener's path (unix_stream_connect copies it to the new socket), and a
+ * client's peer is that accepted socket. The file is named by directory and
+ * name (struct sock_path_key), which userspace resolves from --socket
+ * (symlinks followed) and re-resolves periodically.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16);
+	__type(key, struct sock_path_key);
+	__type(value, __u8);
+} sock_filter SEC(".maps");
+
+static __always_inline bool bound_in_filter(struct sock *sk)
+{
+	struct dentry *d = BPF_CORE_READ((struct unix_sock *)sk, path.dentry);
+	struct sock_path_key key = {};
+	struct dentry *dir;
+	struct inode *di;
+	const unsigned char *name;
+	__u32 len;
+
+	if (!d)
+		return false;
+	len = BPF_CORE_READ(d, d_name.len);
+	if (len == 0 || len > SNOOP_NAME_MAX)
+		return false;
+	dir = BPF_CORE_READ(d, d_parent);
+	di = BPF_CORE_READ(dir, d_inode);
+	if (!di)
+		return false;
+	key.dir_ino = BPF_CORE_READ(di, i_ino);
+	key.dev = BPF_CORE_READ(di, i_sb, s_dev);
+	key.name_len = len;
+	name = BPF_CORE_READ(d, d_name.name);
+	barrier_var(len);
+	len &= SNOOP_NAME_MAX * 2 - 1;
+	if (len > SNOOP_NAME_MAX)
+		return false;
+	if (bpf_probe_read_kernel(key.name, len, name))
+		return false;
+	return bpf_map_lookup_elem(&sock_filter, &key) != NULL;
+}
+
+/* The sender's own socket, or its peer, is bound to a selected file. */
+static __always_inline bool on_selected_socket(struct sock *sk)
+{
+	struct sock *peer;
+
+	if (bound_in_filter(sk))
+		return true;
+	peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
+	return peer && bound_in_filter(peer);
+}
+
 /* The process at the other end of sk's connection, or 0 when unknown. */
 static __always_inline __u32 peer_pid_of(struct sock *sk)
 {
@@ -390,6 +450,8 @@ static __always_inline enum verdict wanted(__u32 tgid, struct sock *sk)
 	__u32 peer;
 
 	if (tgid == cfg.self_pid)
+		return SKIP;
+	if (cfg.filter_socket && !on_selected_socket(sk))
 		return SKIP;
 	if (!cfg.filter_pids)
 		return TRACE;

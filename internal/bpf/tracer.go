@@ -36,6 +36,13 @@ type Options struct {
 	// ErrIdle, and is woken early only when an eighth of the ring buffer
 	// is unread. Zero wakes the reader for every record.
 	PollInterval time.Duration
+	// Socket, when set, keeps only connections on this socket file (a
+	// listener bound to it, symlinks followed), decided in the kernel so
+	// other unix traffic is never copied. An abstract name (@name), a name
+	// longer than 64 bytes or a directory on btrfs or overlayfs cannot be
+	// compared there: then everything is captured, as without Socket, and
+	// Logf says why (the caller filters the events by path).
+	Socket string
 	// FollowChildren adds, in the kernel, every process forked by a
 	// process in PIDs to PIDs (trace -- CMD).
 	FollowChildren bool
@@ -65,6 +72,7 @@ type Tracer struct {
 	bootOffset time.Duration
 	comms      map[[16]byte]string
 	paths      map[string]string
+	sockWatch  *socketWatch
 	closeOnce  sync.Once
 	detachOnce sync.Once
 	// statsMu guards the counters map against Close; final holds the
@@ -167,6 +175,21 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 			return nil, fmt.Errorf("at most %d pids can be filtered, got %d", spec.Maps["pid_filter"].MaxEntries, n)
 		}
 	}
+	var sockKey snoopSockPathKey
+	if opts.Socket != "" {
+		key, err := socketKey(opts.Socket)
+		switch {
+		case errors.Is(err, errNoKernelFilter):
+			if opts.Logf != nil {
+				opts.Logf("%v: every unix send is captured and filtered here", err)
+			}
+		case err != nil:
+			return nil, fmt.Errorf("--socket: %w", err)
+		default:
+			cfg.FilterSocket = 1
+			sockKey = key
+		}
+	}
 	if err := spec.Variables["cfg"].Set(cfg); err != nil {
 		return nil, fmt.Errorf("set BPF config: %w", err)
 	}
@@ -194,6 +217,12 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 		if err := t.maps.PidFilter.Put(pid, uint8(1)); err != nil {
 			t.Close()
 			return nil, fmt.Errorf("set pid filter: %w", err)
+		}
+	}
+	if cfg.FilterSocket != 0 {
+		if err := t.startSocketWatch(opts.Socket, sockKey); err != nil {
+			t.Close()
+			return nil, err
 		}
 	}
 	if err := b.attach(t); err != nil {
@@ -414,6 +443,7 @@ func (t *Tracer) Close() error {
 			t.final = &s
 		}
 		t.statsMu.Unlock()
+		t.sockWatch.close()
 		for _, l := range t.links {
 			l.Close()
 		}
