@@ -39,28 +39,38 @@ type batch struct {
 type spool struct {
 	ch      chan *batch
 	free    sync.Pool
-	budget  chan struct{} // one token per event held: a record is at most one chunk
-	pending atomic.Int64  // bytes spooled and not yet read
+	budget  budget       // bytes held
+	pending atomic.Int64 // bytes spooled and not yet read
 	cur     *batch
 	stop    chan struct{}
 	done    chan struct{}
 }
 
 func (t *Tracer) startSpool(limit int) {
-	n := max(limit/maxRecord, 16)
+	n := max(limit/minRecord, 16)
 	s := &spool{
-		ch:     make(chan *batch, n),
-		budget: make(chan struct{}, n),
-		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
+		ch:   make(chan *batch, n),
+		stop: make(chan struct{}),
+		done: make(chan struct{}),
 	}
+	s.budget.limit = int64(max(limit, 2*maxRecord))
+	s.budget.cond.L = &s.budget.mu
 	s.free.New = func() any { return &batch{buf: make([]byte, 0, batchBytes)} }
 	t.spool = s
+	// A P of its own, nearly: woken by the kernel, the spool's thread must
+	// still find an idle P to run on, and with every P busy decoding or
+	// marking it would wait for the scheduler's next preemption (~10 ms,
+	// most of what the ring holds at full speed).
+	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 1)
 	go t.spoolLoop(s)
 }
 
-// maxRecord is what one event may hold: a chunk and its header.
-const maxRecord = 16<<10 + 512
+// maxRecord is what one event may hold: a chunk and its header; an event
+// is accounted as its data plus minRecord (the event itself).
+const (
+	maxRecord = 16<<10 + 512
+	minRecord = 256
+)
 
 // spoolLoop reads the ring until it is closed. A batch is handed over as
 // soon as the ring is empty, so a quiet decoder sees each record without
@@ -99,18 +109,15 @@ func (t *Tracer) spoolLoop(s *spool) {
 		}
 		// Room in the budget, or the reader gets what is here first (it
 		// may be waiting for exactly that) and this waits.
-		select {
-		case s.budget <- struct{}{}:
-		default:
+		cost := int64(len(ev.Data) + minRecord)
+		if !s.budget.try(cost) {
 			if len(b.evs) > 0 {
 				if !s.hand(b) {
 					return
 				}
 				b = s.free.Get().(*batch)
 			}
-			select {
-			case s.budget <- struct{}{}:
-			case <-s.stop:
+			if !s.budget.acquire(cost) {
 				return
 			}
 		}
@@ -154,7 +161,7 @@ func (s *spool) read(ev *capture.Event, poll time.Duration) error {
 				*ev = b.evs[b.next]
 				b.next++
 				s.pending.Add(-int64(len(ev.Data)) - 1)
-				<-s.budget
+				s.budget.release(int64(len(ev.Data) + minRecord))
 				return nil
 			}
 			err := b.err
@@ -202,5 +209,49 @@ func (s *spool) close() {
 		return
 	}
 	close(s.stop)
+	s.budget.shut()
 	<-s.done
+}
+
+// budget counts the bytes the spool holds; acquire waits for room.
+type budget struct {
+	mu          sync.Mutex
+	cond        sync.Cond
+	used, limit int64
+	closed      bool
+}
+
+func (b *budget) try(n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.used+n > b.limit {
+		return false
+	}
+	b.used += n
+	return true
+}
+
+// acquire waits until n bytes fit; false once shut.
+func (b *budget) acquire(n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for b.used+n > b.limit && !b.closed {
+		b.cond.Wait()
+	}
+	b.used += n
+	return !b.closed
+}
+
+func (b *budget) release(n int64) {
+	b.mu.Lock()
+	b.used -= n
+	b.mu.Unlock()
+	b.cond.Signal()
+}
+
+func (b *budget) shut() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	b.cond.Broadcast()
 }
