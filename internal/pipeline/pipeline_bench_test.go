@@ -18,8 +18,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
+	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/output"
 	"github.com/containerdsnoop/containerdsnoop/internal/pipeline"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
