@@ -53,7 +53,9 @@ func (t *Tracer) startSpool(limit int) {
 		stop: make(chan struct{}),
 		done: make(chan struct{}),
 	}
-	s.budget.limit = int64(max(limit, 2*maxRecord))
+	// At least a batch and two records: the batch being filled can never
+	// hold the whole budget while the reader waits for it.
+	s.budget.limit = int64(max(limit, batchBytes+2*maxRecord))
 	s.budget.cond.L = &s.budget.mu
 	s.free.New = func() any { return &batch{buf: make([]byte, 0, batchBytes)} }
 	t.spool = s
@@ -107,11 +109,13 @@ func (t *Tracer) spoolLoop(s *spool) {
 			b = s.free.Get().(*batch)
 			continue
 		}
-		// Room in the budget, or the reader gets what is here first (it
-		// may be waiting for exactly that) and this waits.
+		// Room in the budget, or this waits for the reader to free some.
+		// The batch is handed over first only when nothing is queued (the
+		// reader may be waiting for exactly it): handing over a batch per
+		// freed event would give every event a 256 KiB arena of its own.
 		cost := int64(len(ev.Data) + minRecord)
 		if !s.budget.try(cost) {
-			if len(b.evs) > 0 {
+			if len(b.evs) > 0 && len(s.ch) == 0 {
 				if !s.hand(b) {
 					return
 				}
