@@ -52,7 +52,9 @@ func socketKey(path string) (snoopSockPathKey, error) {
 		// directory decides.
 		dir, derr := filepath.EvalSymlinks(filepath.Dir(abs))
 		if derr != nil {
-			return key, fmt.Errorf("resolve %s: %w", path, derr)
+			// Not even its directory: a tracer started before containerd
+			// made it. Capture everything rather than miss the start.
+			return key, fmt.Errorf("%w: %v", errNoKernelFilter, derr)
 		}
 		real = filepath.Join(dir, filepath.Base(abs))
 	}

@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -178,6 +179,9 @@ func TestSocketKey(t *testing.T) {
 	long := filepath.Join(dir, string(bytes.Repeat([]byte("n"), 65)))
 	if _, err := socketKey(long); err == nil {
 		t.Error("65-byte name: no error")
+	}
+	if _, err := socketKey(filepath.Join(dir, "no-such-dir", "x.sock")); !errors.Is(err, errNoKernelFilter) {
+		t.Errorf("missing directory: %v, want the kernel filter off", err)
 	}
 	k, err := socketKey(filepath.Join(dir, "not-yet.sock"))
 	if err != nil {

@@ -47,8 +47,9 @@ type Options struct {
 	// listener bound to it, symlinks followed), decided in the kernel so
 	// other unix traffic is never copied. An abstract name (@name), a name
 	// longer than 64 bytes or a directory on btrfs or overlayfs cannot be
-	// compared there: then everything is captured, as without Socket, and
-	// Logf says why (the caller filters the events by path).
+	// compared there, nor one whose directory does not exist yet: then
+	// everything is captured, as without Socket, and Logf says why (the
+	// caller filters the events by path).
 	Socket string
 	// SpoolBytes bounds the heap that holds records moved out of the ring
 	// buffer while the decoder is behind (see spool.go): 0 means
