@@ -60,6 +60,9 @@ test: test-deps
 	# -p 1: the tracers under test see every unix socket on the machine, so
 	# packages running at once would load each other's ring buffers.
 	CONTAINERDSNOOP_REQUIRE_PRIVILEGED=$${CONTAINERDSNOOP_REQUIRE_PRIVILEGED:-1} $(GO) test -p 1 -count=1 -timeout 30m ./...
+	# Every microbenchmark once (decoder stages, the pipeline's calls/s per
+	# core and MB/s): they must run; a CI machine is too noisy for their numbers.
+	$(GO) test -p 1 -run='^$$' -bench=. -benchtime=1x ./internal/...
 	GO=$(GO) bash scripts/test-kernels.sh
 
 # The capture tests on Debian's kernels from bullseye's 5.10 to sid's newest,
@@ -81,7 +84,8 @@ test-deps:
 	bash scripts/install-test-deps.sh
 
 # Cost benchmark against the untraced baseline and strace, with the budget
-# verdicts (docs/performance.md). As root: sudo make bench
+# verdicts, and how cost grows (docs/performance.md). As root: sudo make
+# bench. A complete run replaces docs/perf/{results.jsonl,report.md,scaling.png}.
 bench:
 	bash scripts/bench.sh
 

@@ -129,6 +129,23 @@ struct {
 	__type(value, struct send_src);
 } inflight SEC(".maps");
 
+/* At least as many as inflight holds: every exit on the node (each write,
+ * to a file, a pipe, a TCP socket) first checks this and skips the hash
+ * lookup when nothing is in flight, which is nearly always. It never
+ * undercounts: it is raised before an entry is stored, lowered only by the
+ * exit that removes one; an entry lost otherwise (LRU eviction) only keeps
+ * it high, which costs the lookup and nothing else. */
+__u64 inflight_n SEC(".bss");
+
+static __always_inline void inflight_put(__u32 tid, struct send_src *src)
+{
+	/* A stale entry of this thread is overwritten without a new count. */
+	if (bpf_map_update_elem(&inflight, &tid, src, BPF_EXIST)) {
+		__sync_fetch_and_add(&inflight_n, 1);
+		bpf_map_update_elem(&inflight, &tid, src, BPF_ANY);
+	}
+}
+
 
 /* Waking the reader for every record costs a context switch per send on a
  * busy node; userspace polls on a short timer instead, and is woken early
@@ -156,13 +173,70 @@ static __always_inline __u64 socket_ino(struct socket *sock)
 	return BPF_CORE_READ(sa, vfs_inode.i_ino);
 }
 
-/* fd of the current task → struct socket *, or NULL when fd is not a socket. */
-static __always_inline struct socket *fd_socket(__u64 fd)
+/* ---- finding the socket behind a file descriptor ------------------------
+ *
+ * This runs on every write(2) and close(2) on the node, so it must reject
+ * everything that is not an AF_UNIX stream socket as cheaply as possible.
+ * Each bpf_probe_read_kernel is a helper call with its own fault handling
+ * (~15-20 ns); a load through a BTF-typed pointer is one instruction with an
+ * exception-table entry. Kernels with bpf_rdonly_cast (6.2+) walk
+ * task → files → fdt → fd[fd] → file → socket → sock with plain loads only.
+ * Older kernels read each field with CO-RE probe reads.
+ *
+ * Comparing file->f_op with &socket_file_ops and sock->ops with
+ * &unix_stream_ops (__ksym) would save one load more, but those are
+ * static data symbols: absent from kallsyms without CONFIG_KALLSYMS_ALL
+ * (this project's test host has none), and absent from BTF (only per-CPU
+ * variables are), so they cannot be relied on; the inode mode and socket
+ * type/family checks below are exact on every kernel.
+ */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+/* A weak kfunc's address is 0 when the kernel lacks it; the branch on it is
+ * then dead and the verifier never looks at the call. */
+#define ksym_exists(sym) (!!(sym))
+
+static __always_inline bool have_typed_walk(void)
 {
+	return ksym_exists(bpf_rdonly_cast) &&
+	       bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf);
+}
+
+/* The AF_UNIX stream socket behind fd, or NULL; *sockp gets its struct socket. */
+static __always_inline struct sock *fd_unix_stream(__u64 fd, struct socket **sockp)
+{
+	struct file *file;
+	struct socket *sock;
+	struct sock *sk;
+
+	if (have_typed_walk()) {
+		struct fdtable *fdt = bpf_get_current_task_btf()->files->fdt;
+
+		if (!fdt || fd >= fdt->max_fds)
+			return NULL;
+		/* The slot is read as the first word of a struct the verifier
+		 * knows (any will do: the word is cast again right after), so
+		 * that it is a plain load too; a bad address reads as 0. */
+		struct list_head *slot = bpf_rdonly_cast(&fdt->fd[fd], bpf_core_type_id_kernel(struct list_head));
+
+		file = bpf_rdonly_cast(slot->next, bpf_core_type_id_kernel(struct file));
+		if (!file)
+			return NULL;
+		if ((file->f_inode->i_mode & S_IFMT) != S_IFSOCK)
+			return NULL;
+		sock = bpf_rdonly_cast(file->private_data, bpf_core_type_id_kernel(struct socket));
+		if (!sock || sock->type != SOCK_STREAM)
+			return NULL;
+		sk = sock->sk;
+		if (!sk || sk->__sk_common.skc_family != AF_UNIX)
+			return NULL;
+		*sockp = sock;
+		return sk;
+	}
+
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
 	struct file **fds;
-	struct file *file;
 
 	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
 		return NULL;
@@ -171,19 +245,13 @@ static __always_inline struct socket *fd_socket(__u64 fd)
 		return NULL;
 	if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
 		return NULL;
-	return BPF_CORE_READ(file, private_data);
-}
-
-/* The struct sock of an AF_UNIX stream socket, or NULL. */
-static __always_inline struct sock *unix_stream_sk(struct socket *sock)
-{
-	struct sock *sk;
-
+	sock = BPF_CORE_READ(file, private_data);
 	if (!sock || BPF_CORE_READ(sock, type) != SOCK_STREAM)
 		return NULL;
 	sk = BPF_CORE_READ(sock, sk);
 	if (!sk || BPF_CORE_READ(sk, __sk_common.skc_family) != AF_UNIX)
 		return NULL;
+	*sockp = sock;
 	return sk;
 }
 
@@ -302,6 +370,66 @@ static __always_inline __u32 peer_creds(struct sock *sk)
 	return BPF_CORE_READ(pid, numbers[0].nr);
 }
 
+/* ---- --socket: only connections on one socket file ----------------------
+ *
+ * Decided before anything is looked up or copied, so other unix traffic
+ * on a busy node costs only this check and cannot crowd the selected
+ * socket's bytes out of the ring buffer. A connection is identified by the
+ * socket file its listener was bound to: an accepted socket shares its
+ * listener's path (unix_stream_connect copies it to the new socket), and a
+ * client's peer is that accepted socket. The file is named by directory and
+ * name (struct sock_path_key), which userspace resolves from --socket
+ * (symlinks followed) and re-resolves periodically.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16);
+	__type(key, struct sock_path_key);
+	__type(value, __u8);
+} sock_filter SEC(".maps");
+
+static __always_inline bool bound_in_filter(struct sock *sk)
+{
+	struct dentry *d = BPF_CORE_READ((struct unix_sock *)sk, path.dentry);
+	struct sock_path_key key = {};
+	struct dentry *dir;
+	struct inode *di;
+	const unsigned char *name;
+	__u32 len;
+
+	if (!d)
+		return false;
+	len = BPF_CORE_READ(d, d_name.len);
+	if (len == 0 || len > SNOOP_NAME_MAX)
+		return false;
+	dir = BPF_CORE_READ(d, d_parent);
+	di = BPF_CORE_READ(dir, d_inode);
+	if (!di)
+		return false;
+	key.dir_ino = BPF_CORE_READ(di, i_ino);
+	key.dev = BPF_CORE_READ(di, i_sb, s_dev);
+	key.name_len = len;
+	name = BPF_CORE_READ(d, d_name.name);
+	barrier_var(len);
+	len &= SNOOP_NAME_MAX * 2 - 1;
+	if (len > SNOOP_NAME_MAX)
+		return false;
+	if (bpf_probe_read_kernel(key.name, len, name))
+		return false;
+	return bpf_map_lookup_elem(&sock_filter, &key) != NULL;
+}
+
+/* The sender's own socket, or its peer, is bound to a selected file. */
+static __always_inline bool on_selected_socket(struct sock *sk)
+{
+	struct sock *peer;
+
+	if (bound_in_filter(sk))
+		return true;
+	peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
+	return peer && bound_in_filter(peer);
+}
+
 /* The process at the other end of sk's connection, or 0 when unknown. */
 static __always_inline __u32 peer_pid_of(struct sock *sk)
 {
@@ -324,6 +452,8 @@ static __always_inline enum verdict wanted(__u32 tgid, struct sock *sk)
 	__u32 peer;
 
 	if (tgid == cfg.self_pid)
+		return SKIP;
+	if (cfg.filter_socket && !on_selected_socket(sk))
 		return SKIP;
 	if (!cfg.filter_pids)
 		return TRACE;
@@ -568,33 +698,41 @@ static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 bac
 
 static __always_inline int enter_send(__u64 fd, __u32 kind, __u64 base, __u64 nr_segs)
 {
-	struct socket *sock = fd_socket(fd);
-	struct sock *sk = unix_stream_sk(sock);
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)pid_tgid;
+	struct socket *sock = NULL;
+	struct sock *sk = fd_unix_stream(fd, &sock);
+	__u64 pid_tgid;
+	__u32 tid;
 	struct send_src src = {};
 
-	if (!sk || !(src.verdict = wanted(pid_tgid >> 32, sk)))
+	if (!sk)
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	tid = (__u32)pid_tgid;
+	if (!(src.verdict = wanted(pid_tgid >> 32, sk)))
 		return 0;
 	src.sock = (__u64)sock;
 	src.sk = (__u64)sk;
 	src.kind = kind;
 	src.base = base;
 	src.nr_segs = nr_segs;
-	bpf_map_update_elem(&inflight, &tid, &src, BPF_ANY);
+	inflight_put(tid, &src);
 	return 0;
 }
 
 static __always_inline int exit_send(long ret, __u8 backend, bool loop)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct send_src *p = bpf_map_lookup_elem(&inflight, &tid);
-	struct send_src src;
+	struct send_src *p, src;
+	__u32 tid;
 
+	if (!*(volatile __u64 *)&inflight_n)
+		return 0;
+	tid = (__u32)bpf_get_current_pid_tgid();
+	p = bpf_map_lookup_elem(&inflight, &tid);
 	if (!p)
 		return 0;
 	src = *p;
-	bpf_map_delete_elem(&inflight, &tid);
+	if (!bpf_map_delete_elem(&inflight, &tid))
+		__sync_fetch_and_add(&inflight_n, -1);
 	if (ret > 0)
 		emit_send(&src, ret, backend, loop);
 	return 0;
@@ -658,9 +796,8 @@ TP_EXIT(sendmsg)
 SEC("tracepoint/syscalls/sys_enter_close")
 int any_enter_close(struct syscall_trace_enter *ctx)
 {
-	struct socket *sock = fd_socket(ctx->args[0]);
-	struct sock *sk = unix_stream_sk(sock);
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct socket *sock = NULL;
+	struct sock *sk = fd_unix_stream(ctx->args[0], &sock);
 	struct scratch *sc;
 	struct stats *s;
 	struct pos *pos;
@@ -669,7 +806,7 @@ int any_enter_close(struct syscall_trace_enter *ctx)
 
 	/* Whatever the filter says now: a socket that was traced (it has a
 	 * stream offset) has decoder state in userspace, undecided ones too. */
-	if (!sk || (__u32)(pid_tgid >> 32) == cfg.self_pid)
+	if (!sk || (__u32)(bpf_get_current_pid_tgid() >> 32) == cfg.self_pid)
 		return 0;
 	key = (__u64)sk;
 	pos = bpf_map_lookup_elem(&send_pos, &key);
@@ -703,13 +840,10 @@ int any_enter_close(struct syscall_trace_enter *ctx)
  */
 static __always_inline int enter_accept(__u64 fd)
 {
-	struct socket *sock = fd_socket(fd);
-	struct sock *sk;
+	struct socket *sock;
+	struct sock *sk = fd_unix_stream(fd, &sock);
 
-	if (!sock || BPF_CORE_READ(sock, type) != SOCK_STREAM)
-		return 0;
-	sk = BPF_CORE_READ(sock, sk);
-	if (sk && BPF_CORE_READ(sk, __sk_common.skc_family) == AF_UNIX)
+	if (sk)
 		note_owner(sock, sk, bpf_get_current_pid_tgid() >> 32);
 	return 0;
 }
@@ -733,8 +867,7 @@ static __always_inline int exit_accept(long fd)
 
 	if (fd < 0)
 		return 0;
-	sock = fd_socket(fd);
-	sk = unix_stream_sk(sock);
+	sk = fd_unix_stream(fd, &sock);
 	if (sk)
 		note_owner(sock, sk, bpf_get_current_pid_tgid() >> 32);
 	return 0;
@@ -877,7 +1010,7 @@ static __always_inline int enter_sendmsg(struct socket *sock, struct msghdr *msg
 	}
 	/* Anything else (bvec from splice/sendfile) keeps kind 0: counted as
 	 * a gap of its exact size at exit. */
-	bpf_map_update_elem(&inflight, &tid, &src, BPF_ANY);
+	inflight_put(tid, &src);
 	return 0;
 }
 

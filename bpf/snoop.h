@@ -119,6 +119,19 @@ struct config {
 	__u32 filter_pids;  /* nonzero: only connections whose sender or peer is in pid_filter */
 	__u32 follow_forks; /* nonzero: processes forked by one in pid_filter join it */
 	__u32 wakeup_bytes; /* wake the reader only past this much unread data; 0: every record */
+	__u32 filter_socket; /* nonzero: only connections on a socket file named in sock_filter */
+};
+
+/* A socket file, by where it is: its directory (device as the kernel
+ * encodes it, MAJOR << 20 | MINOR, and inode) and its name there. A
+ * listener re-created at the same path (containerd restarting) keeps this
+ * identity although its own inode is new. */
+#define SNOOP_NAME_MAX 64
+struct sock_path_key {
+	__u64 dir_ino;
+	__u32 dev;
+	__u32 name_len;
+	char name[SNOOP_NAME_MAX]; /* zero-padded */
 };
 
 #endif

@@ -19,7 +19,11 @@
 # rates, e.g. RATE="1000 5000", each get their own rows),
 # FULL_CONCURRENCY (8), RATE_CONCURRENCY (16), REQ_SIZE (1024),
 # RESP_SIZE (1024), WRITELOOP_DURATION (2s), CONNS (10000),
-# CONFIGS ("untraced json table strace"), BENCH_RESULTS (results file).
+# CONFIGS ("untraced json table strace"); how cost grows, one tracer run per
+# point: SCALE_RATES ("1000 5000 10000 full"), SCALE_SIZES ("1024 65536
+# 1048576"), SCALE_CONNS ("10 1000 10000"; connections open at once), each
+# "" to skip; BENCH_OUT (docs/perf: results.jsonl, report.md, scaling.png,
+# replaced only by a complete run).
 #
 # Exit status: 0 when every budget is met, 3 when one is missed (the table
 # is still printed), anything else when the benchmark itself failed.
@@ -50,8 +54,15 @@ if [[ -d /dev/shm && -w /dev/shm ]]; then
 else
 	W=$(mktemp -d /tmp/snoopbench.XXXXXX)
 fi
-RESULTS=${BENCH_RESULTS:-/tmp/snoopbench-results-$(date +%Y%m%dT%H%M%S).jsonl}
+SCALE_RATES=${SCALE_RATES-1000 5000 10000 full}
+SCALE_SIZES=${SCALE_SIZES-1024 65536 1048576}
+SCALE_CONNS=${SCALE_CONNS-10 1000 10000}
+BENCH_OUT=${BENCH_OUT:-docs/perf}
+RESULTS=$W/results.jsonl
 SOCK=$W/cri.sock
+# 10,000 connections held open at once: two descriptors each, in the
+# client and in the server.
+ulimit -n 1048576 2>/dev/null || ulimit -n 65536 2>/dev/null || true
 
 # ---- processes: every one started is tracked and ended on exit ----------
 PIDS=()
@@ -183,12 +194,24 @@ BENCH=$W/snoopbench
 CLK_TCK=$(getconf CLK_TCK)
 
 # ---- server -------------------------------------------------------------
-"$BENCH" server -socket "$SOCK" -resp-size "$RESP_SIZE" >"$W/server.log" 2>&1 &
-SERVER_PID=$!
-PIDS+=("$SERVER_PID")
-wait_line "$W/server.log" '^snoopbench: server ready' "$SERVER_PID" 30
-SERVER_LINE=$(grep -m1 '^snoopbench: server ready' "$W/server.log")
-log "$SERVER_LINE"
+# start_server RESP_SIZE: (re)start the CRI server, waiting until it is ready.
+start_server() {
+	if [[ -n ${SERVER_PID:-} ]]; then
+		kill -TERM "$SERVER_PID" 2>/dev/null || true
+		wait "$SERVER_PID" 2>/dev/null || true
+		forget "$SERVER_PID"
+	fi
+	: >"$W/server.log"
+	"$BENCH" server -socket "$SOCK" -resp-size "$1" >"$W/server.log" 2>&1 &
+	SERVER_PID=$!
+	PIDS+=("$SERVER_PID")
+	wait_line "$W/server.log" '^snoopbench: server ready' "$SERVER_PID" 30
+	SERVER_LINE=$(grep -m1 '^snoopbench: server ready' "$W/server.log")
+	log "$SERVER_LINE"
+}
+SERVER_PID=''
+start_server "$RESP_SIZE"
+FIRST_SERVER_LINE=$SERVER_LINE
 
 : >"$RESULTS"
 read -ra CFGS <<<"$CONFIGS"
@@ -197,7 +220,7 @@ n=${#CFGS[@]}
 # run_load CONFIG MODE ROUND: one measurement, appended to RESULTS. MODE is
 # "full" or a rate in calls/s.
 run_load() {
-	local cfg=$1 mode=$2 round=$3 out=/dev/null args client s0 s1 t0 t1 tr0=0 tr1=0 tend hwm=0 rss=0 dec=-1 loss
+	local cfg=$1 mode=$2 round=$3 out=/dev/null args client s0 s1 t0 t1 tr0=0 tr1=0 tend hwm=0 rss=0 dec=-1 loss mem=null
 	loss='"lost_events":-1,"lost_bytes":-1,"faults":-1'
 	args=(-socket "$SOCK" -req-size "$REQ_SIZE" -duration "$DURATION")
 	local label="full speed"
@@ -222,6 +245,7 @@ run_load() {
 		tr1=$(cpu_ticks "$TPID")
 		hwm=$(status_kb "$TPID" VmHWM)
 		rss=$(status_kb "$TPID" VmRSS)
+		[[ $cfg != strace ]] && mem=$("$BENCH" mem -pid "$TPID")
 		stop_tracer
 		if [[ $cfg != strace ]]; then
 			loss=$(loss_fields)
@@ -232,8 +256,8 @@ run_load() {
 		fi
 	fi
 	t1=$(awk -v a="$t0" -v b="$tend" 'BEGIN { printf "%.3f", b - a }')
-	printf '{"kind":"load","config":"%s","mode":"%s","round":%d,"clk_tck":%d,"client":%s,"server_ticks":%d,"tracer_ticks":%d,"tracer_window_s":%s,"tracer_hwm_kb":%d,"tracer_rss_kb":%d,"decoded":%d,%s}\n' \
-		"$cfg" "$mode" "$round" "$CLK_TCK" "$client" $((s1 - s0)) $((tr1 - tr0)) "$t1" "$hwm" "$rss" "$dec" "$loss" >>"$RESULTS"
+	printf '{"kind":"%s","axis":"%s","value":%s,"config":"%s","mode":"%s","round":%d,"clk_tck":%d,"client":%s,"server_ticks":%d,"tracer_ticks":%d,"tracer_window_s":%s,"tracer_hwm_kb":%d,"tracer_rss_kb":%d,"tracer_mem":%s,"decoded":%d,%s}\n' \
+		"${KIND:-load}" "${AXIS:-}" "${VALUE:-0}" "$cfg" "$mode" "$round" "$CLK_TCK" "$client" $((s1 - s0)) $((tr1 - tr0)) "$t1" "$hwm" "$rss" "$mem" "$dec" "$loss" >>"$RESULTS"
 	log "round $round $label $cfg: $(sed -E 's/.*"calls_per_sec":([0-9.]+).*"p50_us":([0-9.]+).*"p99_us":([0-9.]+).*/\1 calls\/s, p50 \2 µs, p99 \3 µs/' <<<"$client")"
 }
 
@@ -273,23 +297,66 @@ if ((CONNS > 0)); then
 	hwm=$(status_kb "$TPID" VmHWM)
 	anon=$(status_kb "$TPID" RssAnon)
 	rb=$(bpfmap_kb "$TPID")
+	mem=$("$BENCH" mem -pid "$TPID")
 	stop_tracer
-	printf '{"kind":"conns","config":"json","clk_tck":%d,"conns":%s,"tracer_rss_before_kb":%d,"tracer_rss_kb":%d,"tracer_hwm_kb":%d,"tracer_anon_kb":%d,"tracer_bpfmap_kb":%d,"decoded":%d,%s}\n' \
-		"$CLK_TCK" "$cr" "$rss0" "$rss1" "$hwm" "$anon" "$rb" "$(decoded "$W/conns.json")" "$(loss_fields)" >>"$RESULTS"
+	printf '{"kind":"conns","config":"json","clk_tck":%d,"conns":%s,"tracer_rss_before_kb":%d,"tracer_rss_kb":%d,"tracer_hwm_kb":%d,"tracer_anon_kb":%d,"tracer_bpfmap_kb":%d,"tracer_mem":%s,"decoded":%d,%s}\n' \
+		"$CLK_TCK" "$cr" "$rss0" "$rss1" "$hwm" "$anon" "$rb" "$mem" "$(decoded "$W/conns.json")" "$(loss_fields)" >>"$RESULTS"
 	log "conns: $cr; tracer RSS $rss0 -> $rss1 kB (peak $hwm kB)"
 fi
+
+# ---- how cost grows: one tracer (JSON) run per point ----------------------
+if [[ -n $SCALE_RATES ]]; then
+	log "scale: call rate ${SCALE_RATES}"
+	for rate in $SCALE_RATES; do
+		v=$rate
+		[[ $rate == full ]] && v=0
+		KIND=scale AXIS=rate VALUE=$v run_load json "$rate" 1
+	done
+fi
+if [[ -n $SCALE_SIZES ]]; then
+	log "scale: message size ${SCALE_SIZES}"
+	for size in $SCALE_SIZES; do
+		start_server "$size"
+		REQ_SIZE=$size KIND=scale AXIS=size VALUE=$size run_load json full 1
+	done
+	start_server "$RESP_SIZE"
+fi
+for n in $SCALE_CONNS; do
+	log "scale: $n connections open at once"
+	start_tracer json "$W/conns.json"
+	tr0=$(cpu_ticks "$TPID")
+	t0=$(now)
+	cr=$("$BENCH" conns -socket "$SOCK" -n "$n" -parallel 16 -hold -tracer-pid "$TPID")
+	t1=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }')
+	wait_idle "$TPID"
+	tr1=$(cpu_ticks "$TPID")
+	hwm=$(status_kb "$TPID" VmHWM)
+	stop_tracer
+	printf '{"kind":"scale","axis":"conns","value":%d,"config":"json","clk_tck":%d,"conns":%s,"tracer_ticks":%d,"tracer_window_s":%s,"tracer_hwm_kb":%d,"decoded":%d,%s}\n' \
+		"$n" "$CLK_TCK" "$cr" $((tr1 - tr0)) "$t1" "$hwm" "$(decoded "$W/conns.json")" "$(loss_fields)" >>"$RESULTS"
+done
 
 # ---- report -------------------------------------------------------------
 backend=tracepoint
 [[ -s $TERR ]] && backend=$(sed -nE 's/^containerdsnoop: tracing gRPC on unix sockets \(backend ([a-z]+)\).*/\1/p' "$TERR" | head -n1)
 printf '{"kind":"info","kernel":"%s","cpus":%d,"cpu_model":"%s","go":"%s","backend":"%s","server":"%s","params":"%s"}\n' \
 	"$(uname -r)" "$(nproc)" "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" "$("$GO" env GOVERSION)" "${backend:-tracepoint}" \
-	"${SERVER_LINE#snoopbench: }, request $REQ_SIZE B" \
-	"ROUNDS=$ROUNDS DURATION=$DURATION RATE=$RATE FULL_CONCURRENCY=$FULL_CONCURRENCY RATE_CONCURRENCY=$RATE_CONCURRENCY WRITELOOP_DURATION=$WRITELOOP_DURATION CONNS=$CONNS" >>"$RESULTS"
+	"${FIRST_SERVER_LINE#snoopbench: }, request $REQ_SIZE B" \
+	"ROUNDS=$ROUNDS DURATION=$DURATION RATE=$RATE FULL_CONCURRENCY=$FULL_CONCURRENCY RATE_CONCURRENCY=$RATE_CONCURRENCY WRITELOOP_DURATION=$WRITELOOP_DURATION CONNS=$CONNS SCALE_RATES=$SCALE_RATES SCALE_SIZES=$SCALE_SIZES SCALE_CONNS=$SCALE_CONNS" >>"$RESULTS"
 
 echo
 status=0
-"$BENCH" report "$RESULTS" || status=$?
+plot=()
+[[ -n "$SCALE_RATES$SCALE_SIZES$SCALE_CONNS" ]] && plot=(-plot "$W/scaling.png")
+"$BENCH" report "${plot[@]}" "$RESULTS" >"$W/report.md" || status=$?
+cat "$W/report.md"
 echo
-log "raw results: $RESULTS"
+if ((status == 0 || status == 3)); then
+	# A complete run: it replaces the one kept beside docs/performance.md.
+	mkdir -p "$BENCH_OUT"
+	cp "$RESULTS" "$BENCH_OUT/results.jsonl"
+	cp "$W/report.md" "$BENCH_OUT/report.md"
+	[[ -f $W/scaling.png ]] && cp "$W/scaling.png" "$BENCH_OUT/scaling.png"
+	log "raw results, report and plot: $BENCH_OUT/{results.jsonl,report.md,scaling.png}"
+fi
 exit "$status"

@@ -133,7 +133,9 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	}
 	// Polling every 20 ms rather than being woken per record saves a
 	// context switch per send on a busy node; output lags by at most that.
-	opts := bpf.Options{Attach: f.attach, RingBufSize: f.ringBufSize, PIDs: filter.PIDs, PollInterval: 20 * time.Millisecond, PeerProbes: f.peerProbes}
+	// --socket is decided in the kernel too, so other unix traffic is never
+	// copied; the pipeline still checks each event's path.
+	opts := bpf.Options{Attach: f.attach, RingBufSize: f.ringBufSize, PIDs: filter.PIDs, Socket: filter.Socket, PollInterval: 20 * time.Millisecond, PeerProbes: f.peerProbes}
 	if len(command) > 0 {
 		// Fail before attaching anything when the command cannot run.
 		if _, err := exec.LookPath(command[0]); err != nil {

@@ -21,6 +21,10 @@ type connsResult struct {
 	Calls    int64   `json:"calls_total"`
 	Errors   int64   `json:"errors"`
 	Seconds  float64 `json:"seconds"`
+	// Held: every connection stayed open until all had made their call;
+	// Mem is the tracer's memory then (after it went idle).
+	Held bool       `json:"held,omitempty"`
+	Mem  *memResult `json:"tracer_mem,omitempty"`
 }
 
 // runConns opens and closes n connections, each making one ListContainers
@@ -32,12 +36,16 @@ func runConns(args []string) error {
 	n := fs.Int("n", 10000, "connections to open and close")
 	parallel := fs.Int("parallel", 4, "connections open at once")
 	reqSize := fs.Int("req-size", 1024, "approximate request size in bytes")
+	hold := fs.Bool("hold", false, "keep every connection open until all have made their call (n connections open at once)")
+	tracerPID := fs.Int("tracer-pid", 0, "with -hold: measure this process's memory while all connections are open, once it is idle")
 	fs.Parse(args)
 	if *socket == "" {
 		return errors.New("conns: -socket is required")
 	}
 	req := listRequest(*reqSize)
 	var next, calls, errs atomic.Int64
+	var mu sync.Mutex
+	var held []*grpc.ClientConn
 	start := time.Now()
 	var wg sync.WaitGroup
 	for w := 0; w < *parallel; w++ {
@@ -55,13 +63,31 @@ func runConns(args []string) error {
 				} else {
 					calls.Add(1)
 				}
-				cc.Close()
+				if *hold {
+					mu.Lock()
+					held = append(held, cc)
+					mu.Unlock()
+				} else {
+					cc.Close()
+				}
 			}
 		}()
 	}
 	wg.Wait()
-	return json.NewEncoder(os.Stdout).Encode(connsResult{
+	res := connsResult{
 		Mode: "conns", Conns: *n, Parallel: *parallel, Calls: calls.Load(), Errors: errs.Load(),
-		Seconds: time.Since(start).Seconds(),
-	})
+		Seconds: time.Since(start).Seconds(), Held: *hold,
+	}
+	if *hold && *tracerPID > 0 {
+		waitIdle(*tracerPID, time.Minute)
+		m, err := readMem(*tracerPID)
+		if err != nil {
+			return err
+		}
+		res.Mem = &m
+	}
+	for _, cc := range held {
+		cc.Close()
+	}
+	return json.NewEncoder(os.Stdout).Encode(res)
 }

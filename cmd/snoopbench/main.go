@@ -5,9 +5,10 @@
 //
 //	snoopbench server    -socket PATH [-resp-size 1024]
 //	snoopbench client    -socket PATH [-req-size 1024] [-concurrency 8] [-duration 5s] [-rate 5000]
-//	snoopbench conns     -socket PATH [-n 10000] [-parallel 4]
+//	snoopbench conns     -socket PATH [-n 10000] [-parallel 4] [-hold -tracer-pid PID]
+//	snoopbench mem       -pid PID
 //	snoopbench writeloop [-duration 3s]
-//	snoopbench report    results.jsonl
+//	snoopbench report    [-plot FILE.png] results.jsonl
 //
 // Every measuring mode prints one JSON object on stdout. The server prints
 // "snoopbench: server ready ..." on stdout once it accepts connections.
@@ -33,6 +34,8 @@ func main() {
 		err = runConns(args)
 	case "writeloop":
 		err = runWriteLoop(args)
+	case "mem":
+		err = runMem(args)
 	case "report":
 		err = runReport(args)
 	case "-h", "-help", "--help", "help":
@@ -54,7 +57,8 @@ modes:
   server     serve CRI RuntimeService/ListContainers on a unix socket
   client     make unary ListContainers calls, at full speed or a fixed rate
   conns      open N short connections, one call each
-  writeloop  write(2) 64 bytes to /dev/null and to a pipe in a tight loop
+  writeloop  write(2) 64 bytes to /dev/null and to a pipe in a tight loop, and getppid(2)
+  mem        a process's memory, the ring buffer counted once
   report     aggregate scripts/bench.sh results into the table
 
 Run "snoopbench MODE -h" for the flags of a mode.

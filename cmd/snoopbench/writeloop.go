@@ -18,6 +18,9 @@ type writeLoopResult struct {
 	WriteBytes  int     `json:"write_bytes"`
 	DevNullNsOp float64 `json:"devnull_ns_per_write"`
 	PipeNsOp    float64 `json:"pipe_ns_per_write"`
+	// A syscall that is not a write: what a hook on every syscall (raw
+	// syscall tracepoints) would add to all other work on the node.
+	GetppidNsOp float64 `json:"getppid_ns_per_call"`
 }
 
 // runWriteLoop measures what a tracer hooked on write(2) costs work that
@@ -64,19 +67,33 @@ func runWriteLoop(args []string) error {
 	unix.Close(p[0])
 	res.PipeWPS = float64(n) / el.Seconds()
 	res.PipeNsOp = float64(el.Nanoseconds()) / float64(n)
+
+	n, el = loopCalls(func() { unix.Getppid() }, *duration)
+	res.GetppidNsOp = float64(el.Nanoseconds()) / float64(n)
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
 
 func loop(fd int, buf []byte, d time.Duration) (int64, time.Duration) {
+	var n int64
+	_, el := loopCalls(func() {
+		if _, err := unix.Write(fd, buf); err == nil {
+			n++
+		}
+	}, d)
+	return n, el
+}
+
+// loopCalls calls f in batches of 1024 until d has passed, and returns how
+// many calls it made and how long they took.
+func loopCalls(f func(), d time.Duration) (int64, time.Duration) {
 	start := time.Now()
 	end := start.Add(d)
 	var n int64
 	for {
 		for i := 0; i < 1024; i++ {
-			if _, err := unix.Write(fd, buf); err == nil {
-				n++
-			}
+			f()
 		}
+		n += 1024
 		if now := time.Now(); !now.Before(end) {
 			return n, now.Sub(start)
 		}

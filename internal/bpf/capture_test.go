@@ -221,7 +221,9 @@ func TestCaptureSyscallsByteExact(t *testing.T) {
 }
 
 func testCaptureByteExact(t *testing.T, backend string) {
-	tr, c := startCapture(t, Options{Attach: backend, IncludeSelf: true})
+	// Room for the 16 MiB write below in one piece: it is chunked by one
+	// BPF program run, faster than any reader drains.
+	tr, c := startCapture(t, Options{Attach: backend, IncludeSelf: true, RingBufSize: 32 << 20})
 	client, server, path := listenPair(t)
 	fd := rawFD(t, client)
 
@@ -454,7 +456,9 @@ func testCaptureLargeSend(t *testing.T, backend string) {
 			t.Fatalf("CONTAINERDSNOOP_EXPECT_SEND_CUT=%q: want a byte count", v)
 		}
 	}
-	tr, c := startCapture(t, Options{Attach: backend, IncludeSelf: true})
+	// Room for the 16 MiB write in one piece: one BPF program run chunks
+	// it, faster than any reader drains the (16 MiB default) ring.
+	tr, c := startCapture(t, Options{Attach: backend, IncludeSelf: true, RingBufSize: 32 << 20})
 	client, server, _ := listenPair(t)
 	fd := rawFD(t, client)
 	readDone := make(chan error, 1)

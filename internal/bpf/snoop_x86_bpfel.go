@@ -22,11 +22,12 @@ const (
 )
 
 type snoopConfig struct {
-	_           structs.HostLayout
-	SelfPid     uint32
-	FilterPids  uint32
-	FollowForks uint32
-	WakeupBytes uint32
+	_            structs.HostLayout
+	SelfPid      uint32
+	FilterPids   uint32
+	FollowForks  uint32
+	WakeupBytes  uint32
+	FilterSocket uint32
 }
 
 type snoopEvent struct {
@@ -137,6 +138,14 @@ type snoopSendSrc struct {
 	Verdict uint32
 }
 
+type snoopSockPathKey struct {
+	_       structs.HostLayout
+	DirIno  uint64
+	Dev     uint32
+	NameLen uint32
+	Name    [64]int8
+}
+
 type snoopStats struct {
 	_           structs.HostLayout
 	Events      uint64
@@ -161,6 +170,7 @@ const (
 	snoopMapScratchMap                         = "scratch_map"
 	snoopMapSendPos                            = "send_pos"
 	snoopMapSkOwner                            = "sk_owner"
+	snoopMapSockFilter                         = "sock_filter"
 	snoopMapStatsMap                           = "stats_map"
 	snoopProgAnyEnterAccept                    = "any_enter_accept"
 	snoopProgAnyEnterAccept4                   = "any_enter_accept4"
@@ -192,6 +202,7 @@ const (
 	snoopProgTpExitWritev                      = "tp_exit_writev"
 	snoopProgTpExitWritevBounded               = "tp_exit_writev_bounded"
 	snoopVarCfg                                = "cfg"
+	snoopVarInflightN                          = "inflight_n"
 	snoopVarUnusedBackend                      = "unused_backend"
 	snoopVarUnusedFlags                        = "unused_flags"
 	snoopVarUnusedHpackField                   = "unused_hpack_field"
@@ -284,6 +295,7 @@ type snoopMapSpecs struct {
 	ScratchMap      *ebpf.MapSpec `ebpf:"scratch_map"`
 	SendPos         *ebpf.MapSpec `ebpf:"send_pos"`
 	SkOwner         *ebpf.MapSpec `ebpf:"sk_owner"`
+	SockFilter      *ebpf.MapSpec `ebpf:"sock_filter"`
 	StatsMap        *ebpf.MapSpec `ebpf:"stats_map"`
 }
 
@@ -292,6 +304,7 @@ type snoopMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type snoopVariableSpecs struct {
 	Cfg              *ebpf.VariableSpec `ebpf:"cfg"`
+	InflightN        *ebpf.VariableSpec `ebpf:"inflight_n"`
 	UnusedBackend    *ebpf.VariableSpec `ebpf:"unused_backend"`
 	UnusedFlags      *ebpf.VariableSpec `ebpf:"unused_flags"`
 	UnusedHpackField *ebpf.VariableSpec `ebpf:"unused_hpack_field"`
@@ -327,6 +340,7 @@ type snoopMaps struct {
 	ScratchMap      *ebpf.Map `ebpf:"scratch_map"`
 	SendPos         *ebpf.Map `ebpf:"send_pos"`
 	SkOwner         *ebpf.Map `ebpf:"sk_owner"`
+	SockFilter      *ebpf.Map `ebpf:"sock_filter"`
 	StatsMap        *ebpf.Map `ebpf:"stats_map"`
 }
 
@@ -341,6 +355,7 @@ func (m *snoopMaps) Close() error {
 		m.ScratchMap,
 		m.SendPos,
 		m.SkOwner,
+		m.SockFilter,
 		m.StatsMap,
 	)
 }
@@ -350,6 +365,7 @@ func (m *snoopMaps) Close() error {
 // It can be passed to loadSnoopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type snoopVariables struct {
 	Cfg              *ebpf.Variable `ebpf:"cfg"`
+	InflightN        *ebpf.Variable `ebpf:"inflight_n"`
 	UnusedBackend    *ebpf.Variable `ebpf:"unused_backend"`
 	UnusedFlags      *ebpf.Variable `ebpf:"unused_flags"`
 	UnusedHpackField *ebpf.Variable `ebpf:"unused_hpack_field"`

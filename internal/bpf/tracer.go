@@ -18,9 +18,16 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 )
 
-// DefaultRingBufSize holds a burst of large messages: a 16 MiB send fits
-// whole while userspace is busy elsewhere.
-const DefaultRingBufSize = 32 << 20
+// DefaultRingBufSize is 16 MiB, half what it was: records leave the ring
+// as soon as they arrive, for the spool (spool.go), on a thread of raised
+// priority woken once a thirty-second of the ring is unread, so the ring
+// only has to cover that thread's scheduling delay, not the decoder's
+// (one 16 MiB message takes the decoder about a second). The kernel maps
+// the data pages twice (so records can wrap), which RSS may count twice;
+// it is the same memory. A single write(2) larger than what is free is
+// cut and the cut counted as lost: raise --ringbuf-size for such traffic
+// (gRPC and ttrpc write a few frames at a time).
+const DefaultRingBufSize = 16 << 20
 
 // Options configure the capture.
 type Options struct {
@@ -33,9 +40,21 @@ type Options struct {
 	PIDs []uint32
 	// PollInterval, when set, lets the kernel skip waking the reader for
 	// every record: Read then waits at most this long before returning
-	// ErrIdle, and is woken early only when an eighth of the ring buffer
-	// is unread. Zero wakes the reader for every record.
+	// ErrIdle, and is woken early only when a thirty-second of the ring
+	// buffer is unread. Zero wakes the reader for every record.
 	PollInterval time.Duration
+	// Socket, when set, keeps only connections on this socket file (a
+	// listener bound to it, symlinks followed), decided in the kernel so
+	// other unix traffic is never copied. An abstract name (@name), a name
+	// longer than 64 bytes or a directory on btrfs or overlayfs cannot be
+	// compared there, nor one whose directory does not exist yet: then
+	// everything is captured, as without Socket, and Logf says why (the
+	// caller filters the events by path).
+	Socket string
+	// SpoolBytes bounds the heap that holds records moved out of the ring
+	// buffer while the decoder is behind (see spool.go): 0 means
+	// DefaultSpoolBytes, a negative value reads the ring directly.
+	SpoolBytes int
 	// FollowChildren adds, in the kernel, every process forked by a
 	// process in PIDs to PIDs (trace -- CMD).
 	FollowChildren bool
@@ -65,6 +84,12 @@ type Tracer struct {
 	bootOffset time.Duration
 	comms      map[[16]byte]string
 	paths      map[string]string
+	sockWatch  *socketWatch
+	spool      *spool
+	// ringMu orders ringAvail against Close: the reader's AvailableBytes
+	// dereferences a mapping that Close unmaps.
+	ringMu     sync.Mutex
+	ringClosed bool
 	closeOnce  sync.Once
 	detachOnce sync.Once
 	// statsMu guards the counters map against Close; final holds the
@@ -159,12 +184,27 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 		cfg.FollowForks = 1
 	}
 	if opts.PollInterval > 0 {
-		cfg.WakeupBytes = spec.Maps["events"].MaxEntries / 8
+		cfg.WakeupBytes = spec.Maps["events"].MaxEntries / 32
 	}
 	if len(opts.PIDs) > 0 {
 		cfg.FilterPids = 1
 		if n := len(opts.PIDs); n > int(spec.Maps["pid_filter"].MaxEntries) {
 			return nil, fmt.Errorf("at most %d pids can be filtered, got %d", spec.Maps["pid_filter"].MaxEntries, n)
+		}
+	}
+	var sockKey snoopSockPathKey
+	if opts.Socket != "" {
+		key, err := socketKey(opts.Socket)
+		switch {
+		case errors.Is(err, errNoKernelFilter):
+			if opts.Logf != nil {
+				opts.Logf("%v: every unix send is captured and filtered here", err)
+			}
+		case err != nil:
+			return nil, fmt.Errorf("--socket: %w", err)
+		default:
+			cfg.FilterSocket = 1
+			sockKey = key
 		}
 	}
 	if err := spec.Variables["cfg"].Set(cfg); err != nil {
@@ -196,6 +236,12 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 			return nil, fmt.Errorf("set pid filter: %w", err)
 		}
 	}
+	if cfg.FilterSocket != 0 {
+		if err := t.startSocketWatch(opts.Socket, sockKey); err != nil {
+			t.Close()
+			return nil, err
+		}
+	}
 	if err := b.attach(t); err != nil {
 		t.Close()
 		return nil, err
@@ -225,6 +271,12 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 		t.reader.SetDeadline(time.Now())
 	}
 	t.bootOffset = monotonicToWall()
+	if opts.SpoolBytes >= 0 {
+		if opts.SpoolBytes == 0 {
+			opts.SpoolBytes = DefaultSpoolBytes
+		}
+		t.startSpool(opts.SpoolBytes)
+	}
 	return t, nil
 }
 
@@ -234,8 +286,16 @@ func (t *Tracer) Backend() string { return t.backend }
 // Read blocks for the next chunk. ev.Data aliases an internal buffer that
 // the next Read overwrites. It returns ErrClosed after Close.
 func (t *Tracer) Read(ev *capture.Event) error {
+	if t.spool != nil {
+		return t.spool.read(ev, t.poll)
+	}
+	return t.readRing(ev)
+}
+
+// readRing reads the next chunk from the ring buffer itself.
+func (t *Tracer) readRing(ev *capture.Event) error {
 	for {
-		if t.poll > 0 && t.reader.AvailableBytes() == 0 {
+		if t.poll > 0 && t.ringAvail() == 0 {
 			t.reader.SetDeadline(time.Now().Add(t.poll))
 		}
 		if err := t.reader.ReadInto(&t.record); err != nil {
@@ -414,13 +474,18 @@ func (t *Tracer) Close() error {
 			t.final = &s
 		}
 		t.statsMu.Unlock()
+		t.sockWatch.close()
 		for _, l := range t.links {
 			l.Close()
 		}
 		t.closeUprobes()
 		if t.reader != nil {
+			t.ringMu.Lock()
 			t.reader.Close()
+			t.ringClosed = true
+			t.ringMu.Unlock()
 		}
+		t.spool.close()
 		t.maps.Close()
 		if t.coll != nil {
 			t.coll.Close()
@@ -449,5 +514,22 @@ func monotonicToWall() time.Duration {
 	return wall.Sub(time.Unix(ts.Unix()))
 }
 
-// Pending is how many bytes wait in the ring buffer.
-func (t *Tracer) Pending() int { return t.reader.AvailableBytes() }
+// Pending is how many bytes wait in the ring buffer and the spool (0
+// exactly when Read has nothing it could return without waiting).
+func (t *Tracer) Pending() int {
+	n := t.ringAvail()
+	if t.spool != nil {
+		n += int(t.spool.pending.Load())
+	}
+	return n
+}
+
+// ringAvail is how many bytes the ring buffer holds; 0 once closed.
+func (t *Tracer) ringAvail() int {
+	t.ringMu.Lock()
+	defer t.ringMu.Unlock()
+	if t.ringClosed {
+		return 0
+	}
+	return t.reader.AvailableBytes()
+}

@@ -34,6 +34,9 @@ type jsonWriter struct {
 	w        *bufio.Writer
 	line     []byte
 	rendered map[proto.Message]rendering
+	// renderedBytes bounds rendered by size too: large distinct messages
+	// (never shared, see grpcdecode's cache) would otherwise pile up.
+	renderedBytes int
 }
 
 // rendering is a message's JSON, or, when it has none (an Any of a type not
@@ -44,7 +47,10 @@ type rendering struct {
 	note string
 }
 
-const maxRendered = 4096
+const (
+	maxRendered      = 4096
+	maxRenderedBytes = 8 << 20
+)
 
 func newJSON(w io.Writer) *jsonWriter {
 	return &jsonWriter{w: bufio.NewWriterSize(w, 64<<10), rendered: map[proto.Message]rendering{}}
@@ -177,10 +183,15 @@ func (j *jsonWriter) render(m proto.Message) rendering {
 		raw = protoreg.SpliceJSONAnys(raw)
 		out.json = raw
 	}
-	if len(j.rendered) >= maxRendered {
+	size := len(out.json) + len(out.text)
+	if len(j.rendered) >= maxRendered || j.renderedBytes+size > maxRenderedBytes {
 		clear(j.rendered)
+		j.renderedBytes = 0
 	}
-	j.rendered[m] = out
+	if size <= maxRenderedBytes/8 {
+		j.rendered[m] = out
+		j.renderedBytes += size
+	}
 	return out
 }
 

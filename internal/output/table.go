@@ -72,7 +72,8 @@ func (t *tableWriter) Flush() error { return t.w.Flush() }
 // shared for identical bytes (protoreg), and formatting is the costly part.
 var texts = struct {
 	sync.Mutex
-	m map[proto.Message]string
+	m     map[proto.Message]string
+	bytes int // bounded like the JSON renderings (maxRenderedBytes)
 }{m: map[proto.Message]string{}}
 
 func messageText(m proto.Message) string {
@@ -82,10 +83,14 @@ func messageText(m proto.Message) string {
 		return s
 	}
 	s := prototext.MarshalOptions{Resolver: protoreg.Resolver}.Format(m)
-	if len(texts.m) >= 4096 {
+	if len(texts.m) >= maxRendered || texts.bytes+len(s) > maxRenderedBytes {
 		clear(texts.m)
+		texts.bytes = 0
 	}
-	texts.m[m] = s
+	if len(s) <= maxRenderedBytes/8 {
+		texts.m[m] = s
+		texts.bytes += len(s)
+	}
 	return s
 }
 

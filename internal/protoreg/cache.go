@@ -26,6 +26,9 @@ type messageCache struct {
 const (
 	cacheMaxEntries = 4096
 	cacheMaxBytes   = 16 << 20
+	// What an entry costs, in multiples of its payload (measured on CRI
+	// ListContainers responses: key, decoded message, rendered JSON).
+	cacheEntryFactor = 4
 	// Messages larger than this are decoded every time: they are rarely
 	// repeated, and would crowd out the small ones that are.
 	cacheMaxMessage = 256 << 10
@@ -55,7 +58,10 @@ func (c *messageCache) decode(mt protoreflect.MessageType, payload []byte) (prot
 	}
 	convertJSONAnys(msg.ProtoReflect(), 0)
 	c.mu.Lock()
-	if c.n >= cacheMaxEntries || c.bytes+len(payload) > cacheMaxBytes {
+	// An entry holds more than its key: the decoded message (a few times
+	// the wire size, in Go objects) and what the outputs render for it.
+	cost := cacheEntryFactor * len(payload)
+	if c.n >= cacheMaxEntries || c.bytes+cost > cacheMaxBytes {
 		clear(c.entries)
 		c.n, c.bytes = 0, 0
 	}
@@ -66,7 +72,7 @@ func (c *messageCache) decode(mt protoreflect.MessageType, payload []byte) (prot
 	}
 	byPayload[string(payload)] = msg
 	c.n++
-	c.bytes += len(payload)
+	c.bytes += cost
 	c.mu.Unlock()
 	return msg, nil
 }
