@@ -24,12 +24,14 @@ fi
 
 # Commands the tests look up in PATH, and the Debian packages providing them.
 tools=(containerd ctr runc clang llvm-strip bpftool tshark busybox strace)
-packages=(containerd runc clang llvm bpftool tshark busybox-static strace)
+packages=(containerd runc clang llvm bpftool tshark busybox-static strace libbpf-dev)
 
 missing=()
 for tool in "${tools[@]}"; do
 	have "$tool" || missing+=("$tool")
 done
+# libbpf's headers (bpf_helpers.h), for `make generate`; a header, not a tool.
+[[ -f /usr/include/bpf/bpf_helpers.h ]] || missing+=(libbpf-dev)
 
 if ((${#missing[@]} == 0)); then
 	log "all tools present (${tools[*]}); nothing to install"
@@ -73,6 +75,7 @@ else
 
 	still_missing=()
 	for tool in "${missing[@]}"; do
+		[[ $tool == libbpf-dev ]] && continue
 		have "$tool" || still_missing+=("$tool")
 	done
 	((${#still_missing[@]} == 0)) || die "still missing after install: ${still_missing[*]} (package installed but file deleted? try apt-get install --reinstall)"

@@ -28,14 +28,14 @@
 #   HOST_EXPECT_BACKENDS    backends that must work on the host (default
 #                     $CONTAINERDSNOOP_EXPECT_BACKENDS, else tracepoint)
 #   KERNEL_SKIP_HOST=1      no host row
-#   KERNEL_TIMEOUT    seconds per amd64 guest (default 420; arm64 x3)
+#   KERNEL_TIMEOUT    seconds per amd64 guest (default 600; arm64 x3)
 #   KERNEL_ACCEL      qemu accelerator for amd64 (default tcg; kvm where it works)
 #   KERNEL_SMP        guest CPUs (default 2)
 #   KERNEL_JOBS       guests run at once (default: the host's CPUs; each
 #                     guest is one host thread)
 #   KERNEL_CACHE      where kernels are kept between runs (default
 #                     ${XDG_CACHE_HOME:-/var/cache}/containerdsnoop/kernels)
-#   KERNEL_TEST_RUN   -test.run pattern (default TestCapture|TestFollowChildren)
+#   KERNEL_TEST_RUN   -test.run pattern (default TestCapture|TestFollowChildren|TestSocketFilter)
 #   GO                the go command (default go)
 #
 # Exits 0 only when every expected backend passed every test on every
@@ -51,7 +51,7 @@ die() { printf 'test-kernels: error: %s\n' "$*" >&2; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "must run as root (installs packages, loads eBPF programs); try: sudo $0"
 
 GO=${GO:-go}
-timeout_s=${KERNEL_TIMEOUT:-420}
+timeout_s=${KERNEL_TIMEOUT:-600}
 accel=${KERNEL_ACCEL:-tcg}
 smp=${KERNEL_SMP:-2}
 # Two vCPUs, emulated by one host thread. Multi-threaded TCG (thread=multi)
@@ -63,7 +63,8 @@ accel_opt=$accel
 [[ $accel == tcg ]] && accel_opt=tcg,thread=single
 host_expect=${HOST_EXPECT_BACKENDS:-${CONTAINERDSNOOP_EXPECT_BACKENDS:-tracepoint}}
 # TestFollowChildren: trace -- CMD's fork and exit programs (tp_btf).
-test_run=${KERNEL_TEST_RUN:-'TestCapture|TestFollowChildren'}
+# TestSocketFilter: --socket decided in the kernel, on every backend.
+test_run=${KERNEL_TEST_RUN:-'TestCapture|TestFollowChildren|TestSocketFilter'}
 cache=${KERNEL_CACHE:-${XDG_CACHE_HOME:-/var/cache}/containerdsnoop/kernels}
 logdir=$cache/logs
 table_mode=${KERNEL_TABLE:-check}
