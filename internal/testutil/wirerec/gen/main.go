@@ -78,18 +78,25 @@ func criHarness(name string, containers func(*runtimeapi.ListContainersRequest) 
 	return h, h.serve()
 }
 
-// 1. One connection: Version, ImageFsInfo, ListContainers with a filter.
-func unaryVersion(ctx context.Context, out string) error {
-	h, err := criHarness("unary_version", twoContainers)
+// criClient starts a criHarness and dials its one client connection.
+func criClient(ctx context.Context, name string, containers func(*runtimeapi.ListContainersRequest) []*runtimeapi.Container) (*harness, runtimeapi.RuntimeServiceClient, runtimeapi.ImageServiceClient, error) {
+	h, err := criHarness(name, containers)
 	if err != nil {
-		return err
+		return nil, nil, nil, err
 	}
 	cl, err := h.client(ctx)
 	if err != nil {
+		return nil, nil, nil, err
+	}
+	return h, runtimeapi.NewRuntimeServiceClient(cl.cc), runtimeapi.NewImageServiceClient(cl.cc), nil
+}
+
+// 1. One connection: Version, ImageFsInfo, ListContainers with a filter.
+func unaryVersion(ctx context.Context, out string) error {
+	h, rt, img, err := criClient(ctx, "unary_version", twoContainers)
+	if err != nil {
 		return err
 	}
-	rt := runtimeapi.NewRuntimeServiceClient(cl.cc)
-	img := runtimeapi.NewImageServiceClient(cl.cc)
 	if _, err := rt.Version(ctx, &runtimeapi.VersionRequest{Version: "v1"}); err != nil {
 		return err
 	}
@@ -107,13 +114,9 @@ func unaryVersion(ctx context.Context, out string) error {
 
 // 2. A ~40 KiB request and a ~200 KiB response: many DATA frames each way.
 func largeSplit(ctx context.Context, out string) error {
-	h, err := criHarness("large_split", func(*runtimeapi.ListContainersRequest) []*runtimeapi.Container {
+	h, rt, _, err := criClient(ctx, "large_split", func(*runtimeapi.ListContainersRequest) []*runtimeapi.Container {
 		return manyContainers("bulk", 100, 200)
 	})
-	if err != nil {
-		return err
-	}
-	cl, err := h.client(ctx)
 	if err != nil {
 		return err
 	}
@@ -121,7 +124,6 @@ func largeSplit(ctx context.Context, out string) error {
 	for i := 0; i < 80; i++ {
 		sel[fmt.Sprintf("example.com/selector-%03d", i)] = filler(fmt.Sprintf("selector-%d", i), 480)
 	}
-	rt := runtimeapi.NewRuntimeServiceClient(cl.cc)
 	if _, err := rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{
 		PodSandboxId:  ctrID("sandbox-bulk"),
 		LabelSelector: sel,
@@ -133,7 +135,7 @@ func largeSplit(ctx context.Context, out string) error {
 
 // 3. gzip-compressed request and response.
 func compressed(ctx context.Context, out string) error {
-	h, err := criHarness("compressed", func(*runtimeapi.ListContainersRequest) []*runtimeapi.Container {
+	h, rt, _, err := criClient(ctx, "compressed", func(*runtimeapi.ListContainersRequest) []*runtimeapi.Container {
 		// Highly compressible, as real listings are: the same long
 		// annotation on every container.
 		cs := manyContainers("kube-system", 18, 12)
@@ -146,11 +148,6 @@ func compressed(ctx context.Context, out string) error {
 	if err != nil {
 		return err
 	}
-	cl, err := h.client(ctx)
-	if err != nil {
-		return err
-	}
-	rt := runtimeapi.NewRuntimeServiceClient(cl.cc)
 	if _, err := rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{
 		LabelSelector: map[string]string{"io.kubernetes.pod.namespace": "kube-system"},
 	}}, grpc.UseCompressor(gzip.Name)); err != nil {
@@ -308,7 +305,7 @@ func containerdAPI(ctx context.Context, out string) error {
 // 8. One connection, 300 unary calls over 8 CRI methods, each with its own
 // timeout, as kubelet's polling does.
 func longLived(ctx context.Context, out string) error {
-	h, err := criHarness("long_lived", func(req *runtimeapi.ListContainersRequest) []*runtimeapi.Container {
+	h, rt, img, err := criClient(ctx, "long_lived", func(req *runtimeapi.ListContainersRequest) []*runtimeapi.Container {
 		pod := req.GetFilter().GetPodSandboxId()
 		return []*runtimeapi.Container{{
 			Id:           "ctr-" + strings.TrimPrefix(pod, "pod-"),
@@ -323,12 +320,6 @@ func longLived(ctx context.Context, out string) error {
 	if err != nil {
 		return err
 	}
-	cl, err := h.client(ctx)
-	if err != nil {
-		return err
-	}
-	rt := runtimeapi.NewRuntimeServiceClient(cl.cc)
-	img := runtimeapi.NewImageServiceClient(cl.cc)
 	// Timeouts as kubelet uses them (2m runtime requests, 4m image
 	// requests, shorter for probes), nudged per call so grpc-timeout
 	// values keep changing.

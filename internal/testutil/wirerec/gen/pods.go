@@ -38,7 +38,7 @@ var podMeta = &runtimeapi.PodSandboxMetadata{Name: "web-0", Uid: "0d6f3c2e-8a51-
 // pod that existed before (seen only through ListPodSandbox and
 // ListContainers answers), calls about both, and StopPodSandbox.
 func podLifecycle(ctx context.Context, out string) error {
-	h, err := criHarness("pod_lifecycle", func(*runtimeapi.ListContainersRequest) []*runtimeapi.Container {
+	h, rt, img, err := criClient(ctx, "pod_lifecycle", func(*runtimeapi.ListContainersRequest) []*runtimeapi.Container {
 		return []*runtimeapi.Container{{
 			Id: ctrID("container-old"), PodSandboxId: ctrID("sandbox-old"),
 			Metadata: &runtimeapi.ContainerMetadata{Name: "db"},
@@ -52,12 +52,6 @@ func podLifecycle(ctx context.Context, out string) error {
 	if err != nil {
 		return err
 	}
-	cl, err := h.client(ctx)
-	if err != nil {
-		return err
-	}
-	rt := runtimeapi.NewRuntimeServiceClient(cl.cc)
-	img := runtimeapi.NewImageServiceClient(cl.cc)
 	sbConfig := &runtimeapi.PodSandboxConfig{Metadata: podMeta, Hostname: "web-0", LogDirectory: "/var/log/pods/shop_web-0_" + podMeta.Uid}
 	if _, err := img.PullImage(ctx, &runtimeapi.PullImageRequest{
 		Image:         &runtimeapi.ImageSpec{Image: "registry.example.com/shop/web:1.0"},
