@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -21,6 +20,7 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/output"
 	"github.com/containerdsnoop/containerdsnoop/internal/summary"
 	"github.com/containerdsnoop/containerdsnoop/internal/termsafe"
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
 )
 
 // Strings a hostile local process chooses: its comm (prctl PR_SET_NAME),
@@ -87,20 +87,11 @@ func hostileEvents(t testing.TB) []capture.Event {
 }
 
 func ttrpcFrame(stream uint32, typ byte, payload []byte) []byte {
-	b := binary.BigEndian.AppendUint32(nil, uint32(len(payload)))
-	b = binary.BigEndian.AppendUint32(b, stream)
-	return append(append(b, typ, 0), payload...)
+	return wirerec.AppendTTRPCFrame(nil, stream, typ, payload)
 }
 
 func ttrpcRequest(stream uint32, service, method string, payload []byte) []byte {
-	var r []byte
-	r = protowire.AppendTag(r, 1, protowire.BytesType)
-	r = protowire.AppendString(r, service)
-	r = protowire.AppendTag(r, 2, protowire.BytesType)
-	r = protowire.AppendString(r, method)
-	r = protowire.AppendTag(r, 3, protowire.BytesType)
-	r = protowire.AppendBytes(r, payload)
-	return ttrpcFrame(stream, 1, r)
+	return wirerec.AppendTTRPCRequest(nil, stream, service, method, payload)
 }
 
 // TestHostileStringsEscaped: no control character, DEL, C1 control, bidi

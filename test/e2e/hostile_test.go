@@ -6,7 +6,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"os"
 	"os/exec"
@@ -26,6 +25,7 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/termsafe"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/containerdtest"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/privileged"
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
 )
 
 // attackEnv, when set, turns the test binary into the attacker (see
@@ -109,16 +109,7 @@ func runAttack() int {
 
 	var tt []byte
 	req := func(stream uint32, svc, method string, payload []byte) {
-		var r []byte
-		r = protowire.AppendTag(r, 1, protowire.BytesType)
-		r = protowire.AppendString(r, svc)
-		r = protowire.AppendTag(r, 2, protowire.BytesType)
-		r = protowire.AppendString(r, method)
-		r = protowire.AppendTag(r, 3, protowire.BytesType)
-		r = protowire.AppendBytes(r, payload)
-		tt = binary.BigEndian.AppendUint32(tt, uint32(len(r)))
-		tt = binary.BigEndian.AppendUint32(tt, stream)
-		tt = append(append(tt, 1, 0), r...)
+		tt = wirerec.AppendTTRPCRequest(tt, stream, svc, method, payload)
 	}
 	create := protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), attackID)
 	req(1, "containerd.task.v2.Task", "Create", create)

@@ -3,6 +3,8 @@ package wirerec
 import (
 	"encoding/binary"
 	"fmt"
+
+	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // ttrpc frame types and flags (github.com/containerd/ttrpc channel.go).
@@ -58,4 +60,25 @@ func ParseTTRPC(data []byte) ([]TTRPCFrame, error) {
 		off += ttrpcHeaderLen + int(n)
 	}
 	return out, nil
+}
+
+// AppendTTRPCFrame appends a ttrpc frame (header, then payload) to b; flags
+// are 0.
+func AppendTTRPCFrame(b []byte, stream uint32, typ uint8, payload []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(payload)))
+	b = binary.BigEndian.AppendUint32(b, stream)
+	return append(append(b, typ, 0), payload...)
+}
+
+// AppendTTRPCRequest appends a request frame calling service/method with
+// payload (ttrpc's Request message: service 1, method 2, payload 3) to b.
+func AppendTTRPCRequest(b []byte, stream uint32, service, method string, payload []byte) []byte {
+	var r []byte
+	r = protowire.AppendTag(r, 1, protowire.BytesType)
+	r = protowire.AppendString(r, service)
+	r = protowire.AppendTag(r, 2, protowire.BytesType)
+	r = protowire.AppendString(r, method)
+	r = protowire.AppendTag(r, 3, protowire.BytesType)
+	r = protowire.AppendBytes(r, payload)
+	return AppendTTRPCFrame(b, stream, TTRPCRequest, r)
 }
