@@ -316,7 +316,7 @@ func (c *Containerd) cleanup(t testing.TB) {
 	// Shims are separate daemons that outlive containerd; any still
 	// registered with this instance would keep mounts busy and leak.
 	killShims(t, c.Socket)
-	if err := unmountUnder(c.Dir); err != nil {
+	if err := UnmountUnder(c.Dir); err != nil {
 		t.Errorf("unmount leftovers of containerd: %v", err)
 	}
 	if err := os.RemoveAll(c.Dir); err != nil {

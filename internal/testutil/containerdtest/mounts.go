@@ -70,12 +70,13 @@ func hasArg(args []string, flag, value string) bool {
 	return false
 }
 
-// unmountUnder unmounts every mount point at or below dir, innermost and
+// UnmountUnder unmounts every mount point at or below dir, innermost and
 // most recent first. containerd and its shims leave overlay rootfs, sandbox
 // shm tmpfs and netns bind mounts behind when a test or the daemon dies
 // early, and os.RemoveAll cannot remove a directory that is still mounted
 // (worse, it would descend into and delete a bind-mounted source).
-func unmountUnder(dir string) error {
+// dockerdtest uses it for the mounts dockerd leaves below its data root.
+func UnmountUnder(dir string) error {
 	// Unmounting one mount can uncover another stacked beneath it at the
 	// same path, so repeat until the table is clean, a bounded number of times.
 	for range 5 {

@@ -19,7 +19,6 @@ package dockerdtest
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -178,34 +177,12 @@ func (d *Dockerd) cleanup(t testing.TB) {
 	}
 	// The overlay mounts of containers are gone with them; anything left
 	// under the data root would make RemoveAll fail loudly below.
-	if err := unmountUnder(d.Dir); err != nil {
+	if err := containerdtest.UnmountUnder(d.Dir); err != nil {
 		t.Errorf("unmount leftovers of dockerd: %v", err)
 	}
 	if err := os.RemoveAll(d.Dir); err != nil {
 		t.Errorf("remove dockerd dir: %v", err)
 	}
-}
-
-// unmountUnder lazily unmounts every mount point below dir, deepest first.
-func unmountUnder(dir string) error {
-	b, err := os.ReadFile("/proc/self/mounts")
-	if err != nil {
-		return err
-	}
-	var points []string
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) > 1 && strings.HasPrefix(f[1], dir+"/") {
-			points = append(points, f[1])
-		}
-	}
-	var errs []error
-	for i := len(points) - 1; i >= 0; i-- {
-		if err := syscall.Unmount(points[i], syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) {
-			errs = append(errs, fmt.Errorf("%s: %w", points[i], err))
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // LogTail returns at most the last n lines of dockerd's log.
