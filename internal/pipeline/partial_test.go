@@ -191,3 +191,23 @@ func TestPartialHTTP2Frames(t *testing.T) {
 		t.Errorf("%d Version requests decoded, want 101 (one per connection, and the one after the skipped frame):\n%.4000s", n, out)
 	}
 }
+
+// TestPartialUndecided: 200 connections each send 200 KiB of what could
+// still become ttrpc (the start of a 4 MiB Response frame): while their protocol is undecided, what they hold stays within
+// the budget for partial frames, the rest is counted, and closing them
+// releases it all.
+func TestPartialUndecided(t *testing.T) {
+	var buf bytes.Buffer
+	w, _ := output.New("json", &buf, output.Options{})
+	p := New(w, Filter{})
+	before, drops := budget.PartialFrames.Used(), budget.PartFrames.Load()
+	frame := append(binary.BigEndian.AppendUint32(nil, 4<<20), 0, 0, 0, 1, 2, 0)
+	frame = append(frame, make([]byte, 200<<10)...)
+	var conns []*partialConn
+	for i := range 200 {
+		c := &partialConn{p: p, sock: 9000 + 2*uint64(i), t: time.Unix(1767323045, 0)}
+		conns = append(conns, c)
+		c.send(0, frame)
+	}
+	checkPartialFrames(t, conns, p, before, drops)
+}
