@@ -59,7 +59,9 @@ const (
 	// frame of grpc-go and containerd (16 KiB, HTTP/2's default
 	// SETTINGS_MAX_FRAME_SIZE) and ordinary shim calls are, are always
 	// held; a larger one that does not fit is skipped by resynchronizing.
-	MaxPartialFrames = 64 << 20
+	// 32 MiB: with MaxPartialMessages, what partly received data can
+	// reserve stays well under DefaultMemory.
+	MaxPartialFrames = 32 << 20
 	SmallFrame       = 16<<10 + 64
 )
 

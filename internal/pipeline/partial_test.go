@@ -66,7 +66,7 @@ func checkPartialFrames(t *testing.T, conns []*partialConn, p *Pipeline, before 
 }
 
 // TestPartialTTRPCFrames: 40 ttrpc connections each hold the first 64 KiB
-// of a 4 MiB frame, which would reserve 160 MiB: only 64 MiB are held. On
+// of a 4 MiB frame, which would reserve 160 MiB: only 32 MiB are held. On
 // a connection whose frame was skipped, the frame's bytes (which carry a
 // request frame of their own) are not decoded, and the next call is.
 func TestPartialTTRPCFrames(t *testing.T) {
@@ -119,7 +119,7 @@ func TestPartialTTRPCFrames(t *testing.T) {
 }
 
 // TestPartialHTTP2Frames: 100 HTTP/2 connections whose server allows 1 MiB
-// frames each hold the first 64 KiB of a 1 MiB DATA frame: only 64 MiB
+// frames each hold the first 64 KiB of a 1 MiB DATA frame: only 32 MiB
 // are reserved. On a connection whose frame was skipped, the frame's bytes
 // (which carry frames of their own) are not decoded, and the next call
 // is, from a table that starts over.
