@@ -211,3 +211,47 @@ func TestPartialUndecided(t *testing.T) {
 	}
 	checkPartialFrames(t, conns, p, before, drops)
 }
+
+// TestPartialFramesReleased: a partial frame's reservation is given back
+// when the frame completes and when its connection is evicted to make
+// room for new ones (the path a sweep of exited processes takes too).
+func TestPartialFramesReleased(t *testing.T) {
+	var buf bytes.Buffer
+	w, _ := output.New("json", &buf, output.Options{})
+	p := New(w, Filter{})
+	p.asm.MaxConns = 4
+	before := budget.PartialFrames.Used()
+	big := ttrpcFrame(3, 1, requestPayloadOf(1<<20))
+	claim := int64(len(big))
+	var conns []*partialConn
+	for i := range 8 {
+		c := &partialConn{p: p, sock: 12000 + 2*uint64(i), t: time.Unix(1767323045, 0)}
+		conns = append(conns, c)
+		c.send(0, ttrpcRequest(1, "containerd.task.v2.Task", "Connect", nil))
+		c.send(0, big[:100<<10])
+		if got, want := budget.PartialFrames.Used()-before, claim*int64(min(i+1, 4)); got != want {
+			t.Fatalf("%d connections (at most 4 kept) reserve %d bytes, want %d", i+1, got, want)
+		}
+	}
+	last := conns[len(conns)-1]
+	last.send(0, big[100<<10:])
+	if got, want := budget.PartialFrames.Used()-before, 3*claim; got != want {
+		t.Fatalf("after a frame completed: %d bytes reserved, want %d", got, want)
+	}
+	p.Close()
+	if got := budget.PartialFrames.Used(); got != before {
+		t.Errorf("%d bytes still reserved after the pipeline closed", got-before)
+	}
+	if !strings.Contains(buf.String(), `"stream":3,"method":"/containerd.task.v2.Task/Kill"`) {
+		t.Errorf("the completed frame was not decoded:\n%.2000s", buf.String())
+	}
+}
+
+// requestPayloadOf is a ttrpc Request for Task/Kill whose message is n
+// bytes of an unknown field.
+func requestPayloadOf(n int) []byte {
+	msg := protowire.AppendBytes(protowire.AppendTag(nil, 99, protowire.BytesType), make([]byte, n))
+	r := protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), "containerd.task.v2.Task")
+	r = protowire.AppendString(protowire.AppendTag(r, 2, protowire.BytesType), "Kill")
+	return protowire.AppendBytes(protowire.AppendTag(r, 3, protowire.BytesType), msg)
+}
