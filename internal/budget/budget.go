@@ -49,10 +49,76 @@ const (
 	// 64 KiB are always held; a larger one that does not fit is skipped
 	// as its bytes arrive and shown by its size.
 	MaxPartialMessages = 64 << 20
+
+	// MaxPartialFrames bounds the HTTP/2 and ttrpc frames held partly
+	// received, over all connections, counted at the size each frame
+	// claims (or, before a direction has found a frame boundary, at what
+	// it holds). Each direction holds at most one frame (up to
+	// MaxHTTP2Frame, or ttrpc's 4 MiB), but thousands of connections could
+	// otherwise add up to gigabytes. Frames up to SmallFrame, which every
+	// frame of grpc-go and containerd (16 KiB, HTTP/2's default
+	// SETTINGS_MAX_FRAME_SIZE) and ordinary shim calls are, are always
+	// held; a larger one that does not fit is skipped by resynchronizing.
+	// 32 MiB: with MaxPartialMessages, what partly received data can
+	// reserve stays well under DefaultMemory.
+	MaxPartialFrames = 32 << 20
+	SmallFrame       = 16<<10 + 64
 )
 
 // PartialMessages is what partly received gRPC messages claim now.
-var PartialMessages atomic.Int64
+var PartialMessages = NewPool(MaxPartialMessages, 64<<10)
+
+// PartialFrames is what partly received HTTP/2 and ttrpc frames claim now.
+var PartialFrames = NewPool(MaxPartialFrames, SmallFrame)
+
+// Pool is a process-wide budget shared by many holders of partly received
+// data (one per connection direction or stream). Each holder reserves the
+// size its data claims before holding it, so that bytes trickled into
+// many holders cannot grow what is held past the budget; holders up to a
+// small size always fit, so that ordinary traffic never depends on the
+// budget. Safe for concurrent use.
+type Pool struct {
+	used         atomic.Int64
+	limit, small int64
+}
+
+// NewPool returns a Pool of limit bytes whose holders of up to small
+// bytes always fit.
+func NewPool(limit, small int64) *Pool { return &Pool{limit: limit, small: small} }
+
+// Share is one holder's reservation in a Pool; the zero value holds
+// nothing. A holder must Release it when it lets go of its data.
+type Share struct{ n int64 }
+
+// Size is what the share reserves.
+func (s *Share) Size() int64 { return s.n }
+
+// Reserve sets s to n bytes and reports whether that fits the pool (n up
+// to its small size always does). A share that does not fit keeps what it
+// had.
+func (p *Pool) Reserve(s *Share, n int) bool {
+	want := int64(n)
+	for {
+		used := p.used.Load()
+		next := used - s.n + want
+		if want > p.small && want > s.n && next > p.limit {
+			return false
+		}
+		if p.used.CompareAndSwap(used, next) {
+			s.n = want
+			return true
+		}
+	}
+}
+
+// Release gives back what s reserves.
+func (p *Pool) Release(s *Share) { p.Reserve(s, 0) }
+
+// Used is what all shares reserve now.
+func (p *Pool) Used() int64 { return p.used.Load() }
+
+// Limit is the pool's budget.
+func (p *Pool) Limit() int64 { return p.limit }
 
 // Counter counts one kind of drop. Safe for concurrent use: the decoder
 // adds, the stderr reporter reads.
@@ -89,6 +155,7 @@ var (
 	HeaderBlocks = counter("http2_header_block", "HTTP/2 header blocks over the size limit (not decoded)")
 	Frames       = counter("http2_frame", "HTTP/2 frames over the size limit (skipped)")
 	Messages     = counter("grpc_message", "gRPC messages over the size limit (shown by size, not decoded)")
+	PartFrames   = counter("partial_frame", "HTTP/2 and ttrpc frames over the budget for partly received frames (skipped)")
 	HeldCalls    = counter("held_request", "requests held for --errors/--slow (their ends print alone)")
 )
 

@@ -41,3 +41,32 @@ func TestConsume(t *testing.T) {
 		t.Fatal("empty large buffer kept")
 	}
 }
+
+// TestPool: shares are reserved at the size they claim, large ones only
+// within the limit, small ones always; a share that does not fit keeps
+// what it had, shrinking always fits, and releasing gives it all back.
+func TestPool(t *testing.T) {
+	p := NewPool(100, 10)
+	var a, b, c, small Share
+	if !p.Reserve(&a, 60) || !p.Reserve(&b, 40) || p.Used() != 100 {
+		t.Fatalf("within the limit: used %d", p.Used())
+	}
+	if p.Reserve(&c, 11) || c.Size() != 0 {
+		t.Fatalf("past the limit: reserved %d", c.Size())
+	}
+	if p.Reserve(&a, 61) || a.Size() != 60 {
+		t.Fatalf("growth past the limit: share %d", a.Size())
+	}
+	if !p.Reserve(&small, 10) || p.Used() != 110 {
+		t.Fatalf("a small share did not fit: used %d", p.Used())
+	}
+	if !p.Reserve(&a, 30) || p.Used() != 80 {
+		t.Fatalf("shrinking: used %d", p.Used())
+	}
+	for _, s := range []*Share{&a, &b, &c, &small} {
+		p.Release(s)
+	}
+	if p.Used() != 0 {
+		t.Fatalf("%d left after releasing every share", p.Used())
+	}
+}

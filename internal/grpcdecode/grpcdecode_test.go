@@ -116,7 +116,7 @@ func TestSplitterSkipsHuge(t *testing.T) {
 // bytes arrive, small ones are always held, and finishing or resetting
 // releases the reservation.
 func TestPartialBudget(t *testing.T) {
-	before := budget.PartialMessages.Load()
+	before := budget.PartialMessages.Used()
 	hdr := func(n int) []byte { return []byte{0, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)} }
 	const claim = 30 << 20 // under MaxHeldMessage
 	var held []*splitter
@@ -129,8 +129,8 @@ func TestPartialBudget(t *testing.T) {
 	}
 	over := &splitter{}
 	over.add(append(hdr(claim), 1, 2, 3))
-	if over.skip != claim-3 || over.reserved != 0 {
-		t.Fatalf("claim past the budget: skip %d, reserved %d", over.skip, over.reserved)
+	if over.skip != claim-3 || over.reserved.Size() != 0 {
+		t.Fatalf("claim past the budget: skip %d, reserved %d", over.skip, over.reserved.Size())
 	}
 	small := &splitter{}
 	if out, _ := small.add(append(hdr(1000), make([]byte, 1000)...)); len(out) != 1 || out[0].skipped != 0 {
@@ -139,7 +139,7 @@ func TestPartialBudget(t *testing.T) {
 	for _, s := range held {
 		s.reset()
 	}
-	if got := budget.PartialMessages.Load(); got != before {
+	if got := budget.PartialMessages.Used(); got != before {
 		t.Fatalf("%d bytes still reserved after the resets", got-before)
 	}
 }

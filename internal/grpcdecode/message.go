@@ -36,26 +36,15 @@ type splitter struct {
 	// size and skipCompressed its flag.
 	skip, skipLen  int
 	skipCompressed bool
-	// reserved is what this splitter counts in budget.PartialMessages:
-	// the size its partial message claims.
-	reserved int
+	// reserved is this splitter's share of budget.PartialMessages: the
+	// size its partial message claims.
+	reserved budget.Share
 }
-
-// smallMessage is a size every partial message may hold whatever the
-// budget, so that ordinary calls never depend on it.
-const smallMessage = 64 << 10
 
 // reserve sets this splitter's share of the process-wide budget for
-// partial messages to n, and reports whether that fits (n up to
-// smallMessage always does).
-func (s *splitter) reserve(n int) bool {
-	if n > smallMessage && budget.PartialMessages.Load()-int64(s.reserved)+int64(n) > budget.MaxPartialMessages {
-		return false
-	}
-	budget.PartialMessages.Add(int64(n - s.reserved))
-	s.reserved = n
-	return true
-}
+// partial messages to n, and reports whether that fits (n up to 64 KiB
+// always does).
+func (s *splitter) reserve(n int) bool { return budget.PartialMessages.Reserve(&s.reserved, n) }
 
 type message struct {
 	compressed bool

@@ -92,6 +92,10 @@ type direction struct {
 	// blockDropped: the block in progress grew past budget.MaxHeaderBlock
 	// and is not held; it ends with its table changes unknown.
 	blockDropped bool
+	// share is what buf claims of budget.PartialFrames; skip is what is
+	// left of a frame skipped because it did not fit.
+	share budget.Share
+	skip  int
 }
 
 // PeerDirection names, for one direction of one connection, the header
@@ -148,24 +152,71 @@ func (dir *direction) init() {
 func (d *Decoder) Bytes(sc *stream.Conn, end int, cap *capture.Event, data []byte) {
 	c := d.conn(sc)
 	dir := &c.dirs[end]
+	if dir.skip > 0 {
+		k := min(dir.skip, len(data))
+		dir.skip -= k
+		data = data[k:]
+	}
 	dir.buf = append(dir.buf, data...)
 	d.parse(c, end, cap)
 	if len(dir.buf) > maxBuffered {
 		d.desync(c, end, cap)
 		dir.buf = dir.buf[:0]
 	}
+	// Parsing may have consumed what the other direction held (a preface
+	// lets the server's first frames through).
+	d.account(c, end, cap)
+	d.account(c, stream.Peer(end), cap)
+}
+
+// account reserves what a direction holds in budget.PartialFrames: the
+// size its next frame claims once the direction is at a frame boundary
+// (so trickling the frame's bytes cannot grow it), else what it holds. A
+// frame that does not fit is skipped by resynchronizing after it; bytes
+// held while looking for a boundary are dropped. Either way the direction
+// is desynchronized, so nothing is decoded from a table or a stream that
+// lost them.
+func (d *Decoder) account(c *Conn, end int, cap *capture.Event) {
+	dir := &c.dirs[end]
+	need, claim := len(dir.buf), 0
+	if dir.synced && len(dir.buf) >= frameHeaderLen {
+		if h := parseHeader(dir.buf); h.plausible(max(dir.maxFrame, defaultMaxFrame)) {
+			claim = frameHeaderLen + int(h.length)
+			need = max(need, claim)
+		}
+	}
+	if budget.PartialFrames.Reserve(&dir.share, need) {
+		return
+	}
+	budget.PartFrames.Add(1)
+	dir.skip = max(claim-len(dir.buf), 0)
+	dir.drop()
+	d.desync(c, end, cap)
+}
+
+// drop lets go of what the direction holds and of its share of the budget.
+func (dir *direction) drop() {
+	dir.buf = budget.Consume(dir.buf, len(dir.buf))
+	budget.PartialFrames.Release(&dir.share)
 }
 
 // Gap implements stream.Sink.
 func (d *Decoder) Gap(sc *stream.Conn, end int, n uint64) {
 	c := d.conn(sc)
 	d.desync(c, end, nil)
-	c.dirs[end].buf = c.dirs[end].buf[:0]
+	dir := &c.dirs[end]
+	// Where a skipped frame ends is unknown now: resynchronization finds
+	// the next boundary.
+	dir.skip = 0
+	dir.drop()
 }
 
 // Closed implements stream.Sink.
 func (d *Decoder) Closed(sc *stream.Conn) {
 	if c, ok := sc.State.(*Conn); ok {
+		for i := range c.dirs {
+			c.dirs[i].drop()
+		}
 		d.h.Closed(c)
 	}
 }

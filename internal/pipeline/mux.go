@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/h2"
 	"github.com/containerdsnoop/containerdsnoop/internal/stream"
@@ -75,7 +76,13 @@ type muxConn struct {
 	ends    [2]sniffEnd
 	pending []pendingChunk
 	held    int // bytes in pending
+	// share is what the connection holds of budget.PartialFrames: the
+	// bytes in pending and their copies in ends' bufs.
+	share budget.Share
 }
+
+// account reserves what mc holds; less than before always fits.
+func (mc *muxConn) account() { budget.PartialFrames.Reserve(&mc.share, 2*mc.held) }
 
 // sniffEnd is what one end sent since its first byte or its last gap.
 type sniffEnd struct {
@@ -126,7 +133,10 @@ func (m *mux) Bytes(c *stream.Conn, end int, ev *capture.Event, data []byte) {
 		mc.gap(end, uint64(len(data)))
 		return
 	}
-	if mc.held+len(data) > maxUndecided {
+	if mc.held+len(data) > maxUndecided || !budget.PartialFrames.Reserve(&mc.share, 2*(mc.held+len(data))) {
+		if mc.held+len(data) <= maxUndecided {
+			budget.PartFrames.Add(1)
+		}
 		m.out(c, mc, end)
 		if mc.proto == undecided {
 			mc.gap(end, uint64(len(data)))
@@ -159,6 +169,7 @@ func (m *mux) Gap(c *stream.Conn, end int, n uint64) {
 // Closed implements stream.Sink.
 func (m *mux) Closed(c *stream.Conn) {
 	if mc := m.conns[c]; mc != nil {
+		budget.PartialFrames.Release(&mc.share)
 		if s := m.sink(mc.proto); s != nil {
 			s.Closed(c)
 		}
@@ -219,6 +230,7 @@ func (m *mux) out(c *stream.Conn, mc *muxConn, end int) {
 	}
 	clear(mc.pending[len(kept):])
 	mc.pending = kept
+	mc.account()
 	if unknown {
 		lost = 0
 	}
@@ -238,6 +250,7 @@ func (m *mux) choose(c *stream.Conn, mc *muxConn, p muxProto) {
 	mc.proto = p
 	pending := mc.pending
 	mc.pending, mc.held, mc.ends = nil, 0, [2]sniffEnd{}
+	mc.account()
 	s := m.sink(p)
 	if s == nil {
 		return

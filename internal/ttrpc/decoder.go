@@ -53,6 +53,10 @@ type direction struct {
 	// last is the newest chunk of this direction (time, thread), for
 	// bytes decoded later, when the other direction makes them decodable.
 	last capture.Event
+	// share is what buf claims of budget.PartialFrames; skip is what is
+	// left of a frame skipped because it did not fit.
+	share budget.Share
+	skip  int
 }
 
 // ttrpcCall is what the decoder keeps of one open call.
@@ -82,6 +86,11 @@ func (d *Decoder) state(sc *stream.Conn) *conn {
 func (d *Decoder) Bytes(sc *stream.Conn, end int, ev *capture.Event, data []byte) {
 	s := d.state(sc)
 	dir := &s.dirs[end]
+	if dir.skip > 0 {
+		k := min(dir.skip, len(data))
+		dir.skip -= k
+		data = data[k:]
+	}
 	if len(dir.buf) == 0 {
 		dir.start = ev.Time
 	}
@@ -93,6 +102,38 @@ func (d *Decoder) Bytes(sc *stream.Conn, end int, ev *capture.Event, data []byte
 		s.desync(end)
 		dir.buf = dir.buf[:0]
 	}
+	s.account(end)
+}
+
+// account reserves what a direction holds in budget.PartialFrames: the
+// size its next frame claims once the direction is at a frame boundary
+// (so trickling the frame's bytes cannot grow it), else what it holds. A
+// frame that does not fit is skipped, and the direction resynchronizes
+// after it; bytes held while looking for a boundary are dropped. Either
+// way the open calls are marked as having lost bytes, as after a gap.
+func (s *conn) account(end int) {
+	dir := &s.dirs[end]
+	need, claim := len(dir.buf), 0
+	if dir.synced && len(dir.buf) >= HeaderLen {
+		if h := parseHeader(dir.buf); s.plausible(h, end) {
+			claim = HeaderLen + int(h.length)
+			need = max(need, claim)
+		}
+	}
+	if budget.PartialFrames.Reserve(&dir.share, need) {
+		return
+	}
+	budget.PartFrames.Add(1)
+	dir.skip = max(claim-len(dir.buf), 0)
+	dir.drop()
+	s.desync(end)
+	s.lose(end)
+}
+
+// drop lets go of what the direction holds and of its share of the budget.
+func (dir *direction) drop() {
+	dir.buf = budget.Consume(dir.buf, len(dir.buf))
+	budget.PartialFrames.Release(&dir.share)
 }
 
 // Gap implements stream.Sink: whatever the direction was in the middle of
@@ -100,10 +141,18 @@ func (d *Decoder) Bytes(sc *stream.Conn, end int, ev *capture.Event, data []byte
 func (d *Decoder) Gap(sc *stream.Conn, end int, n uint64) {
 	s := d.state(sc)
 	s.desync(end)
-	s.dirs[end].buf = s.dirs[end].buf[:0]
+	dir := &s.dirs[end]
+	// Where a skipped frame ends is unknown now.
+	dir.skip = 0
+	dir.drop()
 	if n == 0 {
 		s.restarted = true
 	}
+	s.lose(end)
+}
+
+// lose marks the open calls as having lost bytes sent by end.
+func (s *conn) lose(end int) {
 	for _, cl := range s.calls.All() {
 		if dir, ok := call.DirOf(s.sc, end); ok {
 			cl.lost[dir] = true
@@ -121,6 +170,9 @@ func (d *Decoder) Closed(sc *stream.Conn) {
 	s, ok := sc.State.(*conn)
 	if !ok {
 		return
+	}
+	for i := range s.dirs {
+		s.dirs[i].drop()
 	}
 	if client, known := sc.ClientEnd(); sc.Closed && known {
 		var ids []uint32
