@@ -111,7 +111,10 @@ type Decoder struct {
 	pins      map[uint32]pin
 	resolver  Resolver
 	conflicts uint64
-	block     []byte // the block being decoded, for the resolver
+	// peerUsed: a pin or a peer-named entry has shaped the table since
+	// NewDecoder or Reset (see lookup).
+	peerUsed bool
+	block    []byte // the block being decoded, for the resolver
 	// maxList bounds a block's decoded header list (0: no limit), counted
 	// as SETTINGS_MAX_HEADER_LIST_SIZE counts it; tableCap bounds the
 	// table size any setting or update may allow (0: no cap).
@@ -141,6 +144,7 @@ func (d *Decoder) Reset() {
 	d.unresolved = 0
 	d.inserted = 0
 	clear(d.pins)
+	d.peerUsed = false
 }
 
 // SetMaxTableSize records the SETTINGS_HEADER_TABLE_SIZE the decoding peer
@@ -363,8 +367,22 @@ func (d *Decoder) lookup(idx uint64) (e entry, found bool, err error) {
 		}
 		return e, true, nil
 	}
-	if d.complete || i >= uint64(d.maxSize/entryOverhead) {
+	if i >= uint64(d.maxSize/entryOverhead) {
 		return e, false, indexError(idx)
+	}
+	if d.complete {
+		if !d.peerUsed {
+			return e, false, indexError(idx)
+		}
+		// Only a peer's answer can have made this table look complete
+		// while the encoder still has the entry: names and pins change
+		// sizes, and so evictions. An honest peer never gets here (FuzzPin);
+		// a lying one (a probed process is as hostile as any) must not
+		// break decoding: its answers are refused from now on by starting
+		// over as if just attached, and this reference is unknown.
+		d.conflicts++
+		d.forget()
+		return d.lookup(idx)
 	}
 	age := uint32(i - uint64(d.n))
 	if p, ok := d.pins[age]; ok {
@@ -435,6 +453,15 @@ func (d *Decoder) evict() {
 		*e = entry{}
 		d.n--
 	}
+}
+
+// forget drops everything known about the table, pins included, as if the
+// decoder had just attached; the insertion count goes on.
+func (d *Decoder) forget() {
+	d.clearTable()
+	clear(d.pins)
+	d.complete = false
+	d.peerUsed = false
 }
 
 func (d *Decoder) clearTable() {

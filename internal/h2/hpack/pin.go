@@ -122,6 +122,7 @@ func (d *Decoder) pin(age uint32, p pin) error {
 		d.pins = map[uint32]pin{}
 	}
 	d.pins[age] = p
+	d.peerUsed = true
 	// Recorded entries that took this entry's name learn it now.
 	for i := 0; i < d.n; i++ {
 		if e := d.at(i); !e.nameKnown && e.nameAge == age+1 {
@@ -142,6 +143,7 @@ func pinSize(p pin) uint64 {
 // nameEntry gives a recorded entry its name; its size becomes exact, so the
 // caller must call evict.
 func (d *Decoder) nameEntry(e *entry, name string) {
+	d.peerUsed = true
 	d.size -= e.size
 	e.name, e.nameKnown, e.nameAge, e.peer = name, true, 0, true
 	e.size = uint64(len(e.name)+len(e.value)) + entryOverhead
