@@ -252,6 +252,21 @@ func valid(s string) bool {
 
 // idOf is the sandbox or container a CRI message is about: its top-level
 // pod_sandbox_id or container_id.
+// ContainerIDOf is the container a CRI v1 message is about (its
+// container_id field), or "" when it names none or an id Kubernetes would
+// refuse.
+func ContainerIDOf(m proto.Message) string {
+	fd := m.ProtoReflect().Descriptor().Fields().ByName("container_id")
+	if fd == nil || !strings.HasPrefix(string(m.ProtoReflect().Descriptor().FullName()), "runtime.v1.") ||
+		fd.Kind() != protoreflect.StringKind || fd.Cardinality() == protoreflect.Repeated {
+		return ""
+	}
+	if id := m.ProtoReflect().Get(fd).String(); valid(id) {
+		return id
+	}
+	return ""
+}
+
 func idOf(m proto.Message) string {
 	md := m.ProtoReflect().Descriptor()
 	if !strings.HasPrefix(string(md.FullName()), "runtime.v1.") {

@@ -42,6 +42,7 @@ import (
 
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
 	"github.com/containerdsnoop/containerdsnoop/internal/output"
+	"github.com/containerdsnoop/containerdsnoop/internal/pods"
 )
 
 // Options configure the exporter.
@@ -74,6 +75,9 @@ type Exporter struct {
 	// Pipeline goroutine only: the request's messages, held until the
 	// call ends (with Messages).
 	held map[callKey][]event
+	// Pipeline goroutine only: the container a CRI call's request names,
+	// held until the call ends, for container.id (ttrpc records carry it).
+	containers map[callKey]string
 
 	queued, dropped, exported, failed, heldDropped atomic.Uint64
 	reportOnce                                     sync.Once
@@ -139,7 +143,7 @@ func New(ctx context.Context, opts Options) (*Exporter, error) {
 			res = r
 		}
 	}
-	e := &Exporter{opts: opts, queue: make(chan spanData, opts.QueueSize), done: make(chan struct{}), held: map[callKey][]event{}}
+	e := &Exporter{opts: opts, queue: make(chan spanData, opts.QueueSize), done: make(chan struct{}), held: map[callKey][]event{}, containers: map[callKey]string{}}
 	counting := &countingExporter{SpanExporter: exp, e: e}
 	e.provider = sdktrace.NewTracerProvider(
 		sdktrace.WithResource(res),
@@ -192,10 +196,22 @@ func (e *Exporter) Record(r *call.Record) {
 	if e.opts.Messages && (r.Message != nil || r.Raw != nil) {
 		e.hold(k, r)
 	}
+	if r.Type == call.Request && r.Message != nil && r.ContainerID == "" {
+		if id := pods.ContainerIDOf(r.Message); id != "" {
+			if len(e.containers) >= maxHeldCalls {
+				clear(e.containers) // calls that never end: start over
+			}
+			e.containers[k] = id
+		}
+	}
 	if !r.Final {
 		return
 	}
 	c := e.spanData(r)
+	if id, ok := e.containers[k]; ok && r.ContainerID == "" {
+		c.attrs = append(c.attrs, semconv.ContainerID(id))
+	}
+	delete(e.containers, k)
 	c.events = e.held[k]
 	delete(e.held, k)
 	select {

@@ -215,6 +215,15 @@ func TestPodsAndSecrets(t *testing.T) {
 				}
 			}
 		}
+		// container.id: the container a CRI request names (ttrpc records
+		// carry their own).
+		wantID := map[string]string{
+			"/runtime.v1.RuntimeService/StartContainer": "2a07c37b9423a52022da70f151c35690f0ec06e3e8b3f2493d0f1a83d6fd1bcb",
+			"/runtime.v1.RuntimeService/ContainerStats": "0640bd9259c97749f77ba407a6bfa424c6331fccc439f44733e609eebe83b3b0",
+		}[s.Name()]
+		if got := a["container.id"].AsString(); got != wantID {
+			t.Errorf("span %s: container.id %q, want %q", s.Name(), got, wantID)
+		}
 		if s.Name() == "/runtime.v1.ImageService/PullImage" {
 			if len(s.Events()) != 2 || !strings.Contains(s.Events()[0].Attributes[1].Value.String(), "[redacted]") {
 				t.Errorf("PullImage events %v, want the request with [redacted] and the response", s.Events())
