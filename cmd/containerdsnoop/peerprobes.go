@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -46,8 +45,8 @@ func startPeerProbes(f traceFlags, socket string, startup bool, t *bpf.Tracer, p
 	// is ready, so that their first calls after it are named too.
 	want := runtimeSocket
 	if socket != "" {
-		socket = canonical(socket)
-		want = func(path string) bool { return canonical(path) == socket }
+		socket = pipeline.CanonicalPath(socket)
+		want = func(path string) bool { return pipeline.CanonicalPath(path) == socket }
 	}
 	pids, err := peerprobe.Connected(want)
 	if err != nil && logf != nil {
@@ -77,18 +76,6 @@ func runtimeSocket(path string) bool {
 		}
 	}
 	return false
-}
-
-// canonical resolves symlinks in the directory of a socket path.
-func canonical(path string) string {
-	if strings.HasPrefix(path, "@") {
-		return path
-	}
-	dir, base := filepath.Split(filepath.Clean(path))
-	if real, err := filepath.EvalSymlinks(dir); err == nil {
-		return filepath.Join(real, base)
-	}
-	return filepath.Clean(path)
 }
 
 // report stops the manager and, at -v, says what the probes did, lost

@@ -98,7 +98,7 @@ func New(out output.Writer, f Filter) *Pipeline {
 	p := &Pipeline{out: out, socketOK: map[string]bool{}, filter: f, pods: pods.New()}
 	p.calls = callfilter.New(f.Calls, p.emit)
 	if f.Socket != "" {
-		p.socket = canonicalPath(f.Socket)
+		p.socket = CanonicalPath(f.Socket)
 	}
 	if len(f.PIDs) > 0 {
 		p.pids = make(map[uint32]bool, len(f.PIDs))
@@ -348,15 +348,15 @@ func (p *Pipeline) emit(r *call.Record) {
 func (p *Pipeline) socketMatches(path string) bool {
 	ok, seen := p.socketOK[path]
 	if !seen {
-		ok = path != "" && canonicalPath(path) == p.socket
+		ok = path != "" && CanonicalPath(path) == p.socket
 		p.socketOK[path] = ok
 	}
 	return ok
 }
 
-// canonicalPath resolves symlinks in the directory part, so /var/run/x and
+// CanonicalPath resolves symlinks in the directory part, so /var/run/x and
 // /run/x compare equal; abstract names are kept as they are.
-func canonicalPath(path string) string {
+func CanonicalPath(path string) string {
 	if strings.HasPrefix(path, "@") {
 		return path
 	}
