@@ -345,9 +345,17 @@ func (p *Pipeline) emit(r *call.Record) {
 	}
 }
 
+// maxSocketCache bounds the paths whose --socket verdict is remembered.
+const maxSocketCache = 4096
+
 func (p *Pipeline) socketMatches(path string) bool {
 	ok, seen := p.socketOK[path]
 	if !seen {
+		// Any local process can bind as many distinct (abstract) names as
+		// it likes: the cache starts over rather than grow with them.
+		if len(p.socketOK) >= maxSocketCache {
+			clear(p.socketOK)
+		}
 		ok = path != "" && CanonicalPath(path) == p.socket
 		p.socketOK[path] = ok
 	}
