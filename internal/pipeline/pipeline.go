@@ -288,8 +288,9 @@ func (p *Pipeline) redacted(m proto.Message) proto.Message {
 		return out
 	}
 	out := m
-	if c := proto.Clone(m); redact.Message(c) {
-		out = c
+	if redact.Holds(m) {
+		out = proto.Clone(m)
+		redact.Message(out)
 	}
 	if len(p.redactions) >= 4096 {
 		clear(p.redactions)

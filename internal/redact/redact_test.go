@@ -79,3 +79,52 @@ func TestNothingToHide(t *testing.T) {
 		t.Fatal("changed a message without secrets")
 	}
 }
+
+// Holds answers what Message would do, without changing the message, and
+// types that cannot hold a secret are not walked at all.
+func TestHolds(t *testing.T) {
+	pull := &runtimeapi.PullImageRequest{Auth: &runtimeapi.AuthConfig{Password: secret}}
+	withHeader := &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{LabelSelector: map[string]string{"Authorization": secret}}}
+	plain := &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{LabelSelector: map[string]string{"app": "web"}}}
+	reg := &transfer.OCIRegistry{Resolver: &transfer.RegistryResolver{Headers: map[string]string{"Authorization": secret}}}
+	inAny, err := anypb.New(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		m    proto.Message
+		want bool
+	}{
+		{"PullImage with a password", pull, true},
+		{"label keyed like a credential header", withHeader, true},
+		{"plain labels", plain, false},
+		{"registry headers inside an Any", inAny, true},
+		{"empty PullImage", &runtimeapi.PullImageRequest{}, false},
+	} {
+		before := rendered(t, c.m)
+		if got := Holds(c.m); got != c.want {
+			t.Errorf("%s: Holds = %v, want %v", c.name, got, c.want)
+		}
+		if rendered(t, c.m) != before {
+			t.Errorf("%s: Holds changed the message", c.name)
+		}
+		if got := Message(proto.Clone(c.m)); got != c.want {
+			t.Errorf("%s: Message = %v, Holds disagrees", c.name, got)
+		}
+	}
+	for _, c := range []struct {
+		m    proto.Message
+		want bool
+	}{
+		{&runtimeapi.VersionResponse{}, false},
+		{&runtimeapi.ContainerStatusRequest{}, false},
+		{&runtimeapi.PullImageRequest{}, true},
+		{&runtimeapi.ListContainersResponse{}, true}, // labels and annotations
+		{&anypb.Any{}, true},
+	} {
+		if got := MayHold(c.m.ProtoReflect().Descriptor()); got != c.want {
+			t.Errorf("MayHold(%s) = %v, want %v", c.m.ProtoReflect().Descriptor().FullName(), got, c.want)
+		}
+	}
+}
