@@ -215,6 +215,9 @@ func (s *spool) close() {
 	close(s.stop)
 	s.budget.shut()
 	<-s.done
+	// The P startSpool added goes with the spool: a program that opens
+	// tracers one after another (tests, benchmarks) keeps its own count.
+	runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0)-1, 1))
 }
 
 // budget counts the bytes the spool holds; acquire waits for room.
