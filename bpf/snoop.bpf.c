@@ -694,12 +694,26 @@ static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 bac
  * The context is the kernel's own syscall_trace_enter/exit, read with CO-RE:
  * real-time kernels (6.1-rt) have a larger trace_entry, which moves args and
  * ret; trace_event_raw_sys_enter describes raw_syscalls, not these events.
+ *
+ * Any hook on syscalls makes the kernel take its slower syscall entry for
+ * every task while it is attached; the fentry and kprobe backends hook only
+ * unix socket functions and avoid that entirely. One program on the raw
+ * sys_enter/sys_exit tracepoints, dispatching on the syscall number, was
+ * measured too: it takes 100 ns off an unrelated write(2) but adds 70 ns to
+ * every other syscall, which on any real mix of syscalls costs the node
+ * more (docs/performance.md).
  */
 
-static __always_inline int enter_send(__u64 fd, __u32 kind, __u64 base, __u64 nr_segs)
+/* Where a send's bytes are, given a syscall's arguments: a buffer, an
+ * iovec array, or a msghdr (read only once the socket is known to be one
+ * we trace). */
+enum { ARGS_BUF, ARGS_IOV, ARGS_MSG };
+
+static __always_inline int enter_send(__u64 fd, int args, __u64 arg1, __u64 arg2)
 {
 	struct socket *sock = NULL;
 	struct sock *sk = fd_unix_stream(fd, &sock);
+	struct user_msghdr msg;
 	__u64 pid_tgid;
 	__u32 tid;
 	struct send_src src = {};
@@ -712,9 +726,26 @@ static __always_inline int enter_send(__u64 fd, __u32 kind, __u64 base, __u64 nr
 		return 0;
 	src.sock = (__u64)sock;
 	src.sk = (__u64)sk;
-	src.kind = kind;
-	src.base = base;
-	src.nr_segs = nr_segs;
+	switch (args) {
+	case ARGS_BUF:
+		src.kind = SRC_UBUF;
+		src.base = arg1;
+		src.nr_segs = 1;
+		break;
+	case ARGS_IOV:
+		src.kind = SRC_UIOV;
+		src.base = arg1;
+		src.nr_segs = arg2;
+		break;
+	default:
+		/* A msghdr we cannot read leaves kind 0: the send, if it
+		 * succeeds, is then a gap of its exact size. */
+		if (!bpf_probe_read_user(&msg, sizeof(msg), (void *)arg1)) {
+			src.kind = SRC_UIOV;
+			src.base = (__u64)msg.msg_iov;
+			src.nr_segs = msg.msg_iovlen;
+		}
+	}
 	inflight_put(tid, &src);
 	return 0;
 }
@@ -741,29 +772,25 @@ static __always_inline int exit_send(long ret, __u8 backend, bool loop)
 SEC("tracepoint/syscalls/sys_enter_write")
 int tp_enter_write(struct syscall_trace_enter *ctx)
 {
-	return enter_send(ctx->args[0], SRC_UBUF, ctx->args[1], 1);
+	return enter_send(ctx->args[0], ARGS_BUF, ctx->args[1], 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendto")
 int tp_enter_sendto(struct syscall_trace_enter *ctx)
 {
-	return enter_send(ctx->args[0], SRC_UBUF, ctx->args[1], 1);
+	return enter_send(ctx->args[0], ARGS_BUF, ctx->args[1], 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_writev")
 int tp_enter_writev(struct syscall_trace_enter *ctx)
 {
-	return enter_send(ctx->args[0], SRC_UIOV, ctx->args[1], ctx->args[2]);
+	return enter_send(ctx->args[0], ARGS_IOV, ctx->args[1], ctx->args[2]);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
 int tp_enter_sendmsg(struct syscall_trace_enter *ctx)
 {
-	struct user_msghdr msg;
-
-	if (bpf_probe_read_user(&msg, sizeof(msg), (void *)ctx->args[1]))
-		return 0;
-	return enter_send(ctx->args[0], SRC_UIOV, (__u64)msg.msg_iov, msg.msg_iovlen);
+	return enter_send(ctx->args[0], ARGS_MSG, ctx->args[1], 0);
 }
 
 /* The exit programs, each twice: with bpf_loop, and bounded (see
@@ -789,15 +816,14 @@ TP_EXIT(sendmsg)
  *
  * A close tells userspace to free the connection's decoder state now rather
  * than after an idle timeout, and resets the socket's stream offset so a new
- * socket at the same address starts clean. A close of one of several
- * descriptors of a socket is reported too; if the socket sends again,
- * userspace simply picks the connection up again mid-stream.
+ * socket at the same address starts clean. The syscall backend reports
+ * each close(2) of a descriptor of a traced socket (if the socket sends
+ * again, userspace picks the connection up again mid-stream); the fentry
+ * and kprobe backends report the socket's release, when its last
+ * descriptor goes, also by a process that exits without closing it.
  */
-SEC("tracepoint/syscalls/sys_enter_close")
-int any_enter_close(struct syscall_trace_enter *ctx)
+static __always_inline int close_sock(struct socket *sock, struct sock *sk)
 {
-	struct socket *sock = NULL;
-	struct sock *sk = fd_unix_stream(ctx->args[0], &sock);
 	struct scratch *sc;
 	struct stats *s;
 	struct pos *pos;
@@ -832,13 +858,43 @@ int any_enter_close(struct syscall_trace_enter *ctx)
 	return 0;
 }
 
+static __always_inline int release_sock(struct socket *sock)
+{
+	if (BPF_CORE_READ(sock, type) != SOCK_STREAM)
+		return 0;
+	return close_sock(sock, BPF_CORE_READ(sock, sk));
+}
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int tp_enter_close(struct syscall_trace_enter *ctx)
+{
+	struct socket *sock = NULL;
+	struct sock *sk = fd_unix_stream(ctx->args[0], &sock);
+
+	return sk ? close_sock(sock, sk) : 0;
+}
+
+SEC("fentry/unix_release")
+int BPF_PROG(fentry_unix_release, struct socket *sock)
+{
+	return release_sock(sock);
+}
+
+SEC("kprobe/unix_release")
+int BPF_KPROBE(kprobe_unix_release, struct socket *sock)
+{
+	return release_sock(sock);
+}
+
 /* ---- every backend: accepts --------------------------------------------
  *
  * The process that accepts on a listener, and then holds the accepted
  * socket, is the server end: recorded so that even a client's first
- * request, sent before the accept, names the right peer.
+ * request, sent before the accept, names the right peer. The listener is
+ * noted when the accept starts (it may block), the new socket when it
+ * returns.
  */
-static __always_inline int enter_accept(__u64 fd)
+static __always_inline int note_accepting(__u64 fd)
 {
 	struct socket *sock;
 	struct sock *sk = fd_unix_stream(fd, &sock);
@@ -848,41 +904,86 @@ static __always_inline int enter_accept(__u64 fd)
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_accept4")
-int any_enter_accept4(struct syscall_trace_enter *ctx)
+static __always_inline int note_sock_owner(struct socket *sock)
 {
-	return enter_accept(ctx->args[0]);
-}
+	struct sock *sk = BPF_CORE_READ(sock, sk);
 
-SEC("tracepoint/syscalls/sys_enter_accept")
-int any_enter_accept(struct syscall_trace_enter *ctx)
-{
-	return enter_accept(ctx->args[0]);
-}
-
-static __always_inline int exit_accept(long fd)
-{
-	struct socket *sock;
-	struct sock *sk;
-
-	if (fd < 0)
-		return 0;
-	sk = fd_unix_stream(fd, &sock);
-	if (sk)
+	if (sk && BPF_CORE_READ(sock, type) == SOCK_STREAM)
 		note_owner(sock, sk, bpf_get_current_pid_tgid() >> 32);
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_exit_accept4")
-int any_exit_accept4(struct syscall_trace_exit *ctx)
+/* unix_accept(sock, newsock, ...): the arguments after these two changed
+ * in 6.10 and are not needed. */
+SEC("tracepoint/syscalls/sys_enter_accept4")
+int tp_enter_accept4(struct syscall_trace_enter *ctx)
 {
-	return exit_accept(ctx->ret);
+	return note_accepting(ctx->args[0]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_accept")
+int tp_enter_accept(struct syscall_trace_enter *ctx)
+{
+	return note_accepting(ctx->args[0]);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int tp_exit_accept4(struct syscall_trace_exit *ctx)
+{
+	return ctx->ret < 0 ? 0 : note_accepting(ctx->ret);
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept")
-int any_exit_accept(struct syscall_trace_exit *ctx)
+int tp_exit_accept(struct syscall_trace_exit *ctx)
 {
-	return exit_accept(ctx->ret);
+	return ctx->ret < 0 ? 0 : note_accepting(ctx->ret);
+}
+
+SEC("fentry/unix_accept")
+int BPF_PROG(fentry_unix_accept, struct socket *sock)
+{
+	return note_sock_owner(sock);
+}
+
+SEC("fexit/unix_accept")
+int BPF_PROG(fexit_unix_accept, struct socket *sock, struct socket *newsock)
+{
+	/* newsock has a sock only if the accept succeeded. */
+	return note_sock_owner(newsock);
+}
+
+/* kretprobes have no arguments: the new socket is kept from the entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);   /* tid */
+	__type(value, __u64); /* struct socket *newsock */
+} accepting SEC(".maps");
+
+SEC("kprobe/unix_accept")
+int BPF_KPROBE(kprobe_unix_accept, struct socket *sock, struct socket *newsock)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 ns = (__u64)newsock;
+
+	bpf_map_update_elem(&accepting, &tid, &ns, BPF_ANY);
+	return note_sock_owner(sock);
+}
+
+SEC("kretprobe/unix_accept")
+int BPF_KRETPROBE(kretprobe_unix_accept, int ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 *ns = bpf_map_lookup_elem(&accepting, &tid);
+	struct socket *newsock;
+
+	if (!ns)
+		return 0;
+	newsock = (struct socket *)*ns;
+	bpf_map_delete_elem(&accepting, &tid);
+	if (ret == 0)
+		note_sock_owner(newsock);
+	return 0;
 }
 
 /* ---- every backend: process exit and exec -----------------------------

@@ -24,7 +24,11 @@
 #   KERNEL_FETCH_ONLY=1     download the rows' kernels, print "fetched ARCH
 #                     PKG KERNEL BUSYBOX" per row, and stop (test/release)
 #   KERNEL_TABLE      check (default): fail when the README's kernel table
-#                     differs from what this run produced; update: rewrite it
+#                     differs from what this run produced; update: rewrite it;
+#                     skip: neither (a benchmark run)
+#   KERNEL_BENCH      -test.bench pattern of internal/bpf run in each guest
+#                     after the tests passed; the results are printed at
+#                     the end (docs/performance.md)
 #   HOST_EXPECT_BACKENDS    backends that must work on the host (default
 #                     $CONTAINERDSNOOP_EXPECT_BACKENDS, else tracepoint)
 #   KERNEL_SKIP_HOST=1      no host row
@@ -93,7 +97,7 @@ matrix=(
 
 command -v "$GO" >/dev/null 2>&1 || die "$GO not found in PATH (run with GO=/path/to/go)"
 [[ $timeout_s =~ ^[0-9]+$ ]] || die "KERNEL_TIMEOUT must be a number of seconds"
-[[ $table_mode == check || $table_mode == update ]] || die "KERNEL_TABLE must be check or update"
+[[ $table_mode == check || $table_mode == update || $table_mode == skip ]] || die "KERNEL_TABLE must be check, update or skip"
 
 # ---- which rows -----------------------------------------------------------
 
@@ -453,6 +457,7 @@ for i in "${order[@]}"; do
 		export CONTAINERDSNOOP_EXPECT_NO_TRACEFS=1
 		export CONTAINERDSNOOP_REQUIRE_PRIVILEGED=1
 		KERNELTEST_RUN='$test_run'
+		KERNELTEST_BENCH='${KERNEL_BENCH:-}'
 		KERNELTEST_GO_TIMEOUT=$((t * 4 / 5))s
 		KERNELTEST_RESULT_TTY=$tty
 	EOF
@@ -494,7 +499,15 @@ if ((rc != 0)); then
 fi
 # The README's kernel table is this output: a run that disagrees with it
 # fails (or, with KERNEL_TABLE=update, rewrites it).
-if [[ -z ${KERNEL_PACKAGES:-} ]]; then
+if [[ -z ${KERNEL_PACKAGES:-} && $table_mode != skip ]]; then
 	"$kt" table "$table_mode" README.md "$manifest" || rc=1
+fi
+if [[ -n ${KERNEL_BENCH:-} ]]; then
+	while IFS=$'\t' read -r label _ out _ _ _; do
+		[[ -f $out ]] || continue
+		echo
+		echo "---- $label: benchmarks"
+		tr -d '\r' <"$out" | grep -E '^(Benchmark|cpu:)' || echo "(none: see $out)"
+	done <"$manifest"
 fi
 exit "$rc"

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 )
 
@@ -59,38 +58,42 @@ func backendsFor(attach string) ([]backend, error) {
 }
 
 // attachTracepoints hooks entry and exit of each syscall that can send on a
-// stream socket: entry notes where the bytes are, exit copies as many as
-// the kernel accepted.
+// stream socket (entry notes where the bytes are, exit copies as many as
+// the kernel accepted), closes (to free decoder state) and accepts (to
+// know which process holds the server end). One perf tracepoint per
+// syscall: a syscall none of these hooks returns after a bitmap test,
+// where a program on the raw sys_enter tracepoint would run for each
+// (docs/performance.md).
 func attachTracepoints(t *Tracer) error {
 	// Exits first, so no entry is recorded that no exit consumes.
-	for _, tp := range []struct {
-		name string
-		prog *ebpf.Program
-	}{
-		{"sys_exit_write", t.progs["tp_exit_write"]},
-		{"sys_exit_writev", t.progs["tp_exit_writev"]},
-		{"sys_exit_sendto", t.progs["tp_exit_sendto"]},
-		{"sys_exit_sendmsg", t.progs["tp_exit_sendmsg"]},
-		{"sys_enter_write", t.progs["tp_enter_write"]},
-		{"sys_enter_writev", t.progs["tp_enter_writev"]},
-		{"sys_enter_sendto", t.progs["tp_enter_sendto"]},
-		{"sys_enter_sendmsg", t.progs["tp_enter_sendmsg"]},
+	for _, name := range []string{
+		"exit_write", "exit_writev", "exit_sendto", "exit_sendmsg",
+		"enter_write", "enter_writev", "enter_sendto", "enter_sendmsg",
+		"enter_close",
+		"exit_accept4", "exit_accept", "enter_accept4", "enter_accept",
 	} {
-		l, err := link.Tracepoint("syscalls", tp.name, tp.prog, nil)
+		l, err := link.Tracepoint("syscalls", "sys_"+name, t.progs["tp_"+name], nil)
 		if err != nil {
-			return fmt.Errorf("attach tracepoint syscalls:%s: %w", tp.name, err)
+			return fmt.Errorf("attach tracepoint syscalls:sys_%s: %w", name, err)
 		}
 		t.links = append(t.links, l)
 	}
 	return nil
 }
 
-// attachFentry uses BPF trampolines (5.5+, x86 and arm64 6.0+).
+// attachFentry uses BPF trampolines (5.5+, x86 and arm64 6.0+). It hooks
+// only unix socket functions: other syscalls pay nothing.
 func attachFentry(t *Tracer) error {
-	for _, prog := range []*ebpf.Program{t.progs["fexit_unix_stream_sendmsg"], t.progs["fentry_unix_stream_sendmsg"]} {
-		l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+	return attachTracingPrograms(t,
+		"fexit_unix_stream_sendmsg", "fentry_unix_stream_sendmsg",
+		"fentry_unix_release", "fentry_unix_accept", "fexit_unix_accept")
+}
+
+func attachTracingPrograms(t *Tracer, names ...string) error {
+	for _, name := range names {
+		l, err := link.AttachTracing(link.TracingOptions{Program: t.progs[name]})
 		if err != nil {
-			return fmt.Errorf("attach %s: %w", prog, err)
+			return fmt.Errorf("attach %s: %w", name, err)
 		}
 		t.links = append(t.links, l)
 	}
@@ -99,31 +102,36 @@ func attachFentry(t *Tracer) error {
 
 // attachKprobes is for kernels without trampolines.
 func attachKprobes(t *Tracer) error {
-	l, err := link.Kretprobe("unix_stream_sendmsg", t.progs["kretprobe_unix_stream_sendmsg"], nil)
-	if err != nil {
-		return fmt.Errorf("attach kretprobe unix_stream_sendmsg: %w", err)
+	for _, p := range []struct {
+		fn, prog string
+		ret      bool
+	}{
+		{"unix_stream_sendmsg", "kretprobe_unix_stream_sendmsg", true},
+		{"unix_stream_sendmsg", "kprobe_unix_stream_sendmsg", false},
+		{"unix_release", "kprobe_unix_release", false},
+		{"unix_accept", "kretprobe_unix_accept", true},
+		{"unix_accept", "kprobe_unix_accept", false},
+	} {
+		attach, kind := link.Kprobe, "kprobe"
+		if p.ret {
+			attach, kind = link.Kretprobe, "kretprobe"
+		}
+		l, err := attach(p.fn, t.progs[p.prog], nil)
+		if err != nil {
+			return fmt.Errorf("attach %s %s: %w", kind, p.fn, err)
+		}
+		t.links = append(t.links, l)
 	}
-	t.links = append(t.links, l)
-	if l, err = link.Kprobe("unix_stream_sendmsg", t.progs["kprobe_unix_stream_sendmsg"], nil); err != nil {
-		return fmt.Errorf("attach kprobe unix_stream_sendmsg: %w", err)
-	}
-	t.links = append(t.links, l)
 	return nil
 }
 
-// attachClose hooks what every backend shares: closes of traced sockets
-// (to free decoder state), accepts (to know which process holds the
-// server end), and process exits and execs (after which what was known
-// about a process's sockets is stale). Tracepoints exist wherever BPF does.
-func attachClose(t *Tracer) error {
+// attachShared hooks what every backend shares: process exits and execs
+// (after which what was known about a process's sockets is stale).
+// Tracepoints exist wherever BPF does.
+func attachShared(t *Tracer) error {
 	for _, tp := range []struct{ group, name, prog string }{
 		{"sched", "sched_process_exit", "any_sched_exit"},
 		{"sched", "sched_process_exec", "any_sched_exec"},
-		{"syscalls", "sys_enter_close", "any_enter_close"},
-		{"syscalls", "sys_exit_accept4", "any_exit_accept4"},
-		{"syscalls", "sys_exit_accept", "any_exit_accept"},
-		{"syscalls", "sys_enter_accept4", "any_enter_accept4"},
-		{"syscalls", "sys_enter_accept", "any_enter_accept"},
 	} {
 		l, err := link.Tracepoint(tp.group, tp.name, t.progs[tp.prog], nil)
 		if err != nil {

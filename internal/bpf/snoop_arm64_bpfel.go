@@ -161,6 +161,7 @@ type snoopStats struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	snoopMapAccepting                          = "accepting"
 	snoopMapEvents                             = "events"
 	snoopMapHpackScratchMap                    = "hpack_scratch_map"
 	snoopMapHpackSeq                           = "hpack_seq"
@@ -172,27 +173,33 @@ const (
 	snoopMapSkOwner                            = "sk_owner"
 	snoopMapSockFilter                         = "sock_filter"
 	snoopMapStatsMap                           = "stats_map"
-	snoopProgAnyEnterAccept                    = "any_enter_accept"
-	snoopProgAnyEnterAccept4                   = "any_enter_accept4"
-	snoopProgAnyEnterClose                     = "any_enter_close"
-	snoopProgAnyExitAccept                     = "any_exit_accept"
-	snoopProgAnyExitAccept4                    = "any_exit_accept4"
 	snoopProgAnySchedExec                      = "any_sched_exec"
 	snoopProgAnySchedExit                      = "any_sched_exit"
+	snoopProgFentryUnixAccept                  = "fentry_unix_accept"
+	snoopProgFentryUnixRelease                 = "fentry_unix_release"
 	snoopProgFentryUnixStreamSendmsg           = "fentry_unix_stream_sendmsg"
+	snoopProgFexitUnixAccept                   = "fexit_unix_accept"
 	snoopProgFexitUnixStreamSendmsg            = "fexit_unix_stream_sendmsg"
 	snoopProgFexitUnixStreamSendmsgBounded     = "fexit_unix_stream_sendmsg_bounded"
 	snoopProgFollowExit                        = "follow_exit"
 	snoopProgFollowFork                        = "follow_fork"
+	snoopProgKprobeUnixAccept                  = "kprobe_unix_accept"
+	snoopProgKprobeUnixRelease                 = "kprobe_unix_release"
 	snoopProgKprobeUnixStreamSendmsg           = "kprobe_unix_stream_sendmsg"
+	snoopProgKretprobeUnixAccept               = "kretprobe_unix_accept"
 	snoopProgKretprobeUnixStreamSendmsg        = "kretprobe_unix_stream_sendmsg"
 	snoopProgKretprobeUnixStreamSendmsgBounded = "kretprobe_unix_stream_sendmsg_bounded"
 	snoopProgPeerHpackWriteField               = "peer_hpack_write_field"
 	snoopProgPeerHpackWriteFieldBounded        = "peer_hpack_write_field_bounded"
+	snoopProgTpEnterAccept                     = "tp_enter_accept"
+	snoopProgTpEnterAccept4                    = "tp_enter_accept4"
+	snoopProgTpEnterClose                      = "tp_enter_close"
 	snoopProgTpEnterSendmsg                    = "tp_enter_sendmsg"
 	snoopProgTpEnterSendto                     = "tp_enter_sendto"
 	snoopProgTpEnterWrite                      = "tp_enter_write"
 	snoopProgTpEnterWritev                     = "tp_enter_writev"
+	snoopProgTpExitAccept                      = "tp_exit_accept"
+	snoopProgTpExitAccept4                     = "tp_exit_accept4"
 	snoopProgTpExitSendmsg                     = "tp_exit_sendmsg"
 	snoopProgTpExitSendmsgBounded              = "tp_exit_sendmsg_bounded"
 	snoopProgTpExitSendto                      = "tp_exit_sendto"
@@ -251,27 +258,33 @@ type snoopSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type snoopProgramSpecs struct {
-	AnyEnterAccept                    *ebpf.ProgramSpec `ebpf:"any_enter_accept"`
-	AnyEnterAccept4                   *ebpf.ProgramSpec `ebpf:"any_enter_accept4"`
-	AnyEnterClose                     *ebpf.ProgramSpec `ebpf:"any_enter_close"`
-	AnyExitAccept                     *ebpf.ProgramSpec `ebpf:"any_exit_accept"`
-	AnyExitAccept4                    *ebpf.ProgramSpec `ebpf:"any_exit_accept4"`
 	AnySchedExec                      *ebpf.ProgramSpec `ebpf:"any_sched_exec"`
 	AnySchedExit                      *ebpf.ProgramSpec `ebpf:"any_sched_exit"`
+	FentryUnixAccept                  *ebpf.ProgramSpec `ebpf:"fentry_unix_accept"`
+	FentryUnixRelease                 *ebpf.ProgramSpec `ebpf:"fentry_unix_release"`
 	FentryUnixStreamSendmsg           *ebpf.ProgramSpec `ebpf:"fentry_unix_stream_sendmsg"`
+	FexitUnixAccept                   *ebpf.ProgramSpec `ebpf:"fexit_unix_accept"`
 	FexitUnixStreamSendmsg            *ebpf.ProgramSpec `ebpf:"fexit_unix_stream_sendmsg"`
 	FexitUnixStreamSendmsgBounded     *ebpf.ProgramSpec `ebpf:"fexit_unix_stream_sendmsg_bounded"`
 	FollowExit                        *ebpf.ProgramSpec `ebpf:"follow_exit"`
 	FollowFork                        *ebpf.ProgramSpec `ebpf:"follow_fork"`
+	KprobeUnixAccept                  *ebpf.ProgramSpec `ebpf:"kprobe_unix_accept"`
+	KprobeUnixRelease                 *ebpf.ProgramSpec `ebpf:"kprobe_unix_release"`
 	KprobeUnixStreamSendmsg           *ebpf.ProgramSpec `ebpf:"kprobe_unix_stream_sendmsg"`
+	KretprobeUnixAccept               *ebpf.ProgramSpec `ebpf:"kretprobe_unix_accept"`
 	KretprobeUnixStreamSendmsg        *ebpf.ProgramSpec `ebpf:"kretprobe_unix_stream_sendmsg"`
 	KretprobeUnixStreamSendmsgBounded *ebpf.ProgramSpec `ebpf:"kretprobe_unix_stream_sendmsg_bounded"`
 	PeerHpackWriteField               *ebpf.ProgramSpec `ebpf:"peer_hpack_write_field"`
 	PeerHpackWriteFieldBounded        *ebpf.ProgramSpec `ebpf:"peer_hpack_write_field_bounded"`
+	TpEnterAccept                     *ebpf.ProgramSpec `ebpf:"tp_enter_accept"`
+	TpEnterAccept4                    *ebpf.ProgramSpec `ebpf:"tp_enter_accept4"`
+	TpEnterClose                      *ebpf.ProgramSpec `ebpf:"tp_enter_close"`
 	TpEnterSendmsg                    *ebpf.ProgramSpec `ebpf:"tp_enter_sendmsg"`
 	TpEnterSendto                     *ebpf.ProgramSpec `ebpf:"tp_enter_sendto"`
 	TpEnterWrite                      *ebpf.ProgramSpec `ebpf:"tp_enter_write"`
 	TpEnterWritev                     *ebpf.ProgramSpec `ebpf:"tp_enter_writev"`
+	TpExitAccept                      *ebpf.ProgramSpec `ebpf:"tp_exit_accept"`
+	TpExitAccept4                     *ebpf.ProgramSpec `ebpf:"tp_exit_accept4"`
 	TpExitSendmsg                     *ebpf.ProgramSpec `ebpf:"tp_exit_sendmsg"`
 	TpExitSendmsgBounded              *ebpf.ProgramSpec `ebpf:"tp_exit_sendmsg_bounded"`
 	TpExitSendto                      *ebpf.ProgramSpec `ebpf:"tp_exit_sendto"`
@@ -286,6 +299,7 @@ type snoopProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type snoopMapSpecs struct {
+	Accepting       *ebpf.MapSpec `ebpf:"accepting"`
 	Events          *ebpf.MapSpec `ebpf:"events"`
 	HpackScratchMap *ebpf.MapSpec `ebpf:"hpack_scratch_map"`
 	HpackSeq        *ebpf.MapSpec `ebpf:"hpack_seq"`
@@ -331,6 +345,7 @@ func (o *snoopObjects) Close() error {
 //
 // It can be passed to loadSnoopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type snoopMaps struct {
+	Accepting       *ebpf.Map `ebpf:"accepting"`
 	Events          *ebpf.Map `ebpf:"events"`
 	HpackScratchMap *ebpf.Map `ebpf:"hpack_scratch_map"`
 	HpackSeq        *ebpf.Map `ebpf:"hpack_seq"`
@@ -346,6 +361,7 @@ type snoopMaps struct {
 
 func (m *snoopMaps) Close() error {
 	return _SnoopClose(
+		m.Accepting,
 		m.Events,
 		m.HpackScratchMap,
 		m.HpackSeq,
@@ -376,27 +392,33 @@ type snoopVariables struct {
 //
 // It can be passed to loadSnoopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type snoopPrograms struct {
-	AnyEnterAccept                    *ebpf.Program `ebpf:"any_enter_accept"`
-	AnyEnterAccept4                   *ebpf.Program `ebpf:"any_enter_accept4"`
-	AnyEnterClose                     *ebpf.Program `ebpf:"any_enter_close"`
-	AnyExitAccept                     *ebpf.Program `ebpf:"any_exit_accept"`
-	AnyExitAccept4                    *ebpf.Program `ebpf:"any_exit_accept4"`
 	AnySchedExec                      *ebpf.Program `ebpf:"any_sched_exec"`
 	AnySchedExit                      *ebpf.Program `ebpf:"any_sched_exit"`
+	FentryUnixAccept                  *ebpf.Program `ebpf:"fentry_unix_accept"`
+	FentryUnixRelease                 *ebpf.Program `ebpf:"fentry_unix_release"`
 	FentryUnixStreamSendmsg           *ebpf.Program `ebpf:"fentry_unix_stream_sendmsg"`
+	FexitUnixAccept                   *ebpf.Program `ebpf:"fexit_unix_accept"`
 	FexitUnixStreamSendmsg            *ebpf.Program `ebpf:"fexit_unix_stream_sendmsg"`
 	FexitUnixStreamSendmsgBounded     *ebpf.Program `ebpf:"fexit_unix_stream_sendmsg_bounded"`
 	FollowExit                        *ebpf.Program `ebpf:"follow_exit"`
 	FollowFork                        *ebpf.Program `ebpf:"follow_fork"`
+	KprobeUnixAccept                  *ebpf.Program `ebpf:"kprobe_unix_accept"`
+	KprobeUnixRelease                 *ebpf.Program `ebpf:"kprobe_unix_release"`
 	KprobeUnixStreamSendmsg           *ebpf.Program `ebpf:"kprobe_unix_stream_sendmsg"`
+	KretprobeUnixAccept               *ebpf.Program `ebpf:"kretprobe_unix_accept"`
 	KretprobeUnixStreamSendmsg        *ebpf.Program `ebpf:"kretprobe_unix_stream_sendmsg"`
 	KretprobeUnixStreamSendmsgBounded *ebpf.Program `ebpf:"kretprobe_unix_stream_sendmsg_bounded"`
 	PeerHpackWriteField               *ebpf.Program `ebpf:"peer_hpack_write_field"`
 	PeerHpackWriteFieldBounded        *ebpf.Program `ebpf:"peer_hpack_write_field_bounded"`
+	TpEnterAccept                     *ebpf.Program `ebpf:"tp_enter_accept"`
+	TpEnterAccept4                    *ebpf.Program `ebpf:"tp_enter_accept4"`
+	TpEnterClose                      *ebpf.Program `ebpf:"tp_enter_close"`
 	TpEnterSendmsg                    *ebpf.Program `ebpf:"tp_enter_sendmsg"`
 	TpEnterSendto                     *ebpf.Program `ebpf:"tp_enter_sendto"`
 	TpEnterWrite                      *ebpf.Program `ebpf:"tp_enter_write"`
 	TpEnterWritev                     *ebpf.Program `ebpf:"tp_enter_writev"`
+	TpExitAccept                      *ebpf.Program `ebpf:"tp_exit_accept"`
+	TpExitAccept4                     *ebpf.Program `ebpf:"tp_exit_accept4"`
 	TpExitSendmsg                     *ebpf.Program `ebpf:"tp_exit_sendmsg"`
 	TpExitSendmsgBounded              *ebpf.Program `ebpf:"tp_exit_sendmsg_bounded"`
 	TpExitSendto                      *ebpf.Program `ebpf:"tp_exit_sendto"`
@@ -409,27 +431,33 @@ type snoopPrograms struct {
 
 func (p *snoopPrograms) Close() error {
 	return _SnoopClose(
-		p.AnyEnterAccept,
-		p.AnyEnterAccept4,
-		p.AnyEnterClose,
-		p.AnyExitAccept,
-		p.AnyExitAccept4,
 		p.AnySchedExec,
 		p.AnySchedExit,
+		p.FentryUnixAccept,
+		p.FentryUnixRelease,
 		p.FentryUnixStreamSendmsg,
+		p.FexitUnixAccept,
 		p.FexitUnixStreamSendmsg,
 		p.FexitUnixStreamSendmsgBounded,
 		p.FollowExit,
 		p.FollowFork,
+		p.KprobeUnixAccept,
+		p.KprobeUnixRelease,
 		p.KprobeUnixStreamSendmsg,
+		p.KretprobeUnixAccept,
 		p.KretprobeUnixStreamSendmsg,
 		p.KretprobeUnixStreamSendmsgBounded,
 		p.PeerHpackWriteField,
 		p.PeerHpackWriteFieldBounded,
+		p.TpEnterAccept,
+		p.TpEnterAccept4,
+		p.TpEnterClose,
 		p.TpEnterSendmsg,
 		p.TpEnterSendto,
 		p.TpEnterWrite,
 		p.TpEnterWritev,
+		p.TpExitAccept,
+		p.TpExitAccept4,
 		p.TpExitSendmsg,
 		p.TpExitSendmsgBounded,
 		p.TpExitSendto,

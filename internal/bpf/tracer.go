@@ -120,7 +120,7 @@ func Open(opts Options) (*Tracer, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, privilegeError(fmt.Errorf("raise the memlock limit: %w", err))
 	}
-	// Every backend attaches syscall tracepoints (closes, accepts), and
+	// Every backend attaches the sched tracepoints (exits, execs), and
 	// cilium/ebpf caches its first tracefs lookup: mount before any of it.
 	if err := ensureTracefs(); err != nil {
 		return nil, err
@@ -246,7 +246,7 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 		t.Close()
 		return nil, err
 	}
-	if err := attachClose(t); err != nil {
+	if err := attachShared(t); err != nil {
 		t.Close()
 		return nil, err
 	}

@@ -22,6 +22,10 @@ echo "KERNELTEST-EXPECT: $CONTAINERDSNOOP_EXPECT_BACKENDS"
 cd /tmp || exit 1
 /bpf.test -test.v -test.count=1 -test.timeout="$KERNELTEST_GO_TIMEOUT" -test.run "$KERNELTEST_RUN"
 rc=$?
+# Benchmarks (scripts/bench.sh): their output is read from the console log.
+if [ "$rc" -eq 0 ] && [ -n "$KERNELTEST_BENCH" ]; then
+	/bpf.test -test.run '^$' -test.bench "$KERNELTEST_BENCH" -test.benchtime 300000x -test.count 1 || rc=$?
+fi
 if [ "$rc" -eq 0 ]; then
 	verdict=PASS
 else
