@@ -175,10 +175,14 @@ func (j *jsonWriter) render(m proto.Message) rendering {
 		out.text = prototext.MarshalOptions{Resolver: protoreg.Resolver}.Format(m)
 		out.note = "message has no JSON form: " + err.Error()
 	} else {
-		// protojson's spacing is deliberately unstable; lines are compact.
-		var c bytes.Buffer
-		if json.Compact(&c, raw) == nil {
-			raw = c.Bytes()
+		// protojson's spacing is deliberately unstable (a space or none
+		// after ':' and ',', chosen per binary); lines are compact. Without
+		// any space or newline there is nothing to take out.
+		if bytes.ContainsAny(raw, " \n") {
+			var c bytes.Buffer
+			if json.Compact(&c, raw) == nil {
+				raw = c.Bytes()
+			}
 		}
 		raw = protoreg.SpliceJSONAnys(raw)
 		out.json = raw
