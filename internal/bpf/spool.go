@@ -94,10 +94,13 @@ func (t *Tracer) spoolLoop(s *spool) {
 		switch {
 		case err == nil:
 		case errors.Is(err, ErrIdle):
-			if len(b.evs) > 0 && !s.hand(b) {
-				return
-			}
+			// Once handed over, b is the reader's: it may already have
+			// emptied it and put it back in the pool, so nothing here may
+			// look at it again.
 			if len(b.evs) > 0 {
+				if !s.hand(b) {
+					return
+				}
 				b = s.free.Get().(*batch)
 			}
 			continue
