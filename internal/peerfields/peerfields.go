@@ -243,6 +243,12 @@ type Direction struct {
 	candEnc  *encoder
 	candDiff uint64
 	candSend [2]uint64
+	// The window of the block being decoded: curT is its send's time
+	// (every chunk of one send carries the same), prevT the time of the
+	// previous send on this direction that completed a header block, and
+	// k how many blocks of the current send came before it.
+	prevT, curT time.Time
+	k           int
 }
 
 // Direction returns a new resolver for one direction of a connection.
@@ -259,6 +265,11 @@ func (d *Direction) Begin(cap *capture.Event, block []byte) {
 	if cap == nil {
 		return
 	}
+	if cap.Time.Equal(d.curT) {
+		d.k++
+	} else {
+		d.prevT, d.curT, d.k = d.curT, cap.Time, 0
+	}
 	d.pid = cap.PID
 	if d.enc == nil {
 		return
@@ -269,8 +280,10 @@ func (d *Direction) Begin(cap *capture.Event, block []byte) {
 	}
 	fs := d.enc.fields
 	// A block starts with an empty buffer; anything before is left over.
+	// A run that began before the previous send was encoded before that
+	// send and went out in it or earlier (see window): not this block's.
 	i := 0
-	for i < len(fs) && fs[i].f.PrefixLen != 0 {
+	for i < len(fs) && (fs[i].f.PrefixLen != 0 || !d.prevT.IsZero() && !fs[i].time.After(d.prevT)) {
 		i++
 	}
 	if i == len(fs) {
@@ -333,7 +346,8 @@ func (d *Direction) Resolve(q hpack.Query) (string, string, bool) {
 	var proofs []proof
 	for _, e := range p.encs {
 		if e.tied == nil {
-			proofs = d.s.prove(e, q, proofs)
+			lo, hi := d.window(e)
+			proofs = d.s.prove(e, q, lo, hi, proofs)
 		}
 	}
 	if len(proofs) == 0 {
@@ -349,7 +363,7 @@ func (d *Direction) Resolve(q hpack.Query) (string, string, bool) {
 		}
 	}
 	send := [2]uint64{d.cap.Sock, d.cap.Offset}
-	if d.candEnc != first.e || d.candDiff != first.diff || d.candSend == send {
+	if d.candEnc != first.e || d.candDiff != first.diff || d.candSend == send || d.prevT.IsZero() {
 		// A first proof, or one that disagrees with the first: wait for
 		// another send to confirm it.
 		d.candEnc, d.candDiff, d.candSend = first.e, first.diff, send
@@ -408,9 +422,42 @@ func (d *Direction) resolveTied(q hpack.Query) (string, string, bool) {
 	return "", "", false
 }
 
-// prove appends the proofs e's calls give for q: calls j, j+1 whose views
-// of the block end where the field starts and where it ends.
-func (s *Store) prove(e *encoder, q hpack.Query, out []proof) []proof {
+// window returns the calls of e that may have encoded the block being
+// decoded: its own run, when the direction's previous send is known. A Go
+// peer encodes a header block and writes it in one goroutine, with nothing
+// else written to the connection in between (grpc-go's loopy writer,
+// x/net/http2 under its write lock), and the kernel stamps a send before it
+// returns. So the block's run began after the previous send on the
+// direction was stamped, and before this one; the runs in that window are
+// the blocks of this send, in order, and this block's is the k-th. Without
+// a previous send every call may be (a first proof only, see Resolve).
+func (d *Direction) window(e *encoder) (lo, hi int) {
+	fs := e.fields
+	if d.prevT.IsZero() {
+		return 0, len(fs)
+	}
+	k := d.k
+	for i := 0; i < len(fs); i++ {
+		c := fs[i]
+		if c.f.PrefixLen != 0 || !c.time.After(d.prevT) || c.time.After(d.curT) {
+			continue
+		}
+		if k > 0 {
+			k--
+			continue
+		}
+		j := i + 1
+		for j < len(fs) && fs[j].f.PrefixLen != 0 {
+			j++
+		}
+		return i, j
+	}
+	return 0, 0
+}
+
+// prove appends the proofs e's calls lo..hi give for q: calls j, j+1 whose
+// views of the block end where the field starts and where it ends.
+func (s *Store) prove(e *encoder, q hpack.Query, lo, hi int, out []proof) []proof {
 	fs := e.fields
 	// Age out from the front.
 	cut := 0
@@ -422,7 +469,8 @@ func (s *Store) prove(e *encoder, q hpack.Query, out []proof) []proof {
 		e.fields = append(fs[:0], fs[cut:]...)
 		fs = e.fields
 	}
-	for j := 0; j+1 < len(fs); j++ {
+	lo, hi = max(lo-cut, 0), min(max(hi-cut, 0), len(fs))
+	for j := lo; j+1 < hi; j++ {
 		a, b := fs[j].f, fs[j+1].f
 		if a.PrefixLen != q.Start || b.PrefixLen != q.End {
 			continue

@@ -59,6 +59,14 @@ func (p *peer) encode(t *testing.T, fields []xhpack.HeaderField, probed bool) ([
 	return bytes.Clone(p.buf.Bytes()), evs
 }
 
+// sent stamps a send of the block just encoded, as the kernel does: after
+// its calls, before the next block's.
+func (p *peer) sent(ev capture.Event) *capture.Event {
+	p.t = p.t.Add(time.Microsecond)
+	ev.Time = p.t
+	return &ev
+}
+
 func request(path string) []xhpack.HeaderField {
 	return []xhpack.HeaderField{
 		{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
@@ -91,7 +99,7 @@ func TestTieThenPin(t *testing.T) {
 		for k := range evs {
 			s.Add(&evs[k])
 		}
-		dir.Begin(&capture.Event{PID: 42, Sock: 1, Offset: uint64(i) * 1000}, block)
+		dir.Begin(p.sent(capture.Event{PID: 42, Sock: 1, Offset: uint64(i) * 1000}), block)
 		got, err := dec.Decode(block)
 		if err != nil {
 			t.Fatal(err)
@@ -145,7 +153,7 @@ func TestTrailersLastField(t *testing.T) {
 		for k := range evs {
 			s.Add(&evs[k])
 		}
-		dir.Begin(&capture.Event{PID: 5, Sock: 2, Offset: uint64(i)}, block)
+		dir.Begin(p.sent(capture.Event{PID: 5, Sock: 2, Offset: uint64(i)}), block)
 		got, err := dec.Decode(block)
 		if err != nil {
 			t.Fatal(err)
@@ -175,7 +183,7 @@ func TestNoProofNoPin(t *testing.T) {
 	dec.SetResolver(dir)
 	for i := 0; i < 50; i++ {
 		block, _ := p.encode(t, request(methods[i%len(methods)]), false)
-		dir.Begin(&capture.Event{PID: 42, Sock: 1, Offset: uint64(i)}, block)
+		dir.Begin(p.sent(capture.Event{PID: 42, Sock: 1, Offset: uint64(i)}), block)
 		got, err := dec.Decode(block)
 		if err != nil {
 			t.Fatal(err)
@@ -211,7 +219,7 @@ func TestIdenticalBytesOtherContent(t *testing.T) {
 		for k := range evB {
 			s.Add(&evB[k])
 		}
-		dir.Begin(&capture.Event{PID: 7, Sock: 1, Offset: uint64(i)}, blockA)
+		dir.Begin(a.sent(capture.Event{PID: 7, Sock: 1, Offset: uint64(i)}), blockA)
 		got, err := dec.Decode(blockA)
 		if err != nil {
 			t.Fatal(err)
@@ -247,8 +255,9 @@ func TestPreProbeBlockNotPinned(t *testing.T) {
 	dir := s.Direction()
 	dec := hpack.NewDecoder()
 	dec.SetResolver(dir)
+	send := p.sent(capture.Event{PID: 9, Sock: 1, Offset: 0})
 	for _, block := range [][]byte{pre, post} {
-		dir.Begin(&capture.Event{PID: 9, Sock: 1, Offset: 0}, block) // one send
+		dir.Begin(send, block) // one send
 		got, err := dec.Decode(block)
 		if err != nil {
 			t.Fatal(err)
@@ -338,7 +347,7 @@ func TestTwoConnectionsOneProcess(t *testing.T) {
 			for k := range evs {
 				s.Add(&evs[k])
 			}
-			sd.dir.Begin(&capture.Event{PID: 11, Sock: sd.sock, Offset: uint64(i)}, block)
+			sd.dir.Begin(sd.p.sent(capture.Event{PID: 11, Sock: sd.sock, Offset: uint64(i)}), block)
 			got, err := sd.dec.Decode(block)
 			if err != nil {
 				t.Fatal(err)
@@ -381,7 +390,7 @@ func TestLargeBlocksStayTied(t *testing.T) {
 		for k := range evs {
 			s.Add(&evs[k])
 		}
-		dir.Begin(&capture.Event{PID: 3, Sock: 1, Offset: uint64(i)}, block)
+		dir.Begin(p.sent(capture.Event{PID: 3, Sock: 1, Offset: uint64(i)}), block)
 		got, err := dec.Decode(block)
 		if err != nil {
 			t.Fatal(err)
