@@ -408,3 +408,69 @@ func TestLargeBlocksStayTied(t *testing.T) {
 		t.Fatalf("stats %+v", s.Stats)
 	}
 }
+
+// TestTieOwnRun: a containerd-like server answers with a headers block and a
+// trailers block in one send, byte-identical from call to call, so earlier
+// calls' runs prove a later block's bytes too. The tie must take the block's
+// own run (the window since the direction's previous send), not an older
+// identical one: a tie one block behind holds while the blocks repeat and
+// loses itself at the first NotFound, whose grpc-status entry dates from
+// before the attach and is named only by its own call.
+func TestTieOwnRun(t *testing.T) {
+	var seq uint64
+	p := newPeer(6, 0x6, &seq)
+	headers := []xhpack.HeaderField{{Name: ":status", Value: "200"}, {Name: "content-type", Value: "application/grpc"}}
+	ok := []xhpack.HeaderField{{Name: "grpc-status", Value: "0"}, {Name: "grpc-message", Value: ""}}
+	notFound := func(i int) []xhpack.HeaderField {
+		return []xhpack.HeaderField{{Name: "grpc-status", Value: "5"}, {Name: "grpc-message", Value: fmt.Sprintf("container %d: not found", i)}}
+	}
+	// Before the attach: answers, one NotFound among them, so grpc-status
+	// 5 is an old entry, then enough answers that it is not the newest.
+	for i := 0; i < 10; i++ {
+		p.encode(t, headers, false)
+		if i == 3 {
+			p.encode(t, notFound(i), false)
+		} else {
+			p.encode(t, ok, false)
+		}
+	}
+	s := New()
+	dir := s.Direction()
+	dec := hpack.NewDecoder()
+	dec.SetResolver(dir)
+	for i := 0; i < 12; i++ {
+		trailers := ok
+		if i == 8 {
+			trailers = notFound(i)
+		}
+		var blocks [][]byte
+		var wants [][]xhpack.HeaderField
+		for _, want := range [][]xhpack.HeaderField{headers, trailers} {
+			block, evs := p.encode(t, want, true)
+			for k := range evs {
+				s.Add(&evs[k])
+			}
+			blocks, wants = append(blocks, block), append(wants, want)
+		}
+		send := p.sent(capture.Event{PID: 6, Sock: 3, Offset: uint64(i)})
+		for b, block := range blocks {
+			dir.Begin(send, block)
+			got, err := dec.Decode(block)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, f := range got {
+				want := wants[b][k]
+				if f.NameKnown && f.Name != want.Name || f.ValueKnown && f.Value != want.Value {
+					t.Fatalf("send %d block %d field %d: %+v, want %+v", i, b, k, f, want)
+				}
+				if i >= 2 && !f.Known() {
+					t.Fatalf("send %d block %d field %d (%s) unknown (stats %+v)", i, b, k, want.Name, s.Stats)
+				}
+			}
+		}
+	}
+	if s.Stats.Misaligned != 0 {
+		t.Fatalf("stats %+v", s.Stats)
+	}
+}
