@@ -311,6 +311,15 @@ func (d *Direction) Begin(cap *capture.Event, block []byte) {
 	d.enc.fields = append(fs[:0], fs[n:]...)
 }
 
+// Pending reports whether the sender's encoder calls are being recorded
+// (it is probed and has encoded lately), so that entries this direction
+// left unknown may still be named by a tie or a later block's calls
+// (internal/h2 holds the connection's events meanwhile).
+func (d *Direction) Pending() bool {
+	p := d.s.procs[d.pid]
+	return d.cap != nil && p != nil && len(p.encs) > 0
+}
+
 // Reset forgets the tie: the decoder was replaced (after lost bytes or a
 // new connection), so its insertion count restarted.
 func (d *Direction) Reset() { d.untie() }
