@@ -62,6 +62,12 @@ const (
 	// maxAge drops calls never matched: a block goes out within
 	// milliseconds of being encoded.
 	maxAge = 10 * time.Second
+	// maxMissing bounds the records in flight (sequence); maxLate is how
+	// many later records may come before a missing one is taken as lost.
+	// Records come out of order only by a few, between threads that
+	// number them at the same instant.
+	maxMissing = 16
+	maxLate    = 256
 	// maxPIDs bounds the processes announced to Notify.
 	maxPIDs = 4096
 	// maxBytes bounds the calls held in all: a probed process may make
@@ -74,6 +80,7 @@ const (
 type Stats struct {
 	Fields    uint64 // WriteField calls received
 	Holes     uint64 // jumps in the kernel's sequence: calls lost
+	Late      uint64 // records that arrived after a later-numbered one
 	Overflows uint64 // times the calls held exceeded their bound
 	Proved    uint64 // fields whose bytes were proved
 	Pinned    uint64 // answers given to the decoder
@@ -92,8 +99,9 @@ type Store struct {
 	procs   map[uint32]*proc
 	gen     uint64 // changes when calls were lost: every tie is void
 	bytes   int    // held by all calls
-	seq     uint64
+	seq     uint64 // highest sequence number seen
 	haveSeq bool
+	missing map[uint64]struct{} // numbers skipped, in flight (sequence)
 	now     time.Time
 	pids    map[uint32]bool
 	// Notify, when set, is called once for each process that sends a
@@ -121,7 +129,7 @@ type call struct {
 
 // New returns an empty Store.
 func New() *Store {
-	return &Store{procs: map[uint32]*proc{}, pids: map[uint32]bool{}}
+	return &Store{procs: map[uint32]*proc{}, pids: map[uint32]bool{}, missing: map[uint64]struct{}{}}
 }
 
 // Add takes a peer-probe event (ev.Field set).
@@ -131,17 +139,11 @@ func (s *Store) Add(ev *capture.Event) {
 		return
 	}
 	s.Stats.Fields++
-	if s.haveSeq && f.Seq != s.seq+1 {
-		// Some calls were lost: any queue may miss one, and a proof
-		// needs two consecutive calls.
-		s.Stats.Holes++
-		s.drop()
-	}
+	s.sequence(f.Seq)
 	if s.bytes > maxBytes {
 		s.Stats.Overflows++
 		s.drop()
 	}
-	s.seq, s.haveSeq = f.Seq, true
 	if ev.Time.After(s.now) {
 		s.now = ev.Time
 	}
@@ -179,6 +181,53 @@ func (s *Store) Add(ev *capture.Event) {
 	}
 	e.fields = append(e.fields, &call{f: f, time: ev.Time})
 	s.bytes += size(f)
+}
+
+// sequence follows the kernel's sequence numbers. Two threads' records can
+// reach the ring in the opposite order of their numbers (each takes its
+// number, then reserves its record), so a jump is first only a record in
+// flight: it is missing until it arrives or until maxLate later records have
+// come, when it is lost. A lost record empties every queue (a proof needs
+// two consecutive calls, and any queue may miss one); while one is in
+// flight nothing is answered (Direction.Resolve), as it may be lost.
+//
+// A record in flight never breaks its own encoder's queue: one encoder's
+// calls are made one after the other, each reserved before the next is
+// numbered, so the calls visible of each encoder are always its first ones.
+func (s *Store) sequence(seq uint64) {
+	switch {
+	case !s.haveSeq, seq == s.seq+1:
+		s.seq, s.haveSeq = seq, true
+	case seq > s.seq+1 && seq-s.seq-1 <= uint64(maxMissing-len(s.missing)):
+		for q := s.seq + 1; q < seq; q++ {
+			s.missing[q] = struct{}{}
+		}
+		s.seq = seq
+	case seq <= s.seq && s.inFlight(seq):
+		delete(s.missing, seq)
+		s.Stats.Late++
+	default:
+		s.lost()
+		s.seq = seq
+	}
+	for q := range s.missing {
+		if s.seq-q > maxLate {
+			s.lost()
+			break
+		}
+	}
+}
+
+func (s *Store) inFlight(seq uint64) bool {
+	_, ok := s.missing[seq]
+	return ok
+}
+
+// lost voids every queue and tie: records were lost.
+func (s *Store) lost() {
+	s.Stats.Holes++
+	clear(s.missing)
+	s.drop()
 }
 
 // notify announces, once, a process that sent a header block referring to
@@ -342,6 +391,10 @@ type proof struct {
 // Resolve implements hpack.Resolver.
 func (d *Direction) Resolve(q hpack.Query) (string, string, bool) {
 	if d.cap == nil || q.End > len(q.Block) || q.Start >= q.End {
+		return "", "", false
+	}
+	if len(d.s.missing) > 0 {
+		d.s.Stats.Unmatched++
 		return "", "", false
 	}
 	if d.enc != nil {
