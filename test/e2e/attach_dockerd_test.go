@@ -52,5 +52,5 @@ func TestAttachToDockerd(t *testing.T) {
 	if rep.oldStreamMsgs == 0 {
 		t.Error("no message on a stream opened before the attach: dockerd's event stream was not seen")
 	}
-	rep.check(t, true)
+	rep.check(t)
 }
