@@ -32,9 +32,14 @@
 // proofs from two different sends agree on the encoder and on that
 // difference. Until then nothing is pinned.
 //
+// A proof counts only from the block's own run of calls: a Go peer encodes
+// a block and writes it in one goroutine, so the run began after the
+// previous send on the direction was stamped (see Direction.window).
+//
 // Once tied, the encoder's calls are taken block by block, in order: a
 // block's calls start with an empty buffer, the encoder's blocks go out in
-// the order it encodes them, and every block on the direction has its calls
+// the order it encodes them, a run from before the previous send is not this
+// block's, and every block on the direction has its calls
 // (none lost: a lost record voids every tie). Each call's view of the block
 // so far must be a prefix of the block's bytes, or the tie is dropped. The
 // block's last field, which no later call of the same block proves, is then
@@ -43,8 +48,9 @@
 // difference. An answer that disagrees with another candidate or with the
 // tie is refused and counted.
 //
-// Every queue is bounded and aged out; a jump in the kernel's sequence
-// number (lost records) empties them all.
+// Every queue is bounded and aged out; a record lost by the kernel (a jump
+// in its sequence number that is not filled, see Store.sequence) empties
+// them all.
 package peerfields
 
 import (
