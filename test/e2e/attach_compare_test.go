@@ -299,7 +299,9 @@ func parseTime(t testing.TB, s string) time.Time {
 
 // markEnd makes a call of the test's own on a new connection, waits until
 // both tracers have shown it, and returns their output and the call's time:
-// whatever a client sent before the marker has been consumed by both.
+// whatever a client sent before the marker has been consumed by both
+// (shown, or held for peer fields: read the late tracer's output again once
+// it has exited).
 func markEnd(t testing.TB, c *containerdtest.Containerd, full, late *tracer) (fullRecs, lateRecs []*record, until time.Time) {
 	t.Helper()
 	const method = "/containerd.services.version.v1.Version/Version"
