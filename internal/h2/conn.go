@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"time"
 
 	"golang.org/x/net/http2"
 
@@ -61,6 +62,8 @@ type Conn struct {
 	User   any
 	dirs   [2]direction
 	hold   *hold // events held for peer fields to arrive (hold.go)
+	// noHoldUntil: no new hold before this capture time (holdBackoff).
+	noHoldUntil time.Time
 }
 
 // Unresolved counts header references this connection could not resolve

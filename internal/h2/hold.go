@@ -31,11 +31,16 @@ import (
 // not completed.
 const (
 	holdTime   = 5 * time.Second
-	holdEvents = 64
-	holdBytes  = 256 << 10
+	holdEvents = 1024
+	holdBytes  = 1 << 20
 	// maxHeldTotal bounds what all connections hold: past it nothing more
 	// is held (events are delivered as they come, as without probes).
 	maxHeldTotal = 16 << 20
+	// holdBackoff: after a hold delivered with fields still unknown (a
+	// field the probe cannot read whole, a method not used again), the
+	// connection is not held again for this long, so that it is not
+	// shown holdTime late for good.
+	holdBackoff = 30 * time.Second
 )
 
 // heldTotal is what all connections hold, in bytes.
@@ -56,7 +61,8 @@ type hold struct {
 	evs   []heldEvent
 	bytes int
 	since time.Time
-	end   int // the direction whose pending tie started the hold
+	last  time.Time // capture time of the latest event held
+	end   int       // the direction whose pending tie started the hold
 }
 
 // emit delivers ev, or holds it while the connection is holding.
@@ -86,6 +92,9 @@ func (d *Decoder) emit(c *Conn, ev *Event) {
 	}
 	h.evs = append(h.evs, he)
 	h.bytes += n
+	if ev.Cap != nil && ev.Cap.Time.After(h.last) {
+		h.last = ev.Cap.Time
+	}
 	heldTotal.Add(int64(n))
 }
 
@@ -100,7 +109,7 @@ func heldSize(ev *Event) int {
 // startHold starts holding c's events when a header block on end left
 // fields unknown that a pending tie may still name.
 func (d *Decoder) startHold(c *Conn, end int, fields []hpack.Field, cap *capture.Event) {
-	if c.hold != nil || cap == nil {
+	if c.hold != nil || cap == nil || cap.Time.Before(c.noHoldUntil) {
 		return
 	}
 	dir := &c.dirs[end]
@@ -109,7 +118,7 @@ func (d *Decoder) startHold(c *Conn, end int, fields []hpack.Field, cap *capture
 	}
 	for _, f := range fields {
 		if !f.Known() && f.Age > 0 {
-			c.hold = &hold{since: cap.Time, end: end}
+			c.hold = &hold{since: cap.Time, last: cap.Time, end: end}
 			d.holding[c] = struct{}{}
 			return
 		}
@@ -157,7 +166,9 @@ func (d *Decoder) release(c *Conn) {
 	if h == nil {
 		return
 	}
-	d.complete(c)
+	if !d.complete(c) {
+		c.noHoldUntil = h.last.Add(holdBackoff)
+	}
 	c.hold = nil
 	delete(d.holding, c)
 	heldTotal.Add(-int64(h.bytes))
