@@ -169,8 +169,8 @@ func TestHoldNamesFirstCalls(t *testing.T) {
 }
 
 // TestHoldBounded: a direction that is never tied (the probed process's
-// calls never prove anything) holds at most holdEvents events at a time,
-// and everything is delivered, in order, by the connection's end.
+// calls never prove anything) holds at most holdEvents events, is not held
+// again for holdBackoff, and everything is delivered, in order.
 func TestHoldBounded(t *testing.T) {
 	methods := []string{"/a.A/List", "/a.A/Get"}
 	seq := make([]string, 3*holdEvents)
@@ -207,6 +207,11 @@ func TestHoldBounded(t *testing.T) {
 	}
 	if most == 0 || most > holdEvents {
 		t.Fatalf("held at most %d events, bound %d", most, holdEvents)
+	}
+	// The hold was delivered incomplete: none again within holdBackoff
+	// (the calls span c.now-start < holdBackoff of capture time).
+	if len(d.holding) != 0 {
+		t.Fatalf("held again %v after an incomplete hold", c.now.Sub(time.Unix(1000, 0)))
 	}
 	asm.Close()
 	if len(h.order) != len(seq) {
