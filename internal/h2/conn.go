@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"time"
 
 	"golang.org/x/net/http2"
 
@@ -60,6 +61,9 @@ type Conn struct {
 	Stream *stream.Conn
 	User   any
 	dirs   [2]direction
+	hold   *hold // events held for peer fields to arrive (hold.go)
+	// noHoldUntil: no new hold before this capture time (holdBackoff).
+	noHoldUntil time.Time
 }
 
 // Unresolved counts header references this connection could not resolve
@@ -103,16 +107,21 @@ type direction struct {
 // encoded (internal/peerfields). Begin is called before each header block
 // is decoded, with the block and the send that completed it; Reset when the
 // direction's table starts over.
+// Pending reports whether entries this direction left unknown may still
+// be named soon (the sender's encoder calls are being recorded), so that
+// a block leaving some unknown is worth holding (hold.go).
 type PeerDirection interface {
 	hpack.Resolver
 	Begin(cap *capture.Event, block []byte)
 	Reset()
+	Pending() bool
 }
 
 // Decoder is a stream.Sink that parses HTTP/2.
 type Decoder struct {
 	h       Handler
 	newPeer func() PeerDirection
+	holding map[*Conn]struct{} // connections whose events are held
 }
 
 // SetPeerFields gives every direction of later connections a PeerDirection
@@ -120,7 +129,7 @@ type Decoder struct {
 func (d *Decoder) SetPeerFields(newPeer func() PeerDirection) { d.newPeer = newPeer }
 
 // NewDecoder returns a Decoder that reports to h.
-func NewDecoder(h Handler) *Decoder { return &Decoder{h: h} }
+func NewDecoder(h Handler) *Decoder { return &Decoder{h: h, holding: map[*Conn]struct{}{}} }
 
 func (d *Decoder) conn(sc *stream.Conn) *Conn {
 	if c, ok := sc.State.(*Conn); ok {
@@ -159,6 +168,9 @@ func (d *Decoder) Bytes(sc *stream.Conn, end int, cap *capture.Event, data []byt
 	}
 	dir.buf = append(dir.buf, data...)
 	d.parse(c, end, cap)
+	if c.hold != nil && cap != nil {
+		d.settle(c, cap.Time)
+	}
 	if len(dir.buf) > maxBuffered {
 		d.desync(c, end, cap)
 		dir.buf = dir.buf[:0]
@@ -214,6 +226,7 @@ func (d *Decoder) Gap(sc *stream.Conn, end int, n uint64) {
 // Closed implements stream.Sink.
 func (d *Decoder) Closed(sc *stream.Conn) {
 	if c, ok := sc.State.(*Conn); ok {
+		d.release(c)
 		for i := range c.dirs {
 			c.dirs[i].drop()
 		}
@@ -224,6 +237,8 @@ func (d *Decoder) Closed(sc *stream.Conn) {
 // desync drops what the direction was in the middle of and forgets its
 // header table: the lost bytes may have changed it.
 func (d *Decoder) desync(c *Conn, end int, cap *capture.Event) {
+	// Held fields are completed from this decoder or not at all.
+	d.release(c)
 	dir := &c.dirs[end]
 	dir.synced = false
 	dir.started = true
@@ -232,7 +247,7 @@ func (d *Decoder) desync(c *Conn, end int, cap *capture.Event) {
 	dir.freshHPACK()
 	dir.fr = http2.NewFramer(io.Discard, &dir.rd)
 	dir.fr.SetMaxReadFrameSize(1<<24 - 1)
-	d.h.Event(c, &Event{Kind: Lost, End: end, Cap: cap})
+	d.emit(c, &Event{Kind: Lost, End: end, Cap: cap})
 }
 
 func (d *Decoder) parse(c *Conn, end int, cap *capture.Event) {
@@ -307,6 +322,7 @@ func (d *Decoder) newConnection(c *Conn, end int, cap *capture.Event) {
 		c.Stream.Renew()
 	}
 	c.Stream.SetClient(end)
+	d.release(c)
 	for i := range c.dirs {
 		dir := &c.dirs[i]
 		dir.maxFrame = defaultMaxFrame
@@ -326,7 +342,7 @@ func (d *Decoder) newConnection(c *Conn, end int, cap *capture.Event) {
 		peer.buf = peer.buf[:0]
 	}
 	peer.started, peer.synced = true, true
-	d.h.Event(c, &Event{Kind: Preface, End: end, Cap: cap})
+	d.emit(c, &Event{Kind: Preface, End: end, Cap: cap})
 	if len(peer.buf) > 0 {
 		d.parse(c, peerEnd, cap)
 	}
@@ -379,11 +395,11 @@ func (d *Decoder) frame(c *Conn, end int, f http2.Frame, cap *capture.Event) {
 			d.desync(c, end, cap)
 		}
 	case *http2.DataFrame:
-		d.h.Event(c, &Event{Kind: Data, End: end, Stream: f.StreamID, Data: f.Data(), EndStream: f.StreamEnded(), Cap: cap})
+		d.emit(c, &Event{Kind: Data, End: end, Stream: f.StreamID, Data: f.Data(), EndStream: f.StreamEnded(), Cap: cap})
 	case *http2.RSTStreamFrame:
-		d.h.Event(c, &Event{Kind: ResetStream, End: end, Stream: f.StreamID, ErrCode: f.ErrCode, Cap: cap})
+		d.emit(c, &Event{Kind: ResetStream, End: end, Stream: f.StreamID, ErrCode: f.ErrCode, Cap: cap})
 	case *http2.GoAwayFrame:
-		d.h.Event(c, &Event{Kind: GoAway, End: end, ErrCode: f.ErrCode, Cap: cap})
+		d.emit(c, &Event{Kind: GoAway, End: end, ErrCode: f.ErrCode, Cap: cap})
 	}
 }
 
@@ -437,6 +453,7 @@ func (d *Decoder) headerBlock(c *Conn, end int, cap *capture.Event) {
 		// tracer had just attached, so later references to them show as
 		// unknown, never wrong. The stream's other frames still show.
 		dir.blockDropped = false
+		d.release(c)
 		dir.freshHPACK()
 		budget.HeaderBlocks.Add(1)
 		return
@@ -473,7 +490,8 @@ func (d *Decoder) headerBlock(c *Conn, end int, cap *capture.Event) {
 			}
 		}
 	}
-	d.h.Event(c, &Event{Kind: Headers, End: end, Stream: dir.blockStream, Fields: fields, EndStream: dir.blockEnd, Cap: cap})
+	d.startHold(c, end, fields, cap)
+	d.emit(c, &Event{Kind: Headers, End: end, Stream: dir.blockStream, Fields: fields, EndStream: dir.blockEnd, Cap: cap})
 }
 
 // plausibleFields rejects a header block that no HTTP/2 peer may send

@@ -27,6 +27,8 @@ func (p *fakePeer) Begin(cap *capture.Event, block []byte) {
 
 func (p *fakePeer) Reset() { p.resets++ }
 
+func (p *fakePeer) Pending() bool { return false }
+
 func (p *fakePeer) Resolve(q hpack.Query) (string, string, bool) {
 	p.queries++
 	if p.cap == nil || !bytes.Equal(q.Block, p.block) {

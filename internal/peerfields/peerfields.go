@@ -32,9 +32,14 @@
 // proofs from two different sends agree on the encoder and on that
 // difference. Until then nothing is pinned.
 //
+// A proof counts only from the block's own run of calls: a Go peer encodes
+// a block and writes it in one goroutine, so the run began after the
+// previous send on the direction was stamped (see Direction.window).
+//
 // Once tied, the encoder's calls are taken block by block, in order: a
 // block's calls start with an empty buffer, the encoder's blocks go out in
-// the order it encodes them, and every block on the direction has its calls
+// the order it encodes them, a run from before the previous send is not this
+// block's, and every block on the direction has its calls
 // (none lost: a lost record voids every tie). Each call's view of the block
 // so far must be a prefix of the block's bytes, or the tie is dropped. The
 // block's last field, which no later call of the same block proves, is then
@@ -43,8 +48,9 @@
 // difference. An answer that disagrees with another candidate or with the
 // tie is refused and counted.
 //
-// Every queue is bounded and aged out; a jump in the kernel's sequence
-// number (lost records) empties them all.
+// Every queue is bounded and aged out; a record lost by the kernel (a jump
+// in its sequence number that is not filled, see Store.sequence) empties
+// them all.
 package peerfields
 
 import (
@@ -62,6 +68,12 @@ const (
 	// maxAge drops calls never matched: a block goes out within
 	// milliseconds of being encoded.
 	maxAge = 10 * time.Second
+	// maxMissing bounds the records in flight (sequence); maxLate is how
+	// many later records may come before a missing one is taken as lost.
+	// Records come out of order only by a few, between threads that
+	// number them at the same instant.
+	maxMissing = 16
+	maxLate    = 256
 	// maxPIDs bounds the processes announced to Notify.
 	maxPIDs = 4096
 	// maxBytes bounds the calls held in all: a probed process may make
@@ -74,6 +86,7 @@ const (
 type Stats struct {
 	Fields    uint64 // WriteField calls received
 	Holes     uint64 // jumps in the kernel's sequence: calls lost
+	Late      uint64 // records that arrived after a later-numbered one
 	Overflows uint64 // times the calls held exceeded their bound
 	Proved    uint64 // fields whose bytes were proved
 	Pinned    uint64 // answers given to the decoder
@@ -92,8 +105,9 @@ type Store struct {
 	procs   map[uint32]*proc
 	gen     uint64 // changes when calls were lost: every tie is void
 	bytes   int    // held by all calls
-	seq     uint64
+	seq     uint64 // highest sequence number seen
 	haveSeq bool
+	missing map[uint64]struct{} // numbers skipped, in flight (sequence)
 	now     time.Time
 	pids    map[uint32]bool
 	// Notify, when set, is called once for each process that sends a
@@ -121,7 +135,7 @@ type call struct {
 
 // New returns an empty Store.
 func New() *Store {
-	return &Store{procs: map[uint32]*proc{}, pids: map[uint32]bool{}}
+	return &Store{procs: map[uint32]*proc{}, pids: map[uint32]bool{}, missing: map[uint64]struct{}{}}
 }
 
 // Add takes a peer-probe event (ev.Field set).
@@ -131,17 +145,11 @@ func (s *Store) Add(ev *capture.Event) {
 		return
 	}
 	s.Stats.Fields++
-	if s.haveSeq && f.Seq != s.seq+1 {
-		// Some calls were lost: any queue may miss one, and a proof
-		// needs two consecutive calls.
-		s.Stats.Holes++
-		s.drop()
-	}
+	s.sequence(f.Seq)
 	if s.bytes > maxBytes {
 		s.Stats.Overflows++
 		s.drop()
 	}
-	s.seq, s.haveSeq = f.Seq, true
 	if ev.Time.After(s.now) {
 		s.now = ev.Time
 	}
@@ -179,6 +187,53 @@ func (s *Store) Add(ev *capture.Event) {
 	}
 	e.fields = append(e.fields, &call{f: f, time: ev.Time})
 	s.bytes += size(f)
+}
+
+// sequence follows the kernel's sequence numbers. Two threads' records can
+// reach the ring in the opposite order of their numbers (each takes its
+// number, then reserves its record), so a jump is first only a record in
+// flight: it is missing until it arrives or until maxLate later records have
+// come, when it is lost. A lost record empties every queue (a proof needs
+// two consecutive calls, and any queue may miss one); while one is in
+// flight nothing is answered (Direction.Resolve), as it may be lost.
+//
+// A record in flight never breaks its own encoder's queue: one encoder's
+// calls are made one after the other, each reserved before the next is
+// numbered, so the calls visible of each encoder are always its first ones.
+func (s *Store) sequence(seq uint64) {
+	switch {
+	case !s.haveSeq, seq == s.seq+1:
+		s.seq, s.haveSeq = seq, true
+	case seq > s.seq+1 && seq-s.seq-1 <= uint64(maxMissing-len(s.missing)):
+		for q := s.seq + 1; q < seq; q++ {
+			s.missing[q] = struct{}{}
+		}
+		s.seq = seq
+	case seq <= s.seq && s.inFlight(seq):
+		delete(s.missing, seq)
+		s.Stats.Late++
+	default:
+		s.lost()
+		s.seq = seq
+	}
+	for q := range s.missing {
+		if s.seq-q > maxLate {
+			s.lost()
+			break
+		}
+	}
+}
+
+func (s *Store) inFlight(seq uint64) bool {
+	_, ok := s.missing[seq]
+	return ok
+}
+
+// lost voids every queue and tie: records were lost.
+func (s *Store) lost() {
+	s.Stats.Holes++
+	clear(s.missing)
+	s.drop()
 }
 
 // notify announces, once, a process that sent a header block referring to
@@ -243,6 +298,12 @@ type Direction struct {
 	candEnc  *encoder
 	candDiff uint64
 	candSend [2]uint64
+	// The window of the block being decoded: curT is its send's time
+	// (every chunk of one send carries the same), prevT the time of the
+	// previous send on this direction that completed a header block, and
+	// k how many blocks of the current send came before it.
+	prevT, curT time.Time
+	k           int
 }
 
 // Direction returns a new resolver for one direction of a connection.
@@ -259,6 +320,11 @@ func (d *Direction) Begin(cap *capture.Event, block []byte) {
 	if cap == nil {
 		return
 	}
+	if cap.Time.Equal(d.curT) {
+		d.k++
+	} else {
+		d.prevT, d.curT, d.k = d.curT, cap.Time, 0
+	}
 	d.pid = cap.PID
 	if d.enc == nil {
 		return
@@ -269,8 +335,10 @@ func (d *Direction) Begin(cap *capture.Event, block []byte) {
 	}
 	fs := d.enc.fields
 	// A block starts with an empty buffer; anything before is left over.
+	// A run that began before the previous send was encoded before that
+	// send and went out in it or earlier (see window): not this block's.
 	i := 0
-	for i < len(fs) && fs[i].f.PrefixLen != 0 {
+	for i < len(fs) && (fs[i].f.PrefixLen != 0 || !d.prevT.IsZero() && !fs[i].time.After(d.prevT)) {
 		i++
 	}
 	if i == len(fs) {
@@ -298,6 +366,15 @@ func (d *Direction) Begin(cap *capture.Event, block []byte) {
 	d.enc.fields = append(fs[:0], fs[n:]...)
 }
 
+// Pending reports whether the sender's encoder calls are being recorded
+// (it is probed and has encoded lately), so that entries this direction
+// left unknown may still be named by a tie or a later block's calls
+// (internal/h2 holds the connection's events meanwhile).
+func (d *Direction) Pending() bool {
+	p := d.s.procs[d.pid]
+	return d.cap != nil && p != nil && len(p.encs) > 0
+}
+
 // Reset forgets the tie: the decoder was replaced (after lost bytes or a
 // new connection), so its insertion count restarted.
 func (d *Direction) Reset() { d.untie() }
@@ -322,6 +399,10 @@ func (d *Direction) Resolve(q hpack.Query) (string, string, bool) {
 	if d.cap == nil || q.End > len(q.Block) || q.Start >= q.End {
 		return "", "", false
 	}
+	if len(d.s.missing) > 0 {
+		d.s.Stats.Unmatched++
+		return "", "", false
+	}
 	if d.enc != nil {
 		return d.resolveTied(q)
 	}
@@ -333,7 +414,8 @@ func (d *Direction) Resolve(q hpack.Query) (string, string, bool) {
 	var proofs []proof
 	for _, e := range p.encs {
 		if e.tied == nil {
-			proofs = d.s.prove(e, q, proofs)
+			lo, hi := d.window(e)
+			proofs = d.s.prove(e, q, lo, hi, proofs)
 		}
 	}
 	if len(proofs) == 0 {
@@ -349,7 +431,7 @@ func (d *Direction) Resolve(q hpack.Query) (string, string, bool) {
 		}
 	}
 	send := [2]uint64{d.cap.Sock, d.cap.Offset}
-	if d.candEnc != first.e || d.candDiff != first.diff || d.candSend == send {
+	if d.candEnc != first.e || d.candDiff != first.diff || d.candSend == send || d.prevT.IsZero() {
 		// A first proof, or one that disagrees with the first: wait for
 		// another send to confirm it.
 		d.candEnc, d.candDiff, d.candSend = first.e, first.diff, send
@@ -408,9 +490,42 @@ func (d *Direction) resolveTied(q hpack.Query) (string, string, bool) {
 	return "", "", false
 }
 
-// prove appends the proofs e's calls give for q: calls j, j+1 whose views
-// of the block end where the field starts and where it ends.
-func (s *Store) prove(e *encoder, q hpack.Query, out []proof) []proof {
+// window returns the calls of e that may have encoded the block being
+// decoded: its own run, when the direction's previous send is known. A Go
+// peer encodes a header block and writes it in one goroutine, with nothing
+// else written to the connection in between (grpc-go's loopy writer,
+// x/net/http2 under its write lock), and the kernel stamps a send before it
+// returns. So the block's run began after the previous send on the
+// direction was stamped, and before this one; the runs in that window are
+// the blocks of this send, in order, and this block's is the k-th. Without
+// a previous send every call may be (a first proof only, see Resolve).
+func (d *Direction) window(e *encoder) (lo, hi int) {
+	fs := e.fields
+	if d.prevT.IsZero() {
+		return 0, len(fs)
+	}
+	k := d.k
+	for i := 0; i < len(fs); i++ {
+		c := fs[i]
+		if c.f.PrefixLen != 0 || !c.time.After(d.prevT) || c.time.After(d.curT) {
+			continue
+		}
+		if k > 0 {
+			k--
+			continue
+		}
+		j := i + 1
+		for j < len(fs) && fs[j].f.PrefixLen != 0 {
+			j++
+		}
+		return i, j
+	}
+	return 0, 0
+}
+
+// prove appends the proofs e's calls lo..hi give for q: calls j, j+1 whose
+// views of the block end where the field starts and where it ends.
+func (s *Store) prove(e *encoder, q hpack.Query, lo, hi int, out []proof) []proof {
 	fs := e.fields
 	// Age out from the front.
 	cut := 0
@@ -422,7 +537,8 @@ func (s *Store) prove(e *encoder, q hpack.Query, out []proof) []proof {
 		e.fields = append(fs[:0], fs[cut:]...)
 		fs = e.fields
 	}
-	for j := 0; j+1 < len(fs); j++ {
+	lo, hi = max(lo-cut, 0), min(max(hi-cut, 0), len(fs))
+	for j := lo; j+1 < hi; j++ {
 		a, b := fs[j].f, fs[j+1].f
 		if a.PrefixLen != q.Start || b.PrefixLen != q.End {
 			continue

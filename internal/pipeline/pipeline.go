@@ -204,6 +204,8 @@ const SweepIdle = 2 * time.Second
 // dropped too and decoded as joined mid-stream if it is used again:
 // never wrong. Only with SweepDead set.
 func (p *Pipeline) Sweep(now time.Time) {
+	// Events held for peer fields are due also when nothing else is sent.
+	p.h2.Tick(now)
 	if !p.SweepDead || now.Sub(p.lastSweep) < SweepIdle {
 		return
 	}

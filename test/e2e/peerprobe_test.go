@@ -121,6 +121,7 @@ func runAttach(t *testing.T, c *containerdtest.Containerd, client string, before
 		return false
 	})
 	tr.stop(os.Interrupt)
+	recs = tr.records() // with anything held for peer fields
 	var mine []*record
 	for _, r := range recs {
 		if int(r.PID) == pid || int(r.PeerPID) == pid {

@@ -68,6 +68,10 @@ type Field struct {
 	// sending process itself encoded (see Pin and Resolver), not from
 	// bytes this decoder saw.
 	Peer bool
+	// Age, for a field not Known, is 1 + the age of the entry from before
+	// the attach that would complete it (0: none), so that a pin made
+	// later can complete it still (Decoder.Fill).
+	Age uint32
 }
 
 // Known reports whether both name and value were decoded.
@@ -107,6 +111,9 @@ type Decoder struct {
 
 	// inserted counts insertions since NewDecoder or Reset, evicted or not.
 	inserted uint64
+	// epoch changes whenever ages start over (Reset, forget): a Field's
+	// Age means something only in the epoch it was decoded in.
+	epoch uint64
 	// pins are pre-attach entries named by the peer, by age (pin.go).
 	pins      map[uint32]pin
 	resolver  Resolver
@@ -264,6 +271,7 @@ func (d *Decoder) decode(fields []Field, p []byte) ([]Field, error) {
 			f := Field{Name: e.name, Value: e.value, NameKnown: found && e.nameKnown, ValueKnown: found, Peer: e.peer}
 			if !f.Known() {
 				d.unresolved++
+				f.Age = e.nameAge
 			}
 			fields = append(fields, f)
 			start = len(d.block) - len(p)
@@ -339,10 +347,12 @@ func (d *Decoder) literal(fields []Field, p []byte, prefix uint8, index, sensiti
 		}
 		d.insert(entry{name: name, value: value, nameKnown: nameKnown, nameAge: nameAge, peer: peer, size: size})
 	}
+	f := Field{Name: name, Value: value, NameKnown: nameKnown, ValueKnown: true, Sensitive: sensitive, Peer: peer}
 	if !nameKnown {
 		d.unresolved++
+		f.Age = nameAge
 	}
-	fields = append(fields, Field{Name: name, Value: value, NameKnown: nameKnown, ValueKnown: true, Sensitive: sensitive, Peer: peer})
+	fields = append(fields, f)
 	return fields, p, nil
 }
 
@@ -386,7 +396,8 @@ func (d *Decoder) lookup(idx uint64) (e entry, found bool, err error) {
 	}
 	age := uint32(i - uint64(d.n))
 	if p, ok := d.pins[age]; ok {
-		return entry{name: p.name, value: p.value, nameKnown: true, peer: true}, p.valueKnown, nil
+		// nameAge only for Field.Age: the value may be pinned later.
+		return entry{name: p.name, value: p.value, nameKnown: true, peer: true, nameAge: age + 1}, p.valueKnown, nil
 	}
 	// Remembered by entries that take this name, for a later pin.
 	return entry{nameAge: age + 1}, false, nil
@@ -465,6 +476,7 @@ func (d *Decoder) forget() {
 }
 
 func (d *Decoder) clearTable() {
+	d.epoch++
 	for i := 0; i < d.n; i++ {
 		*d.at(i) = entry{}
 	}

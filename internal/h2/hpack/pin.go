@@ -140,6 +140,31 @@ func pinSize(p pin) uint64 {
 	return uint64(len(p.name)) + entryOverhead
 }
 
+// Epoch identifies the decoder's frame of reference for Field.Age: it
+// changes when the table starts over (Reset, or a lying peer's answers
+// thrown away), after which an older field's Age means nothing.
+func (d *Decoder) Epoch() uint64 { return d.epoch }
+
+// Fill completes a field decoded earlier in this Epoch with what was pinned
+// since (ages never change, so the pin names the very entry the field
+// referred to), and reports whether the field is now Known.
+func (d *Decoder) Fill(f *Field) bool {
+	if f.Known() || f.Age == 0 {
+		return f.Known()
+	}
+	p, ok := d.pins[f.Age-1]
+	if !ok || f.NameKnown && f.Name != p.name {
+		return false
+	}
+	if !f.NameKnown {
+		f.Name, f.NameKnown, f.Peer = p.name, true, true
+	}
+	if !f.ValueKnown && p.valueKnown {
+		f.Value, f.ValueKnown, f.Peer = p.value, true, true
+	}
+	return f.Known()
+}
+
 // nameEntry gives a recorded entry its name; its size becomes exact, so the
 // caller must call evict.
 func (d *Decoder) nameEntry(e *entry, name string) {

@@ -226,3 +226,55 @@ func TestPinNameNamesInheritors(t *testing.T) {
 		t.Fatalf("inheritor after the name pin: %+v", got[0])
 	}
 }
+
+// TestFillLater: a field decoded before its entry was pinned is completed by
+// the pin (its Age names the entry for good, whatever is inserted since),
+// and not before; a literal that took its name from that entry gets the
+// name; Reset changes the epoch.
+func TestFillLater(t *testing.T) {
+	lists := []headerList{
+		{{Name: ":path", Value: "/a.A/One"}, {Name: "x-k", Value: "v1"}},
+		{{Name: ":path", Value: "/a.A/Two"}},
+		// After the attach: One (unknown), a new entry, then One again
+		// with the resolver on, and x-k with a new value (name only).
+		{{Name: ":path", Value: "/a.A/One"}, {Name: "x-new", Value: "1"}},
+		{{Name: ":path", Value: "/a.A/One"}},
+		{{Name: "x-k", Value: "v2"}},
+		{{Name: "x-k", Value: "v3"}},
+	}
+	blocks, spans := encodeSpans(t, lists)
+	d := NewDecoder()
+	early, err := d.Decode(blocks[2])
+	if err != nil || early[0].Known() || early[0].Age == 0 {
+		t.Fatalf("before any pin: %+v, %v", early, err)
+	}
+	if d.Fill(&early[0]) {
+		t.Fatal("filled with nothing pinned")
+	}
+	epoch := d.Epoch()
+	d.SetResolver(&spanResolver{spans: spans[3]})
+	if got, err := d.Decode(blocks[3]); err != nil || !got[0].Known() || got[0].Value != "/a.A/One" {
+		t.Fatalf("pinned: %+v, %v", got, err)
+	}
+	if !d.Fill(&early[0]) || early[0].Value != "/a.A/One" || !early[0].Peer || d.Epoch() != epoch {
+		t.Fatalf("filled: %+v", early[0])
+	}
+	d.SetResolver(nil)
+	late, err := d.Decode(blocks[4])
+	if err != nil || late[0].NameKnown || late[0].Value != "v2" || late[0].Age == 0 {
+		t.Fatalf("name-only reference: %+v, %v", late, err)
+	}
+	// The next x-k takes its name from the entry just inserted, whose
+	// name came from the pre-attach one: naming it pins that one's name.
+	d.SetResolver(&spanResolver{spans: spans[5]})
+	if got, err := d.Decode(blocks[5]); err != nil || !got[0].Known() {
+		t.Fatalf("name pinned: %+v, %v", got, err)
+	}
+	if !d.Fill(&late[0]) || late[0].Name != "x-k" || late[0].Value != "v2" {
+		t.Fatalf("name filled: %+v", late[0])
+	}
+	d.Reset()
+	if d.Epoch() == epoch {
+		t.Fatal("Reset kept the epoch: older ages would be read against a new table")
+	}
+}
