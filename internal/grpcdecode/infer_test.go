@@ -1,0 +1,194 @@
+package grpcdecode
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"google.golang.org/protobuf/proto"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/budget"
+	"github.com/containerdsnoop/containerdsnoop/internal/call"
+	"github.com/containerdsnoop/containerdsnoop/internal/capture"
+	"github.com/containerdsnoop/containerdsnoop/internal/h2"
+	"github.com/containerdsnoop/containerdsnoop/internal/h2/hpack"
+	"github.com/containerdsnoop/containerdsnoop/internal/stream"
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
+)
+
+// A hostile (or merely unlucky) connection: before the attach the client
+// inserted ":path: /runtime.v1.RuntimeService/ContainerStats" (index 62 of
+// its table, never sent again) and the server "grpc-message: " and
+// "grpc-status: 0" (its indices 62 and 63). After the attach every call
+// refers to that :path entry, but its payloads are a Version request and
+// response. Hand-made blocks, so that nothing else is ever inserted.
+const truePath = "/runtime.v1.RuntimeService/ContainerStats"
+
+var (
+	// :method POST, :scheme http, index 62, content-type never indexed.
+	reqBlock = append([]byte{0x83, 0x86, 0xbe, 0x1f, 0x10, 16}, "application/grpc"...)
+	// The same with a literal :path (name: static 4, not indexed) first.
+	reqLiteral = append(append([]byte{0x83, 0x86, 0x04, byte(len(truePath))}, truePath...), reqBlock[2:]...)
+	respBlock  = []byte{0x88}       // :status 200
+	okTrailers = []byte{0xbf, 0xbe} // grpc-status, grpc-message: both unknown
+)
+
+func versionPayloads(t *testing.T) (req, resp []byte) {
+	req, err := proto.Marshal(&runtimeapi.VersionRequest{Version: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err = proto.Marshal(&runtimeapi.VersionResponse{Version: "0.1.0", RuntimeName: "containerd", RuntimeVersion: "v2.1.0", RuntimeApiVersion: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req, resp
+}
+
+// hostileCall is one call's writes: the request, then the response.
+func hostileCall(t *testing.T, id uint32, block, req, resp []byte) []wirerec.Record {
+	var c, s bytes.Buffer
+	fc, fs := http2.NewFramer(&c, nil), http2.NewFramer(&s, nil)
+	fc.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true})
+	fc.WriteData(id, true, frame(0, req))
+	fs.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: respBlock, EndHeaders: true})
+	fs.WriteData(id, false, frame(0, resp))
+	fs.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: okTrailers, EndHeaders: true, EndStream: true})
+	return []wirerec.Record{{Conn: 1, Data: c.Bytes()}, {Conn: 1, FromServer: true, Data: s.Bytes()}}
+}
+
+// truthPeer names the client's index 62 from call `from` on, as a peer
+// probe would: the entry's real content.
+type truthPeer struct {
+	calls, from int
+}
+
+func (p *truthPeer) Begin(*capture.Event, []byte) { p.calls++ }
+func (p *truthPeer) Reset()                       {}
+func (p *truthPeer) Resolve(q hpack.Query) (string, string, bool) {
+	if p.calls >= p.from && q.End-q.Start == 1 && q.Block[q.Start] == 0xbe && bytes.Equal(q.Block[:2], []byte{0x83, 0x86}) {
+		return ":path", truePath, true
+	}
+	return "", "", false
+}
+
+func decodeRecords(t *testing.T, recs []wirerec.Record, peer *truthPeer) []*call.Record {
+	var out []*call.Record
+	d := h2.NewDecoder(New(func(r *call.Record) { c := *r; out = append(out, &c) }))
+	if peer != nil {
+		client := true
+		d.SetPeerFields(func() h2.PeerDirection {
+			// Only the client direction is named.
+			if client {
+				client = false
+				return peer
+			}
+			return &truthPeer{from: 1 << 30}
+		})
+	}
+	asm := stream.New(d)
+	evs := wirerec.Events(recs, time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	for i := range evs {
+		asm.Feed(&evs[i])
+	}
+	asm.Close()
+	return out
+}
+
+// TestInferenceContradicted: the calls' payloads fit Version, so after two
+// of them Version is inferred (wrongly, but labelled); then the truth
+// arrives, as a literal :path on a call that also refers to the entry, or
+// as a peer probe's answer. The line that shows it says the earlier
+// inference was wrong, the count goes up, and no later line shows Version.
+func TestInferenceContradicted(t *testing.T) {
+	req, resp := versionPayloads(t)
+	for _, tc := range []struct {
+		name  string
+		probe bool
+	}{{"literal", false}, {"probe", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var recs []wirerec.Record
+			for i := uint32(0); i < 8; i++ {
+				block := reqBlock
+				if i == 4 && !tc.probe {
+					block = reqLiteral
+				}
+				recs = append(recs, hostileCall(t, 2*i+1, block, req, resp)...)
+			}
+			var peer *truthPeer
+			if tc.probe {
+				peer = &truthPeer{from: 5}
+			}
+			before := budget.InferredWrong.Load()
+			lines := decodeRecords(t, recs, peer)
+			inferred, notes, after := 0, 0, false
+			for _, r := range lines {
+				n := (r.Stream + 1) / 2 // call number, from 1
+				if r.MethodInferred() {
+					inferred++
+					if r.Method != "/runtime.v1.RuntimeService/Version" || n < 3 {
+						t.Errorf("call %d: inferred %s", n, r.Method)
+					}
+					if after {
+						t.Errorf("call %d: inferred %s after the truth was shown", n, r.Method)
+					}
+				}
+				if strings.Contains(r.Note, "were wrong") {
+					notes++
+					if n != 5 || r.Method != truePath {
+						t.Errorf("call %d (%s): note %q", n, r.Method, r.Note)
+					}
+					after = true
+				}
+				if n > 5 && r.Method != "" && r.Method != truePath {
+					t.Errorf("call %d: shown as %s", n, r.Method)
+				}
+				if n > 5 && tc.probe && (r.Method != truePath || r.MethodSource != call.SourcePeerProbe) {
+					t.Errorf("call %d: method %q from %q, want the probe's", n, r.Method, r.MethodSource)
+				}
+			}
+			if inferred == 0 || notes != 1 {
+				t.Fatalf("%d lines inferred, %d notes; want some and 1", inferred, notes)
+			}
+			if got := budget.InferredWrong.Load() - before; got != 1 {
+				t.Errorf("InferredWrong grew by %d, want 1", got)
+			}
+		})
+	}
+}
+
+// TestInferenceResponseMisfit: a call shown as Version (inferred) whose
+// response then does not fit Version ends without a method and with a
+// note, counted.
+func TestInferenceResponseMisfit(t *testing.T) {
+	req, resp := versionPayloads(t)
+	other, err := proto.Marshal(&runtimeapi.ContainerStatsResponse{Stats: &runtimeapi.ContainerStats{Attributes: &runtimeapi.ContainerAttributes{Id: "x", Metadata: &runtimeapi.ContainerMetadata{Name: "n", Attempt: 3}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recs []wirerec.Record
+	for i := uint32(0); i < 4; i++ {
+		r := resp
+		if i == 3 {
+			r = other
+		}
+		recs = append(recs, hostileCall(t, 2*i+1, reqBlock, req, r)...)
+	}
+	before := budget.InferredWrong.Load()
+	lines := decodeRecords(t, recs, nil)
+	var last *call.Record
+	for _, r := range lines {
+		if r.Stream == 7 && r.Final {
+			last = r
+		}
+	}
+	if last == nil || last.Method != "" || !strings.Contains(last.Note, "inference was wrong") {
+		t.Fatalf("last call's end: %+v", last)
+	}
+	if got := budget.InferredWrong.Load() - before; got != 1 {
+		t.Errorf("InferredWrong grew by %d, want 1", got)
+	}
+}
