@@ -1,6 +1,9 @@
 package grpcdecode
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
+	"io"
 	"strconv"
 	"strings"
 
@@ -49,10 +52,10 @@ type inference struct {
 	// entries and trailers hold; a new table starts them over.
 	reqTable, respTable uint64
 	entries             map[int64]*entryEvidence
-	trailers            map[string]*trailerEvidence
+	trailers            map[sigKey]*trailerEvidence
 	// okEntries are the entries of trailers an OK status was inferred
 	// from, so that a later decoded status on one of them is checked.
-	okEntries map[int64]string
+	okEntries map[int64]sigKey
 	// cri is the CRI package this connection showed in a known :path
 	// (runtime.v1 or runtime.v1alpha2, "both" for a strange client).
 	cri string
@@ -66,6 +69,11 @@ type entryEvidence struct {
 	// only candidate (so the entry was that call's :path).
 	sole string
 }
+
+// sigKey identifies a trailers block's fields: a SHA-256 of their entries
+// and literal text, so that what a connection keeps per block is small
+// whatever the peer sends.
+type sigKey [sha256.Size]byte
 
 type trailerEvidence struct {
 	ok   int  // OK-looking responses that ended with these fields
@@ -319,28 +327,37 @@ func (x *inference) trailersStatus(cl *grpcCall, ev *h2.Event, unknown bool) *ca
 		}
 		return nil
 	}
-	var sig strings.Builder
+	sig := sha256.New()
 	for _, f := range ev.Fields {
 		// Same entry and same literal text: the same field, known or not.
-		sig.WriteString(strconv.FormatInt(f.Entry, 10))
-		sig.WriteByte(0)
+		// Lengths first, so that no two field lists hash the same bytes.
+		name, value := "", ""
 		if f.NameKnown && f.Entry == 0 {
-			sig.WriteString(f.Name)
+			name = f.Name
 		}
-		sig.WriteByte(0)
 		if f.ValueKnown {
-			sig.WriteString(f.Value)
+			value = f.Value
 		}
-		sig.WriteByte(1)
+		var head [24]byte
+		binary.BigEndian.PutUint64(head[0:], uint64(f.Entry))
+		binary.BigEndian.PutUint64(head[8:], uint64(len(name)))
+		binary.BigEndian.PutUint64(head[16:], uint64(len(value)))
+		if !f.ValueKnown {
+			head[16] = 0xff // an unknown value is not an empty one
+		}
+		sig.Write(head[:])
+		io.WriteString(sig, name)
+		io.WriteString(sig, value)
 	}
-	key := sig.String()
+	var key sigKey
+	sig.Sum(key[:0])
 	t := x.trailers[key]
 	if t == nil {
 		if len(x.trailers) >= maxTrailerSigs {
 			return nil
 		}
 		if x.trailers == nil {
-			x.trailers = map[string]*trailerEvidence{}
+			x.trailers = map[sigKey]*trailerEvidence{}
 		}
 		t = &trailerEvidence{}
 		x.trailers[key] = t
@@ -362,7 +379,7 @@ func (x *inference) trailersStatus(cl *grpcCall, ev *h2.Event, unknown bool) *ca
 	}
 	t.used = true
 	if x.okEntries == nil {
-		x.okEntries = map[int64]string{}
+		x.okEntries = map[int64]sigKey{}
 	}
 	for _, f := range ev.Fields {
 		if f.Entry != 0 && len(x.okEntries) < maxInferEntries {

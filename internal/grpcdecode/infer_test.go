@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/http2"
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -19,22 +18,12 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
 )
 
-// A hostile (or merely unlucky) connection: before the attach the client
-// inserted ":path: /runtime.v1.RuntimeService/ContainerStats" (index 62 of
-// its table, never sent again) and the server "grpc-message: " and
-// "grpc-status: 0" (its indices 62 and 63). After the attach every call
-// refers to that :path entry, but its payloads are a Version request and
-// response. Hand-made blocks, so that nothing else is ever inserted.
+// A hostile (or merely unlucky) connection (wirerec.JoinedRequest): before
+// the attach the client inserted ":path:
+// /runtime.v1.RuntimeService/ContainerStats", never sent again; after it,
+// every call refers to that entry, but its payloads are a Version request
+// and response.
 const truePath = "/runtime.v1.RuntimeService/ContainerStats"
-
-var (
-	// :method POST, :scheme http, index 62, content-type never indexed.
-	reqBlock = append([]byte{0x83, 0x86, 0xbe, 0x1f, 0x10, 16}, "application/grpc"...)
-	// The same with a literal :path (name: static 4, not indexed) first.
-	reqLiteral = append(append([]byte{0x83, 0x86, 0x04, byte(len(truePath))}, truePath...), reqBlock[2:]...)
-	respBlock  = []byte{0x88}       // :status 200
-	okTrailers = []byte{0xbf, 0xbe} // grpc-status, grpc-message: both unknown
-)
 
 func versionPayloads(t *testing.T) (req, resp []byte) {
 	req, err := proto.Marshal(&runtimeapi.VersionRequest{Version: "v1"})
@@ -48,16 +37,8 @@ func versionPayloads(t *testing.T) (req, resp []byte) {
 	return req, resp
 }
 
-// hostileCall is one call's writes: the request, then the response.
 func hostileCall(t *testing.T, id uint32, block, req, resp []byte) []wirerec.Record {
-	var c, s bytes.Buffer
-	fc, fs := http2.NewFramer(&c, nil), http2.NewFramer(&s, nil)
-	fc.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true})
-	fc.WriteData(id, true, frame(0, req))
-	fs.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: respBlock, EndHeaders: true})
-	fs.WriteData(id, false, frame(0, resp))
-	fs.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: okTrailers, EndHeaders: true, EndStream: true})
-	return []wirerec.Record{{Conn: 1, Data: c.Bytes()}, {Conn: 1, FromServer: true, Data: s.Bytes()}}
+	return wirerec.H2Call(id, block, req, wirerec.JoinedResponse, resp, wirerec.JoinedOKTrailers)
 }
 
 // truthPeer names the client's index 62 from call `from` on, as a peer
@@ -112,9 +93,9 @@ func TestInferenceContradicted(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var recs []wirerec.Record
 			for i := uint32(0); i < 8; i++ {
-				block := reqBlock
+				block := wirerec.JoinedRequest
 				if i == 4 && !tc.probe {
-					block = reqLiteral
+					block = wirerec.JoinedRequestWithPath(truePath)
 				}
 				recs = append(recs, hostileCall(t, 2*i+1, block, req, resp)...)
 			}
@@ -175,7 +156,7 @@ func TestInferenceResponseMisfit(t *testing.T) {
 		if i == 3 {
 			r = other
 		}
-		recs = append(recs, hostileCall(t, 2*i+1, reqBlock, req, r)...)
+		recs = append(recs, hostileCall(t, 2*i+1, wirerec.JoinedRequest, req, r)...)
 	}
 	before := budget.InferredWrong.Load()
 	lines := decodeRecords(t, recs, nil)

@@ -62,12 +62,17 @@ func events(recs []wirerec.Record) []capture.Event {
 
 func replay(t testing.TB, evs []capture.Event) []line {
 	t.Helper()
+	return replayFiltered(t, evs, Filter{})
+}
+
+func replayFiltered(t testing.TB, evs []capture.Event, f Filter) []line {
+	t.Helper()
 	var buf bytes.Buffer
 	w, err := output.New("json", &buf, output.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := New(w, Filter{})
+	p := New(w, f)
 	for i := range evs {
 		p.Feed(&evs[i])
 	}
