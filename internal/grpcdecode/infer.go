@@ -62,8 +62,11 @@ type inference struct {
 }
 
 type entryEvidence struct {
-	fit    protoreg.MethodSet // candidates every call so far fits; valid when n > 0
-	n      int
+	fit protoreg.MethodSet // candidates every call so far fits; valid when n > 0
+	n   int
+	// both counts the calls whose method was known, or that carried a
+	// message each way: pinning takes two.
+	both   int
 	offreg bool // a call referring to it fit no candidate
 	// sole is the method a call was shown with when this entry was its
 	// only candidate (so the entry was that call's :path).
@@ -105,10 +108,12 @@ func (x *inference) requestFields(cl *grpcCall, fields []hpack.Field) {
 	for _, f := range fields {
 		switch {
 		case f.Entry == 0:
-		case f.NameKnown && f.ValueKnown:
-			// An entry now named (a peer probe's pin): was it inferred
-			// to be something else?
-			if e := x.entries[f.Entry]; e != nil && e.sole != "" && (f.Name != ":path" || f.Value != e.sole) {
+			continue
+		case f.NameKnown:
+			// An entry now named (a peer probe's pin, of both or of the
+			// name only): was it inferred to be something else?
+			e := x.entries[f.Entry]
+			if e != nil && e.sole != "" && (f.Name != ":path" || f.ValueKnown && f.Value != e.sole) {
 				what := f.Name
 				if f.Name == ":path" {
 					what = ":path " + f.Value
@@ -117,6 +122,9 @@ func (x *inference) requestFields(cl *grpcCall, fields []hpack.Field) {
 				inferWrong.Add(1)
 				e.sole = ""
 			}
+		}
+		switch {
+		case f.Known():
 		case !f.NameKnown && f.ValueKnown:
 			// A literal (or its entry) whose name is unknown: it is the
 			// :path only if it looks like one, and then it is a method
@@ -179,7 +187,7 @@ func (x *inference) method(cands []int64) (*protoreg.Method, bool) {
 			return nil, false
 		}
 		union = union.Or(e.fit)
-		if _, one := e.fit.Only(); one && e.n >= 2 {
+		if _, one := e.fit.Only(); one && e.both >= 2 {
 			pinned = true
 		}
 	}
@@ -270,8 +278,9 @@ func (x *inference) learn(cl *grpcCall) {
 		return
 	}
 	var set protoreg.MethodSet
+	known := cl.method != "" && cl.methodSrc != call.SourceInferred
 	switch {
-	case cl.method != "" && cl.methodSrc != call.SourceInferred:
+	case known:
 		set = protoreg.MethodSetOf(cl.method)
 	case cl.msgs[call.Request]+cl.msgs[call.Response] == 0:
 		return // nothing to fit
@@ -301,7 +310,10 @@ func (x *inference) learn(cl *grpcCall) {
 			e.fit = e.fit.And(set)
 		}
 		e.n++
-		if set.Empty() && (cl.method == "" || cl.methodSrc == call.SourceInferred) {
+		if known || cl.msgs[call.Request] > 0 && cl.msgs[call.Response] > 0 {
+			e.both++
+		}
+		if set.Empty() && !known {
 			e.offreg = true
 		}
 	}
