@@ -271,6 +271,7 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 			}
 			if f.ValueKnown {
 				st.Message = percentDecode(f.Value)
+				peer = peer || f.Peer
 			} else {
 				note = "status message refers to a header from before the capture started"
 			}
