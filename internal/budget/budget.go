@@ -157,10 +157,6 @@ var (
 	Messages     = counter("grpc_message", "gRPC messages over the size limit (shown by size, not decoded)")
 	PartFrames   = counter("partial_frame", "HTTP/2 and ttrpc frames over the budget for partly received frames (skipped)")
 	HeldCalls    = counter("held_request", "requests held for --errors/--slow (their ends print alone)")
-	// InferredWrong is not a drop: inferred methods or statuses that a
-	// later fact contradicted (each such line's note says so), reported
-	// with the drops so that it is never missed.
-	InferredWrong = counter("inferred_wrong", "inferred methods or statuses later contradicted (noted on the line that showed it)")
 )
 
 // Drop is one nonzero counter.

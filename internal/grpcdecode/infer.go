@@ -6,8 +6,8 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
-	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
 	"github.com/containerdsnoop/containerdsnoop/internal/h2"
 	"github.com/containerdsnoop/containerdsnoop/internal/h2/hpack"
@@ -86,7 +86,11 @@ type trailerEvidence struct {
 
 // inferWrong counts inferences shown and later contradicted: each such
 // line carries a note saying so.
-var inferWrong = budget.InferredWrong
+var inferWrong atomic.Uint64
+
+// InferredWrong is how many inferred methods or statuses a later fact
+// contradicted, in this process (reported on exit and as a metric).
+func InferredWrong() uint64 { return inferWrong.Load() }
 
 func (s *connState) inf(table uint64, response bool) *inference {
 	if s.infer == nil {

@@ -9,7 +9,6 @@ import (
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/h2"
@@ -103,7 +102,7 @@ func TestInferenceContradicted(t *testing.T) {
 			if tc.probe {
 				peer = &truthPeer{from: 5}
 			}
-			before := budget.InferredWrong.Load()
+			before := InferredWrong()
 			lines := decodeRecords(t, recs, peer)
 			inferred, notes, after := 0, 0, false
 			for _, r := range lines {
@@ -134,7 +133,7 @@ func TestInferenceContradicted(t *testing.T) {
 			if inferred == 0 || notes != 1 {
 				t.Fatalf("%d lines inferred, %d notes; want some and 1", inferred, notes)
 			}
-			if got := budget.InferredWrong.Load() - before; got != 1 {
+			if got := InferredWrong() - before; got != 1 {
 				t.Errorf("InferredWrong grew by %d, want 1", got)
 			}
 		})
@@ -158,7 +157,7 @@ func TestInferenceResponseMisfit(t *testing.T) {
 		}
 		recs = append(recs, hostileCall(t, 2*i+1, wirerec.JoinedRequest, req, r)...)
 	}
-	before := budget.InferredWrong.Load()
+	before := InferredWrong()
 	lines := decodeRecords(t, recs, nil)
 	var last *call.Record
 	for _, r := range lines {
@@ -169,7 +168,7 @@ func TestInferenceResponseMisfit(t *testing.T) {
 	if last == nil || last.Method != "" || !strings.Contains(last.Note, "inference was wrong") {
 		t.Fatalf("last call's end: %+v", last)
 	}
-	if got := budget.InferredWrong.Load() - before; got != 1 {
+	if got := InferredWrong() - before; got != 1 {
 		t.Errorf("InferredWrong grew by %d, want 1", got)
 	}
 }

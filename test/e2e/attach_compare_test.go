@@ -44,6 +44,10 @@ type shownCall struct {
 	method string    // "" while not shown
 	status *recordStatus
 	final  bool
+	// proven: a line showed the method, or the status, as decoded or
+	// named by a peer probe, not inferred (docs/attach.md, "Inference").
+	// Inferred ones are checked all the same, and counted apart.
+	methodProven, statusProven bool
 	// reqs and resps are the call's message lines, in order.
 	reqs, resps []*record
 }
@@ -75,6 +79,7 @@ func clientCalls(t testing.TB, recs []*record, pid int) map[[2]uint64]*shownCall
 		if r.Method != nil && c.method == "" {
 			c.method = *r.Method
 		}
+		c.methodProven = c.methodProven || r.Method != nil && r.MethodSource != "inferred"
 		hasMsg := r.MessageType != nil || (len(r.Message) > 0 && string(r.Message) != "null")
 		if isReq && hasMsg {
 			c.reqs = append(c.reqs, r)
@@ -84,6 +89,7 @@ func clientCalls(t testing.TB, recs []*record, pid int) map[[2]uint64]*shownCall
 		}
 		if isResp && r.Status != nil {
 			c.status, c.final = r.Status, true
+			c.statusProven = r.StatusSource != "inferred"
 		}
 	}
 	return calls
@@ -95,8 +101,10 @@ type attachReport struct {
 	window time.Duration
 	// Over calls whose request was sent within window after the attach:
 	total, named, withStatus int
-	missing                  []string // calls full showed and late did not
-	wrong                    []string // anything late showed differently
+	// inferred: shown with a method or status only by inference.
+	inferredMethod, inferredStatus int
+	missing                        []string // calls full showed and late did not
+	wrong                          []string // anything late showed differently
 	// Messages on streams opened before the attach, sent after it.
 	oldStreamMsgs, oldStreamShown int
 	perMethod                     map[string][2]int // method: calls, named
@@ -119,8 +127,8 @@ func (a *attachReport) String() string {
 	for _, c := range slices.Sorted(maps.Keys(a.perConn)) {
 		conns = append(conns, fmt.Sprintf("%d: %d/%d", c, a.perConn[c][1], a.perConn[c][0]))
 	}
-	return fmt.Sprintf("calls sent in the first %s after the attach: %d; with method %d (%s); with status %d (%s); not shown %d; wrong %d; messages on streams opened before the attach: %d of %d shown\n    named per method: %s\n    named per connection: %s",
-		a.window, a.total, a.named, pct(a.named), a.withStatus, pct(a.withStatus), len(a.missing), len(a.wrong), a.oldStreamShown, a.oldStreamMsgs, strings.Join(methods, ", "), strings.Join(conns, ", "))
+	return fmt.Sprintf("calls sent in the first %s after the attach: %d; with method %d (%s); with status %d (%s); inferred only: %d methods, %d statuses; not shown %d; wrong %d; messages on streams opened before the attach: %d of %d shown\n    named per method: %s\n    named per connection: %s",
+		a.window, a.total, a.named, pct(a.named), a.withStatus, pct(a.withStatus), a.inferredMethod, a.inferredStatus, len(a.missing), len(a.wrong), a.oldStreamShown, a.oldStreamMsgs, strings.Join(methods, ", "), strings.Join(conns, ", "))
 }
 
 // compareAttach matches the late tracer's calls to the full one's. The two
@@ -202,18 +210,23 @@ func compareAttach(t testing.TB, full, late []*record, pid int, attached, until 
 		rep.total++
 		pm := rep.perMethod[f.method]
 		pm[0]++
-		if c.method != "" {
+		if c.methodProven {
 			rep.named++
 			pm[1]++
+		} else if c.method != "" {
+			rep.inferredMethod++
 		}
 		rep.perMethod[f.method] = pm
 		pc := rep.perConn[fconn]
 		pc[0]++
-		if c.method != "" {
+		if c.methodProven {
 			pc[1]++
 		}
 		rep.perConn[fconn] = pc
-		if c.final && c.status != nil {
+		if c.final && c.status != nil && !c.statusProven {
+			rep.inferredStatus++
+		}
+		if c.final && c.status != nil && c.statusProven {
 			rep.withStatus++
 		}
 	}
