@@ -323,19 +323,42 @@ func parseTime(t testing.TB, s string) time.Time {
 // markEnd makes a call of the test's own on a new connection, waits until
 // both tracers have shown it, and returns their output and the call's time:
 // whatever a client sent before the marker has been consumed by both.
+// markerMethod is the call markEnd makes.
+const markerMethod = "/containerd.services.version.v1.Version/Version"
+
+// waitMarker waits until tr shows markEnd's call, and returns its lines.
+func waitMarker(tr *tracer) []*record {
+	return tr.waitRecords("the marker call", func(recs []*record) bool { return hasResponse(recs, markerMethod, os.Getpid()) })
+}
+
+// checkBlind compares a tracer attached at the same time as the late one
+// but with --peer-probes=false (what a peer no probe can be placed on
+// gets) with the reference: nothing wrong or missing, inferred methods
+// and statuses included; what it showed is logged (docs/attach.md,
+// "Inference").
+func checkBlind(t *testing.T, who string, fullRecs []*record, blind *tracer, pid int, attached, until time.Time) {
+	t.Helper()
+	rep := compareAttach(t, fullRecs, waitMarker(blind), pid, attached, until, attachWindow)
+	t.Logf("%s without peer probes: %s", who, rep)
+	for _, w := range rep.wrong {
+		t.Errorf("without peer probes, wrong: %s", w)
+	}
+	if len(rep.missing) > 0 {
+		t.Errorf("without peer probes, %d calls not shown, e.g. %s", len(rep.missing), rep.missing[0])
+	}
+}
+
 func markEnd(t testing.TB, c *containerdtest.Containerd, full, late *tracer) (fullRecs, lateRecs []*record, until time.Time) {
 	t.Helper()
-	const method = "/containerd.services.version.v1.Version/Version"
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := versionapi.NewVersionClient(c.Dial(t)).Version(ctx, &emptypb.Empty{}); err != nil {
 		t.Fatalf("marker call: %v", err)
 	}
-	done := func(recs []*record) bool { return hasResponse(recs, method, os.Getpid()) }
-	fullRecs = full.waitRecords("the marker call", done)
-	lateRecs = late.waitRecords("the marker call", done)
+	fullRecs = waitMarker(full)
+	lateRecs = waitMarker(late)
 	for _, r := range fullRecs {
-		if r.Type == "request" && r.method() == method && int(r.PID) == os.Getpid() {
+		if r.Type == "request" && r.method() == markerMethod && int(r.PID) == os.Getpid() {
 			until = parseTime(t, r.Time)
 		}
 	}
