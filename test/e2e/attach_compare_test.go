@@ -107,7 +107,7 @@ type attachReport struct {
 	wrong                          []string // anything late showed differently
 	// Messages on streams opened before the attach, sent after it.
 	oldStreamMsgs, oldStreamShown int
-	perMethod                     map[string][2]int // method: calls, named
+	perMethod                     map[string][3]int // method: calls, named, inferred
 	perConn                       map[uint64][2]int // reference conn: calls, named
 }
 
@@ -120,6 +120,10 @@ func (a *attachReport) String() string {
 	}
 	var methods []string
 	for m, v := range a.perMethod {
+		if v[2] > 0 {
+			methods = append(methods, fmt.Sprintf("%s %d/%d (+%d inferred)", m, v[1], v[0], v[2]))
+			continue
+		}
 		methods = append(methods, fmt.Sprintf("%s %d/%d", m, v[1], v[0]))
 	}
 	sort.Strings(methods)
@@ -167,7 +171,7 @@ func compareAttach(t testing.TB, full, late []*record, pid int, attached, until 
 		}
 		connMap[lconn] = best
 	}
-	rep := &attachReport{window: window, perMethod: map[string][2]int{}, perConn: map[uint64][2]int{}}
+	rep := &attachReport{window: window, perMethod: map[string][3]int{}, perConn: map[uint64][2]int{}}
 	matched := map[[2]uint64]bool{}
 	for _, c := range lc {
 		if c.first.After(until) {
@@ -215,6 +219,7 @@ func compareAttach(t testing.TB, full, late []*record, pid int, attached, until 
 			pm[1]++
 		} else if c.method != "" {
 			rep.inferredMethod++
+			pm[2]++
 		}
 		rep.perMethod[f.method] = pm
 		pc := rep.perConn[fconn]
