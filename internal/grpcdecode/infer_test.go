@@ -172,3 +172,87 @@ func TestInferenceResponseMisfit(t *testing.T) {
 		t.Errorf("InferredWrong grew by %d, want 1", got)
 	}
 }
+
+// TestInferenceCRIVersion: CRI v1alpha2 has v1's shapes, so payloads
+// cannot tell them apart; the connection's own proven :paths do. One that
+// showed a v1alpha2 path gets v1alpha2 names, one that showed both gets
+// no CRI inference.
+func TestInferenceCRIVersion(t *testing.T) {
+	req, resp := versionPayloads(t)
+	// A literal :path and content-type, no reference to index 62.
+	literal := func(path string) []byte {
+		b := append([]byte{0x83, 0x86, 0x04, byte(len(path))}, path...)
+		return append(b, wirerec.JoinedRequest[3:]...)
+	}
+	for _, tc := range []struct {
+		shown []string
+		want  string
+	}{
+		{nil, "/runtime.v1.RuntimeService/Version"},
+		{[]string{"/runtime.v1alpha2.RuntimeService/Status"}, "/runtime.v1alpha2.RuntimeService/Version"},
+		{[]string{"/runtime.v1alpha2.RuntimeService/Status", "/runtime.v1.RuntimeService/Status"}, ""},
+	} {
+		var recs []wirerec.Record
+		id := uint32(1)
+		for _, p := range tc.shown {
+			recs = append(recs, hostileCall(t, id, literal(p), req, resp)...)
+			id += 2
+		}
+		for range 4 {
+			recs = append(recs, hostileCall(t, id, wirerec.JoinedRequest, req, resp)...)
+			id += 2
+		}
+		inferred := ""
+		for _, r := range decodeRecords(t, recs, nil) {
+			if r.MethodInferred() {
+				if inferred != "" && r.Method != inferred {
+					t.Fatalf("shown %v: inferred %s and %s", tc.shown, inferred, r.Method)
+				}
+				inferred = r.Method
+			}
+		}
+		if inferred != tc.want {
+			t.Errorf("shown %v: inferred %q, want %q", tc.shown, inferred, tc.want)
+		}
+	}
+}
+
+// TestInferenceStatusContradicted: trailers inferred OK (they ended two
+// Version calls that got their reply) then end a unary call that got no
+// reply, which an OK never does: the note says the earlier statuses were
+// wrong, it is counted, and those trailers are never inferred OK again.
+func TestInferenceStatusContradicted(t *testing.T) {
+	req, resp := versionPayloads(t)
+	var recs []wirerec.Record
+	for i := uint32(0); i < 7; i++ {
+		r := resp
+		if i == 4 {
+			r = nil
+		}
+		recs = append(recs, hostileCall(t, 2*i+1, wirerec.JoinedRequest, req, r)...)
+	}
+	before := InferredWrong()
+	okBefore, okAfter, notes := 0, 0, 0
+	for _, r := range decodeRecords(t, recs, nil) {
+		n := (r.Stream + 1) / 2
+		if r.Status != nil && r.StatusSource == call.SourceInferred {
+			if n < 5 {
+				okBefore++
+			} else {
+				okAfter++
+			}
+		}
+		if strings.Contains(r.Note, "those statuses were wrong") {
+			notes++
+			if n != 5 || r.Status != nil {
+				t.Errorf("call %d: note %q with status %v", n, r.Note, r.Status)
+			}
+		}
+	}
+	if okBefore == 0 || okAfter != 0 || notes != 1 {
+		t.Fatalf("inferred OK before the contradiction %d, after %d; notes %d", okBefore, okAfter, notes)
+	}
+	if got := InferredWrong() - before; got != 1 {
+		t.Errorf("InferredWrong grew by %d, want 1", got)
+	}
+}

@@ -168,14 +168,17 @@ func SplitGRPC(data []byte) ([]GRPCMessage, error) {
 // write it, for tests that build traffic by hand (hand-made header
 // blocks, e.g. indices into a table from before a recording starts): the
 // request HEADERS (block) and one message, then response HEADERS
-// (respBlock), one message and the trailers (trailers, ending the stream).
+// (respBlock), one message (none when resp is nil) and the trailers
+// (trailers, ending the stream).
 func H2Call(id uint32, block, req, respBlock, resp, trailers []byte) []Record {
 	var c, s bytes.Buffer
 	fc, fs := http2.NewFramer(&c, nil), http2.NewFramer(&s, nil)
 	fc.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true})
 	fc.WriteData(id, true, grpcMessage(req))
 	fs.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: respBlock, EndHeaders: true})
-	fs.WriteData(id, false, grpcMessage(resp))
+	if resp != nil {
+		fs.WriteData(id, false, grpcMessage(resp))
+	}
 	fs.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: trailers, EndHeaders: true, EndStream: true})
 	return []Record{{Conn: 1, Data: c.Bytes()}, {Conn: 1, FromServer: true, Data: s.Bytes()}}
 }
