@@ -122,6 +122,7 @@ func runDecode(cmd *cobra.Command, f decodeFlags, path string) error {
 		return err
 	}
 	reportDrops(stderr, nil, "in total")
+	reportInferredWrong(stderr)
 	if t, ok := r.Trailer(); ok && t.StatsKnown && t.Stats.Lost() {
 		fmt.Fprintf(stderr, "containerdsnoop: the live capture lost %d events (%d bytes) and %d unreadable chunks; calls in them are not shown\n",
 			t.Stats.LostEvents, t.Stats.LostBytes, t.Stats.Faults)

@@ -25,6 +25,7 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/bpf"
 	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
+	"github.com/containerdsnoop/containerdsnoop/internal/grpcdecode"
 	"github.com/containerdsnoop/containerdsnoop/internal/metrics"
 	"github.com/containerdsnoop/containerdsnoop/internal/pipeline"
 	"github.com/containerdsnoop/containerdsnoop/internal/pods"
@@ -185,6 +186,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 		for _, c := range budget.All() {
 			m.AddDropCounter(c.Reason(), c.Load)
 		}
+		m.AddCounterFunc("inferred_wrong", "Inferred methods or statuses that a later fact contradicted (docs/attach.md).", grpcdecode.InferredWrong)
 		p.AddRecordSink(m)
 		p.AddSink(m)
 		if exp != nil {
@@ -449,6 +451,7 @@ func startLossWatch(t *bpf.Tracer, w interface{ Write([]byte) (int, error) }) *l
 		report := func(final bool) {
 			if final {
 				reportDrops(w, nil, "in total")
+				reportInferredWrong(w)
 			} else {
 				lastDrops = reportDrops(w, lastDrops, "in the last second")
 			}
@@ -479,6 +482,14 @@ func startLossWatch(t *bpf.Tracer, w interface{ Write([]byte) (int, error) }) *l
 		}
 	}()
 	return l
+}
+
+// reportInferredWrong says on exit how many inferred methods or statuses
+// were later contradicted (docs/attach.md, "Inference").
+func reportInferredWrong(w io.Writer) {
+	if n := grpcdecode.InferredWrong(); n > 0 {
+		fmt.Fprintf(w, "containerdsnoop: %d inferred methods or statuses were contradicted later; the lines that showed it say so (docs/attach.md)\n", n)
+	}
 }
 
 // reportDrops prints what the decoders dropped to stay within their

@@ -34,6 +34,22 @@ type Status struct {
 // Name is the code's name as gRPC spells it, e.g. "NotFound".
 func (s *Status) Name() string { return s.Code.String() }
 
+// How a method or a status is known (Record.MethodSource, StatusSource).
+const (
+	// SourceWire: decoded from the captured bytes.
+	SourceWire = "wire"
+	// SourcePeerProbe: from a header table entry named by the sending
+	// process's own encoder (internal/peerfields).
+	SourcePeerProbe = "peer_probe"
+	// SourceInferred: from labelled inference over the connection's
+	// payloads (internal/grpcdecode, infer.go); may be wrong, and is
+	// shown as such.
+	SourceInferred = "inferred"
+)
+
+// MethodInferred reports whether the method was inferred, not proven.
+func (r *Record) MethodInferred() bool { return r.MethodSource == SourceInferred }
+
 // Pod names a Kubernetes pod.
 type Pod struct {
 	Namespace, Name, UID string
@@ -52,8 +68,12 @@ type Record struct {
 	Comm     string
 	PeerPID  uint32
 	PeerComm string
-	// Method is the full path, "" when the capture cannot prove it.
+	// Method is the full path, "" when the capture cannot prove it and
+	// nothing was inferred.
 	Method string
+	// MethodSource says how Method is known (SourceWire when ""): an
+	// inferred method is a labelled guess, never shown as fact.
+	MethodSource string
 	// MethodGuess, only when Method is unknown, is the one registered
 	// method whose request type the payload fits. A guess, labelled so.
 	MethodGuess string
@@ -81,8 +101,10 @@ type Record struct {
 	// Note says why a message is missing or partial ("capture lost bytes").
 	Note string
 	// Status and Latency are set on the line that ends a call.
-	Status  *Status
-	Latency time.Duration
+	Status *Status
+	// StatusSource says how Status is known (SourceWire when "").
+	StatusSource string
+	Latency      time.Duration
 	// Final marks the line that ends the call.
 	Final bool
 	// WireBytes is the size of this message as sent (gRPC prefix and

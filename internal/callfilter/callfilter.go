@@ -19,7 +19,10 @@ import (
 // Options are the filters; zero values filter nothing.
 type Options struct {
 	// Method keeps calls whose method matches; calls whose method is
-	// unknown never match.
+	// unknown never match. An inferred method (call.SourceInferred) is
+	// matched as shown, labelled: a user asking for PullImage wants the
+	// calls that are probably PullImage too. A line whose inference was
+	// dropped (its note says so) no longer has the method and is not kept.
 	Method *regexp.Regexp
 	// Namespace keeps calls with this containerd-namespace header.
 	Namespace string

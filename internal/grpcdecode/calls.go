@@ -34,6 +34,8 @@ type connState struct {
 	// shown again as a call of unknown method.
 	reset     [maxReset]uint32
 	resetNext int
+	// infer is the labelled inference's evidence (infer.go).
+	infer *inference
 }
 
 const maxReset = 64
@@ -70,6 +72,22 @@ type grpcCall struct {
 	// and until a frame proves a message boundary (see alignedStart),
 	// nothing of that direction can be split into messages.
 	joined [2]bool
+
+	// Inference (infer.go). methodSrc and statusSrc are the Record's
+	// sources; refs the request's entries of unknown content, pathEntry
+	// the one known to be :path; noInfer: the :path may be a value no
+	// evidence covers. msgs counts messages per direction, fit is how the
+	// first fits the candidates, fitsOwn whether it fits cl.m.
+	methodSrc, statusSrc string
+	reqTable             uint64
+	refs                 []int64
+	pathEntry            int64
+	noInfer              bool
+	undecodable          bool
+	msgs                 [2]int
+	fit                  [2]protoreg.MethodSet
+	fitsOwn              [2]bool
+	inferNote            string
 }
 
 func state(c *h2.Conn) *connState {
@@ -193,6 +211,10 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 				if f.ValueKnown {
 					cl.method = f.Value
 					cl.m, _ = protoreg.Lookup(f.Value)
+					cl.methodSrc = call.SourceWire
+					if f.Peer {
+						cl.methodSrc = call.SourcePeerProbe
+					}
 				}
 			case f.Name == "grpc-encoding" && f.ValueKnown:
 				cl.enc[call.Request] = f.Value
@@ -200,6 +222,8 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 				cl.namespace = f.Value
 			}
 		}
+		cl.reqTable = ev.Table
+		s.inf(ev.Table, false).requestFields(cl, ev.Fields)
 		return
 	}
 
@@ -214,7 +238,7 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 	}
 	var st *call.Status
 	httpStatus, note := "", ""
-	statusUnknown := false
+	statusUnknown, peer := false, false
 	for _, f := range ev.Fields {
 		if !f.NameKnown {
 			// Could be grpc-status itself: the outcome is not provable.
@@ -231,6 +255,7 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 				statusUnknown = true
 				continue
 			}
+			peer = peer || f.Peer
 			n, err := strconv.ParseUint(f.Value, 10, 32)
 			if err != nil {
 				note = "malformed grpc-status " + strconv.Quote(f.Value)
@@ -246,6 +271,7 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 			}
 			if f.ValueKnown {
 				st.Message = percentDecode(f.Value)
+				peer = peer || f.Peer
 			} else {
 				note = "status message refers to a header from before the capture started"
 			}
@@ -254,8 +280,16 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 	if !ev.EndStream {
 		return
 	}
+	unknown := statusUnknown && (st == nil || st.Code == 0)
+	cl.statusSrc = call.SourceWire
+	if peer {
+		cl.statusSrc = call.SourcePeerProbe
+	}
+	inferred := s.inf(ev.Table, true).trailersStatus(cl, ev, unknown)
 	switch {
-	case statusUnknown && (st == nil || st.Code == 0):
+	case unknown && inferred != nil:
+		st, note, cl.statusSrc = inferred, "", call.SourceInferred
+	case unknown:
 		// Never report a status the bytes do not prove.
 		st = nil
 		note = "status refers to a header from before the capture started"
@@ -312,6 +346,19 @@ func (d *Decoder) message(c *h2.Conn, cl *grpcCall, dir call.Type, m message, ev
 			payload = nil
 		}
 	}
+	if !cl.start.IsZero() {
+		cl.msgs[dir]++
+		if payload == nil {
+			cl.undecodable = true
+		} else {
+			state(c).infer.fitMessage(cl, dir, payload, c.Unresolved() > 0)
+		}
+		// What the message showed of an inferred method.
+		r.Method, r.MethodSource = cl.method, cl.methodSrc
+		if cl.inferNote != "" && r.Note == "" {
+			r.Note, cl.inferNote = cl.inferNote, ""
+		}
+	}
 	if payload != nil {
 		decodeInto(r, cl, dir, payload)
 	}
@@ -349,21 +396,22 @@ func (d *Decoder) record(c *h2.Conn, cl *grpcCall, dir call.Type, ev *h2.Event) 
 	sc := c.Stream
 	peer := sc.Ends[stream.Peer(ev.End)]
 	return &call.Record{
-		Time:        ev.Cap.Time,
-		Protocol:    "grpc",
-		Conn:        sc.ID,
-		Socket:      sc.Socket,
-		Stream:      cl.stream,
-		PID:         ev.Cap.PID,
-		TID:         ev.Cap.TID,
-		Comm:        ev.Cap.Comm,
-		PeerPID:     peer.PID,
-		PeerComm:    peer.Comm,
-		Method:      cl.method,
-		MethodGuess: cl.guess,
-		Namespace:   cl.namespace,
-		Unresolved:  c.Unresolved(),
-		Type:        dir,
+		Time:         ev.Cap.Time,
+		Protocol:     "grpc",
+		Conn:         sc.ID,
+		Socket:       sc.Socket,
+		Stream:       cl.stream,
+		PID:          ev.Cap.PID,
+		TID:          ev.Cap.TID,
+		Comm:         ev.Cap.Comm,
+		PeerPID:      peer.PID,
+		PeerComm:     peer.Comm,
+		Method:       cl.method,
+		MethodSource: cl.methodSrc,
+		MethodGuess:  cl.guess,
+		Namespace:    cl.namespace,
+		Unresolved:   c.Unresolved(),
+		Type:         dir,
 	}
 }
 
@@ -380,10 +428,23 @@ func (d *Decoder) finish(c *h2.Conn, s *connState, cl *grpcCall, ev *h2.Event, s
 	if cl.lost[call.Response] && r.Note == "" {
 		r.Note = "capture lost bytes of the response"
 	}
+	if cl.inferNote != "" && r.Note == "" {
+		r.Note, cl.inferNote = cl.inferNote, ""
+	}
 	if cl.note != "" && r.Note == "" {
 		r.Note = cl.note
 	}
+	if s.infer != nil && s.infer.reqTable == cl.reqTable && !cl.start.IsZero() && !cl.undecodable {
+		s.infer.learn(cl)
+	}
+	r.Method, r.MethodSource = cl.method, cl.methodSrc
 	r.MethodGuess = cl.guess
+	if st != nil {
+		r.StatusSource = cl.statusSrc
+		if r.StatusSource == "" {
+			r.StatusSource = call.SourceWire
+		}
+	}
 	r.Type = call.Response
 	r.Final = true
 	r.Status = st

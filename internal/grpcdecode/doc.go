@@ -9,8 +9,11 @@
 // the model shared with every protocol; messages are decoded, and a method
 // that cannot be proven is guessed, by internal/protoreg.
 //
-// What it cannot prove it does not show: a method whose :path came from a
-// header table entry set before the capture started is reported as unknown,
-// and a message that lost bytes in the capture is reported as lost, never
-// decoded from what remains.
+// What it cannot prove it does not show as fact: a method whose :path came
+// from a header table entry set before the capture started is reported as
+// unknown, unless the connection's payloads allow inferring it (infer.go,
+// docs/attach.md "Inference"), and then it is labelled inferred
+// (call.SourceInferred), as is an OK inferred for trailers; a message that
+// lost bytes in the capture is reported as lost, never decoded from what
+// remains.
 package grpcdecode

@@ -46,6 +46,11 @@ type Event struct {
 	ErrCode   http2.ErrCode
 	// Cap is the chunk that completed the frame: its time and thread.
 	Cap *capture.Event
+	// Table changes whenever the sending direction's header table starts
+	// over (a preface, a gap, a block that could not be held): the
+	// hpack.Field.Entry numbers of Headers events compare only between
+	// events with the same End and Table.
+	Table uint64
 }
 
 // Handler consumes events. It may keep per-connection state in Conn.User.
@@ -85,6 +90,7 @@ type direction struct {
 	synced   bool
 	maxFrame uint32
 	dec      *hpack.Decoder
+	table    uint64        // Event.Table: bumped with every fresh or reset decoder
 	peer     PeerDirection // nil without peer probes
 	rd       bytes.Reader
 	fr       *http2.Framer
@@ -328,6 +334,7 @@ func (d *Decoder) newConnection(c *Conn, end int, cap *capture.Event) {
 		dir.maxFrame = defaultMaxFrame
 		dir.inBlock = false
 		dir.dec.Reset()
+		dir.table++
 		if dir.peer != nil {
 			dir.peer.Reset()
 		}
@@ -431,6 +438,7 @@ func newHPACK() *hpack.Decoder {
 // attaching mid-stream, with its peer fields started over.
 func (dir *direction) freshHPACK() {
 	dir.dec = newHPACK()
+	dir.table++
 	if dir.peer != nil {
 		dir.peer.Reset()
 		dir.dec.SetResolver(dir.peer)
@@ -491,7 +499,7 @@ func (d *Decoder) headerBlock(c *Conn, end int, cap *capture.Event) {
 		}
 	}
 	d.startHold(c, end, fields, cap)
-	d.emit(c, &Event{Kind: Headers, End: end, Stream: dir.blockStream, Fields: fields, EndStream: dir.blockEnd, Cap: cap})
+	d.emit(c, &Event{Kind: Headers, End: end, Stream: dir.blockStream, Fields: fields, EndStream: dir.blockEnd, Cap: cap, Table: dir.table})
 }
 
 // plausibleFields rejects a header block that no HTTP/2 peer may send

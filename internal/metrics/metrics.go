@@ -140,7 +140,7 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
 // Record counts one record (implements the pipeline's record sink).
 func (m *Metrics) Record(r *call.Record) {
-	l := methodOf(r.Method)
+	l := methodOf(proven(r))
 	dir := "request"
 	if r.Type == call.Response {
 		dir = "response"
@@ -161,7 +161,11 @@ func (m *Metrics) Record(r *call.Record) {
 	if r.Type == call.Request {
 		client = r.Comm
 	}
-	m.calls.WithLabelValues(protocolLabel(r.Protocol), l.service, l.method, codeLabel(r.Status), m.comm(client)).Inc()
+	st := r.Status
+	if r.StatusSource == call.SourceInferred {
+		st = nil // metrics carry no guesses: Unknown
+	}
+	m.calls.WithLabelValues(protocolLabel(r.Protocol), l.service, l.method, codeLabel(st), m.comm(client)).Inc()
 	if r.Latency > 0 {
 		m.latency.WithLabelValues(protocolLabel(r.Protocol), l.service, l.method).Observe(r.Latency.Seconds())
 	}
@@ -338,6 +342,15 @@ func (c *captureCollector) Collect(ch chan<- prometheus.Metric) {
 
 // methodOf splits a registered method's path into service and method;
 // anything else folds into Unknown (not proved) or Other (not registered).
+// proven is the record's method unless it was inferred: metrics carry
+// no guesses, an inferred method counts as Unknown (README, metrics).
+func proven(r *call.Record) string {
+	if r.MethodInferred() {
+		return ""
+	}
+	return r.Method
+}
+
 func methodOf(path string) methodLabels {
 	if path == "" {
 		return methodLabels{service: Unknown, method: Unknown}

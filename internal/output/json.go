@@ -21,9 +21,9 @@ import (
 // object per line, in this field order:
 //
 //	time comm pid tid peer_pid peer_comm socket conn protocol type stream
-//	method [method_guess] [unresolved_headers] [namespace] [container_id]
-//	[pod] [container_name] [shim_pid] message_type message [message_text] [note] [status]
-//	[latency_ns]
+//	method [method_source] [method_guess] [unresolved_headers] [namespace] [container_id]
+//	[pod] [container_name] [shim_pid] message_type message [message_text] [note] [status
+//	status_source] [latency_ns]
 //
 // Lines are built by appending into one buffer rather than through
 // encoding/json: this runs for every call on a busy node, and the
@@ -83,6 +83,8 @@ func (j *jsonWriter) Write(r *call.Record) error {
 	b = append(b, `,"method":`...)
 	if r.Method != "" {
 		b = appendString(b, r.Method)
+		b = append(b, `,"method_source":`...)
+		b = appendString(b, source(r.MethodSource))
 	} else {
 		b = append(b, "null"...)
 		if r.MethodGuess != "" {
@@ -151,6 +153,8 @@ func (j *jsonWriter) Write(r *call.Record) error {
 		b = append(b, `,"message":`...)
 		b = appendString(b, r.Status.Message)
 		b = append(b, '}')
+		b = append(b, `,"status_source":`...)
+		b = appendString(b, source(r.StatusSource))
 	}
 	if r.Final && r.Latency > 0 {
 		b = append(b, `,"latency_ns":`...)
@@ -263,3 +267,12 @@ func appendString(b []byte, s string) []byte {
 }
 
 func (j *jsonWriter) Flush() error { return j.w.Flush() }
+
+// source is a Record's MethodSource or StatusSource as shown: "" is a
+// decoder that knows only the wire (ttrpc).
+func source(s string) string {
+	if s == "" {
+		return call.SourceWire
+	}
+	return s
+}

@@ -3,7 +3,10 @@ package output
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/call"
 )
 
 func TestCutCountsCharacters(t *testing.T) {
@@ -23,6 +26,50 @@ func TestAppendStringMatchesEncodingJSON(t *testing.T) {
 		enc.Encode(s)
 		if got := string(appendString(nil, s)) + "\n"; got != want.String() {
 			t.Errorf("appendString(%q) = %s, encoding/json: %s", s, got, want.String())
+		}
+	}
+}
+
+// TestSources: how a method and a status are known is in every line;
+// inferred ones are marked in the table and labelled in JSON, and the
+// sources are absent exactly when what they qualify is.
+func TestSources(t *testing.T) {
+	for _, tc := range []struct {
+		r           call.Record
+		table, json []string
+		notJSON     []string
+	}{
+		{call.Record{Method: "/a.B/C", MethodSource: call.SourceInferred, Final: true, Type: call.Response, Status: &call.Status{}, StatusSource: call.SourceInferred},
+			[]string{"~/a.B/C", "~OK"}, []string{`"method":"/a.B/C","method_source":"inferred"`, `"status_source":"inferred"`}, nil},
+		{call.Record{Method: "/a.B/C", Final: true, Type: call.Response, Status: &call.Status{Code: 5}},
+			[]string{" /a.B/C ", " NotFound "}, []string{`"method_source":"wire"`, `"status_source":"wire"`}, []string{"~"}},
+		{call.Record{Method: "/a.B/C", MethodSource: call.SourcePeerProbe, Type: call.Request},
+			[]string{" /a.B/C "}, []string{`"method_source":"peer_probe"`}, []string{"status_source"}},
+		{call.Record{Type: call.Request},
+			[]string{" ? "}, []string{`"method":null`}, []string{"method_source", "status_source"}},
+	} {
+		for _, format := range []string{"table", "json"} {
+			var buf bytes.Buffer
+			w, _ := New(format, &buf, Options{})
+			r := tc.r
+			if err := w.Write(&r); err != nil {
+				t.Fatal(err)
+			}
+			w.Flush()
+			want, not := tc.table, []string{}
+			if format == "json" {
+				want, not = tc.json, tc.notJSON
+			}
+			for _, s := range want {
+				if !strings.Contains(buf.String(), s) {
+					t.Errorf("%s: %q not in %s", format, s, buf.String())
+				}
+			}
+			for _, s := range not {
+				if strings.Contains(buf.String(), s) {
+					t.Errorf("%s: %q in %s", format, s, buf.String())
+				}
+			}
 		}
 	}
 }

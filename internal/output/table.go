@@ -41,6 +41,10 @@ func (t *tableWriter) Write(r *call.Record) error {
 		typ = "RESP"
 	}
 	method := r.Method
+	if r.MethodInferred() && method != "" {
+		// Never shown as fact (README, "What is shown").
+		method = "~" + method
+	}
 	if method == "" {
 		method = "?"
 		if r.MethodGuess != "" {
@@ -50,6 +54,9 @@ func (t *tableWriter) Write(r *call.Record) error {
 	status, latency := "", ""
 	if r.Status != nil {
 		status = r.Status.Name()
+		if r.StatusSource == call.SourceInferred {
+			status = "~" + status
+		}
 	}
 	if r.Final && r.Latency > 0 {
 		latency = formatLatency(r.Latency)

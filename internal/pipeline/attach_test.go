@@ -27,7 +27,7 @@ func TestAttachMidConnection(t *testing.T) {
 		want[c.Stream] = c
 	}
 	evs := events(recs)
-	worst, guesses, checked := 0, 0, 0
+	worst, guesses, checked, inferred := 0, 0, 0, 0
 	for start := 1; start < len(evs); start += 7 {
 		// The calls seen by a capture that ran until the attach point:
 		// every later one starts after it (stream ids grow by 2), except
@@ -53,7 +53,10 @@ func TestAttachMidConnection(t *testing.T) {
 				t.Fatalf("start %d: line for stream %d that the recording has no call for", start, l.Stream)
 			}
 			if l.Method != nil && *l.Method != c.Method {
-				t.Fatalf("start %d: stream %d shown as %s, was %s", start, l.Stream, *l.Method, c.Method)
+				t.Fatalf("start %d: stream %d shown as %s (%s), was %s", start, l.Stream, *l.Method, l.MethodSource, c.Method)
+			}
+			if l.MethodSource == "inferred" || l.StatusSource == "inferred" {
+				inferred++
 			}
 			if l.Method != nil && l.MessageType != nil && string(l.Message) != "null" {
 				wantMsg := c.Request
@@ -83,7 +86,8 @@ func TestAttachMidConnection(t *testing.T) {
 			}
 			seen[l.Stream] = true
 			delete(after, l.Stream)
-			if l.Method == nil {
+			if l.Method == nil || l.MethodSource == "inferred" {
+				// Recovery is measured on proven methods.
 				unknown++
 				firstFull = -1
 			} else {
@@ -108,7 +112,7 @@ func TestAttachMidConnection(t *testing.T) {
 			t.Logf("attach at write %d: %d calls shown, %d with method unknown, full decoding from call %d on", start, decoded+unknown, unknown, firstFull)
 		}
 	}
-	t.Logf("worst case: full decoding resumed at call %d after attach; %d lines carried a (correct) method guess", worst, guesses)
+	t.Logf("worst case: full decoding resumed at call %d after attach; %d lines carried a (correct) method guess, %d a (correct) inferred method or status", worst, guesses, inferred)
 	if checked == 0 {
 		t.Fatal("no call shown from any attach point")
 	}

@@ -271,7 +271,11 @@ func (p *Pipeline) write(r *call.Record) {
 	if r.PeerComm == "" && r.PeerPID != 0 && p.CommOf != nil {
 		r.PeerComm = p.CommOf(r.PeerPID)
 	}
-	p.pods.Annotate(r)
+	if !r.MethodInferred() {
+		// Pod names are learnt from and given to proven calls only: an
+		// inferred method's message is read with types that may be wrong.
+		p.pods.Annotate(r)
+	}
 	if !p.filter.ShowSecrets && r.Message != nil {
 		r.Message = p.redacted(r.Message)
 	}

@@ -32,25 +32,27 @@ type expectedCall struct {
 }
 
 type line struct {
-	Time        string          `json:"time"`
-	Comm        string          `json:"comm"`
-	PID         uint32          `json:"pid"`
-	Conn        uint64          `json:"conn"`
-	Type        string          `json:"type"`
-	Stream      uint32          `json:"stream"`
-	Method      *string         `json:"method"`
-	MethodGuess string          `json:"method_guess"`
-	Unresolved  uint64          `json:"unresolved_headers"`
-	Namespace   string          `json:"namespace"`
-	MessageType *string         `json:"message_type"`
-	Message     json.RawMessage `json:"message"`
-	Note        string          `json:"note"`
-	Status      *struct {
+	Time         string          `json:"time"`
+	Comm         string          `json:"comm"`
+	PID          uint32          `json:"pid"`
+	Conn         uint64          `json:"conn"`
+	Type         string          `json:"type"`
+	Stream       uint32          `json:"stream"`
+	Method       *string         `json:"method"`
+	MethodSource string          `json:"method_source"`
+	MethodGuess  string          `json:"method_guess"`
+	Unresolved   uint64          `json:"unresolved_headers"`
+	Namespace    string          `json:"namespace"`
+	MessageType  *string         `json:"message_type"`
+	Message      json.RawMessage `json:"message"`
+	Note         string          `json:"note"`
+	Status       *struct {
 		Code    uint32 `json:"code"`
 		Name    string `json:"name"`
 		Message string `json:"message"`
 	} `json:"status"`
-	LatencyNS *int64 `json:"latency_ns"`
+	StatusSource string `json:"status_source"`
+	LatencyNS    *int64 `json:"latency_ns"`
 }
 
 // events turns a recording into what the kernel would have delivered.
@@ -60,12 +62,17 @@ func events(recs []wirerec.Record) []capture.Event {
 
 func replay(t testing.TB, evs []capture.Event) []line {
 	t.Helper()
+	return replayFiltered(t, evs, Filter{})
+}
+
+func replayFiltered(t testing.TB, evs []capture.Event, f Filter) []line {
+	t.Helper()
 	var buf bytes.Buffer
 	w, err := output.New("json", &buf, output.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := New(w, Filter{})
+	p := New(w, f)
 	for i := range evs {
 		p.Feed(&evs[i])
 	}

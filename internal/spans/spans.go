@@ -248,7 +248,11 @@ func (e *Exporter) hold(k callKey, r *call.Record) {
 func (e *Exporter) spanData(r *call.Record) spanData {
 	c := spanData{end: r.Time, start: r.Time.Add(-r.Latency), name: r.Method}
 	svc, method := "", ""
-	if r.Method != "" {
+	if r.MethodInferred() {
+		// Spans carry no guesses as fact (README, OTLP): an inferred
+		// method is named as not proved, and given as an attribute.
+		c.name = "unknown method"
+	} else if r.Method != "" {
 		svc, method, _ = strings.Cut(strings.TrimPrefix(r.Method, "/"), "/")
 	} else {
 		// A span needs a name; this one says the method was not proved.
@@ -268,7 +272,13 @@ func (e *Exporter) spanData(r *call.Record) spanData {
 	if r.MethodGuess != "" {
 		a = append(a, attribute.String("containerdsnoop.method_guess", r.MethodGuess))
 	}
-	if r.Status != nil {
+	if r.MethodInferred() {
+		a = append(a, attribute.String("containerdsnoop.method_inferred", r.Method))
+	}
+	if r.Status != nil && r.StatusSource == call.SourceInferred {
+		a = append(a, attribute.String("containerdsnoop.status_inferred", r.Status.Name()))
+	}
+	if r.Status != nil && r.StatusSource != call.SourceInferred {
 		c.hasStatus, c.code, c.statusMsg = true, r.Status.Code, r.Status.Message
 		a = append(a, semconv.RPCGRPCStatusCodeKey.Int(int(r.Status.Code)))
 	}

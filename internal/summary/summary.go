@@ -65,6 +65,9 @@ func (s *Summary) Add(r *call.Record) {
 	name := r.Method
 	if name == "" {
 		name = "?"
+	} else if r.MethodInferred() {
+		// Kept apart from the proven calls, and marked as the table does.
+		name = "~" + name
 	}
 	m := s.methods[name]
 	if m == nil && len(s.methods) >= MaxMethods {
@@ -85,6 +88,8 @@ func (s *Summary) Add(r *call.Record) {
 	}
 	m.calls++
 	switch {
+	case r.Status != nil && r.StatusSource == call.SourceInferred:
+		m.statuses["~"+r.Status.Name()]++
 	case r.Status != nil:
 		m.statuses[r.Status.Name()]++
 	default:
@@ -121,7 +126,7 @@ func (s *Summary) Rows() []Row {
 	for _, m := range s.methods {
 		r := Row{Method: m.name, Calls: m.calls, Statuses: m.statuses, Unknown: m.unfinished, ReqBytes: m.reqBytes, RespBytes: m.respBytes}
 		for st, n := range m.statuses {
-			if st != "OK" {
+			if st != "OK" && st != "~OK" {
 				r.Errors += n
 			}
 		}

@@ -38,6 +38,10 @@ type shownCall struct {
 	method string    // "" while not shown
 	status *recordStatus
 	final  bool
+	// proven: a line showed the method, or the status, as decoded or
+	// named by a peer probe, not inferred (docs/attach.md, "Inference").
+	// Inferred ones are checked all the same, and counted apart.
+	methodProven, statusProven bool
 	// reqs and resps are the call's message lines, in order.
 	reqs, resps []*record
 }
@@ -69,6 +73,7 @@ func clientCalls(t testing.TB, recs []*record, pid int) map[[2]uint64]*shownCall
 		if r.Method != nil && c.method == "" {
 			c.method = *r.Method
 		}
+		c.methodProven = c.methodProven || r.Method != nil && r.MethodSource != "inferred"
 		hasMsg := r.MessageType != nil || (len(r.Message) > 0 && string(r.Message) != "null")
 		if isReq && hasMsg {
 			c.reqs = append(c.reqs, r)
@@ -78,6 +83,7 @@ func clientCalls(t testing.TB, recs []*record, pid int) map[[2]uint64]*shownCall
 		}
 		if isResp && r.Status != nil {
 			c.status, c.final = r.Status, true
+			c.statusProven = r.StatusSource != "inferred"
 		}
 	}
 	return calls
@@ -89,11 +95,13 @@ type attachReport struct {
 	window time.Duration
 	// Over calls whose request was sent within window after the attach:
 	total, named, withStatus int
-	missing                  []string // calls full showed and late did not
-	wrong                    []string // anything late showed differently
+	// inferred: shown with a method or status only by inference.
+	inferredMethod, inferredStatus int
+	missing                        []string // calls full showed and late did not
+	wrong                          []string // anything late showed differently
 	// Messages on streams opened before the attach, sent after it.
 	oldStreamMsgs, oldStreamShown int
-	perMethod                     map[string][2]int // method: calls, named
+	perMethod                     map[string][3]int // method: calls, named, inferred
 	perConn                       map[uint64][2]int // reference conn: calls, named
 }
 
@@ -106,6 +114,10 @@ func (a *attachReport) String() string {
 	}
 	var methods []string
 	for m, v := range a.perMethod {
+		if v[2] > 0 {
+			methods = append(methods, fmt.Sprintf("%s %d/%d (+%d inferred)", m, v[1], v[0], v[2]))
+			continue
+		}
 		methods = append(methods, fmt.Sprintf("%s %d/%d", m, v[1], v[0]))
 	}
 	sort.Strings(methods)
@@ -113,8 +125,8 @@ func (a *attachReport) String() string {
 	for _, c := range slices.Sorted(maps.Keys(a.perConn)) {
 		conns = append(conns, fmt.Sprintf("%d: %d/%d", c, a.perConn[c][1], a.perConn[c][0]))
 	}
-	return fmt.Sprintf("calls sent in the first %s after the attach: %d; with method %d (%s); with status %d (%s); not shown %d; wrong %d; messages on streams opened before the attach: %d of %d shown\n    named per method: %s\n    named per connection: %s",
-		a.window, a.total, a.named, pct(a.named), a.withStatus, pct(a.withStatus), len(a.missing), len(a.wrong), a.oldStreamShown, a.oldStreamMsgs, strings.Join(methods, ", "), strings.Join(conns, ", "))
+	return fmt.Sprintf("calls sent in the first %s after the attach: %d; with method %d (%s); with status %d (%s); inferred only: %d methods, %d statuses; not shown %d; wrong %d; messages on streams opened before the attach: %d of %d shown\n    named per method: %s\n    named per connection: %s",
+		a.window, a.total, a.named, pct(a.named), a.withStatus, pct(a.withStatus), a.inferredMethod, a.inferredStatus, len(a.missing), len(a.wrong), a.oldStreamShown, a.oldStreamMsgs, strings.Join(methods, ", "), strings.Join(conns, ", "))
 }
 
 // compareAttach matches the late tracer's calls to the full one's. The two
@@ -153,7 +165,7 @@ func compareAttach(t testing.TB, full, late []*record, pid int, attached, until 
 		}
 		connMap[lconn] = best
 	}
-	rep := &attachReport{window: window, perMethod: map[string][2]int{}, perConn: map[uint64][2]int{}}
+	rep := &attachReport{window: window, perMethod: map[string][3]int{}, perConn: map[uint64][2]int{}}
 	matched := map[[2]uint64]bool{}
 	for _, c := range lc {
 		if c.first.After(until) {
@@ -196,18 +208,24 @@ func compareAttach(t testing.TB, full, late []*record, pid int, attached, until 
 		rep.total++
 		pm := rep.perMethod[f.method]
 		pm[0]++
-		if c.method != "" {
+		if c.methodProven {
 			rep.named++
 			pm[1]++
+		} else if c.method != "" {
+			rep.inferredMethod++
+			pm[2]++
 		}
 		rep.perMethod[f.method] = pm
 		pc := rep.perConn[fconn]
 		pc[0]++
-		if c.method != "" {
+		if c.methodProven {
 			pc[1]++
 		}
 		rep.perConn[fconn] = pc
-		if c.final && c.status != nil {
+		if c.final && c.status != nil && !c.statusProven {
+			rep.inferredStatus++
+		}
+		if c.final && c.status != nil && c.statusProven {
 			rep.withStatus++
 		}
 	}
@@ -297,6 +315,31 @@ func parseTime(t testing.TB, s string) time.Time {
 	return ts
 }
 
+// markerMethod is the call markEnd makes.
+const markerMethod = "/containerd.services.version.v1.Version/Version"
+
+// waitMarker waits until tr shows markEnd's call, and returns its lines.
+func waitMarker(tr *tracer) []*record {
+	return tr.waitRecords("the marker call", func(recs []*record) bool { return hasResponse(recs, markerMethod, os.Getpid()) })
+}
+
+// checkBlind compares a tracer attached at the same time as the late one
+// but with --peer-probes=false (what a peer no probe can be placed on
+// gets) with the reference: nothing wrong or missing, inferred methods
+// and statuses included; what it showed is logged (docs/attach.md,
+// "Inference").
+func checkBlind(t *testing.T, who string, fullRecs []*record, blind *tracer, pid int, attached, until time.Time) {
+	t.Helper()
+	rep := compareAttach(t, fullRecs, waitMarker(blind), pid, attached, until, attachWindow)
+	t.Logf("%s without peer probes: %s", who, rep)
+	for _, w := range rep.wrong {
+		t.Errorf("without peer probes, wrong: %s", w)
+	}
+	if len(rep.missing) > 0 {
+		t.Errorf("without peer probes, %d calls not shown, e.g. %s", len(rep.missing), rep.missing[0])
+	}
+}
+
 // markEnd makes a call of the test's own on a new connection, waits until
 // both tracers have shown it, and returns their output and the call's time:
 // whatever a client sent before the marker has been consumed by both
@@ -304,17 +347,15 @@ func parseTime(t testing.TB, s string) time.Time {
 // it has exited).
 func markEnd(t testing.TB, c *containerdtest.Containerd, full, late *tracer) (fullRecs, lateRecs []*record, until time.Time) {
 	t.Helper()
-	const method = "/containerd.services.version.v1.Version/Version"
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := versionapi.NewVersionClient(c.Dial(t)).Version(ctx, &emptypb.Empty{}); err != nil {
 		t.Fatalf("marker call: %v", err)
 	}
-	done := func(recs []*record) bool { return hasResponse(recs, method, os.Getpid()) }
-	fullRecs = full.waitRecords("the marker call", done)
-	lateRecs = late.waitRecords("the marker call", done)
+	fullRecs = waitMarker(full)
+	lateRecs = waitMarker(late)
 	for _, r := range fullRecs {
-		if r.Type == "request" && r.method() == method && int(r.PID) == os.Getpid() {
+		if r.Type == "request" && r.method() == markerMethod && int(r.PID) == os.Getpid() {
 			until = parseTime(t, r.Time)
 		}
 	}

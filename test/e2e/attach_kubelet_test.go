@@ -32,6 +32,9 @@ func TestAttachToKubelet(t *testing.T) {
 	k.AddPod(t, "old-b")
 	k.RemovePod(t, "old-a")
 
+	// Without peer probes, attached at the same point (docs/attach.md,
+	// "Inference"): started first, so the late tracer's window is as before.
+	blind := startTracer(t, "--output", "json", "--peer-probes=false", "--socket", c.Socket)
 	late := startTracer(t, "--output", "json", "-v", "--socket", c.Socket)
 	attached := time.Now()
 	// Ready: kubelet (92 MB) and containerd have been examined and probed.
@@ -51,6 +54,8 @@ func TestAttachToKubelet(t *testing.T) {
 	stopping := time.Now()
 	k.Stop(t)
 	fullRecs, lateRecs, until := markEnd(t, c, full, late)
+	checkBlind(t, "kubelet", fullRecs, blind, k.PID, attached, until)
+	blind.stop(os.Interrupt)
 	late.stop(os.Interrupt)
 	full.stop(os.Interrupt)
 	// What the late tracer still held for its peer fields (up to 5 s) is

@@ -233,6 +233,11 @@ func TestTraceCRIAndCtrJSON(t *testing.T) {
 		// nothing may be left undecoded.
 		if r.Method == nil {
 			t.Errorf("line without method on a connection traced from its start:\n    %s", r)
+		} else if r.MethodSource != "wire" {
+			t.Errorf("method_source %q on a connection traced from its start:\n    %s", r.MethodSource, r)
+		}
+		if r.Status != nil && r.StatusSource != "wire" {
+			t.Errorf("status_source %q on a connection traced from its start:\n    %s", r.StatusSource, r)
 		}
 		if r.Note != nil {
 			t.Errorf("unexpected note %q (no bytes were lost):\n    %s", *r.Note, r)

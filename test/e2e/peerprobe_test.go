@@ -145,10 +145,13 @@ func TestPeerProbesAttach(t *testing.T) {
 	client := attachClient(t)
 	const before, after = 200, 500
 
-	check := func(t *testing.T, calls map[int]clientCall, recs []*record) (named, withStatus int) {
+	// check returns the calls shown with a proven method, and with a
+	// status; inferred ones must be right too, and are counted apart.
+	check := func(t *testing.T, calls map[int]clientCall, recs []*record) (named, withStatus, inferred, inferredStatus int) {
 		t.Helper()
 		seenMethod := map[int]bool{}
 		seenStatus := map[int]bool{}
+		inferredMethod, inferredSt := map[int]bool{}, map[int]bool{}
 		for _, r := range recs {
 			n := int(r.Stream+1) / 2
 			want, ok := calls[n]
@@ -159,13 +162,24 @@ func TestPeerProbesAttach(t *testing.T) {
 				if *r.Method != want.method {
 					t.Fatalf("call %d shown as %s, was %s: %s", n, *r.Method, want.method, r)
 				}
-				seenMethod[n] = true
+				if r.MethodSource == "inferred" {
+					if !inferredMethod[n] && r.Type == "request" {
+						t.Logf("call %d inferred as %s (right)", n, want.method)
+					}
+					inferredMethod[n] = true
+				} else {
+					seenMethod[n] = true
+				}
 			}
 			if r.Status != nil {
 				if r.Status.Code != want.code {
 					t.Fatalf("call %d shown with status %d, ended with %d: %s", n, r.Status.Code, want.code, r)
 				}
-				seenStatus[n] = true
+				if r.StatusSource == "inferred" {
+					inferredSt[n] = true
+				} else {
+					seenStatus[n] = true
+				}
 			}
 		}
 		for n := range calls {
@@ -176,7 +190,7 @@ func TestPeerProbesAttach(t *testing.T) {
 				withStatus++
 			}
 		}
-		return len(seenMethod), withStatus
+		return len(seenMethod), withStatus, len(inferredMethod), len(inferredSt)
 	}
 
 	// complete counts the calls shown with both a method and a status.
@@ -185,8 +199,9 @@ func TestPeerProbesAttach(t *testing.T) {
 			m, s := false, false
 			for _, r := range recs {
 				if int(r.Stream+1)/2 == n {
-					m = m || r.Method != nil
-					s = s || r.Status != nil
+					// Proven ones: the test measures the probes.
+					m = m || r.Method != nil && r.MethodSource != "inferred"
+					s = s || r.Status != nil && r.StatusSource != "inferred"
 				}
 			}
 			if m && s {
@@ -202,7 +217,7 @@ func TestPeerProbesAttach(t *testing.T) {
 	t.Run("probes", func(t *testing.T) {
 		recording := filepath.Join(t.TempDir(), "rec")
 		calls, recs, stderr, pid := runAttach(t, c, client, before, after, "--record", recording)
-		named, _ := check(t, calls, recs)
+		named, _, _, _ := check(t, calls, recs)
 		full, missing := complete(calls, recs)
 		// The recording holds the probes' fields: decode names the same.
 		out, err := exec.Command(snoopBinary(t), "decode", "--output", "json", recording).Output()
@@ -233,8 +248,8 @@ func TestPeerProbesAttach(t *testing.T) {
 	})
 	t.Run("no-probes", func(t *testing.T) {
 		calls, recs, stderr, _ := runAttach(t, c, client, before, after, "--peer-probes=false")
-		named, _ := check(t, calls, recs)
-		t.Logf("without peer probes: %d of %d calls with a method", named, len(calls))
+		named, withStatus, inferred, inferredStatus := check(t, calls, recs)
+		t.Logf("without peer probes: %d of %d calls with a method from the wire, %d with one inferred (right); %d with a status from the wire, %d with one inferred (right)", named, len(calls), inferred, withStatus, inferredStatus)
 		if named*10 > len(calls) {
 			t.Errorf("%d of %d calls named without probes: the test does not measure them", named, len(calls))
 		}

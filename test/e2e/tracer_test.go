@@ -248,25 +248,28 @@ func (tr *tracer) checkQuietStderr(t testing.TB) {
 // `--output json`. Optional fields are pointers so that the tests can tell
 // an omitted field from a zero value.
 type record struct {
-	Time        string          `json:"time"`
-	Comm        string          `json:"comm"`
-	PID         uint32          `json:"pid"`
-	TID         uint32          `json:"tid"`
-	PeerPID     uint32          `json:"peer_pid"`
-	PeerComm    string          `json:"peer_comm"`
-	Socket      string          `json:"socket"`
-	Conn        uint64          `json:"conn"`
-	Protocol    string          `json:"protocol"`
-	Type        string          `json:"type"`
-	Stream      uint32          `json:"stream"`
-	Method      *string         `json:"method"`
-	Namespace   *string         `json:"namespace"`
-	MessageType *string         `json:"message_type"`
-	Message     json.RawMessage `json:"message"`
-	MessageText *string         `json:"message_text"`
-	Note        *string         `json:"note"`
-	Status      *recordStatus   `json:"status"`
-	LatencyNS   *int64          `json:"latency_ns"`
+	Time     string  `json:"time"`
+	Comm     string  `json:"comm"`
+	PID      uint32  `json:"pid"`
+	TID      uint32  `json:"tid"`
+	PeerPID  uint32  `json:"peer_pid"`
+	PeerComm string  `json:"peer_comm"`
+	Socket   string  `json:"socket"`
+	Conn     uint64  `json:"conn"`
+	Protocol string  `json:"protocol"`
+	Type     string  `json:"type"`
+	Stream   uint32  `json:"stream"`
+	Method   *string `json:"method"`
+	// MethodSource and StatusSource: "wire", "peer_probe" or "inferred".
+	MethodSource string          `json:"method_source"`
+	StatusSource string          `json:"status_source"`
+	Namespace    *string         `json:"namespace"`
+	MessageType  *string         `json:"message_type"`
+	Message      json.RawMessage `json:"message"`
+	MessageText  *string         `json:"message_text"`
+	Note         *string         `json:"note"`
+	Status       *recordStatus   `json:"status"`
+	LatencyNS    *int64          `json:"latency_ns"`
 
 	line string
 	keys []string // every field present
@@ -285,6 +288,7 @@ var documentedKeys = map[string]bool{
 	"namespace": true, "message_type": true, "message": true, "message_text": true, "note": true,
 	"status": true, "latency_ns": true, "method_guess": true, "unresolved_headers": true,
 	"container_id": true, "shim_pid": true, "pod": true, "container_name": true,
+	"method_source": true, "status_source": true,
 }
 
 // requiredKeys are the fields every line carries, null or not.

@@ -72,6 +72,16 @@ type Field struct {
 	// the attach that would complete it (0: none), so that a pin made
 	// later can complete it still (Decoder.Fill).
 	Age uint32
+	// Entry names the dynamic table entry the field took its name (a
+	// literal) or its name and value (an indexed field) from; 0 for the
+	// static table and for a literal name. Entries are numbered in the
+	// order the encoder inserted them: 1, 2, ... since NewDecoder or Reset,
+	// and -1, -2, ... before the attach, newest first (an entry's number
+	// never changes). So two fields with the same Entry and Value carry
+	// the same content even when it is unknown: what internal/grpcdecode's
+	// labelled inference rests on. Comparable only between blocks of one
+	// Decoder since its last Reset.
+	Entry int64
 }
 
 // Known reports whether both name and value were decoded.
@@ -268,7 +278,7 @@ func (d *Decoder) decode(fields []Field, p []byte) ([]Field, error) {
 			if !found || !e.nameKnown {
 				e, found = d.resolveIndexed(idx, e, found, start, len(d.block)-len(p))
 			}
-			f := Field{Name: e.name, Value: e.value, NameKnown: found && e.nameKnown, ValueKnown: found, Peer: e.peer}
+			f := Field{Name: e.name, Value: e.value, NameKnown: found && e.nameKnown, ValueKnown: found, Peer: e.peer, Entry: d.entryID(idx)}
 			if !f.Known() {
 				d.unresolved++
 				f.Age = e.nameAge
@@ -313,6 +323,7 @@ func (d *Decoder) literal(fields []Field, p []byte, prefix uint8, index, sensiti
 	if err != nil {
 		return fields, p, err
 	}
+	ref := d.entryID(nameIdx) // before this literal's own insertion
 	var name string
 	nameKnown, peer := true, false
 	var nameAge uint32
@@ -347,13 +358,28 @@ func (d *Decoder) literal(fields []Field, p []byte, prefix uint8, index, sensiti
 		}
 		d.insert(entry{name: name, value: value, nameKnown: nameKnown, nameAge: nameAge, peer: peer, size: size})
 	}
-	f := Field{Name: name, Value: value, NameKnown: nameKnown, ValueKnown: true, Sensitive: sensitive, Peer: peer}
+	f := Field{Name: name, Value: value, NameKnown: nameKnown, ValueKnown: true, Sensitive: sensitive, Peer: peer, Entry: ref}
 	if !nameKnown {
 		d.unresolved++
 		f.Age = nameAge
 	}
 	fields = append(fields, f)
 	return fields, p, nil
+}
+
+// entryID numbers the entry at a table index as Field.Entry says. The
+// idx-62'th newest entry of the encoder's table is its (inserted-1-i)'th
+// insertion counted from the attach: eviction only removes from the other
+// end, so this holds whatever the decoder has recorded or dropped.
+func (d *Decoder) entryID(idx uint64) int64 {
+	if idx < firstDynamic {
+		return 0
+	}
+	abs := int64(d.inserted) - 1 - int64(idx-firstDynamic)
+	if abs >= 0 {
+		return abs + 1
+	}
+	return abs
 }
 
 // lookup resolves a table index. found is false for a reference to an entry

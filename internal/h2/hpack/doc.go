@@ -76,6 +76,14 @@
 // refused and counted (Conflicts); Field.Peer marks content that came from a
 // pin.
 //
+// # Entry numbers
+//
+// Field.Entry numbers the dynamic entry a field refers to, by insertion
+// order (before the attach: -1, -2, ... newest first), which never changes
+// while the entry lives. Fields with the same Entry and literal text carry
+// the same content, known or not: what internal/grpcdecode's labelled
+// inference compares.
+//
 // # Errors
 //
 // Decode returns an error only for a malformed block: a truncated integer or

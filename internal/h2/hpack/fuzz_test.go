@@ -155,11 +155,32 @@ func checkSeq(t *testing.T, s fuzzSeq) {
 	m := NewDecoder()
 	m.SetMaxTableSize(s.limit)
 	unknown := 0
+	// Field.Entry identifies an entry for the decoder's life: whatever is
+	// inserted or evicted, every field with one Entry has the entry's name,
+	// and every unknown (so indexed) one its value, as the truth has them.
+	entryName, entryValue := map[int64]string{}, map[int64]string{}
 	for i := s.start; i < len(blocks); i++ {
 		wasSynced := m.Synced()
 		got, err := m.Decode(blocks[i])
 		if err != nil {
 			t.Fatalf("attached at %d, block %d: %v", s.start, i, err)
+		}
+		for j, f := range got {
+			if f.Entry == 0 || j >= len(truth[i]) {
+				continue
+			}
+			tf := truth[i][j]
+			if n, ok := entryName[f.Entry]; ok && n != tf.Name {
+				t.Fatalf("attached at %d, block %d: entry %d is named %q here, %q before", s.start, i, f.Entry, tf.Name, n)
+			}
+			entryName[f.Entry] = tf.Name
+			if f.ValueKnown {
+				continue
+			}
+			if v, ok := entryValue[f.Entry]; ok && v != tf.Value {
+				t.Fatalf("attached at %d, block %d: entry %d has value %q here, %q before", s.start, i, f.Entry, tf.Value, v)
+			}
+			entryValue[f.Entry] = tf.Value
 		}
 		unknown += compareFields(t, "attached", got, truth[i])
 		for _, f := range got {

@@ -434,11 +434,14 @@ func TestUnknownNameInsertedThenReferenced(t *testing.T) {
 	}
 	truth := stockDecodeAll(t, blocks, nil)
 	d := NewDecoder()
+	// Entry: the name of block 1 and the field of block 4 are the entry
+	// from before the attach (-1); block 1 inserted entry 1, which blocks
+	// 2 and 3 refer to.
 	want := []Field{
-		{Value: "b", ValueKnown: true},
-		{Value: "b", ValueKnown: true},
-		{Value: "c", ValueKnown: true},
-		{},
+		{Value: "b", ValueKnown: true, Entry: -1},
+		{Value: "b", ValueKnown: true, Entry: 1},
+		{Value: "c", ValueKnown: true, Entry: 1},
+		{Entry: -1},
 	}
 	for i, b := range blocks[1:] {
 		got, err := d.Decode(b)
@@ -514,7 +517,7 @@ func TestUnknownNameLowerBound(t *testing.T) {
 		}
 		got, err := d.Decode(appendIndexed(nil, firstDynamic+1))
 		if tc.wantLen == 2 {
-			if err != nil || len(got) != 1 || noAge(got[0]) != (Field{Value: "v", ValueKnown: true}) {
+			if err != nil || len(got) != 1 || noAge(got[0]) != (Field{Value: "v", ValueKnown: true, Entry: 1}) {
 				t.Errorf("reference to the unknown-name entry: %+v, %v", got, err)
 			}
 		} else if !errors.Is(err, errIndexRange) {

@@ -163,3 +163,50 @@ func SplitGRPC(data []byte) ([]GRPCMessage, error) {
 	}
 	return out, nil
 }
+
+// H2Call is one gRPC call on connection 1 as a client and a server would
+// write it, for tests that build traffic by hand (hand-made header
+// blocks, e.g. indices into a table from before a recording starts): the
+// request HEADERS (block) and one message, then response HEADERS
+// (respBlock), one message (none when resp is nil) and the trailers
+// (trailers, ending the stream).
+func H2Call(id uint32, block, req, respBlock, resp, trailers []byte) []Record {
+	var c, s bytes.Buffer
+	fc, fs := http2.NewFramer(&c, nil), http2.NewFramer(&s, nil)
+	fc.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true})
+	fc.WriteData(id, true, grpcMessage(req))
+	fs.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: respBlock, EndHeaders: true})
+	if resp != nil {
+		fs.WriteData(id, false, grpcMessage(resp))
+	}
+	fs.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: trailers, EndHeaders: true, EndStream: true})
+	return []Record{{Conn: 1, Data: c.Bytes()}, {Conn: 1, FromServer: true, Data: s.Bytes()}}
+}
+
+// grpcMessage is payload with gRPC's 5-byte prefix (uncompressed).
+func grpcMessage(payload []byte) []byte {
+	b := binary.BigEndian.AppendUint32([]byte{0}, uint32(len(payload)))
+	return append(b, payload...)
+}
+
+// Hand-made header blocks of a connection joined after its client had
+// inserted one entry (its :path, at index 62) and its server two
+// ("grpc-message: " at 62, "grpc-status: 0" at 63), never sent again:
+// every block refers to them and inserts nothing, as on kubelet's
+// connection. For tests of what is shown when nothing can be proven.
+var (
+	// JoinedRequest: :method POST, :scheme http, index 62, and
+	// content-type: application/grpc never indexed.
+	JoinedRequest = append([]byte{0x83, 0x86, 0xbe, 0x1f, 0x10, 16}, "application/grpc"...)
+	// JoinedResponse: :status 200.
+	JoinedResponse = []byte{0x88}
+	// JoinedOKTrailers: grpc-status and grpc-message by index.
+	JoinedOKTrailers = []byte{0xbf, 0xbe}
+)
+
+// JoinedRequestWithPath is JoinedRequest with a literal :path before the
+// index (name from the static table, not indexed).
+func JoinedRequestWithPath(path string) []byte {
+	b := append([]byte{0x83, 0x86, 0x04, byte(len(path))}, path...)
+	return append(b, JoinedRequest[2:]...)
+}

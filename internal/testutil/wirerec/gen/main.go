@@ -24,6 +24,8 @@ import (
 	versionapi "github.com/containerd/containerd/api/services/version/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding/gzip"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/emptypb"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -41,6 +43,7 @@ var scenarios = []expected.Scenario{
 	{Name: "containerd_api", Run: containerdAPI},
 	{Name: "long_lived", Run: longLived},
 	{Name: "pod_lifecycle", Run: podLifecycle},
+	{Name: "steady", Run: steady},
 }
 
 func main() {
@@ -350,6 +353,68 @@ func longLived(ctx context.Context, out string) error {
 			_, err = rt.PodSandboxStatus(cctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
 		case 7:
 			_, err = rt.Version(cctx, &runtimeapi.VersionRequest{Version: "v1"})
+		}
+		cancel()
+		if err != nil {
+			return fmt.Errorf("call %d: %w", n, err)
+		}
+	}
+	return h.finish(out)
+}
+
+// 10. One connection as kubelet uses it, where the header table never
+// turns over: every call has the same 2-minute deadline (grpc-timeout:
+// 120000m, kubelet's), so after the first calls every header is an index
+// into the table. Eight polled CRI methods, a ContainerStatus of a missing
+// container (NotFound, same message each time) as every tenth call, and a
+// gRPC health check as every tenth (Health/Check has the types of
+// Health/Watch: its method can never be inferred from payloads).
+func steady(ctx context.Context, out string) error {
+	h, err := newHarness("steady")
+	if err != nil {
+		return err
+	}
+	runtimeapi.RegisterRuntimeServiceServer(h.srv, &runtimeServer{containers: twoContainers})
+	runtimeapi.RegisterImageServiceServer(h.srv, &imageServer{})
+	healthpb.RegisterHealthServer(h.srv, health.NewServer())
+	if err := h.serve(); err != nil {
+		return err
+	}
+	cl, err := h.client(ctx)
+	if err != nil {
+		return err
+	}
+	rt := runtimeapi.NewRuntimeServiceClient(cl.cc)
+	img := runtimeapi.NewImageServiceClient(cl.cc)
+	hc := healthpb.NewHealthClient(cl.cc)
+	for n := 0; n < 240; n++ {
+		cctx, cancel := withTimeout(ctx, 2*time.Minute)
+		var err error
+		switch n % 10 {
+		case 0:
+			_, err = rt.ListContainers(cctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{PodSandboxId: "pod-0"}})
+		case 1:
+			_, err = rt.ListPodSandbox(cctx, &runtimeapi.ListPodSandboxRequest{})
+		case 2:
+			_, err = rt.Status(cctx, &runtimeapi.StatusRequest{})
+		case 3:
+			_, err = img.ImageFsInfo(cctx, &runtimeapi.ImageFsInfoRequest{})
+		case 4:
+			_, err = rt.ContainerStats(cctx, &runtimeapi.ContainerStatsRequest{ContainerId: "ctr-0"})
+		case 5:
+			_, err = img.ListImages(cctx, &runtimeapi.ListImagesRequest{})
+		case 6:
+			_, err = rt.PodSandboxStatus(cctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: "pod-0"})
+		case 7:
+			_, err = rt.Version(cctx, &runtimeapi.VersionRequest{Version: "v1"})
+		case 8:
+			if _, err = rt.ContainerStatus(cctx, &runtimeapi.ContainerStatusRequest{ContainerId: "missing"}); err == nil {
+				err = fmt.Errorf("ContainerStatus: want NotFound")
+			} else {
+				err = nil
+			}
+		case 9:
+			_, err = hc.Check(cctx, &healthpb.HealthCheckRequest{})
 		}
 		cancel()
 		if err != nil {
