@@ -319,6 +319,8 @@ func (d *Decoder) data(c *h2.Conn, cl *grpcCall, dir call.Type, ev *h2.Event) {
 		// from this direction of the call can be trusted.
 		return
 	}
+	// Whose partial message this is, should the budget need it back.
+	cl.split[dir].reserved.Owner = c.Stream
 	msgs, err := cl.split[dir].add(ev.Data)
 	for _, m := range msgs {
 		d.message(c, cl, dir, m, ev)

@@ -102,6 +102,11 @@ func TestSplitterSkipsHuge(t *testing.T) {
 		}
 	}
 	add(append(hdr, chunk[:100]...))
+	// Shown (and counted) as soon as it is skipped: a sender that never
+	// finishes it must not leave it unshown.
+	if len(got) != 1 || got[0].skipped != n {
+		t.Fatalf("skipped message not returned at once: %+v", got)
+	}
 	for sent := 100; sent < n; sent += len(chunk) {
 		add(chunk[:min(len(chunk), n-sent)])
 	}
@@ -128,7 +133,9 @@ func TestPartialBudget(t *testing.T) {
 		held = append(held, s)
 	}
 	over := &splitter{}
-	over.add(append(hdr(claim), 1, 2, 3))
+	if out, _ := over.add(append(hdr(claim), 1, 2, 3)); len(out) != 1 || out[0].skipped != claim {
+		t.Fatalf("claim past the budget not returned as skipped at once: %+v", out)
+	}
 	if over.skip != claim-3 || over.reserved.Size() != 0 {
 		t.Fatalf("claim past the budget: skip %d, reserved %d", over.skip, over.reserved.Size())
 	}

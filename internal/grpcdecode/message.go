@@ -32,10 +32,12 @@ type splitter struct {
 	// dropped at the next add, so those messages stay valid until then.
 	done int
 	out  []message
-	// skip is what is left of a message over MaxHeldMessage, skipLen its
-	// size and skipCompressed its flag.
-	skip, skipLen  int
-	skipCompressed bool
+	// skip is what is left of a message that is not held (over
+	// MaxHeldMessage or the budget). Such a message is returned (by its
+	// size) as soon as it is skipped, not once it has all arrived: a
+	// sender that never finishes it must not leave it unshown and
+	// uncounted.
+	skip int
 	// reserved is this splitter's share of budget.PartialMessages: the
 	// size its partial message claims.
 	reserved budget.Share
@@ -74,7 +76,6 @@ func (s *splitter) add(data []byte) ([]message, error) {
 			s.out = out
 			return out, nil
 		}
-		out = append(out, message{compressed: s.skipCompressed, skipped: s.skipLen})
 	}
 	s.buf = append(s.buf, data...)
 	off := 0
@@ -95,12 +96,12 @@ func (s *splitter) add(data []byte) ([]message, error) {
 		// its bytes cannot grow what is held).
 		if n > MaxHeldMessage || have < int(n) && !s.reserve(int(n)) {
 			// Skip it from here on; what is already buffered goes too.
+			out = append(out, message{compressed: flag == 1, skipped: int(n)})
 			if have >= int(n) {
-				out = append(out, message{compressed: flag == 1, skipped: int(n)})
 				off += 5 + int(n)
 				continue
 			}
-			s.skip, s.skipLen, s.skipCompressed = int(n)-have, int(n), flag == 1
+			s.skip = int(n) - have
 			off = len(s.buf)
 			break
 		}
