@@ -10,6 +10,7 @@ package budget
 
 import (
 	"fmt"
+	"sync"
 	"sync/atomic"
 )
 
@@ -46,8 +47,10 @@ const (
 	// MaxPartialMessages bounds the gRPC messages held partly received,
 	// over all connections, counted at the size each claims: real calls
 	// rarely have more than one large message in flight. Messages up to
-	// 64 KiB are always held; a larger one that does not fit is skipped
-	// as its bytes arrive and shown by its size.
+	// 64 KiB are never refused; a larger one that does not fit is skipped
+	// as its bytes arrive and shown by its size. Small ones that take the
+	// pool past its limit make the pipeline drop the connections of the
+	// oldest holders (Pool), so the limit holds for them too.
 	MaxPartialMessages = 64 << 20
 
 	// MaxPartialFrames bounds the HTTP/2 and ttrpc frames held partly
@@ -57,8 +60,10 @@ const (
 	// MaxHTTP2Frame, or ttrpc's 4 MiB), but thousands of connections could
 	// otherwise add up to gigabytes. Frames up to SmallFrame, which every
 	// frame of grpc-go and containerd (16 KiB, HTTP/2's default
-	// SETTINGS_MAX_FRAME_SIZE) and ordinary shim calls are, are always
-	// held; a larger one that does not fit is skipped by resynchronizing.
+	// SETTINGS_MAX_FRAME_SIZE) and ordinary shim calls are, are never
+	// refused (past the limit, the oldest holders' connections are
+	// dropped instead, see Pool); a larger one that does not fit is
+	// skipped by resynchronizing.
 	// 32 MiB: with MaxPartialMessages, what partly received data can
 	// reserve stays well under DefaultMemory.
 	MaxPartialFrames = 32 << 20
@@ -74,41 +79,68 @@ var PartialFrames = NewPool(MaxPartialFrames, SmallFrame)
 // Pool is a process-wide budget shared by many holders of partly received
 // data (one per connection direction or stream). Each holder reserves the
 // size its data claims before holding it, so that bytes trickled into
-// many holders cannot grow what is held past the budget; holders up to a
-// small size always fit, so that ordinary traffic never depends on the
-// budget. Safe for concurrent use.
+// many holders cannot grow what is held past the budget. Holders up to a
+// small size are never refused, so that ordinary traffic never depends on
+// the budget; but they count, and a pool they pushed over its limit says
+// so (Over), oldest holder first (Oldest), for its owner to free that
+// holder's connection (pipeline.reclaim). So the pool's limit bounds
+// everything it counts, small holders included: without that, 16,384
+// connections each holding 2 x 16 KiB frames would hold 512 MiB. Safe for
+// concurrent use.
 type Pool struct {
-	used         atomic.Int64
+	mu           sync.Mutex
+	used         atomic.Int64 // written under mu; read without it
 	limit, small int64
+	// lru links the shares that hold something, least recently reserved
+	// first: a holder whose data keeps arriving stays at the back, one an
+	// attacker left half sent drifts to the front.
+	lru Share
 }
 
 // NewPool returns a Pool of limit bytes whose holders of up to small
 // bytes always fit.
-func NewPool(limit, small int64) *Pool { return &Pool{limit: limit, small: small} }
+func NewPool(limit, small int64) *Pool {
+	p := &Pool{limit: limit, small: small}
+	p.lru.prev, p.lru.next = &p.lru, &p.lru
+	return p
+}
 
 // Share is one holder's reservation in a Pool; the zero value holds
 // nothing. A holder must Release it when it lets go of its data.
-type Share struct{ n int64 }
+type Share struct {
+	n int64
+	// Owner is what Oldest reports while this share is the pool's least
+	// recently reserved: what frees it (a *stream.Conn, whose eviction
+	// releases every share of the connection).
+	Owner      any
+	prev, next *Share
+}
 
 // Size is what the share reserves.
 func (s *Share) Size() int64 { return s.n }
 
 // Reserve sets s to n bytes and reports whether that fits the pool (n up
-// to its small size always does). A share that does not fit keeps what it
-// had.
+// to its small size always does, and may take the pool over its limit).
+// A share that does not fit keeps what it had.
 func (p *Pool) Reserve(s *Share, n int) bool {
 	want := int64(n)
-	for {
-		used := p.used.Load()
-		next := used - s.n + want
-		if want > p.small && want > s.n && next > p.limit {
-			return false
-		}
-		if p.used.CompareAndSwap(used, next) {
-			s.n = want
-			return true
-		}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	next := p.used.Load() - s.n + want
+	if want > p.small && want > s.n && next > p.limit {
+		return false
 	}
+	p.used.Store(next)
+	s.n = want
+	if s.next != nil { // unlink
+		s.prev.next, s.next.prev = s.next, s.prev
+		s.prev, s.next = nil, nil
+	}
+	if want > 0 { // to the back: the most recently reserved
+		s.prev, s.next = p.lru.prev, &p.lru
+		p.lru.prev.next, p.lru.prev = s, s
+	}
+	return true
 }
 
 // Release gives back what s reserves.
@@ -119,6 +151,20 @@ func (p *Pool) Used() int64 { return p.used.Load() }
 
 // Limit is the pool's budget.
 func (p *Pool) Limit() int64 { return p.limit }
+
+// Over is how far small shares took the pool past its limit (0 if not).
+func (p *Pool) Over() int64 { return max(p.used.Load()-p.limit, 0) }
+
+// Oldest is the Owner of the least recently reserved share that holds
+// something (nil if none).
+func (p *Pool) Oldest() any {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.lru.next == &p.lru {
+		return nil
+	}
+	return p.lru.next.Owner
+}
 
 // Counter counts one kind of drop. Safe for concurrent use: the decoder
 // adds, the stderr reporter reads.
@@ -157,6 +203,8 @@ var (
 	Messages     = counter("grpc_message", "gRPC messages over the size limit (shown by size, not decoded)")
 	PartFrames   = counter("partial_frame", "HTTP/2 and ttrpc frames over the budget for partly received frames (skipped)")
 	HeldCalls    = counter("held_request", "requests held for --errors/--slow (their ends print alone)")
+	PartialConns = counter("partial_conn", "connections dropped to keep partly received data within its budget (the least recently active holder; later bytes decoded as joined mid-stream)")
+	Conns        = counter("connection", "connections over the limit of 16384 (the least recently active dropped; later bytes decoded as joined mid-stream)")
 )
 
 // Drop is one nonzero counter.

@@ -70,3 +70,34 @@ func TestPool(t *testing.T) {
 		t.Fatalf("%d left after releasing every share", p.Used())
 	}
 }
+
+// TestPoolOldest: small shares may take the pool past its limit, which
+// Over says; Oldest names the owner of the least recently reserved share
+// that holds something (growing or re-reserving a share makes it the
+// newest; releasing takes it out), so that its connection can be dropped.
+func TestPoolOldest(t *testing.T) {
+	p := NewPool(100, 40)
+	a, b, c := Share{Owner: "a"}, Share{Owner: "b"}, Share{Owner: "c"}
+	if p.Oldest() != nil || p.Over() != 0 {
+		t.Fatal("an empty pool names an owner or is over")
+	}
+	p.Reserve(&a, 40)
+	p.Reserve(&b, 40)
+	p.Reserve(&c, 40)
+	if p.Over() != 20 || p.Oldest() != "a" {
+		t.Fatalf("over %d, oldest %v; want 20, a", p.Over(), p.Oldest())
+	}
+	p.Reserve(&a, 30) // a's data arrived: a is the newest now
+	if p.Over() != 10 || p.Oldest() != "b" {
+		t.Fatalf("over %d, oldest %v; want 10, b", p.Over(), p.Oldest())
+	}
+	p.Release(&b)
+	if p.Over() != 0 || p.Oldest() != "c" {
+		t.Fatalf("over %d, oldest %v; want 0, c", p.Over(), p.Oldest())
+	}
+	p.Release(&a)
+	p.Release(&c)
+	if p.Oldest() != nil || p.Used() != 0 {
+		t.Fatalf("after releasing all: oldest %v, used %d", p.Oldest(), p.Used())
+	}
+}

@@ -145,6 +145,7 @@ func (d *Decoder) conn(sc *stream.Conn) *Conn {
 	for i := range c.dirs {
 		dir := &c.dirs[i]
 		dir.init()
+		dir.share.Owner = sc // what the budget evicts to take it back
 		if d.newPeer != nil {
 			dir.peer = d.newPeer()
 			dir.dec.SetResolver(dir.peer)

@@ -104,6 +104,7 @@ func (m *mux) conn(c *stream.Conn) *muxConn {
 	mc := m.conns[c]
 	if mc == nil {
 		mc = &muxConn{}
+		mc.share.Owner = c // what the budget evicts to take it back
 		m.conns[c] = mc
 	}
 	return mc

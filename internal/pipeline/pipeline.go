@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
 	"github.com/containerdsnoop/containerdsnoop/internal/callfilter"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
@@ -82,6 +83,8 @@ type Pipeline struct {
 	// HeldDropped counts bytes of undecided chunks dropped because the
 	// bounds on what is held were reached.
 	HeldDropped uint64
+	// Swept counts the connections Sweep freed.
+	Swept uint64
 	// SweepDead lets Sweep free connections whose processes have exited.
 	// Set it only for a live trace in the initial PID namespace (see
 	// InitPIDNamespace): elsewhere every pid would look dead, and a
@@ -182,6 +185,7 @@ func (p *Pipeline) Feed(ev *capture.Event) {
 		return
 	}
 	p.asm.Feed(ev)
+	p.reclaim()
 	if ev.Time.Sub(p.lastExpiry) > time.Minute {
 		p.lastExpiry = ev.Time
 		p.asm.Expire(ev.Time.Add(-IdleTimeout))
@@ -189,6 +193,36 @@ func (p *Pipeline) Feed(ev *capture.Event) {
 		p.calls.Expire(ev.Time.Add(-HeldTimeout))
 	}
 	p.Sweep(ev.Time)
+}
+
+// maxReclaim bounds the connections one reclaim drops: an event grows
+// what is held by at most a frame and a message per direction, so a few
+// evictions bring a pool back under its limit.
+const maxReclaim = 64
+
+// reclaim keeps what partly received data holds within its budgets: small
+// frames and messages are never refused (real traffic must not depend on
+// the budget), so when they take a pool past its limit the connection
+// holding the least recently grown share is dropped (counted in
+// budget.PartialConns), as if evicted for MaxConns. A holder whose data
+// keeps arriving is never the oldest; one left half sent (an attacker's)
+// drifts to the front. Without this, 16,384 connections each holding
+// 16 KiB frames both ways would hold 512 MiB.
+func (p *Pipeline) reclaim() {
+	for _, pool := range [...]*budget.Pool{budget.PartialFrames, budget.PartialMessages} {
+		for range maxReclaim {
+			if pool.Over() == 0 {
+				break
+			}
+			// Another pipeline's connection (only in tests, which run
+			// several) is left to that pipeline.
+			c, ok := pool.Oldest().(*stream.Conn)
+			if !ok || !p.asm.Evict(c) {
+				break
+			}
+			budget.PartialConns.Add(1)
+		}
+	}
 }
 
 // SweepIdle is how long a connection must be silent before Sweep checks
@@ -210,10 +244,14 @@ func (p *Pipeline) Sweep(now time.Time) {
 		return
 	}
 	p.lastSweep = now
-	p.asm.Sweep(now.Add(-SweepIdle), func(c *stream.Conn) bool {
+	p.Swept += uint64(p.asm.Sweep(now.Add(-SweepIdle), func(c *stream.Conn) bool {
 		return !alive(c.Ends[0].PID) && !alive(c.Ends[1].PID)
-	})
+	}))
 }
+
+// HeldCalls is how many calls --errors and --slow hold the lines of now,
+// waiting for their ends.
+func (p *Pipeline) HeldCalls() int { return p.calls.Held() }
 
 // InitPIDNamespace reports whether this process runs in the kernel's
 // initial PID namespace, whose pids the capture reports: its namespace

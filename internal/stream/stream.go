@@ -14,6 +14,7 @@ import (
 	"container/list"
 	"time"
 
+	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 )
 
@@ -102,7 +103,8 @@ type Assembler struct {
 	// than a scan of all of them (a process can keep thousands open).
 	lru list.List
 	// MaxConns bounds memory on nodes with many short-lived clients: past
-	// it, the least recently active connection is dropped.
+	// it, the least recently active connection is dropped (counted in
+	// budget.Conns).
 	MaxConns int
 }
 
@@ -202,19 +204,22 @@ func (a *Assembler) Expire(cutoff time.Time) {
 // Sweep drops the connections idle since before cutoff for which dead
 // says so (e.g. both processes have exited without closing their
 // sockets, which the kernel then closes without a close() to trace).
-// Connections active since cutoff are not looked at.
-func (a *Assembler) Sweep(cutoff time.Time, dead func(*Conn) bool) {
+// Connections active since cutoff are not looked at. It returns how many
+// it dropped.
+func (a *Assembler) Sweep(cutoff time.Time, dead func(*Conn) bool) (n int) {
 	for e := a.lru.Front(); e != nil; {
 		c := e.Value.(*Conn)
 		if !c.Last.Before(cutoff) {
-			return
+			return n
 		}
 		e = e.Next()
 		if dead(c) {
 			c.Closed = true
 			a.drop(c.k, c)
+			n++
 		}
 	}
+	return n
 }
 
 // Len is the number of connections tracked.
@@ -233,9 +238,21 @@ func (a *Assembler) drop(k key, c *Conn) {
 	a.lru.Remove(c.el)
 }
 
+// evictOldest makes room past MaxConns, counted in budget.Conns.
 func (a *Assembler) evictOldest() {
 	if e := a.lru.Front(); e != nil {
 		c := e.Value.(*Conn)
 		a.drop(c.k, c)
+		budget.Conns.Add(1)
 	}
+}
+
+// Evict drops c, as evictOldest would, and reports whether c was one of
+// this Assembler's connections.
+func (a *Assembler) Evict(c *Conn) bool {
+	if a.conns[c.k] != c {
+		return false
+	}
+	a.drop(c.k, c)
+	return true
 }

@@ -78,6 +78,9 @@ func (d *Decoder) state(sc *stream.Conn) *conn {
 		return s
 	}
 	s := &conn{sc: sc}
+	for i := range s.dirs {
+		s.dirs[i].share.Owner = sc // what the budget evicts to take it back
+	}
 	sc.State = s
 	return s
 }
