@@ -261,6 +261,21 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 		}
 		return files.flush()
 	}
+	// With -v, say when the state of exited processes' connections is
+	// freed, and what --errors/--slow still hold: what an operator (or a
+	// test) checks to see that nothing is kept for the dead.
+	var swept uint64
+	logSwept := func() {
+		if opts.Logf == nil || p.Swept == swept {
+			return
+		}
+		held := ""
+		if filter.Calls.Errors || filter.Calls.Slow > 0 {
+			held = fmt.Sprintf("; %d calls held for --errors/--slow", p.HeldCalls())
+		}
+		opts.Logf("freed the state of %d connections of processes that exited without closing them%s", p.Swept-swept, held)
+		swept = p.Swept
+	}
 	var ev capture.Event
 	for {
 		err := tracer.Read(&ev)
@@ -270,6 +285,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 			}
 			// Free the state of connections whose processes are gone.
 			p.Sweep(time.Now())
+			logSwept()
 			if err := flush(); err != nil {
 				return err
 			}
