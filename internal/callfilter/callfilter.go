@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
@@ -121,7 +122,7 @@ func (f *Filter) hold(k key, r *call.Record) {
 	if len(h.recs) >= maxHeld {
 		return
 	}
-	n := max(r.WireBytes, 1)
+	n := heldSize(r)
 	h.recs = append(h.recs, r)
 	h.bytes += n
 	f.bytes += n
@@ -129,6 +130,21 @@ func (f *Filter) hold(k key, r *call.Record) {
 		f.release(f.order.Front().Value.(*heldCall))
 		budget.HeldCalls.Add(1)
 	}
+}
+
+// heldSize is what a held line counts against maxHeldBytes: its size on
+// the wire, or, for a record that does not carry it (ttrpc's), what it
+// holds (its raw bytes and its decoded message, encoded). Counting such
+// lines as one byte let --errors hold 4,096 calls of up to 4 MiB each.
+func heldSize(r *call.Record) int {
+	n := r.WireBytes
+	if n == 0 {
+		n = len(r.Raw)
+		if r.Message != nil {
+			n += proto.Size(r.Message)
+		}
+	}
+	return max(n, 1)
 }
 
 func (f *Filter) release(h *heldCall) {

@@ -114,3 +114,18 @@ func TestHeldBounded(t *testing.T) {
 		t.Fatalf("after expiry: %d held, %d bytes", f.Held(), f.bytes)
 	}
 }
+
+// TestHeldSizeWithoutWireBytes: a line that does not say its wire size
+// (ttrpc's) counts what it holds against the byte cap: 100 requests of
+// 4 MiB held as raw bytes do not pass it (counted as a byte each, they
+// all stayed held).
+func TestHeldSizeWithoutWireBytes(t *testing.T) {
+	f := New(Options{Errors: true}, func(*call.Record) {})
+	raw := make([]byte, 4<<20)
+	for s := range uint32(100) {
+		f.Add(&call.Record{Conn: 1, Stream: s, Protocol: "ttrpc", Type: call.Request, Raw: raw})
+	}
+	if f.bytes > maxHeldBytes || f.Held() > maxHeldBytes/len(raw) {
+		t.Fatalf("%d calls, %d bytes held; the cap is %d bytes", f.Held(), f.bytes, maxHeldBytes)
+	}
+}
