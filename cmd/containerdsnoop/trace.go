@@ -276,6 +276,19 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 		opts.Logf("freed the state of %d connections of processes that exited without closing them%s", p.Swept-swept, held)
 		swept = p.Swept
 	}
+	// Once a sweep has freed connections of exited processes (an
+	// attacker's state among them, perhaps), the memory goes back to the
+	// system when the capture is idle, at most every 10 s: left to
+	// itself, an idle runtime would run no collection and keep it
+	// (docs/security.md).
+	var freedSwept uint64
+	var lastFree time.Time
+	giveBack := func() {
+		if p.Swept != freedSwept && time.Since(lastFree) >= 10*time.Second {
+			debug.FreeOSMemory()
+			freedSwept, lastFree = p.Swept, time.Now()
+		}
+	}
 	var ev capture.Event
 	for {
 		err := tracer.Read(&ev)
@@ -286,6 +299,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 			// Free the state of connections whose processes are gone.
 			p.Sweep(time.Now())
 			logSwept()
+			giveBack()
 			if err := flush(); err != nil {
 				return err
 			}
