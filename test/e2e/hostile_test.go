@@ -5,14 +5,11 @@ package e2e
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -22,14 +19,14 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protowire"
 
-	"github.com/containerdsnoop/containerdsnoop/internal/termsafe"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/containerdtest"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/privileged"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
 )
 
 // attackEnv, when set, turns the test binary into the attacker (see
-// runAttack), run as nobody by TestHostileAttacks.
+// runAttack), run as nobody by TestHostileAttacks; its value names the
+// attack (1: runAttack's own; the others: attacks).
 const attackEnv = "CONTAINERDSNOOP_E2E_ATTACK"
 
 // The attacker's strings (docs/security.md): a comm that would retitle and
@@ -51,31 +48,18 @@ const (
 // exits without closing its sockets.
 func runAttack() int {
 	// Wait for the go: the test starts the tracer on this pid first.
-	var go1 [1]byte
-	os.Stdin.Read(go1[:])
+	step()
+	if a := attacks[os.Getenv(attackEnv)]; a != nil {
+		return a()
+	}
 	name := append([]byte(attackComm), 0)
 	unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&name[0])), 0, 0, 0)
 	send := func(b []byte) error {
-		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+		fd, _, err := pair(true)
 		if err != nil {
 			return err
 		}
-		go func() { // the peer drains, so that writes never block
-			buf := make([]byte, 1<<20)
-			for {
-				if n, err := unix.Read(fds[1], buf); n <= 0 || err != nil {
-					return
-				}
-			}
-		}()
-		for len(b) > 0 {
-			n, err := unix.Write(fds[0], b[:min(len(b), 1<<20)])
-			if err != nil {
-				return err
-			}
-			b = b[n:]
-		}
-		return nil
+		return writeAll(fd, b)
 	}
 
 	var h bytes.Buffer
@@ -167,88 +151,32 @@ func TestHostileAttacks(t *testing.T) {
 	privileged.Require(t)
 	ctrBin := privileged.RequireBinary(t, "ctr")
 	c := containerdtest.Start(t)
-
-	// The test binary's own directory is private to root: nobody runs a
-	// copy from the binary directory, which TestMain opens to everyone.
-	self, err := os.ReadFile(os.Args[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	attackBin := filepath.Join(binDir, "attacker")
-	if err := os.WriteFile(attackBin, self, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	attacker := exec.Command(attackBin)
-	attacker.Env = append(os.Environ(), attackEnv+"=1")
-	attacker.Dir = "/"
-	attacker.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	var attackErr bytes.Buffer
-	attacker.Stderr = &attackErr
-	goAttack, err := attacker.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := attacker.Start(); err != nil {
-		t.Fatal(err)
-	}
+	a := startAttacker(t, "1")
 	// Only the attacker's and containerd's connections (ctr's included):
 	// the tracer sees every unix socket on the machine, and other tests'
 	// traffic would make its memory say nothing about the attack.
-	tr := startTracer(t, "--full", "--summary", "--pid", strconv.Itoa(attacker.Process.Pid), "--pid", strconv.Itoa(c.PID))
-	pid := tr.cmd.Process.Pid
-	baseline := procStatus(t, pid, "VmRSS")
-	cpu0 := cpuTime(t, pid)
-	goAttack.Write([]byte{1})
-	goAttack.Close()
+	tr := startTracer(t, "--full", "--summary", "--pid", strconv.Itoa(a.cmd.Process.Pid), "--pid", strconv.Itoa(c.PID))
+	cost := startCost(t, tr)
+	a.tell()
 	// The concurrent real client: ctr, against containerd, during the attack.
-	var ctrPIDs []int
+	var calls []ctrCall
 	for range 5 {
-		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-		cmd := exec.CommandContext(ctx, ctrBin, "--address", c.Socket, "version")
-		if err := cmd.Start(); err != nil {
-			cancel()
+		call, err := probeCtr(t.Context(), ctrBin, c.Socket, false)
+		if err != nil {
 			t.Fatal(err)
 		}
-		ctrPIDs = append(ctrPIDs, cmd.Process.Pid)
-		err := cmd.Wait()
-		cancel()
-		if err != nil {
-			t.Fatalf("ctr version: %v", err)
-		}
+		calls = append(calls, call)
 	}
-	if err := attacker.Wait(); err != nil {
-		t.Fatalf("attacker: %v: %s", err, attackErr.String())
-	}
+	a.wait(t)
 
 	// The ttrpc calls were sent last: once they show, the rest was read.
 	tr.waitText("the attacker's ttrpc calls", func(s string) bool {
 		return strings.Contains(s, `container=id\x1b]0;x\x07`) && strings.Contains(s, `/svc\u009b31m/M\u202egnp`)
 	})
-	peak := procStatus(t, pid, "VmHWM")
-	t.Logf("tracer RSS: %d MiB before, peak %d MiB (now %d MiB anonymous, %d MiB file and shared mappings: the binary, the ring buffer); CPU during the attack %v",
-		baseline>>20, peak>>20, procStatus(t, pid, "RssAnon")>>20, (procStatus(t, pid, "RssFile")+procStatus(t, pid, "RssShmem"))>>20, cpuTime(t, pid)-cpu0)
 	// What the attack may add: the decoders' limits hold a few MiB of it
-	// at a time (before them: 3 GB). What the tracer holds at rest (the
-	// binary, the ring buffer, the BPF maps) is not the
-	// attack's doing.
-	if grew := peak - baseline; grew > 32<<20 {
-		t.Errorf("the attack grew the tracer's RSS by %d MiB (from %d to %d MiB)", grew>>20, baseline>>20, peak>>20)
-	}
-	for _, p := range ctrPIDs {
-		tr.waitText(fmt.Sprintf("ctr %d's Version call", p), func(s string) bool {
-			req, resp := false, false
-			for _, l := range strings.Split(s, "\n") {
-				f := strings.Fields(l)
-				// TIMESTAMP COMM PID TID PEER TYPE STREAM METHOD [STATUS ...]
-				if len(f) < 8 || f[7] != "/containerd.services.version.v1.Version/Version" {
-					continue
-				}
-				req = req || f[2] == strconv.Itoa(p) && f[5] == "REQ"
-				resp = resp || len(f) > 8 && f[4] == strconv.Itoa(p) && f[5] == "RESP" && f[8] == "OK"
-			}
-			return req && resp
-		})
-	}
+	// at a time (before them: 3 GB).
+	cost.check(t, 32<<20)
+	waitCtrCalls(tr, calls)
 	// The attacker exited without close(): its open call ends, and its
 	// connections' state is freed, within seconds.
 	exited := time.Now()
@@ -261,24 +189,10 @@ func TestHostileAttacks(t *testing.T) {
 		return false
 	})
 	t.Logf("the attacker's connection freed %v after it exited", time.Since(exited).Round(100*time.Millisecond))
-	deadline := time.Now().Add(20 * time.Second)
-	for rss := procStatus(t, pid, "VmRSS"); rss > baseline+64<<20; rss = procStatus(t, pid, "VmRSS") {
-		if time.Now().After(deadline) {
-			// The tracer sees every unix socket on the machine: say what
-			// else it was decoding.
-			t.Errorf("tracer RSS %d MiB 20 s after the attack, %d MiB before it; stderr:\n%s\nlast output:\n%s", rss>>20, baseline>>20,
-				indent(tr.Stderr()), indent(lastLines(tr.Stdout(), 30)))
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	cost.waitBack(t, 64<<20)
 
 	out := tr.stop(os.Interrupt)
-	for _, l := range append(lines(out), lines(tr.Stderr())...) {
-		if !termsafe.Safe(l) {
-			t.Errorf("control character reached the terminal: %q", l)
-		}
-	}
+	checkTerminalSafe(t, out, tr.Stderr())
 	if !strings.Contains(tr.Stderr(), "dropped 2 HTTP/2 header blocks over the size limit") {
 		t.Errorf("the dropped header blocks are not reported; stderr:\n%s", indent(tr.Stderr()))
 	}
