@@ -103,7 +103,7 @@ func TestHostileHeldCalls(t *testing.T) {
 	ctrBin := privileged.RequireBinary(t, "ctr")
 	c := containerdtest.Start(t)
 	a := startAttacker(t, "held")
-	tr := startTracer(t, "--errors", "-v", "--pid", strconv.Itoa(a.cmd.Process.Pid), "--pid", strconv.Itoa(c.PID))
+	tr := startTracer(t, "--errors", "-v", "--peer-probes=false", "--pid", strconv.Itoa(a.cmd.Process.Pid), "--pid", strconv.Itoa(c.PID))
 	cost := startCost(t, tr)
 	stop := make(chan struct{})
 	ctrDone := ctrLoop(t, ctrBin, c.Socket, false, stop)
@@ -148,7 +148,7 @@ const (
 	partialMsgStreams = 8
 	partialH2Conns    = 100
 	partialTTRPCConns = 40
-	partialSmallConns = 2100
+	partialSmallConns = 9000
 )
 
 // attackPartial holds partly received data of every kind, then exits
@@ -157,9 +157,9 @@ const (
 // for partial messages after three), 64 KiB of each trickled in 4 KiB
 // DATA frames; 100 HTTP/2 connections whose server allows 1 MiB frames
 // holding the first 256 KiB of one; 40 ttrpc connections holding the
-// first 1 MiB of a 4 MiB frame; 2,100 ttrpc connections each holding all
-// but 100 bytes of a 16 KiB frame (which is never refused, 34 MiB in all:
-// past the budget the oldest holders' connections are dropped).
+// first 1 MiB of a 4 MiB frame; 9,000 ttrpc connections each holding all
+// but 100 bytes of a 16 KiB frame (which is never refused, 144 MiB in
+// all: past the budget the oldest holders' connections are dropped).
 func attackPartial() int {
 	return attackRun(partialMessages, partialH2Frames, partialTTRPCFrames, partialSmall)
 }
@@ -289,9 +289,10 @@ func partialSmall() error {
 }
 
 // TestHostilePartial: attackPartial as nobody against the live tracer,
-// while ctr calls containerd. The attack adds at most 64 MiB to the
-// tracer's RSS (it sends 97 MiB, which the tracer held whole before the
-// budgets for partly received data), which comes back near where it was
+// while ctr calls containerd. The attack adds at most 120 MiB to the
+// tracer's RSS (it sends 214 MiB, which the tracer held whole before the
+// budgets for partly received data, and 144 MiB of which it held before
+// frames under 16 KiB counted), which comes back near where it was
 // within seconds of the attacker's exit; every stream's call is shown,
 // those whose message was skipped with its size and why, also though the
 // message never finishes; the frames skipped, the messages skipped and
@@ -301,9 +302,10 @@ func partialSmall() error {
 func TestHostilePartial(t *testing.T) {
 	privileged.Require(t)
 	ctrBin := privileged.RequireBinary(t, "ctr")
+	needFiles(t, 2*(partialMsgConns+partialH2Conns+partialTTRPCConns+partialSmallConns)+1024)
 	c := containerdtest.Start(t)
 	a := startAttacker(t, "partial")
-	tr := startTracer(t, "--summary", "-v", "--pid", strconv.Itoa(a.cmd.Process.Pid), "--pid", strconv.Itoa(c.PID))
+	tr := startTracer(t, "--summary", "-v", "--peer-probes=false", "--pid", strconv.Itoa(a.cmd.Process.Pid), "--pid", strconv.Itoa(c.PID))
 	cost := startCost(t, tr)
 	stop := make(chan struct{})
 	ctrDone := ctrLoop(t, ctrBin, c.Socket, true, stop)
@@ -312,7 +314,7 @@ func TestHostilePartial(t *testing.T) {
 	close(stop)
 	calls := ctrDone()
 	waitCtrCalls(tr, calls)
-	cost.check(t, 64<<20)
+	cost.check(t, 120<<20)
 	a.tell()
 	a.wait(t)
 	exited := time.Now()
@@ -394,31 +396,18 @@ func attackConns() int {
 // (every ctr call is shown whole, and each sync point the attackers wait
 // for), the connections past 16,384 are evicted (least recently active,
 // O(1)) and counted on stderr and in the summary, the attack adds at most
-// 96 MiB to the tracer's RSS, and the attackers' connections are freed
+// 64 MiB to the tracer's RSS, and the attackers' connections are freed
 // once they have exited (-v says how many), its RSS back near where it
 // was.
 func TestHostileManyConns(t *testing.T) {
 	privileged.Require(t)
 	ctrBin := privileged.RequireBinary(t, "ctr")
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		t.Fatal(err)
-	}
-	if want := uint64(2*manyConns + 1024); lim.Max < want {
-		// The attackers inherit it (syscall.Setrlimit, not x/sys/unix's,
-		// so that os/exec does not restore the old one in children).
-		was := lim
-		lim = syscall.Rlimit{Cur: want, Max: want}
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-			t.Fatalf("raise RLIMIT_NOFILE to %d for the attackers: %v", want, err)
-		}
-		t.Cleanup(func() { syscall.Setrlimit(syscall.RLIMIT_NOFILE, &was) })
-	}
+	needFiles(t, 2*manyConns+1024)
 	c := containerdtest.Start(t)
 	a1, a2 := startAttacker(t, "conns"), startAttacker(t, "conns")
 	// The attackers' Connect calls are decoded, not printed: 18,000
 	// lines would only slow the test down.
-	tr := startTracer(t, "--summary", "-v", "--method", "Version|Containers/Get|Task/State",
+	tr := startTracer(t, "--summary", "-v", "--peer-probes=false", "--method", "Version|Containers/Get|Task/State",
 		"--pid", strconv.Itoa(a1.cmd.Process.Pid), "--pid", strconv.Itoa(a2.cmd.Process.Pid), "--pid", strconv.Itoa(c.PID))
 	cost := startCost(t, tr)
 	stop := make(chan struct{})
@@ -430,7 +419,7 @@ func TestHostileManyConns(t *testing.T) {
 	close(stop)
 	calls := ctrDone()
 	waitCtrCalls(tr, calls)
-	cost.check(t, 96<<20)
+	cost.check(t, 64<<20)
 	for _, a := range []*attacker{a1, a2} {
 		a.tell()
 		a.wait(t)
@@ -457,4 +446,25 @@ func TestHostileManyConns(t *testing.T) {
 	if !regexp.MustCompile(`DROPPED \d+ connections past the limit of 16384`).MatchString(out) {
 		t.Errorf("the summary does not report the evictions:\n%s", indent(lastLines(out, 20)))
 	}
+}
+
+// needFiles makes sure an attacker may open n descriptors: they inherit
+// the hard RLIMIT_NOFILE, which an unprivileged process may not raise
+// (and which Go raises the soft limit to), so the test raises it if
+// needed. syscall.Setrlimit, not x/sys/unix's, so that os/exec does not
+// restore the old limit in children.
+func needFiles(t *testing.T, n uint64) {
+	t.Helper()
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	if lim.Max >= n {
+		return
+	}
+	was := lim
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: n, Max: n}); err != nil {
+		t.Fatalf("raise RLIMIT_NOFILE to %d for the attackers: %v", n, err)
+	}
+	t.Cleanup(func() { syscall.Setrlimit(syscall.RLIMIT_NOFILE, &was) })
 }
