@@ -98,7 +98,7 @@ type Pool struct {
 }
 
 // NewPool returns a Pool of limit bytes whose holders of up to small
-// bytes always fit.
+// bytes are never refused.
 func NewPool(limit, small int64) *Pool {
 	p := &Pool{limit: limit, small: small}
 	p.lru.prev, p.lru.next = &p.lru, &p.lru
@@ -203,8 +203,8 @@ var (
 	Messages     = counter("grpc_message", "gRPC messages over the size limit (shown by size, not decoded)")
 	PartFrames   = counter("partial_frame", "HTTP/2 and ttrpc frames over the budget for partly received frames (skipped)")
 	HeldCalls    = counter("held_request", "requests held for --errors/--slow (their ends print alone)")
-	PartialConns = counter("partial_conn", "connections dropped to keep partly received data within its budget (the least recently active holder; later bytes decoded as joined mid-stream)")
-	Conns        = counter("connection", "connections over the limit of 16384 (the least recently active dropped; later bytes decoded as joined mid-stream)")
+	PartialConns = counter("partial_conn", "connections holding partly received data past its budget (the least recently active holders; their later bytes decoded as joined mid-stream)")
+	Conns        = counter("connection", "connections past the limit of 16384 (the least recently active; their later bytes decoded as joined mid-stream)")
 )
 
 // Drop is one nonzero counter.
