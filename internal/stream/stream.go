@@ -126,7 +126,7 @@ func (a *Assembler) Feed(ev *capture.Event) {
 		}
 		return
 	}
-	if c != nil && ev.Restart && ev.Offset == 0 && c.endOf(ev.Sock).started {
+	if c != nil && (ev.Restart && ev.Offset == 0 && c.endOf(ev.Sock).started || c.stale(ev)) {
 		// The kernel started this socket's stream over: a new socket at
 		// the address of a closed one. Nothing of the old state applies.
 		a.drop(k, c)
@@ -181,6 +181,27 @@ func (a *Assembler) Feed(ev *capture.Event) {
 	if len(ev.Data) > 0 {
 		a.sink.Bytes(c, end, ev, ev.Data)
 	}
+}
+
+// stale reports whether ev is from other sockets than c's, at the same
+// addresses: an inode the event names differs from the one c knows for
+// that end. A socket pair's two addresses can both be reused at once by
+// a new pair (the kernel's allocator hands freed memory out again first):
+// when the old end at the new sender's address never sent, the kernel's
+// restart of its stream says nothing to an end that never started, and
+// without the inodes the new connection's bytes would continue the old
+// one's (a ttrpc call decoded as HTTP/2, and lost).
+func (c *Conn) stale(ev *capture.Event) bool {
+	e := c.endOf(ev.Sock)
+	p := &c.Ends[Peer(c.endIndex(e))]
+	return e.Ino != 0 && ev.Ino != 0 && e.Ino != ev.Ino || p.Ino != 0 && ev.PeerIno != 0 && p.Ino != ev.PeerIno
+}
+
+func (c *Conn) endIndex(e *End) int {
+	if e == &c.Ends[1] {
+		return 1
+	}
+	return 0
 }
 
 func (c *Conn) endOf(sock uint64) *End {

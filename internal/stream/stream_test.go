@@ -113,3 +113,24 @@ func BenchmarkManyConns(b *testing.B) {
 		a.Feed(e)
 	}
 }
+
+// TestAssemblerReusedPair: a new socket pair at both addresses of an old
+// connection whose one end never sent (a client that exited before its
+// server answered) is a new connection, told by the inodes: the old end
+// never started, so the kernel's restart alone could not say so.
+func TestAssemblerReusedPair(t *testing.T) {
+	var l logSink
+	a := New(&l)
+	old := ev(1, 2, 0, "preface")
+	old.Ino, old.PeerIno = 11, 12
+	a.Feed(old)
+	// Socket 2 never sent. A new pair takes both addresses; its end at
+	// socket 2's address sends first.
+	fresh := ev(2, 1, 0, "ttrpc")
+	fresh.Ino, fresh.PeerIno, fresh.Restart = 22, 21, true
+	a.Feed(fresh)
+	want := []string{`c1 e0 "preface"`, `c1 closed false`, `c2 e0 "ttrpc"`}
+	if got := strings.Join(l.log, "\n"); got != strings.Join(want, "\n") {
+		t.Fatalf("got\n%s\nwant\n%s", got, strings.Join(want, "\n"))
+	}
+}

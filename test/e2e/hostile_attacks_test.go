@@ -47,12 +47,12 @@ func attackRun(steps ...func() error) int {
 
 const (
 	heldConns   = 64
-	heldCalls   = 12
+	heldCalls   = 8
 	heldPayload = 256 << 10
 )
 
-// attackHeld opens 64 ttrpc connections and leaves 12 calls open on
-// each, each request carrying 256 KiB (192 MiB in all, six times what
+// attackHeld opens 64 ttrpc connections and leaves 8 calls open on
+// each, each request carrying 256 KiB (128 MiB in all, four times what
 // --errors and --slow may hold). Once told, it closes every other connection,
 // and exits without closing the rest.
 func attackHeld() int {
@@ -70,7 +70,7 @@ func attackHeld() int {
 					return err
 				}
 			}
-			if i%2 == 1 { // 6 MiB a batch
+			if i%2 == 1 { // 4 MiB a batch
 				if err := syncPoint(); err != nil {
 					return err
 				}
@@ -91,7 +91,7 @@ func attackHeld() int {
 // and half left to the attacker's exit, while the tracer runs with
 // --errors and ctr makes failing calls. The attack adds at most 128 MiB
 // to the tracer's RSS (what --errors holds is capped at 32 MiB of
-// messages; the 192 MiB sent were held whole before the caps, and while
+// messages; the 128 MiB sent were held whole before the caps, and while
 // ttrpc lines counted as a byte each), the calls past the caps are
 // reported as dropped, and once the attacker is gone nothing is held:
 // the closed connections' calls were released at their close, the others
