@@ -46,14 +46,14 @@ func TestAttachToDockerd(t *testing.T) {
 	for i := 0; time.Since(attached) < attachWindow; i++ {
 		lifecycle(fmt.Sprintf("after-%d", i))
 	}
-	fullRecs, lateRecs, until := markEnd(t, c, full, late)
+	fullRecs, _, until := markEnd(t, c, full, late)
 	checkBlind(t, "dockerd", fullRecs, blind, d.PID, attached, until)
 	blind.stop(os.Interrupt)
 	late.stop(os.Interrupt)
 	full.stop(os.Interrupt)
 	// What the late tracer still held for its peer fields (up to 5 s) is
 	// printed by the time it exits.
-	lateRecs = late.records()
+	lateRecs := late.records()
 
 	rep := compareAttach(t, fullRecs, lateRecs, d.PID, attached, until, attachWindow)
 	t.Logf("dockerd %s", rep)

@@ -53,14 +53,14 @@ func TestAttachToKubelet(t *testing.T) {
 	// and the comparison with its log is exact.
 	stopping := time.Now()
 	k.Stop(t)
-	fullRecs, lateRecs, until := markEnd(t, c, full, late)
+	fullRecs, _, until := markEnd(t, c, full, late)
 	checkBlind(t, "kubelet", fullRecs, blind, k.PID, attached, until)
 	blind.stop(os.Interrupt)
 	late.stop(os.Interrupt)
 	full.stop(os.Interrupt)
 	// What the late tracer still held for its peer fields (up to 5 s) is
 	// printed by the time it exits.
-	lateRecs = late.records()
+	lateRecs := late.records()
 
 	rep := compareAttach(t, fullRecs, lateRecs, k.PID, attached, until, attachWindow)
 	t.Logf("kubelet %s %s", k.Version, rep)

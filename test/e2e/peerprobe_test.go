@@ -112,7 +112,7 @@ func runAttach(t *testing.T, c *containerdtest.Containerd, client string, before
 	}
 	pid := cmd.Process.Pid
 	last := uint32(2*(before+after) - 1)
-	recs := tr.waitRecords("the last call's response", func(recs []*record) bool {
+	tr.waitRecords("the last call's response", func(recs []*record) bool {
 		for _, r := range recs {
 			if r.Stream == last && r.Type == "response" && int(r.PeerPID) == pid {
 				return true
@@ -121,7 +121,7 @@ func runAttach(t *testing.T, c *containerdtest.Containerd, client string, before
 		return false
 	})
 	tr.stop(os.Interrupt)
-	recs = tr.records() // with anything held for peer fields
+	recs := tr.records() // with anything held for peer fields
 	var mine []*record
 	for _, r := range recs {
 		if int(r.PID) == pid || int(r.PeerPID) == pid {
