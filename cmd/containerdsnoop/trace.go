@@ -289,6 +289,20 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 			freedSwept, lastFree = p.Swept, time.Now()
 		}
 	}
+	// Sweeping frees the state of connections whose processes are gone
+	// and delivers events held for peer fields that are due. It runs when
+	// the capture is idle, and on a node whose unix traffic never lets it
+	// be idle (other daemons' sockets keep the reader busy) every
+	// sweepEvery events at most every sweepBusy: otherwise an exited
+	// process's connections would never be freed there.
+	const sweepEvery, sweepBusy = 256, 100 * time.Millisecond
+	var sinceSweep int
+	var lastSweep time.Time
+	sweep := func(now time.Time) {
+		p.Sweep(now)
+		logSwept()
+		sinceSweep, lastSweep = 0, now
+	}
 	var ev capture.Event
 	for {
 		err := tracer.Read(&ev)
@@ -296,9 +310,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 			if stopping.Load() {
 				break
 			}
-			// Free the state of connections whose processes are gone.
-			p.Sweep(time.Now())
-			logSwept()
+			sweep(time.Now())
 			giveBack()
 			if err := flush(); err != nil {
 				return err
@@ -318,6 +330,13 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 		p.Feed(&ev)
 		if err := p.Err(); err != nil {
 			return fmt.Errorf("write output: %w", err)
+		}
+		if sinceSweep++; sinceSweep >= sweepEvery {
+			if now := time.Now(); now.Sub(lastSweep) >= sweepBusy {
+				sweep(now)
+			} else {
+				sinceSweep = 0
+			}
 		}
 		if tracer.Pending() == 0 {
 			if stopping.Load() {

@@ -126,11 +126,20 @@ func (a *Assembler) Feed(ev *capture.Event) {
 		}
 		return
 	}
-	if c != nil && (ev.Restart && ev.Offset == 0 && c.endOf(ev.Sock).started || c.stale(ev)) {
-		// The kernel started this socket's stream over: a new socket at
-		// the address of a closed one. Nothing of the old state applies.
-		a.drop(k, c)
-		c = nil
+	if c != nil {
+		stale := c.stale(ev)
+		if stale || ev.Restart && ev.Offset == 0 && c.endOf(ev.Sock).started {
+			// The kernel started this socket's stream over: a new socket
+			// at the address of a closed one (or its counter for the same
+			// socket was evicted). Nothing of the old state applies. An
+			// inode that differs proves the old socket is gone, so its
+			// calls still open end as by a close, with a line saying so
+			// (an exited process's sockets are reused within moments); a
+			// restart alone proves nothing, and nothing is claimed.
+			c.Closed = stale
+			a.drop(k, c)
+			c = nil
+		}
 	}
 	if c == nil {
 		if len(a.conns) >= a.MaxConns {

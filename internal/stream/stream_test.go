@@ -129,7 +129,26 @@ func TestAssemblerReusedPair(t *testing.T) {
 	fresh := ev(2, 1, 0, "ttrpc")
 	fresh.Ino, fresh.PeerIno, fresh.Restart = 22, 21, true
 	a.Feed(fresh)
-	want := []string{`c1 e0 "preface"`, `c1 closed false`, `c2 e0 "ttrpc"`}
+	// Other inodes prove the old sockets gone: the old connection ends
+	// as by a close (its open calls get their closing line).
+	want := []string{`c1 e0 "preface"`, `c1 closed true`, `c2 e0 "ttrpc"`}
+	if got := strings.Join(l.log, "\n"); got != strings.Join(want, "\n") {
+		t.Fatalf("got\n%s\nwant\n%s", got, strings.Join(want, "\n"))
+	}
+}
+
+// A restart of the same socket's counter (the kernel evicted it; same
+// inode) starts the connection over but claims no close.
+func TestAssemblerRestartSameSocket(t *testing.T) {
+	var l logSink
+	a := New(&l)
+	first := ev(1, 2, 0, "first")
+	first.Ino, first.PeerIno = 11, 12
+	a.Feed(first)
+	again := ev(1, 2, 0, "again")
+	again.Ino, again.PeerIno, again.Restart = 11, 12, true
+	a.Feed(again)
+	want := []string{`c1 e0 "first"`, `c1 closed false`, `c2 e0 "again"`}
 	if got := strings.Join(l.log, "\n"); got != strings.Join(want, "\n") {
 		t.Fatalf("got\n%s\nwant\n%s", got, strings.Join(want, "\n"))
 	}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -381,4 +382,54 @@ func checkTerminalSafe(t *testing.T, texts ...string) {
 			}
 		}
 	}
+}
+
+// startBusyNeighbour keeps the tracer from ever being idle, as the unix
+// traffic of other daemons does on a real node: a connection accepted
+// before the tracer starts (so the kernel cannot tell which process reads
+// it, and a --pid tracer is sent its bytes to decide) carries 512-byte
+// writes back to back until the test ends. Call it before startTracer.
+// Work the tracer does only when idle (freeing the state of exited
+// processes' connections) would then never be done.
+func startBusyNeighbour(t *testing.T) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "neighbour.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Close()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go io.Copy(io.Discard, server)
+	go func() {
+		defer close(done)
+		// As fast as the tracer can take it: a pause of the poll interval
+		// (20 ms) would let it be idle.
+		b := make([]byte, 512)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := client.Write(b); err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		close(stop)
+		<-done
+		client.Close()
+		server.Close()
+	})
 }

@@ -152,6 +152,10 @@ func TestHostileAttacks(t *testing.T) {
 	ctrBin := privileged.RequireBinary(t, "ctr")
 	c := containerdtest.Start(t)
 	a := startAttacker(t, "1")
+	// The tracer is never idle, as on a node where other daemons talk on
+	// unix sockets all the time: freeing the attacker's state must not
+	// wait for a quiet moment.
+	startBusyNeighbour(t)
 	// Only the attacker's and containerd's connections (ctr's included):
 	// the tracer sees every unix socket on the machine, and other tests'
 	// traffic would make its memory say nothing about the attack.
