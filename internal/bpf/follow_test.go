@@ -15,9 +15,8 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 )
 
-// TestHelperProcess is not a test: the follow test and
-// TestCaptureFromFirstSend run this binary as the processes of their
-// scenarios.
+// TestHelperProcess is not a test: the follow test runs this binary as
+// the processes of its scenario.
 func TestHelperProcess(t *testing.T) {
 	mode := os.Getenv("CDSNOOP_HELPER")
 	if mode == "" {
@@ -88,8 +87,6 @@ func TestHelperProcess(t *testing.T) {
 		fmt.Println("accepted")
 		io.Copy(io.Discard, c) // never sends: only the accept names it
 		os.Exit(0)
-	case "burst":
-		burst(sock)
 	case "unrelated":
 		c, err := net.Dial("unix", sock)
 		if err != nil {
