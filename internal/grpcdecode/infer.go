@@ -40,10 +40,12 @@ import (
 // very same fields and no unary call ended with them without a message.
 
 // maxInferEntries and maxTrailerSigs bound what one connection keeps: a
-// 4096-byte table holds at most 128 entries; a peer allowed a larger table
-// gets no inference beyond these.
+// 4096-byte table (what grpc-go and containerd use) holds at most 128
+// entries; a peer allowed a larger table gets no inference beyond these.
+// Per connection, not per process: see docs/security.md, "Not covered by
+// a process-wide budget yet".
 const (
-	maxInferEntries = 512
+	maxInferEntries = 128
 	maxTrailerSigs  = 64
 )
 
