@@ -53,6 +53,21 @@ type Index struct {
 	// a RunPodSandbox, the sandbox and name of a CreateContainer, and the
 	// id any call is about.
 	pending map[callKey]pending
+	// changes counts entries added to either table or given another
+	// value. kubelet polls ListPodSandbox and ListContainers and mostly
+	// gets the same answers, which the message cache hands over as the
+	// same message: learning one again when nothing changed since it was
+	// learnt changes nothing (every entry it gave is still there with its
+	// value: an eviction needs an addition), and took a tenth of the
+	// tracer's CPU on a node answering ListContainers at a high rate.
+	changes            uint64
+	lastPods, lastCtrs learntList
+}
+
+// learntList is a list answer and the table changes just after it was learnt.
+type learntList struct {
+	msg     proto.Message
+	changes uint64
 }
 
 type callKey struct {
@@ -162,12 +177,20 @@ func (x *Index) response(m proto.Message, p pending) {
 		}
 		x.addContainer(m.GetContainerId(), p.sandbox, p.name, nil)
 	case *runtimeapi.ListPodSandboxResponse:
+		if x.learnt(&x.lastPods, m) {
+			return
+		}
+		defer x.noteList(&x.lastPods, m)
 		for _, s := range m.GetItems() {
 			x.addSandbox(s.GetId(), podOf(s.GetMetadata()))
 		}
 	case *runtimeapi.PodSandboxStatusResponse:
 		x.addSandbox(m.GetStatus().GetId(), podOf(m.GetStatus().GetMetadata()))
 	case *runtimeapi.ListContainersResponse:
+		if x.learnt(&x.lastCtrs, m) {
+			return
+		}
+		defer x.noteList(&x.lastCtrs, m)
 		for _, c := range m.GetContainers() {
 			x.addContainer(c.GetId(), c.GetPodSandboxId(), c.GetMetadata().GetName(), c.GetLabels())
 		}
@@ -176,6 +199,14 @@ func (x *Index) response(m proto.Message, p pending) {
 		x.addContainer(s.GetId(), "", s.GetMetadata().GetName(), s.GetLabels())
 	}
 }
+
+// learnt is whether m is the list answer l was learnt from, with no table
+// changed since.
+func (x *Index) learnt(l *learntList, m proto.Message) bool {
+	return m == l.msg && x.changes == l.changes
+}
+
+func (x *Index) noteList(l *learntList, m proto.Message) { *l = learntList{m, x.changes} }
 
 // Learn adds what a ListPodSandbox and a ListContainers answer say (the
 // start-up query); the same rules as for answers seen on the wire.
@@ -190,6 +221,9 @@ func (x *Index) Learn(sandboxes *runtimeapi.ListPodSandboxResponse, containers *
 
 func (x *Index) addSandbox(id string, p Pod) {
 	if valid(id) && p.Name != "" {
+		if old, ok := x.sandboxes.Peek(id); !ok || old != p {
+			x.changes++
+		}
 		x.sandboxes.Add(id, p)
 	}
 }
@@ -216,6 +250,9 @@ func (x *Index) addContainer(id, sandbox, name string, labels map[string]string)
 	}
 	if c.pod.Name == "" {
 		return
+	}
+	if old, ok := x.containers.Peek(id); !ok || old != c {
+		x.changes++
 	}
 	x.containers.Add(id, c)
 }

@@ -151,3 +151,50 @@ func TestHostile(t *testing.T) {
 		t.Errorf("oldest of a flood still named: the table is not bounded")
 	}
 }
+
+// TestRepeatedList: a list answer seen again (the same message, as the
+// message cache hands identical bytes over) still wins over what changed
+// since it was first learnt, and one learnt again with nothing changed
+// (skipped) still names its containers, also after they were evicted.
+func TestRepeatedList(t *testing.T) {
+	x := pods.New()
+	list := &runtimeapi.ListContainersResponse{Containers: []*runtimeapi.Container{{
+		Id: "c1", PodSandboxId: "sb-unknown", Metadata: &runtimeapi.ContainerMetadata{Name: "app"},
+		Labels: map[string]string{"io.kubernetes.pod.name": "a", "io.kubernetes.pod.namespace": "ns"},
+	}}}
+	named := func() string {
+		r := &call.Record{Protocol: "ttrpc", Type: call.Request, ContainerID: "c1"}
+		x.Annotate(r)
+		return r.Pod.Namespace + "/" + r.Pod.Name + " " + r.ContainerName
+	}
+	x.Learn(nil, list)
+	x.Learn(nil, list)
+	if got := named(); got != "ns/a app" {
+		t.Fatalf("after the list twice: %q", got)
+	}
+	// A status answer renames c1; the list seen again is newer.
+	status := &runtimeapi.ContainerStatusResponse{Status: &runtimeapi.ContainerStatus{
+		Id: "c1", Metadata: &runtimeapi.ContainerMetadata{Name: "other"},
+		Labels: map[string]string{"io.kubernetes.pod.name": "b", "io.kubernetes.pod.namespace": "ns"},
+	}}
+	r := &call.Record{Protocol: "ttrpc", Type: call.Response, Message: status, Final: true}
+	x.Annotate(r)
+	if got := named(); got != "ns/b other" {
+		t.Fatalf("after the status: %q", got)
+	}
+	x.Learn(nil, list)
+	if got := named(); got != "ns/a app" {
+		t.Errorf("the list seen again after a change was not learnt again: %q", got)
+	}
+	// A flood evicts c1; the same list then names it again.
+	for i := range pods.MaxContainers {
+		x.Learn(nil, &runtimeapi.ListContainersResponse{Containers: []*runtimeapi.Container{{
+			Id: fmt.Sprintf("f%d", i), Metadata: &runtimeapi.ContainerMetadata{Name: "f"},
+			Labels: map[string]string{"io.kubernetes.pod.name": "f", "io.kubernetes.pod.namespace": "ns"},
+		}}})
+	}
+	x.Learn(nil, list)
+	if got := named(); got != "ns/a app" {
+		t.Errorf("the list after an eviction: %q", got)
+	}
+}
