@@ -228,6 +228,11 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 			stop()
 		}
 	}()
+	// Loading the programs parsed the kernel's BTF (megabytes of it, garbage
+	// now): give it back before tracing, without counting it as the last
+	// give-back below, so that the first burst of traffic is not kept
+	// for ten seconds after it.
+	debug.FreeOSMemory()
 	loss := startLossWatch(tracer, stderr)
 	defer loss.stop()
 
@@ -277,14 +282,18 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 		swept = p.Swept
 	}
 	// Once a sweep has freed connections of exited processes (an
-	// attacker's state among them, perhaps), the memory goes back to the
+	// attacker's state among them, perhaps), or a burst of traffic has
+	// left a heap larger than what is live, the memory goes back to the
 	// system when the capture is idle, at most every 10 s: left to
 	// itself, an idle runtime would run no collection and keep it
-	// (docs/security.md).
+	// (docs/security.md, docs/performance.md).
 	var freedSwept uint64
 	var lastFree time.Time
 	giveBack := func() {
-		if p.Swept != freedSwept && time.Since(lastFree) >= 10*time.Second {
+		if time.Since(lastFree) < 10*time.Second {
+			return
+		}
+		if p.Swept != freedSwept || budget.Reclaimable() >= budget.ReclaimThreshold {
 			debug.FreeOSMemory()
 			freedSwept, lastFree = p.Swept, time.Now()
 		}

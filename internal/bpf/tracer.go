@@ -18,16 +18,18 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 )
 
-// DefaultRingBufSize is 16 MiB, half what it was: records leave the ring
-// as soon as they arrive, for the spool (spool.go), on a thread of raised
-// priority woken once a thirty-second of the ring is unread, so the ring
-// only has to cover that thread's scheduling delay, not the decoder's
-// (one 16 MiB message takes the decoder about a second). The kernel maps
-// the data pages twice (so records can wrap), which RSS may count twice;
-// it is the same memory. A single write(2) larger than what is free is
-// cut and the cut counted as lost: raise --ringbuf-size for such traffic
-// (gRPC and ttrpc write a few frames at a time).
-const DefaultRingBufSize = 16 << 20
+// DefaultRingBufSize is 8 MiB, a quarter of what it was: records leave
+// the ring as soon as they arrive, for the spool (spool.go), on a thread
+// of raised priority woken once a thirty-second of the ring is unread, so
+// the ring only has to cover that thread's scheduling delay, not the
+// decoder's (one 16 MiB message takes the decoder about a second). At full
+// speed on two loaded cores, 4 MiB lost nothing either (docs/performance.md);
+// 8 MiB leaves room for a 4 MiB ttrpc message written at once. The kernel
+// maps the data pages twice (so records can wrap), which RSS may count
+// twice; it is the same memory. A single write(2) larger than what is free
+// is cut and the cut counted as lost: raise --ringbuf-size for such
+// traffic (gRPC writes a few frames at a time).
+const DefaultRingBufSize = 8 << 20
 
 // Options configure the capture.
 type Options struct {

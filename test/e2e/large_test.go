@@ -99,7 +99,7 @@ func digest(m proto.Message) [32]byte {
 func TestTrace16MiBMessages(t *testing.T) {
 	privileged.Require(t)
 	sock, rt := serveBig(t)
-	// 32 MiB of ring (the default is 16): both 16 MiB messages cross the
+	// 32 MiB of ring (the default is 8): both 16 MiB messages cross the
 	// socket at memory speed, and on a loaded two-core machine the spool
 	// thread may not run for the tens of milliseconds that takes.
 	tr := startTracer(t, "--output", "json", "--socket", sock, "--ringbuf-size", "33554432")
