@@ -312,6 +312,8 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 		logSwept()
 		sinceSweep, lastSweep = 0, now
 	}
+	const flushEvery = 20 * time.Millisecond // the poll interval
+	var lastFlush time.Time
 	var ev capture.Event
 	for {
 		err := tracer.Read(&ev)
@@ -352,9 +354,16 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 				break
 			}
 			// Caught up: show what was decoded now rather than when the
-			// buffer fills.
-			if err := flush(); err != nil {
-				return err
+			// buffer fills, but at most every flushEvery: at thousands
+			// of calls a second the reader is caught up after nearly
+			// every event, which made a write(2) per line. A quiet
+			// capture is flushed by the idle branch above within one
+			// poll interval, so a line is shown at most ~20 ms late.
+			if now := time.Now(); now.Sub(lastFlush) >= flushEvery {
+				if err := flush(); err != nil {
+					return err
+				}
+				lastFlush = now
 			}
 		}
 	}
