@@ -1,6 +1,7 @@
 package protoreg
 
 import (
+	"bytes"
 	"sync"
 
 	"google.golang.org/protobuf/proto"
@@ -12,6 +13,15 @@ import (
 // answers; identical bytes decode to an identical message, so it is
 // decoded once and the same (immutable from here on) message is shared,
 // which also lets the output cache what it rendered for it.
+//
+// "Identical bytes" is too strict for messages with map fields: Go's
+// protobuf encoders (containerd 2.x, grpc-go) write a map in Go's random
+// iteration order, so the same ListContainers answer comes in a different
+// byte order nearly every time. A message with maps that misses is
+// therefore also looked up by its deterministic encoding (maps sorted by
+// key), and its bytes as sent are kept as an alias of the message found
+// there: equal deterministic encodings are equal messages, so the same
+// message (and its rendering, and what pods learnt from it) is shared.
 //
 // Consumers must treat a Record's Message as read-only: redaction works on
 // a copy (pipeline.redacted), so a shared message is never changed.
@@ -56,11 +66,36 @@ func (c *messageCache) decode(mt protoreflect.MessageType, payload []byte) (prot
 	if err := proto.Unmarshal(payload, msg); err != nil {
 		return msg, err
 	}
+	if hasMaps(mt.Descriptor()) {
+		// Before convertJSONAnys, which changes the message: the
+		// encoding is of what was sent.
+		canon, err := proto.MarshalOptions{Deterministic: true}.Marshal(msg)
+		if err == nil && !bytes.Equal(canon, payload) {
+			c.mu.Lock()
+			shared, ok := c.entries[name][string(canon)]
+			c.mu.Unlock()
+			if ok {
+				c.add(name, payload, shared, len(payload))
+				return shared, nil
+			}
+			convertJSONAnys(msg.ProtoReflect(), 0)
+			c.add(name, canon, msg, cacheEntryFactor*len(canon))
+			c.add(name, payload, msg, len(payload))
+			return msg, nil
+		}
+	}
 	convertJSONAnys(msg.ProtoReflect(), 0)
-	c.mu.Lock()
 	// An entry holds more than its key: the decoded message (a few times
 	// the wire size, in Go objects) and what the outputs render for it.
-	cost := cacheEntryFactor * len(payload)
+	c.add(name, payload, msg, cacheEntryFactor*len(payload))
+	return msg, nil
+}
+
+// add keeps msg under key; cost is what it holds (an alias of a message
+// kept under another key holds only its key).
+func (c *messageCache) add(name protoreflect.FullName, key []byte, msg proto.Message, cost int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.n >= cacheMaxEntries || c.bytes+cost > cacheMaxBytes {
 		clear(c.entries)
 		c.n, c.bytes = 0, 0
@@ -70,9 +105,38 @@ func (c *messageCache) decode(mt protoreflect.MessageType, payload []byte) (prot
 		byPayload = map[string]proto.Message{}
 		c.entries[name] = byPayload
 	}
-	byPayload[string(payload)] = msg
+	byPayload[string(key)] = msg
 	c.n++
 	c.bytes += cost
-	c.mu.Unlock()
-	return msg, nil
+}
+
+// withMaps says, by message type, whether a message can hold a map field
+// anywhere inside it (decided once per type; the registry is fixed).
+var withMaps sync.Map // protoreflect.FullName -> bool
+
+func hasMaps(md protoreflect.MessageDescriptor) bool {
+	if v, ok := withMaps.Load(md.FullName()); ok {
+		return v.(bool)
+	}
+	v := mapsIn(md, map[protoreflect.FullName]bool{})
+	withMaps.Store(md.FullName(), v)
+	return v
+}
+
+func mapsIn(md protoreflect.MessageDescriptor, seen map[protoreflect.FullName]bool) bool {
+	if seen[md.FullName()] {
+		return false // a recursive type: already being looked at
+	}
+	seen[md.FullName()] = true
+	fields := md.Fields()
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		if fd.IsMap() {
+			return true
+		}
+		if m := fd.Message(); m != nil && mapsIn(m, seen) {
+			return true
+		}
+	}
+	return false
 }
