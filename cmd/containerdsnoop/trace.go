@@ -39,12 +39,14 @@ type traceFlags struct {
 	attach      string
 	ringBufSize int
 	memBudget   string
-	verbose     bool
-	peerProbes  bool
-	metricsAddr string
-	otlp        string
-	otlpMsgs    bool
-	listPods    bool
+	// memBudgetBytes is memBudget parsed (by check).
+	memBudgetBytes int64
+	verbose        bool
+	peerProbes     bool
+	metricsAddr    string
+	otlp           string
+	otlpMsgs       bool
+	listPods       bool
 }
 
 func newTraceCommand() *cobra.Command {
@@ -136,7 +138,8 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	// context switch per send on a busy node; output lags by at most that.
 	// --socket is decided in the kernel too, so other unix traffic is never
 	// copied; the pipeline still checks each event's path.
-	opts := bpf.Options{Attach: f.attach, RingBufSize: f.ringBufSize, PIDs: filter.PIDs, Socket: filter.Socket, PollInterval: 20 * time.Millisecond, PeerProbes: f.peerProbes}
+	opts := bpf.Options{Attach: f.attach, RingBufSize: f.ringBufSize, PIDs: filter.PIDs, Socket: filter.Socket, PollInterval: 20 * time.Millisecond, PeerProbes: f.peerProbes,
+		SpoolBytes: spoolShare(f.memBudgetBytes)}
 	if len(command) > 0 {
 		// Fail before attaching anything when the command cannot run.
 		if _, err := exec.LookPath(command[0]); err != nil {
@@ -449,6 +452,7 @@ func (f *traceFlags) check(stderr io.Writer) error {
 	if err != nil || b < minMemBudget {
 		return fmt.Errorf("invalid --memory-budget %q: want a size of at least 64Mi, e.g. 160Mi or 1Gi", f.memBudget)
 	}
+	f.memBudgetBytes = b
 	// A soft limit: the runtime collects harder as it nears it. The hard
 	// bounds are the decoders' limits (internal/budget), sized so that
 	// hostile input stays under the default.
@@ -590,4 +594,13 @@ func terminalWidth(fd int) int {
 		return 0
 	}
 	return int(ws.Col)
+}
+
+// spoolShare is the part of the memory budget the capture's spool may hold
+// while the decoder is behind (bpf.DefaultSpoolBytes, 48 MiB, at the
+// default 160 MiB budget): records waiting there are Go heap like the
+// decoders' state, so they count inside the runtime's soft limit rather
+// than beside it.
+func spoolShare(memBudget int64) int {
+	return int(memBudget * 3 / 10)
 }

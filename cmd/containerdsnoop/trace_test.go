@@ -3,6 +3,9 @@ package main
 import (
 	"strings"
 	"testing"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/bpf"
+	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 )
 
 // TestTraceFlagsChecked: bad values are one line of error and exit 1,
@@ -48,5 +51,17 @@ func TestParseSize(t *testing.T) {
 		if _, err := parseSize(in); err == nil {
 			t.Errorf("parseSize(%q) accepted", in)
 		}
+	}
+}
+
+// TestSpoolShare: at the default budget the spool may hold what it was
+// sized for (a 16 MiB message each way, and then some), and a smaller
+// budget gives it less.
+func TestSpoolShare(t *testing.T) {
+	if got := spoolShare(budget.DefaultMemory); got != bpf.DefaultSpoolBytes {
+		t.Errorf("spool share of the default budget: %d, want %d", got, bpf.DefaultSpoolBytes)
+	}
+	if got := spoolShare(minMemBudget); got >= bpf.DefaultSpoolBytes || got < 16<<20 {
+		t.Errorf("spool share of the smallest budget: %d", got)
 	}
 }
