@@ -108,6 +108,8 @@ type Record struct {
 	// Final marks the line that ends the call.
 	Final bool
 	// WireBytes is the size of this message as sent (gRPC prefix and
-	// payload, compressed if it was), for byte counts in summaries.
+	// payload, compressed if it was; a ttrpc frame with its header), for
+	// byte counts in summaries; 0 for a line no bytes made (a call ended
+	// by its connection closing).
 	WireBytes int
 }

@@ -133,9 +133,11 @@ func (f *Filter) hold(k key, r *call.Record) {
 }
 
 // heldSize is what a held line counts against maxHeldBytes: its size on
-// the wire, or, for a record that does not carry it (ttrpc's), what it
-// holds (its raw bytes and its decoded message, encoded). Counting such
-// lines as one byte let --errors hold 4,096 calls of up to 4 MiB each.
+// the wire, or, for a record that does not carry it (one no bytes made,
+// such as a call ended by its connection closing), what it holds (its raw
+// bytes and its decoded message, encoded). Counting ttrpc lines (which
+// carried no size before) as one byte let --errors hold 4,096 calls of up
+// to 4 MiB each.
 func heldSize(r *call.Record) int {
 	n := r.WireBytes
 	if n == 0 {

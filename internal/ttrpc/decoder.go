@@ -421,6 +421,7 @@ func (d *Decoder) request(s *conn, end int, h header, r request, ev *capture.Eve
 	}
 	s.calls.Put(h.stream, cl)
 	rec := d.record(s, cl, end, ev, call.Request)
+	rec.WireBytes = HeaderLen + int(h.length)
 	// A stream opened without a message (a client-streaming call) has
 	// no payload; a unary call with an empty message has an empty one.
 	if r.payload != nil || !cl.streaming[call.Request] {
@@ -437,6 +438,7 @@ func (d *Decoder) response(s *conn, end int, h header, r response, ev *capture.E
 	cl := s.call(h.stream)
 	s.calls.Delete(h.stream)
 	rec := d.record(s, cl, end, ev, call.Response)
+	rec.WireBytes = HeaderLen + int(h.length)
 	st := &call.Status{Code: codes.Code(uint32(r.code)), Message: r.message}
 	if r.payload != nil || st.Code == codes.OK {
 		// An OK response with no payload carries the empty message.
@@ -455,11 +457,13 @@ func (d *Decoder) data(s *conn, end int, h header, payload []byte, ev *capture.E
 	cl := s.call(h.stream)
 	if dir == call.Request {
 		rec := d.record(s, cl, end, ev, call.Request)
+		rec.WireBytes = HeaderLen + int(h.length)
 		decodeInto(rec, cl, call.Request, payload)
 		d.emit(rec)
 		return
 	}
 	rec := d.record(s, cl, end, ev, call.Response)
+	rec.WireBytes = HeaderLen + int(h.length)
 	if hasData {
 		decodeInto(rec, cl, call.Response, payload)
 	}

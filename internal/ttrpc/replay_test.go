@@ -477,3 +477,33 @@ func TestGapResync(t *testing.T) {
 		}
 	}
 }
+
+// TestWireBytes: the wire sizes on the lines add up, per direction, to
+// the bytes the recording sent (every frame makes a line, except a
+// client's end of stream, a header alone), so --summary and the metrics
+// count ttrpc bytes as they count gRPC's.
+func TestWireBytes(t *testing.T) {
+	for _, name := range []string{"ttrpc_task", "ttrpc_stream"} {
+		recs, _ := load(t, name)
+		sent := map[call.Type]int{}
+		for _, r := range recs {
+			if r.FromServer {
+				sent[call.Response] += len(r.Data)
+			} else {
+				sent[call.Request] += len(r.Data)
+			}
+		}
+		got := map[call.Type]int{}
+		evs := events(recs, nil)
+		asm := stream.New(NewDecoder(func(r *call.Record) { got[r.Type] += r.WireBytes }))
+		for i := range evs {
+			asm.Feed(&evs[i])
+		}
+		asm.Close()
+		for _, dir := range []call.Type{call.Request, call.Response} {
+			if got[dir] == 0 || got[dir] > sent[dir] || (sent[dir]-got[dir])%HeaderLen != 0 {
+				t.Errorf("%s: %v lines count %d wire bytes, the recording sent %d", name, dir, got[dir], sent[dir])
+			}
+		}
+	}
+}
