@@ -1,0 +1,55 @@
+package output
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/call"
+	"github.com/containerdsnoop/containerdsnoop/internal/termsafe"
+)
+
+// TestTableColumns: the appended columns are exactly what tableHeader's
+// fmt verbs make (the header line is printed with them), for short,
+// long, multi-byte and hostile values.
+func TestTableColumns(t *testing.T) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC)
+	for _, r := range []*call.Record{
+		{Time: t0, Comm: "kubelet", PID: 1234, TID: 1240, PeerPID: 99, Type: call.Request, Stream: 7, Method: "/runtime.v1.RuntimeService/ListContainers"},
+		{Time: t0, Comm: "ctr", PID: 4294967295, TID: 1, Type: call.Response, Stream: 4294967295, Method: strings.Repeat("/very.long.Service/", 6), Final: true, Latency: 1500 * time.Microsecond},
+		{Time: t0, Comm: "prøcéss-ñame", PID: 1, Type: call.Request, Method: "/é/ü", Note: "note\nwith newline\n"},
+		{Time: t0, Comm: "evil\x1b[31m", PID: 2, Type: call.Request, MethodGuess: "/x.Y/Z", Note: "\u202e"},
+		{Time: t0, Type: call.Response},
+	} {
+		var got bytes.Buffer
+		w := newTable(&got, Options{})
+		w.started = true // no header
+		if err := w.Write(r); err != nil {
+			t.Fatal(err)
+		}
+		w.Flush()
+		typ := "REQ"
+		if r.Type == call.Response {
+			typ = "RESP"
+		}
+		method := r.Method
+		if method == "" {
+			method = "?"
+			if r.MethodGuess != "" {
+				method = "? guess:" + r.MethodGuess
+			}
+		}
+		latency := ""
+		if r.Final && r.Latency > 0 {
+			latency = formatLatency(r.Latency)
+		}
+		want := fmt.Sprintf(tableHeader, r.Time.Format("15:04:05.000000"), r.Comm, fmt.Sprint(r.PID), fmt.Sprint(r.TID),
+			fmt.Sprint(r.PeerPID), typ, fmt.Sprint(r.Stream), method, "", latency, tableMessage(r))
+		want = termsafe.Escape(strings.TrimRight(want, "\n")) + "\n"
+		if got.String() != want {
+			t.Errorf("line\n%q\nwant\n%q", got.String(), want)
+		}
+	}
+}
