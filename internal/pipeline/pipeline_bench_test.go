@@ -126,3 +126,53 @@ func BenchmarkPipelineSocketFilter(b *testing.B) {
 		b.Fatal("filtered pipeline wrote records")
 	}
 }
+
+// BenchmarkPipelineSteady is the live tracer's steady state, which
+// BenchmarkPipeline (a fresh pipeline per iteration) is not: one pipeline
+// and one output for the whole run, so the caches of decoded messages,
+// their renderings and the pods index are warm, as after the first
+// seconds of a capture. Each iteration replays the long-lived recording
+// (one connection, 300 calls) on a connection of its own.
+//
+//	go test -run '^$' -bench PipelineSteady -benchmem -cpuprofile cpu.out ./internal/pipeline/
+func BenchmarkPipelineSteady(b *testing.B) {
+	recs, err := wirerec.Load(filepath.Join("../../testdata/wire", "long_lived.wire"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, format := range []string{"json", "table"} {
+		b.Run(format, func(b *testing.B) {
+			w, err := output.New(format, io.Discard, output.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			cw := &callCounter{Writer: w}
+			p := pipeline.New(cw, pipeline.Filter{})
+			var bytes int64
+			conn := uint64(0)
+			b.ReportAllocs()
+			for b.Loop() {
+				b.StopTimer()
+				conn++
+				evs := benchEvents(recs, conn, t0)
+				for _, ev := range evs {
+					bytes += int64(len(ev.Data))
+				}
+				b.StartTimer()
+				for i := range evs {
+					p.Feed(&evs[i])
+				}
+			}
+			if err := p.Close(); err != nil {
+				b.Fatal(err)
+			}
+			if cw.calls == 0 {
+				b.Fatal("no calls")
+			}
+			b.ReportMetric(float64(bytes)/b.Elapsed().Seconds()/1e6, "MB/s")
+			b.ReportMetric(float64(cw.calls)/b.Elapsed().Seconds(), "calls/s/core")
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(cw.calls), "ns/call")
+		})
+	}
+}
