@@ -53,7 +53,9 @@ type Event struct {
 	Table uint64
 }
 
-// Handler consumes events. It may keep per-connection state in Conn.User.
+// Handler consumes events. It may keep per-connection state in Conn.User,
+// but not an *Event: the decoder reuses it after the call (copy what you
+// keep, Fields and Data included).
 type Handler interface {
 	Event(c *Conn, ev *Event)
 	Closed(c *Conn)
@@ -106,6 +108,30 @@ type direction struct {
 	// left of a frame skipped because it did not fit.
 	share budget.Share
 	skip  int
+	// ev is the Headers or Data event being handed over: handlers see it
+	// only during the call (the hold copies what it keeps), so one per
+	// direction serves, where one allocated per frame was two allocations
+	// per call.
+	ev Event
+}
+
+// newFramer reads the frames of one direction from rd.
+func newFramer(rd io.Reader) *http2.Framer {
+	fr := http2.NewFramer(io.Discard, rd)
+	// Frame sizes are checked by plausible(); the framer must not reject
+	// what the peer legally negotiated.
+	fr.SetMaxReadFrameSize(1<<24 - 1)
+	// A DATA frame is used only until the next one is read (its payload
+	// is handed to the handler during the call), so the framer may reuse
+	// it rather than allocate one per frame.
+	fr.SetReuseFrames()
+	return fr
+}
+
+// event returns e in dir's Event, for one handler call.
+func (dir *direction) event(e Event) *Event {
+	dir.ev = e
+	return &dir.ev
 }
 
 // PeerDirection names, for one direction of one connection, the header
@@ -158,10 +184,7 @@ func (d *Decoder) conn(sc *stream.Conn) *Conn {
 func (dir *direction) init() {
 	dir.maxFrame = defaultMaxFrame
 	dir.dec = newHPACK()
-	dir.fr = http2.NewFramer(io.Discard, &dir.rd)
-	// Frame sizes are checked by plausible(); the framer must not reject
-	// what the peer legally negotiated.
-	dir.fr.SetMaxReadFrameSize(1<<24 - 1)
+	dir.fr = newFramer(&dir.rd)
 }
 
 // Bytes implements stream.Sink.
@@ -252,8 +275,7 @@ func (d *Decoder) desync(c *Conn, end int, cap *capture.Event) {
 	dir.inBlock, dir.blockDropped = false, false
 	dir.block = dir.block[:0]
 	dir.freshHPACK()
-	dir.fr = http2.NewFramer(io.Discard, &dir.rd)
-	dir.fr.SetMaxReadFrameSize(1<<24 - 1)
+	dir.fr = newFramer(&dir.rd)
 	d.emit(c, &Event{Kind: Lost, End: end, Cap: cap})
 }
 
@@ -339,8 +361,7 @@ func (d *Decoder) newConnection(c *Conn, end int, cap *capture.Event) {
 		if dir.peer != nil {
 			dir.peer.Reset()
 		}
-		dir.fr = http2.NewFramer(io.Discard, &dir.rd)
-		dir.fr.SetMaxReadFrameSize(1<<24 - 1)
+		dir.fr = newFramer(&dir.rd)
 	}
 	c.dirs[end].started, c.dirs[end].synced = true, true
 	// The server's first bytes on a new connection are its SETTINGS, which
@@ -403,7 +424,7 @@ func (d *Decoder) frame(c *Conn, end int, f http2.Frame, cap *capture.Event) {
 			d.desync(c, end, cap)
 		}
 	case *http2.DataFrame:
-		d.emit(c, &Event{Kind: Data, End: end, Stream: f.StreamID, Data: f.Data(), EndStream: f.StreamEnded(), Cap: cap})
+		d.emit(c, dir.event(Event{Kind: Data, End: end, Stream: f.StreamID, Data: f.Data(), EndStream: f.StreamEnded(), Cap: cap}))
 	case *http2.RSTStreamFrame:
 		d.emit(c, &Event{Kind: ResetStream, End: end, Stream: f.StreamID, ErrCode: f.ErrCode, Cap: cap})
 	case *http2.GoAwayFrame:
@@ -500,7 +521,7 @@ func (d *Decoder) headerBlock(c *Conn, end int, cap *capture.Event) {
 		}
 	}
 	d.startHold(c, end, fields, cap)
-	d.emit(c, &Event{Kind: Headers, End: end, Stream: dir.blockStream, Fields: fields, EndStream: dir.blockEnd, Cap: cap, Table: dir.table})
+	d.emit(c, dir.event(Event{Kind: Headers, End: end, Stream: dir.blockStream, Fields: fields, EndStream: dir.blockEnd, Cap: cap, Table: dir.table}))
 }
 
 // plausibleFields rejects a header block that no HTTP/2 peer may send
