@@ -330,6 +330,9 @@ func (d *Decoder) parse(c *Conn, end int, cap *capture.Event) {
 			return
 		}
 		consumed += n
+		if !dir.inBlock && h.unused(b[frameHeaderLen:n]) {
+			continue
+		}
 		dir.rd.Reset(b[:n])
 		f, err := dir.fr.ReadFrame()
 		if err != nil {
