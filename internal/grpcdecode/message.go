@@ -32,6 +32,9 @@ type splitter struct {
 	// dropped at the next add, so those messages stay valid until then.
 	done int
 	out  []message
+	// first holds out's first messages: a unary call's stream carries
+	// one message each way, which then needs no slice of its own.
+	first [1]message
 	// skip is what is left of a message that is not held (over
 	// MaxHeldMessage or the budget). Such a message is returned (by its
 	// size) as soon as it is skipped, not once it has all arrived: a
@@ -68,6 +71,9 @@ func (s *splitter) add(data []byte) ([]message, error) {
 		s.done = 0
 	}
 	out := s.out[:0]
+	if out == nil {
+		out = s.first[:0]
+	}
 	if s.skip > 0 {
 		k := min(s.skip, len(data))
 		s.skip -= k
