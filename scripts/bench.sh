@@ -293,6 +293,10 @@ if ((CONNS > 0)); then
 	rss0=$(status_kb "$TPID" VmRSS)
 	cr=$("$BENCH" conns -socket "$SOCK" -n "$CONNS")
 	wait_idle "$TPID"
+	# At rest: a tracer idle for a second gives memory back (a collection
+	# and a scavenge, docs/performance.md "Memory"); the figure is the
+	# memory it keeps, the peak (VmHWM) is reported beside it.
+	sleep 2
 	rss1=$(status_kb "$TPID" VmRSS)
 	hwm=$(status_kb "$TPID" VmHWM)
 	anon=$(status_kb "$TPID" RssAnon)
