@@ -64,13 +64,38 @@ struct scratch {
 };
 
 /* The record is assembled here rather than on the 512-byte stack, then
- * copied into the ring buffer with its real size. */
+ * copied into the ring buffer with its real size.
+ *
+ * Per CPU, but not per program run: on a preemptible kernel (PREEMPT
+ * full or lazy, the default of Debian's 7.x kernels; PREEMPT_RT) tracing
+ * programs run with migration disabled, not preemption, so a program can
+ * be preempted mid-record and another run on the same CPU. The kernel
+ * never lets a program run again on a CPU where it is already running (it
+ * skips the run, see SEND_MISSED), so each program that emits has a slot
+ * of its own: one run's record can never be overwritten by another's. The
+ * syscall backend has four exit programs, the others one. */
+#define SCRATCH_SLOTS 4
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SCRATCH_SLOTS);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch_map SEC(".maps");
+
+/* The close records' own, for the same reason. The padding is room for
+ * the path read's mask (fill_header), as data[] is in struct scratch. */
+struct close_record {
+	struct event ev;
+	__u8 pad[128];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct scratch);
-} scratch_map SEC(".maps");
+	__type(value, struct close_record);
+} close_scratch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -137,13 +162,24 @@ struct {
  * it high, which costs the lookup and nothing else. */
 __u64 inflight_n SEC(".bss");
 
+static __always_inline struct stats *stats(void);
+static __always_inline __u64 socket_ino(struct socket *sock);
+static __always_inline void send_missed(struct send_src *old);
+
 static __always_inline void inflight_put(__u32 tid, struct send_src *src)
 {
-	/* A stale entry of this thread is overwritten without a new count. */
-	if (bpf_map_update_elem(&inflight, &tid, src, BPF_EXIST)) {
-		__sync_fetch_and_add(&inflight_n, 1);
-		bpf_map_update_elem(&inflight, &tid, src, BPF_ANY);
+	struct send_src *old = bpf_map_lookup_elem(&inflight, &tid);
+
+	if (old) {
+		/* This thread's previous send never reached its exit program
+		 * (SEND_MISSED): the new entry takes the stale one's place,
+		 * without a new count. */
+		send_missed(old);
+		*old = *src;
+		return;
 	}
+	__sync_fetch_and_add(&inflight_n, 1);
+	bpf_map_update_elem(&inflight, &tid, src, BPF_ANY);
 }
 
 
@@ -167,6 +203,8 @@ static __always_inline struct stats *stats(void)
 
 static __always_inline __u64 socket_ino(struct socket *sock)
 {
+	if (!sock)
+		return 0;
 	/* The socket and its inode are allocated together (struct socket_alloc);
 	 * socket is its first member. */
 	struct socket_alloc *sa = (struct socket_alloc *)sock;
@@ -534,11 +572,11 @@ static long emit_step(__u64 index, void *ctx)
 	struct emit_state *st;
 	struct scratch *sc;
 	struct stats *s;
-	__u32 zero = 0;
+	__u32 slot = *(__u32 *)ctx;
 	__u64 n, size;
 	long err;
 
-	sc = bpf_map_lookup_elem(&scratch_map, &zero);
+	sc = bpf_map_lookup_elem(&scratch_map, &slot);
 	if (!sc)
 		return 1;
 	st = &sc->st;
@@ -603,7 +641,7 @@ static long emit_step(__u64 index, void *ctx)
 	return 0;
 }
 
-static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 backend, bool loop)
+static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 backend, bool loop, __u32 slot)
 {
 	struct socket *sock = (struct socket *)src->sock;
 	struct sock *sk = (struct sock *)src->sk;
@@ -611,13 +649,13 @@ static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 bac
 	struct scratch *sc;
 	struct pos *pos, fresh = {};
 	__u64 key;
-	__u32 zero = 0, iters;
+	__u32 iters;
 	struct stats *s;
 
 	if (!sk)
 		return;
 	note_owner(sock, sk, bpf_get_current_pid_tgid() >> 32);
-	sc = bpf_map_lookup_elem(&scratch_map, &zero);
+	sc = bpf_map_lookup_elem(&scratch_map, &slot);
 	if (!sc)
 		return;
 	fill_header(&sc->ev, sock, sk, sent);
@@ -677,16 +715,78 @@ static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 bac
 	if (iters > MAX_CHUNKS_PER_SEND)
 		iters = MAX_CHUNKS_PER_SEND;
 	if (loop) {
-		bpf_loop(iters, emit_step, NULL, 0);
+		bpf_loop(iters, emit_step, &slot, 0);
 	} else {
 		for (int i = 0; i < MAX_CHUNKS_NO_LOOP; i++)
-			if (emit_step(i, NULL))
+			if (emit_step(i, &slot))
 				break;
 	}
 	/* Whatever could not be walked (bad iovec, loop bound) is lost, and
 	 * the next send's stream offset will show the gap to userspace. */
 	if (st->left && (s = stats()))
 		s->lost_bytes += st->left;
+}
+
+/* ---- sends the kernel skipped ---------------------------------------------
+ *
+ * SEND_MISSED. The kernel skips a tracing program's run, silently but for
+ * a per-program counter (bpf_prog_info.recursion_misses), when the same
+ * program is already running on that CPU: on a preemptible kernel
+ * (PREEMPT full or lazy, PREEMPT_RT) a run preempted midway and another
+ * task's send on the same CPU are enough. The kernel matrix saw it on
+ * Debian's 7.2 (lazy) with the fentry and syscall backends: a send's entry
+ * or exit program skipped now and then in a burst from four threads on two
+ * CPUs. A kretprobe skips a return too when more calls are in progress
+ * than its maxactive (raised by the loader where tracefs allows; else, on
+ * kernels without CONFIG_PREEMPTION such as Debian's 5.10, as many as
+ * there are CPUs), counted in the kprobe's own nmissed only.
+ *
+ * Such a send must not vanish from its stream unseen, or the bytes after
+ * it would be decoded as if they followed the ones before:
+ * - entry ran, exit skipped: the entry stays in inflight and the thread's
+ *   next send, or its exit (any_sched_exit), finds it. How many bytes were
+ *   sent is unknown, so the socket's stream cannot go on where it was: its
+ *   offset is dropped, its next send starts it over (EVENT_F_NEW, which
+ *   userspace takes as state lost), and stats.missed_exits counts the send;
+ * - entry skipped, exit ran (fexit, which has the socket and the count):
+ *   the offset moves over the send and its bytes count as lost: an exact
+ *   gap;
+ * - otherwise nothing of the send reaches the maps: userspace adds the
+ *   kernel's per-program miss counters to the lost events.
+ */
+static __always_inline void send_missed(struct send_src *old)
+{
+	struct stats *s = stats();
+	__u64 key = old->sk;
+	struct pos *pos;
+
+	if (s)
+		s->missed_exits++;
+	pos = bpf_map_lookup_elem(&send_pos, &key);
+	if (pos && pos->ino == socket_ino((struct socket *)old->sock))
+		bpf_map_delete_elem(&send_pos, &key);
+}
+
+/* An exit with no entry in inflight: its entry was skipped (or the entry
+ * was evicted). On a socket being traced, the stream moves over the bytes
+ * and they count as lost. */
+static __always_inline void send_unseen(struct socket *sock, __u64 sent)
+{
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	struct stats *s;
+	struct pos *pos;
+	__u64 key = (__u64)sk;
+
+	if (!sk)
+		return;
+	pos = bpf_map_lookup_elem(&send_pos, &key);
+	if (!pos || pos->ino != socket_ino(sock))
+		return; /* not traced (yet): its stream starts with a later send */
+	if (wanted(bpf_get_current_pid_tgid() >> 32, sk) == SKIP)
+		return;
+	__sync_fetch_and_add(&pos->off, sent);
+	if ((s = stats()))
+		s->lost_bytes += sent;
 }
 
 /* ---- backend: syscall tracepoints --------------------------------------
@@ -750,22 +850,27 @@ static __always_inline int enter_send(__u64 fd, int args, __u64 arg1, __u64 arg2
 	return 0;
 }
 
-static __always_inline int exit_send(long ret, __u8 backend, bool loop)
+/* sock: the socket, when the exit program knows it (fexit), else NULL.
+ * slot: the program's own scratch slot (see scratch_map). */
+static __always_inline int exit_send(long ret, __u8 backend, bool loop, __u32 slot, struct socket *sock)
 {
 	struct send_src *p, src;
 	__u32 tid;
 
-	if (!*(volatile __u64 *)&inflight_n)
+	if (!sock && !*(volatile __u64 *)&inflight_n)
 		return 0;
 	tid = (__u32)bpf_get_current_pid_tgid();
 	p = bpf_map_lookup_elem(&inflight, &tid);
-	if (!p)
+	if (!p) {
+		if (sock && ret > 0)
+			send_unseen(sock, ret);
 		return 0;
+	}
 	src = *p;
 	if (!bpf_map_delete_elem(&inflight, &tid))
 		__sync_fetch_and_add(&inflight_n, -1);
 	if (ret > 0)
-		emit_send(&src, ret, backend, loop);
+		emit_send(&src, ret, backend, loop, slot);
 	return 0;
 }
 
@@ -794,23 +899,23 @@ int tp_enter_sendmsg(struct syscall_trace_enter *ctx)
 }
 
 /* The exit programs, each twice: with bpf_loop, and bounded (see
- * MAX_CHUNKS_NO_LOOP). */
-#define TP_EXIT(name)                                                        \
+ * MAX_CHUNKS_NO_LOOP). Each has its own scratch slot. */
+#define TP_EXIT(name, slot)                                                  \
 	SEC("tracepoint/syscalls/sys_exit_" #name)                          \
 	int tp_exit_##name(struct syscall_trace_exit *ctx)                  \
 	{                                                                    \
-		return exit_send(ctx->ret, BACKEND_TRACEPOINT, true);        \
+		return exit_send(ctx->ret, BACKEND_TRACEPOINT, true, slot, NULL); \
 	}                                                                    \
 	SEC("tracepoint/syscalls/sys_exit_" #name)                          \
 	int tp_exit_##name##_bounded(struct syscall_trace_exit *ctx)        \
 	{                                                                    \
-		return exit_send(ctx->ret, BACKEND_TRACEPOINT, false);       \
+		return exit_send(ctx->ret, BACKEND_TRACEPOINT, false, slot, NULL); \
 	}
 
-TP_EXIT(write)
-TP_EXIT(sendto)
-TP_EXIT(writev)
-TP_EXIT(sendmsg)
+TP_EXIT(write, 0)
+TP_EXIT(sendto, 1)
+TP_EXIT(writev, 2)
+TP_EXIT(sendmsg, 3)
 
 /* ---- every backend: closes ---------------------------------------------
  *
@@ -824,7 +929,8 @@ TP_EXIT(sendmsg)
  */
 static __always_inline int close_sock(struct socket *sock, struct sock *sk)
 {
-	struct scratch *sc;
+	struct close_record *cr;
+	struct event *ev;
 	struct stats *s;
 	struct pos *pos;
 	__u32 zero = 0;
@@ -839,17 +945,18 @@ static __always_inline int close_sock(struct socket *sock, struct sock *sk)
 	if (!pos || pos->ino != socket_ino(sock))
 		return 0; /* never sent anything while traced: nothing to free */
 	bpf_map_delete_elem(&send_pos, &key);
-	sc = bpf_map_lookup_elem(&scratch_map, &zero);
-	if (!sc)
+	cr = bpf_map_lookup_elem(&close_scratch, &zero);
+	if (!cr)
 		return 0;
-	fill_header(&sc->ev, sock, sk, 0);
-	sc->ev.flags |= EVENT_F_CLOSE;
-	sc->ev.stream_off = 0;
+	ev = &cr->ev;
+	fill_header(ev, sock, sk, 0);
+	ev->flags |= EVENT_F_CLOSE;
+	ev->stream_off = 0;
 	s = stats();
 	/* A close the ring buffer has no room for is a lost record like any
 	 * other: userspace then keeps the connection until it idles out, and
 	 * the loss is reported rather than silent. */
-	if (bpf_ringbuf_output(&events, &sc->ev, sizeof(sc->ev), wakeup_flag())) {
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), wakeup_flag())) {
 		if (s)
 			s->lost_events++;
 	} else if (s) {
@@ -1005,6 +1112,17 @@ SEC("tracepoint/sched/sched_process_exit")
 int any_sched_exit(void *ctx)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct send_src *p;
+
+	/* A thread that exits with a send in flight had its exit program
+	 * skipped (SEND_MISSED): its last send is noticed here, as its next
+	 * send would have. */
+	if (*(volatile __u64 *)&inflight_n && (p = bpf_map_lookup_elem(&inflight, &tid))) {
+		send_missed(p);
+		if (!bpf_map_delete_elem(&inflight, &tid))
+			__sync_fetch_and_add(&inflight_n, -1);
+	}
 
 	/* Per thread; the process is gone when its last thread goes. */
 	if (BPF_CORE_READ(task, signal, live.counter))
@@ -1124,13 +1242,13 @@ int BPF_PROG(fentry_unix_stream_sendmsg, struct socket *sock, struct msghdr *msg
 SEC("fexit/unix_stream_sendmsg")
 int BPF_PROG(fexit_unix_stream_sendmsg, struct socket *sock, struct msghdr *msg, size_t len, int ret)
 {
-	return exit_send(ret, BACKEND_FENTRY, true);
+	return exit_send(ret, BACKEND_FENTRY, true, 0, sock);
 }
 
 SEC("fexit/unix_stream_sendmsg")
 int BPF_PROG(fexit_unix_stream_sendmsg_bounded, struct socket *sock, struct msghdr *msg, size_t len, int ret)
 {
-	return exit_send(ret, BACKEND_FENTRY, false);
+	return exit_send(ret, BACKEND_FENTRY, false, 0, sock);
 }
 
 SEC("kprobe/unix_stream_sendmsg")
@@ -1142,13 +1260,13 @@ int BPF_KPROBE(kprobe_unix_stream_sendmsg, struct socket *sock, struct msghdr *m
 SEC("kretprobe/unix_stream_sendmsg")
 int BPF_KRETPROBE(kretprobe_unix_stream_sendmsg, int ret)
 {
-	return exit_send(ret, BACKEND_KPROBE, true);
+	return exit_send(ret, BACKEND_KPROBE, true, 0, NULL);
 }
 
 SEC("kretprobe/unix_stream_sendmsg")
 int BPF_KRETPROBE(kretprobe_unix_stream_sendmsg_bounded, int ret)
 {
-	return exit_send(ret, BACKEND_KPROBE, false);
+	return exit_send(ret, BACKEND_KPROBE, false, 0, NULL);
 }
 
 /* ---- peer probes: hpack.(*Encoder).WriteField in Go processes ---------

@@ -111,6 +111,7 @@ struct stats {
 	__u64 faults;       /* reads of user memory that failed */
 	__u64 hpack_events; /* hpack field records submitted */
 	__u64 hpack_lost;   /* hpack field records the ring buffer had no room for */
+	__u64 missed_exits; /* traced sends whose exit program the kernel skipped (snoop.bpf.c, SEND_MISSED) */
 };
 
 /* Set from Go before load; const volatile so the verifier prunes what is off. */

@@ -100,6 +100,15 @@ func attachTracingPrograms(t *Tracer, names ...string) error {
 	return nil
 }
 
+// retprobeMaxActive is how many calls of a function a kretprobe follows
+// at once (the kernel's maximum). A return past that is skipped, and a
+// send's exit lost (bpf/snoop.bpf.c, SEND_MISSED); the kernel's default
+// is the number of CPUs on kernels without CONFIG_PREEMPTION (Debian's
+// 5.10: 2 on a two-CPU machine, fewer than the sends a busy containerd
+// has blocked at once), else max(10, 2 x CPUs). Each costs a few dozen
+// bytes of kernel memory.
+const retprobeMaxActive = 4096
+
 // attachKprobes is for kernels without trampolines.
 func attachKprobes(t *Tracer) error {
 	for _, p := range []struct {
@@ -113,10 +122,17 @@ func attachKprobes(t *Tracer) error {
 		{"unix_accept", "kprobe_unix_accept", false},
 	} {
 		attach, kind := link.Kprobe, "kprobe"
+		var opts *link.KprobeOptions
 		if p.ret {
 			attach, kind = link.Kretprobe, "kretprobe"
+			opts = &link.KprobeOptions{RetprobeMaxActive: retprobeMaxActive}
 		}
-		l, err := attach(p.fn, t.progs[p.prog], nil)
+		l, err := attach(p.fn, t.progs[p.prog], opts)
+		if err != nil && opts != nil {
+			// Setting maxactive takes tracefs's kprobe_events; without
+			// it, the kernel's default, and skips are counted.
+			l, err = attach(p.fn, t.progs[p.prog], nil)
+		}
 		if err != nil {
 			return fmt.Errorf("attach %s %s: %w", kind, p.fn, err)
 		}

@@ -99,6 +99,45 @@ func (c *collector) waitFor(t *testing.T, ino uint64, n int) []byte {
 	}
 }
 
+// contiguous splits what ino sent into the stretches the capture
+// presents as contiguous: a new one starts where the stream has a gap,
+// an unreadable chunk or starts over (its offset goes back, or the kernel
+// restarted it).
+func (c *collector) contiguous(ino uint64) [][]byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var segs [][]byte
+	var cur []byte
+	data := c.streams[ino]
+	var all []byte
+	if data != nil {
+		all = data.Bytes()
+	}
+	var next uint64
+	started := false
+	for _, e := range c.events[ino] {
+		if e.Close {
+			continue
+		}
+		if started && (e.Restart || e.Offset != next || e.Fault) && len(cur) > 0 {
+			segs = append(segs, cur)
+			cur = nil
+		}
+		started = true
+		next = e.Offset + uint64(e.Len)
+		if e.Fault {
+			continue
+		}
+		n := min(int(e.Len), len(all))
+		cur = append(cur, all[:n]...)
+		all = all[n:]
+	}
+	if len(cur) > 0 {
+		segs = append(segs, cur)
+	}
+	return segs
+}
+
 func inode(t *testing.T, fd int) uint64 {
 	t.Helper()
 	var st unix.Stat_t

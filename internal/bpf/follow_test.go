@@ -15,8 +15,9 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 )
 
-// TestHelperProcess is not a test: the follow test runs this binary as
-// the processes of its scenario.
+// TestHelperProcess is not a test: the follow test and
+// TestCaptureFromFirstSend run this binary as the processes of their
+// scenarios.
 func TestHelperProcess(t *testing.T) {
 	mode := os.Getenv("CDSNOOP_HELPER")
 	if mode == "" {
@@ -87,6 +88,8 @@ func TestHelperProcess(t *testing.T) {
 		fmt.Println("accepted")
 		io.Copy(io.Discard, c) // never sends: only the accept names it
 		os.Exit(0)
+	case "burst":
+		burst(sock)
 	case "unrelated":
 		c, err := net.Dial("unix", sock)
 		if err != nil {

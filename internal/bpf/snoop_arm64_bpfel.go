@@ -21,6 +21,12 @@ const (
 	snoopBackendIdBACKEND_KPROBE     snoopBackendId = 3
 )
 
+type snoopCloseRecord struct {
+	_   structs.HostLayout
+	Ev  snoopEvent
+	Pad [128]uint8
+}
+
 type snoopConfig struct {
 	_            structs.HostLayout
 	SelfPid      uint32
@@ -155,6 +161,7 @@ type snoopStats struct {
 	Faults      uint64
 	HpackEvents uint64
 	HpackLost   uint64
+	MissedExits uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -162,6 +169,7 @@ type snoopStats struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	snoopMapAccepting                          = "accepting"
+	snoopMapCloseScratch                       = "close_scratch"
 	snoopMapEvents                             = "events"
 	snoopMapHpackScratchMap                    = "hpack_scratch_map"
 	snoopMapHpackSeq                           = "hpack_seq"
@@ -300,6 +308,7 @@ type snoopProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type snoopMapSpecs struct {
 	Accepting       *ebpf.MapSpec `ebpf:"accepting"`
+	CloseScratch    *ebpf.MapSpec `ebpf:"close_scratch"`
 	Events          *ebpf.MapSpec `ebpf:"events"`
 	HpackScratchMap *ebpf.MapSpec `ebpf:"hpack_scratch_map"`
 	HpackSeq        *ebpf.MapSpec `ebpf:"hpack_seq"`
@@ -346,6 +355,7 @@ func (o *snoopObjects) Close() error {
 // It can be passed to loadSnoopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type snoopMaps struct {
 	Accepting       *ebpf.Map `ebpf:"accepting"`
+	CloseScratch    *ebpf.Map `ebpf:"close_scratch"`
 	Events          *ebpf.Map `ebpf:"events"`
 	HpackScratchMap *ebpf.Map `ebpf:"hpack_scratch_map"`
 	HpackSeq        *ebpf.Map `ebpf:"hpack_seq"`
@@ -362,6 +372,7 @@ type snoopMaps struct {
 func (m *snoopMaps) Close() error {
 	return _SnoopClose(
 		m.Accepting,
+		m.CloseScratch,
 		m.Events,
 		m.HpackScratchMap,
 		m.HpackSeq,

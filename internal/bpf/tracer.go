@@ -445,7 +445,9 @@ func (t *Tracer) readStats() (capture.Stats, error) {
 		return capture.Stats{}, fmt.Errorf("read loss counters: %w", err)
 	}
 	var s capture.Stats
+	var missedExits uint64
 	for _, c := range per {
+		missedExits += c.MissedExits
 		s.Events += c.Events
 		s.Bytes += c.Bytes
 		s.LostEvents += c.LostEvents
@@ -454,6 +456,7 @@ func (t *Tracer) readStats() (capture.Stats, error) {
 		s.HeaderFields += c.HpackEvents
 		s.LostHeaderFields += c.HpackLost
 	}
+	s.LostEvents += t.lostToSkips(missedExits)
 	return s, nil
 }
 

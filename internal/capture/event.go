@@ -90,7 +90,10 @@ func (f *HeaderField) WholePrefix() bool { return f.HasPrefix && len(f.Prefix) =
 
 // Stats are the capture's own counters of what it submitted and lost.
 type Stats struct {
-	Events, Bytes         uint64
+	Events, Bytes uint64
+	// LostEvents counts records the ring buffer had no room for and sends
+	// (and closes) the kernel skipped the capture's programs for
+	// (internal/bpf, missed.go); LostBytes the bytes known lost.
 	LostEvents, LostBytes uint64
 	Faults                uint64
 	// HeaderFields and LostHeaderFields count peer-probe records
