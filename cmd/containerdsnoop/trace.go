@@ -163,6 +163,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	if f.listPods {
 		known = listPods(f.socket, opts.Logf)
 	}
+	batchScheduling() // before Open: the spool thread it starts sets its own
 	tracer, err := bpf.Open(opts)
 	if err != nil {
 		return err

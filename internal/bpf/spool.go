@@ -82,10 +82,15 @@ func (t *Tracer) spoolLoop(s *spool) {
 	// Its own thread, ahead of other work on a busy node: it only copies,
 	// and every millisecond it waits is a millisecond of traffic the ring
 	// must hold. The thread ends with the goroutine (never unlocked), so
-	// its priority stays with it. Failing to raise it (no CAP_SYS_NICE)
-	// costs only that head start.
+	// its priority stays with it. It is also given the normal policy back
+	// should the process run under SCHED_BATCH (containerdsnoop trace
+	// does: the decoder may wait for a tick, this thread may not).
+	// Failing to raise it (no CAP_SYS_NICE) costs only that head start.
 	runtime.LockOSThread()
-	unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), spoolNice)
+	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL, Nice: spoolNice}
+	if unix.SchedSetAttr(0, &attr, 0) != nil {
+		unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), spoolNice)
+	}
 
 	var ev capture.Event
 	b := s.free.Get().(*batch)

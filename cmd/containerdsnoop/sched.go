@@ -1,0 +1,32 @@
+package main
+
+import (
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// batchScheduling puts the process's threads under SCHED_BATCH: the
+// scheduler then never lets a tracer thread that wakes up preempt the
+// thread running on that CPU (a traced kubelet, containerd, a shim); it
+// takes its turn at the next tick instead. The share of CPU is the same
+// as before (nice 0), so a tracer that must keep up with full-speed
+// traffic still does; only the wakeup preemption is given up, which the
+// tracer does not need: its output may lag by a tick, the traced calls'
+// latency may not (docs/performance.md, latency under fixed load). Threads
+// the Go runtime starts later inherit it. The capture's spool thread sets
+// its own policy back (internal/bpf/spool.go): it must drain the ring
+// buffer promptly. Failing (a seccomp profile, say) changes nothing else.
+func batchScheduling() {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return
+	}
+	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_BATCH}
+	for _, t := range tasks {
+		if tid, err := strconv.Atoi(t.Name()); err == nil {
+			_ = unix.SchedSetAttr(tid, &attr, 0)
+		}
+	}
+}
