@@ -42,6 +42,8 @@ const (
 	// Messages larger than this are decoded every time: they are rarely
 	// repeated, and would crowd out the small ones that are.
 	cacheMaxMessage = 256 << 10
+	// A message's bytes in another map order are kept up to this size.
+	aliasMaxMessage = 4 << 10
 )
 
 var messages = &messageCache{entries: map[protoreflect.FullName]map[string]proto.Message{}}
@@ -75,12 +77,12 @@ func (c *messageCache) decode(mt protoreflect.MessageType, payload []byte) (prot
 			shared, ok := c.entries[name][string(canon)]
 			c.mu.Unlock()
 			if ok {
-				c.add(name, payload, shared, len(payload))
+				c.alias(name, payload, shared)
 				return shared, nil
 			}
 			convertJSONAnys(msg.ProtoReflect(), 0)
 			c.add(name, canon, msg, cacheEntryFactor*len(canon))
-			c.add(name, payload, msg, len(payload))
+			c.alias(name, payload, msg)
 			return msg, nil
 		}
 	}
@@ -89,6 +91,16 @@ func (c *messageCache) decode(mt protoreflect.MessageType, payload []byte) (prot
 	// the wire size, in Go objects) and what the outputs render for it.
 	c.add(name, payload, msg, cacheEntryFactor*len(payload))
 	return msg, nil
+}
+
+// alias keeps msg under the bytes it was sent as, when small: a short
+// answer has few map orders, which recur (two containers' labels: a few
+// hundred), but a large one has more than will ever be seen twice, and
+// keeping its orders would only push everything else out of the cache.
+func (c *messageCache) alias(name protoreflect.FullName, payload []byte, msg proto.Message) {
+	if len(payload) <= aliasMaxMessage {
+		c.add(name, payload, msg, len(payload))
+	}
 }
 
 // add keeps msg under key; cost is what it holds (an alias of a message
