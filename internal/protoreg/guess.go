@@ -103,9 +103,18 @@ func (s MethodSet) Only() (*Method, bool) {
 
 // FitMethods returns the candidates whose request type (response false)
 // or response type (response true) the payload fits strictly (see
-// GuessGRPCMethod). An empty payload fits every type.
+// GuessGRPCMethod). An empty payload fits every type; one over
+// fitMaxMessage (64 KiB) is not tried and fits none.
 func FitMethods(payload []byte, response bool) MethodSet {
 	candOnce.Do(buildCandidates)
+	if len(payload) > fitMaxMessage {
+		// Fitting parses the payload once per candidate type: hundreds
+		// of parses of a 1 MiB message took seconds each, and kept a
+		// tracer from stopping (it still had such messages to decode
+		// when interrupted). A large message fits nothing proved: no
+		// guess, and no inference from its call.
+		return nil
+	}
 	side := 0
 	if response {
 		side = 1
@@ -142,6 +151,10 @@ var fitCache = struct {
 const (
 	fitCacheEntries = 256
 	fitCacheMessage = 1 << 10
+	// fitMaxMessage is the largest payload fitted against the candidates
+	// (CRI and containerd requests are far smaller; large List answers
+	// are not fitted).
+	fitMaxMessage = 64 << 10
 )
 
 func fitMethods(payload []byte, response bool) MethodSet {

@@ -47,6 +47,20 @@ func TestGuessGRPCMethod(t *testing.T) {
 	if got := GuessGRPCMethod(nil); got != "" {
 		t.Errorf("empty payload guessed as %q", got)
 	}
+	// The same distinctive request grown past fitMaxMessage (a 1 MiB
+	// label selector would take a parse per candidate type, seconds in
+	// all) is not tried: no guess, and it fits nothing for inference.
+	large, _ := proto.Marshal(&runtimeapi.RunPodSandboxRequest{
+		Config: &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "web", Uid: "u1", Namespace: "default", Attempt: 1},
+			Hostname: "web", Labels: map[string]string{"big": strings.Repeat("x", fitMaxMessage)}},
+		RuntimeHandler: "runc",
+	})
+	if got := GuessGRPCMethod(large); got != "" {
+		t.Errorf("a %d-byte payload was fitted: guessed as %q", len(large), got)
+	}
+	if set := FitMethods(large, false); !set.Empty() {
+		t.Errorf("a %d-byte payload fits %v", len(large), set)
+	}
 }
 
 func TestSchemaless(t *testing.T) {
