@@ -161,7 +161,7 @@ func (j *jsonWriter) Write(r *call.Record) error {
 		b = strconv.AppendInt(b, r.Latency.Nanoseconds(), 10)
 	}
 	b = append(b, "}\n"...)
-	j.line = b
+	j.line = keepLine(b)
 	_, err := j.w.Write(b)
 	return err
 }

@@ -31,3 +31,13 @@ func New(format string, w io.Writer, opts Options) (Writer, error) {
 	}
 	return nil, fmt.Errorf("unknown output format %q: want table or json", format)
 }
+
+// keepLine is what a writer keeps of the buffer it built a line in: reused
+// for the next line, unless one huge message grew it past 64 KiB, which
+// must not stay pinned for the rest of the capture.
+func keepLine(b []byte) []byte {
+	if cap(b) > 64<<10 {
+		return nil
+	}
+	return b[:0]
+}

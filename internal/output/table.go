@@ -84,7 +84,7 @@ func (t *tableWriter) Write(r *call.Record) error {
 	for len(b) > 0 && b[len(b)-1] == '\n' {
 		b = b[:len(b)-1]
 	}
-	t.line = b
+	t.line = keepLine(b)
 	// Every string in the line may come from any local process (comm,
 	// method, message, status message, container id, note): escaped as a
 	// whole, before the cut, so that no escape sequence or bidi control
