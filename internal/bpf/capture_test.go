@@ -567,3 +567,18 @@ func testCaptureLargeSend(t *testing.T, backend string) {
 	}
 	t.Logf("large send: first %d KiB, the rest reported lost", cut>>10)
 }
+
+// waitMarker sends a marker from this process and waits until it is read:
+// every send that returned before it is then read too (the ring buffer is
+// in order of reservation).
+func (c *collector) waitMarker(t *testing.T) {
+	t.Helper()
+	client, _, _ := listenPair(t)
+	fd := rawFD(t, client)
+	if _, err := unix.Write(fd, []byte("marker")); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.waitFor(t, inode(t, fd), 6); string(got) != "marker" {
+		t.Fatalf("marker send captured as %q", got)
+	}
+}

@@ -222,14 +222,7 @@ func testPeerSocketAddressReused(t *testing.T, tr *Tracer, c *collector) {
 	}
 	// Every send above returned before this one: once it is read, theirs
 	// are too (the ring buffer is in order of reservation).
-	client, _, _ := listenPair(t)
-	fd := rawFD(t, client)
-	if _, err := unix.Write(fd, []byte("marker")); err != nil {
-		t.Fatal(err)
-	}
-	if got := c.waitFor(t, inode(t, fd), 6); string(got) != "marker" {
-		t.Fatalf("marker send captured as %q", got)
-	}
+	c.waitMarker(t)
 	wrong, missing := 0, 0
 	for _, ino := range inos {
 		c.mu.Lock()

@@ -134,14 +134,7 @@ func testCaptureFromFirstSend(t *testing.T, backend string) {
 	}
 	// Every send of the helper returned before it printed: a send after
 	// that, once read, comes after all of theirs in the ring buffer.
-	client, _, _ := listenPair(t)
-	fd := rawFD(t, client)
-	if _, err := unix.Write(fd, []byte("marker")); err != nil {
-		t.Fatal(err)
-	}
-	if got := c.waitFor(t, inode(t, fd), 6); string(got) != "marker" {
-		t.Fatalf("marker send captured as %q", got)
-	}
+	c.waitMarker(t)
 	st, err := tr.Stats()
 	if err != nil {
 		t.Fatal(err)
