@@ -142,7 +142,9 @@ func TestRealClientDockerd(t *testing.T) {
 	if ended != calls {
 		t.Errorf("the table shows %d of dockerd's calls ending, containerd answered %d", ended, calls)
 	}
-	t.Logf("dockerd's %d calls:\n%s", calls, out)
+	// The table is logged last (below): a failure's own lines come
+	// first, where CI's excerpt of a failing test's output shows them.
+	defer t.Logf("dockerd's %d calls:\n%s", calls, out)
 
 	checkHandled(t, recs, c.Socket, want)
 	// dockerd's event stream stays open as long as dockerd runs.
