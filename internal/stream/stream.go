@@ -194,7 +194,9 @@ func (a *Assembler) Feed(ev *capture.Event) {
 
 // stale reports whether ev is from other sockets than c's, at the same
 // addresses: an inode the event names differs from the one c knows for
-// that end. A socket pair's two addresses can both be reused at once by
+// that end, or ev's receiver has no inode yet (a connection not accepted
+// yet) where c's end at that address has already sent, which only an
+// accepted socket can. A socket pair's two addresses can both be reused at once by
 // a new pair (the kernel's allocator hands freed memory out again first):
 // when the old end at the new sender's address never sent, the kernel's
 // restart of its stream says nothing to an end that never started, and
@@ -203,7 +205,21 @@ func (a *Assembler) Feed(ev *capture.Event) {
 func (c *Conn) stale(ev *capture.Event) bool {
 	e := c.endOf(ev.Sock)
 	p := &c.Ends[Peer(c.endIndex(e))]
-	return e.Ino != 0 && ev.Ino != 0 && e.Ino != ev.Ino || p.Ino != 0 && ev.PeerIno != 0 && p.Ino != ev.PeerIno
+	if e.Ino != 0 && ev.Ino != 0 && e.Ino != ev.Ino || p.Ino != 0 && ev.PeerIno != 0 && p.Ino != ev.PeerIno {
+		return true
+	}
+	// The kernel reads the receiver's inode as 0 only while it is an
+	// embryo (connected, not yet accepted) or after it was released (when
+	// sends to it fail). A receiver that has sent was accepted, so one
+	// that now reads as 0 is another socket: a client that exited without
+	// a close(2) the syscall backend sees, its pair's memory reused by a
+	// new connection in the opposite direction (containerd dialling a new
+	// shim at a docker CLI's old addresses took the CLI's conversation
+	// for its own, peer pid and all, then lost its first call when the
+	// shim answered). Only for events newer than the connection's last:
+	// a receiver accepted and sending just after this sender read its
+	// inode as 0 sent later than this send began.
+	return ev.PeerIno == 0 && p.started && p.Ino != 0 && c.Last.Before(ev.Time)
 }
 
 func (c *Conn) endIndex(e *End) int {

@@ -137,6 +137,55 @@ func TestAssemblerReusedPair(t *testing.T) {
 	}
 }
 
+// TestAssemblerReusedPairNotAccepted: a client that exited without a close
+// the syscall backend sees leaves its connection; a new pair takes its
+// two addresses the other way round, and the new client's first send goes
+// to a socket not accepted yet (inode 0). That receiver is not the old
+// client, which had sent: a new connection, so that the new server's
+// answer continues the new client's call (containerd → a new shim, after
+// a docker CLI that had exited: the Task/Create answer was lost).
+func TestAssemblerReusedPairNotAccepted(t *testing.T) {
+	var l logSink
+	a := New(&l)
+	t0 := time.Unix(1000, 0)
+	old := ev(1, 2, 0, "cli")
+	old.Ino, old.PID, old.Time = 11, 100, t0
+	a.Feed(old)
+	req := ev(2, 1, 0, "create")
+	req.Ino, req.PID, req.Restart, req.Time = 22, 200, true, t0.Add(time.Millisecond)
+	a.Feed(req)
+	// Its peer is not known yet: not the old client.
+	if c := a.conns[keyOf(req)]; c.Ends[Peer(c.endIndex(c.endOf(2)))].PID != 0 {
+		t.Errorf("the new client's peer is the old client: %+v", c.Ends)
+	}
+	resp := ev(1, 2, 0, "created")
+	resp.Ino, resp.PeerIno, resp.Restart, resp.Time = 21, 22, true, t0.Add(2*time.Millisecond)
+	a.Feed(resp)
+	want := []string{`c1 e0 "cli"`, `c1 closed true`, `c2 e0 "create"`, `c2 e1 "created"`}
+	if got := strings.Join(l.log, "\n"); got != strings.Join(want, "\n") {
+		t.Fatalf("got\n%s\nwant\n%s", got, strings.Join(want, "\n"))
+	}
+}
+
+// A server accepted and answering right after its client's first send
+// read the server's inode as 0 (the client's event is the later one in
+// the ring): the same connection.
+func TestAssemblerAcceptedDuringFirstSend(t *testing.T) {
+	var l logSink
+	a := New(&l)
+	t0 := time.Unix(1000, 0)
+	settings := ev(1, 2, 0, "settings")
+	settings.Ino, settings.PeerIno, settings.Restart, settings.Time = 11, 12, true, t0.Add(time.Microsecond)
+	a.Feed(settings)
+	preface := ev(2, 1, 0, "preface")
+	preface.Ino, preface.Restart, preface.Time = 12, true, t0
+	a.Feed(preface)
+	want := []string{`c1 e0 "settings"`, `c1 e1 "preface"`}
+	if got := strings.Join(l.log, "\n"); got != strings.Join(want, "\n") {
+		t.Fatalf("got\n%s\nwant\n%s", got, strings.Join(want, "\n"))
+	}
+}
+
 // A restart of the same socket's counter (the kernel evicted it; same
 // inode) starts the connection over but claims no close.
 func TestAssemblerRestartSameSocket(t *testing.T) {
