@@ -123,15 +123,28 @@ bpfmap_kb() {
 # wait_idle PID: until the process has used at most one tick in 200 ms (it
 # has drained its ring buffer), at most 60 s.
 wait_idle() {
-	local pid=$1 prev cur deadline=$((SECONDS + 60))
+	local pid=$1 prev cur deadline=$((SECONDS + 60)) at
 	prev=$(cpu_ticks "$pid")
 	while ((SECONDS < deadline)); do
+		at=$(now)
 		sleep 0.2
 		cur=$(cpu_ticks "$pid")
-		((cur - prev <= 1)) && return 0
+		# IDLE_AT: when the quiet interval began, i.e. when the tracer
+		# finished what it had to catch up on (to 0.2 s).
+		((cur - prev <= 1)) && IDLE_AT=$at && return 0
 		prev=$cur
 	done
+	IDLE_AT=$(now)
 	log "warning: tracer $pid still busy after 60 s"
+}
+
+# busy_window T0 TEND: seconds from T0 to TEND or, when the tracer was
+# still catching up after the load ended, to IDLE_AT (wait_idle): its CPU
+# ticks, counted until then, are divided by this for "tracer cores" (over
+# the load's time alone, a tracer draining a backlog would show more cores
+# than the machine has).
+busy_window() {
+	awk -v a="$1" -v b="$2" -v c="${IDLE_AT:-0}" 'BEGIN { if (c > b) b = c; printf "%.3f", b - a }'
 }
 
 now() { echo "$EPOCHREALTIME"; }
@@ -256,6 +269,7 @@ run_load() {
 		fi
 	fi
 	t1=$(awk -v a="$t0" -v b="$tend" 'BEGIN { printf "%.3f", b - a }')
+	[[ $cfg != untraced ]] && t1=$(busy_window "$t0" "$tend")
 	printf '{"kind":"%s","axis":"%s","value":%s,"config":"%s","mode":"%s","round":%d,"clk_tck":%d,"client":%s,"server_ticks":%d,"tracer_ticks":%d,"tracer_window_s":%s,"tracer_hwm_kb":%d,"tracer_rss_kb":%d,"tracer_mem":%s,"decoded":%d,%s}\n' \
 		"${KIND:-load}" "${AXIS:-}" "${VALUE:-0}" "$cfg" "$mode" "$round" "$CLK_TCK" "$client" $((s1 - s0)) $((tr1 - tr0)) "$t1" "$hwm" "$rss" "$mem" "$dec" "$loss" >>"$RESULTS"
 	log "round $round $label $cfg: $(sed -E 's/.*"calls_per_sec":([0-9.]+).*"p50_us":([0-9.]+).*"p99_us":([0-9.]+).*/\1 calls\/s, p50 \2 µs, p99 \3 µs/' <<<"$client")"
@@ -331,8 +345,9 @@ for n in $SCALE_CONNS; do
 	tr0=$(cpu_ticks "$TPID")
 	t0=$(now)
 	cr=$("$BENCH" conns -socket "$SOCK" -n "$n" -parallel 16 -hold -tracer-pid "$TPID")
-	t1=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }')
+	tend=$(now)
 	wait_idle "$TPID"
+	t1=$(busy_window "$t0" "$tend")
 	tr1=$(cpu_ticks "$TPID")
 	hwm=$(status_kb "$TPID" VmHWM)
 	stop_tracer

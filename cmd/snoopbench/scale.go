@@ -24,7 +24,7 @@ type scalePoint struct {
 	calls        int64
 	callsPerSec  float64
 	wireMBps     float64 // request + response bytes per second, both directions
-	cores        float64 // tracer CPU / wall time of the load
+	cores        float64 // tracer CPU / (wall time of the load, or until the tracer had caught up)
 	msPer1k      float64 // tracer CPU per 1000 calls
 	memMiB       float64 // PSS: ring once
 	ringMiB      float64

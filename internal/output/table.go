@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/proto"
@@ -89,7 +90,10 @@ func (t *tableWriter) Write(r *call.Record) error {
 	// method, message, status message, container id, note): escaped as a
 	// whole, before the cut, so that no escape sequence or bidi control
 	// reaches the terminal.
-	line := cut(termsafe.Escape(string(b)), t.opts.Width)
+	// The line is looked at through a string that shares b's bytes (no
+	// copy of a line per call): it is written out below, before b is
+	// reused by the next Write.
+	line := cut(termsafe.Escape(unsafe.String(unsafe.SliceData(b), len(b))), t.opts.Width)
 	t.w.WriteString(line)
 	return t.w.WriteByte('\n')
 }
