@@ -285,9 +285,12 @@ func TestDirection(t *testing.T) {
 	})
 
 	t.Run("not HTTP/2, peer not accepted", func(t *testing.T) {
-		srv := event(t0, 0, true, 0, []byte("banner\n"))
-		cli := event(t0, 1, false, 0, []byte("hello\n"))
-		cli.PeerIno = 0 // the server end was not accepted yet
+		// The client's send began before the server accepted (its
+		// receiver has no inode yet), and reached the ring buffer after
+		// the server's first answer.
+		srv := event(t0, 1, true, 0, []byte("banner\n"))
+		cli := event(t0, 0, false, 0, []byte("hello\n"))
+		cli.PeerIno = 0
 		c := readPcap(t, writePcap(t, []capture.Event{srv, cli}))
 		if c.packets[0].src != "127.1.0.1:32768" || !strings.Contains(c.ifaces[1].Comment, "client cli pid 100") {
 			t.Errorf("first packet from %s; comment %q", c.packets[0].src, c.ifaces[1].Comment)
