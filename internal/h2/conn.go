@@ -333,6 +333,12 @@ func (d *Decoder) parse(c *Conn, end int, cap *capture.Event) {
 		if !dir.inBlock && h.unused(b[frameHeaderLen:n]) {
 			continue
 		}
+		if !dir.inBlock {
+			if frag, ok := h.wholeHeaders(b[frameHeaderLen:n]); ok {
+				d.headersFrame(c, end, h.stream, h.flags.Has(http2.FlagHeadersEndStream), true, frag, cap)
+				continue
+			}
+		}
 		dir.rd.Reset(b[:n])
 		f, err := dir.fr.ReadFrame()
 		if err != nil {
@@ -397,13 +403,7 @@ func (d *Decoder) frame(c *Conn, end int, f http2.Frame, cap *capture.Event) {
 			peer.maxFrame = min(v, budget.MaxHTTP2Frame)
 		}
 	case *http2.HeadersFrame:
-		dir.block, dir.blockDropped = dir.block[:0], false
-		dir.blockStream, dir.blockEnd = f.StreamID, f.StreamEnded()
-		dir.addBlock(f.HeaderBlockFragment())
-		dir.inBlock = !f.HeadersEnded()
-		if !dir.inBlock {
-			d.headerBlock(c, end, cap)
-		}
+		d.headersFrame(c, end, f.StreamID, f.StreamEnded(), f.HeadersEnded(), f.HeaderBlockFragment(), cap)
 	case *http2.ContinuationFrame:
 		if !dir.inBlock || f.StreamID != dir.blockStream {
 			return
@@ -432,6 +432,19 @@ func (d *Decoder) frame(c *Conn, end int, f http2.Frame, cap *capture.Event) {
 		d.emit(c, &Event{Kind: ResetStream, End: end, Stream: f.StreamID, ErrCode: f.ErrCode, Cap: cap})
 	case *http2.GoAwayFrame:
 		d.emit(c, &Event{Kind: GoAway, End: end, ErrCode: f.ErrCode, Cap: cap})
+	}
+}
+
+// headersFrame starts a header block with a HEADERS frame's fragment,
+// and decodes it when the frame ends it.
+func (d *Decoder) headersFrame(c *Conn, end int, streamID uint32, endStream, endHeaders bool, frag []byte, cap *capture.Event) {
+	dir := &c.dirs[end]
+	dir.block, dir.blockDropped = dir.block[:0], false
+	dir.blockStream, dir.blockEnd = streamID, endStream
+	dir.addBlock(frag)
+	dir.inBlock = !endHeaders
+	if !dir.inBlock {
+		d.headerBlock(c, end, cap)
 	}
 }
 

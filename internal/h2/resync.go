@@ -62,6 +62,36 @@ func (h frameHeader) unused(payload []byte) bool {
 	return false
 }
 
+// wholeHeaders returns the header block fragment of a plausible HEADERS
+// frame that holds a whole header block (END_HEADERS), when the framer
+// would accept it: three of those per gRPC call, which the framer would
+// copy and allocate a frame for. Anything else (a block continued in
+// CONTINUATION frames, whose order the framer keeps track of, or padding
+// or a priority the framer would reject) is left to the framer.
+func (h frameHeader) wholeHeaders(payload []byte) ([]byte, bool) {
+	if h.typ != http2.FrameHeaders || !h.flags.Has(http2.FlagHeadersEndHeaders) || h.stream == 0 {
+		return nil, false
+	}
+	p, pad := payload, 0
+	if h.flags.Has(http2.FlagHeadersPadded) {
+		if len(p) < 1 {
+			return nil, false
+		}
+		pad, p = int(p[0]), p[1:]
+	}
+	if h.flags.Has(http2.FlagHeadersPriority) {
+		// The priority is skipped unread, as by the framer.
+		if len(p) < 5 {
+			return nil, false
+		}
+		p = p[5:]
+	}
+	if len(p) < pad {
+		return nil, false
+	}
+	return p[:len(p)-pad], true
+}
+
 func (h frameHeader) plausible(maxFrame uint32) bool {
 	if int(h.typ) >= len(legalFlags) || h.flags&^legalFlags[h.typ] != 0 || h.length > maxFrame {
 		return false

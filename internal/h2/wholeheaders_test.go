@@ -1,0 +1,66 @@
+package h2
+
+import (
+	"bytes"
+	"encoding/binary"
+	"testing"
+
+	"golang.org/x/net/http2"
+)
+
+// TestWholeHeadersAsFramer: the HEADERS fast path takes exactly the frames
+// x/net's framer accepts as a whole header block, with the same fragment,
+// for every combination of flags, padding and priority over short
+// payloads; everything else is left to the framer.
+func TestWholeHeadersAsFramer(t *testing.T) {
+	flagSets := []http2.Flags{0, http2.FlagHeadersEndStream}
+	for _, f := range []http2.Flags{http2.FlagHeadersEndHeaders, http2.FlagHeadersPadded, http2.FlagHeadersPriority} {
+		n := len(flagSets)
+		for i := range n {
+			flagSets = append(flagSets, flagSets[i]|f)
+		}
+	}
+	checked := 0
+	for _, stream := range []uint32{0, 1, 3} {
+		for _, flags := range flagSets {
+			for size := 0; size <= 12; size++ {
+				for first := 0; first <= 12; first++ {
+					for _, dep := range []uint32{1, 3, 1 | 1<<31} {
+						payload := make([]byte, size)
+						for i := range payload {
+							payload[i] = byte(0x80 + i)
+						}
+						off := 0
+						if flags.Has(http2.FlagHeadersPadded) && size > 0 {
+							payload[0] = byte(first)
+							off = 1
+						}
+						if flags.Has(http2.FlagHeadersPriority) && size >= off+4 {
+							binary.BigEndian.PutUint32(payload[off:], dep)
+						}
+						frame := make([]byte, frameHeaderLen, frameHeaderLen+size)
+						frame[2] = byte(size)
+						frame[3] = byte(http2.FrameHeaders)
+						frame[4] = byte(flags)
+						binary.BigEndian.PutUint32(frame[5:], stream)
+						frame = append(frame, payload...)
+
+						frag, ok := parseHeader(frame).wholeHeaders(frame[frameHeaderLen:])
+						fr := http2.NewFramer(nil, bytes.NewReader(frame))
+						got, err := fr.ReadFrame()
+						hf, isHeaders := got.(*http2.HeadersFrame)
+						framerWhole := err == nil && isHeaders && hf.HeadersEnded()
+						if ok != framerWhole {
+							t.Fatalf("stream %d flags %v payload % x: fast path %v, framer %v (%v)", stream, flags, payload, ok, framerWhole, err)
+						}
+						if ok && !bytes.Equal(frag, hf.HeaderBlockFragment()) {
+							t.Fatalf("stream %d flags %v payload % x: fragment % x, framer's % x", stream, flags, payload, frag, hf.HeaderBlockFragment())
+						}
+						checked++
+					}
+				}
+			}
+		}
+	}
+	t.Logf("%d frames compared", checked)
+}
