@@ -338,6 +338,10 @@ func (d *Decoder) parse(c *Conn, end int, cap *capture.Event) {
 				d.headersFrame(c, end, h.stream, h.flags.Has(http2.FlagHeadersEndStream), true, frag, cap)
 				continue
 			}
+			if data, ok := h.dataPayload(b[frameHeaderLen:n]); ok {
+				d.emit(c, dir.event(Event{Kind: Data, End: end, Stream: h.stream, Data: data, EndStream: h.flags.Has(http2.FlagDataEndStream), Cap: cap}))
+				continue
+			}
 		}
 		dir.rd.Reset(b[:n])
 		f, err := dir.fr.ReadFrame()

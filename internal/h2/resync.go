@@ -92,6 +92,22 @@ func (h frameHeader) wholeHeaders(payload []byte) ([]byte, bool) {
 	return p[:len(p)-pad], true
 }
 
+// dataPayload returns the data of a plausible DATA frame the framer would
+// accept, without the framer's copy: it stays valid, in the direction's
+// buffer, until parse returns (the framer's until the next frame).
+func (h frameHeader) dataPayload(payload []byte) ([]byte, bool) {
+	if h.typ != http2.FrameData || h.stream == 0 {
+		return nil, false
+	}
+	if !h.flags.Has(http2.FlagDataPadded) {
+		return payload, true
+	}
+	if len(payload) < 1 || int(payload[0]) > len(payload)-1 {
+		return nil, false
+	}
+	return payload[1 : len(payload)-int(payload[0])], true
+}
+
 func (h frameHeader) plausible(maxFrame uint32) bool {
 	if int(h.typ) >= len(legalFlags) || h.flags&^legalFlags[h.typ] != 0 || h.length > maxFrame {
 		return false

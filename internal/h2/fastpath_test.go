@@ -64,3 +64,42 @@ func TestWholeHeadersAsFramer(t *testing.T) {
 	}
 	t.Logf("%d frames compared", checked)
 }
+
+// TestDataPayloadAsFramer: the DATA fast path takes exactly the frames the
+// framer accepts, with the same data.
+func TestDataPayloadAsFramer(t *testing.T) {
+	for _, stream := range []uint32{0, 1} {
+		for _, flags := range []http2.Flags{0, http2.FlagDataEndStream, http2.FlagDataPadded, http2.FlagDataPadded | http2.FlagDataEndStream} {
+			for size := 0; size <= 10; size++ {
+				for pad := 0; pad <= 11; pad++ {
+					payload := make([]byte, size)
+					for i := range payload {
+						payload[i] = byte(0x40 + i)
+					}
+					if flags.Has(http2.FlagDataPadded) && size > 0 {
+						payload[0] = byte(pad)
+					}
+					frame := make([]byte, frameHeaderLen, frameHeaderLen+size)
+					frame[2] = byte(size)
+					frame[3] = byte(http2.FrameData)
+					frame[4] = byte(flags)
+					binary.BigEndian.PutUint32(frame[5:], stream)
+					frame = append(frame, payload...)
+
+					data, ok := parseHeader(frame).dataPayload(frame[frameHeaderLen:])
+					fr := http2.NewFramer(nil, bytes.NewReader(frame))
+					got, err := fr.ReadFrame()
+					df, isData := got.(*http2.DataFrame)
+					if ok != (err == nil && isData) {
+						t.Fatalf("stream %d flags %v payload % x: fast path %v, framer %v", stream, flags, payload, ok, err)
+					}
+					if ok && (!bytes.Equal(data, df.Data()) || h2flags(frame).Has(http2.FlagDataEndStream) != df.StreamEnded()) {
+						t.Fatalf("stream %d flags %v payload % x: data % x, framer's % x", stream, flags, payload, data, df.Data())
+					}
+				}
+			}
+		}
+	}
+}
+
+func h2flags(frame []byte) http2.Flags { return http2.Flags(frame[4]) }
