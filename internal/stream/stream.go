@@ -216,10 +216,13 @@ func (c *Conn) stale(ev *capture.Event) bool {
 	// new connection in the opposite direction (containerd dialling a new
 	// shim at a docker CLI's old addresses took the CLI's conversation
 	// for its own, peer pid and all, then lost its first call when the
-	// shim answered). Only for events newer than the connection's last:
-	// a receiver accepted and sending just after this sender read its
-	// inode as 0 sent later than this send began.
-	return ev.PeerIno == 0 && p.started && p.Ino != 0 && c.Last.Before(ev.Time)
+	// shim answered). Only for the first bytes of the sender's end, and
+	// only for events newer than the connection's last: a receiver
+	// accepted and sending just after this sender read its inode as 0
+	// sent later than this send began, and a receiver released just
+	// after a send it was sent to (the exit programs read the inode after
+	// the send) is no proof of another connection.
+	return ev.PeerIno == 0 && !e.started && p.started && p.Ino != 0 && c.Last.Before(ev.Time)
 }
 
 func (c *Conn) endIndex(e *End) int {

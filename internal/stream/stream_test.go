@@ -186,6 +186,27 @@ func TestAssemblerAcceptedDuringFirstSend(t *testing.T) {
 	}
 }
 
+// A receiver released just after a send that reached it, before the
+// sender's exit program read its inode: the same connection still.
+func TestAssemblerPeerReleasedAfterSend(t *testing.T) {
+	var l logSink
+	a := New(&l)
+	t0 := time.Unix(1000, 0)
+	req := ev(2, 1, 0, "req")
+	req.Ino, req.PeerIno, req.Time = 22, 11, t0
+	a.Feed(req)
+	resp := ev(1, 2, 0, "resp")
+	resp.Ino, resp.PeerIno, resp.Time = 11, 22, t0.Add(time.Millisecond)
+	a.Feed(resp)
+	bye := ev(2, 1, 3, "bye")
+	bye.Ino, bye.Time = 22, t0.Add(2*time.Millisecond)
+	a.Feed(bye)
+	want := []string{`c1 e0 "req"`, `c1 e1 "resp"`, `c1 e0 "bye"`}
+	if got := strings.Join(l.log, "\n"); got != strings.Join(want, "\n") {
+		t.Fatalf("got\n%s\nwant\n%s", got, strings.Join(want, "\n"))
+	}
+}
+
 // A restart of the same socket's counter (the kernel evicted it; same
 // inode) starts the connection over but claims no close.
 func TestAssemblerRestartSameSocket(t *testing.T) {
