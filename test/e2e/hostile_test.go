@@ -181,12 +181,21 @@ func TestHostileAttacks(t *testing.T) {
 	// at a time (before them: 3 GB).
 	cost.check(t, 32<<20)
 	waitCtrCalls(tr, calls)
-	// The attacker exited without close(): its open call ends, and its
+	// The attacker's HTTP/2 bytes are one 16 MiB write(2), twice the
+	// default ring buffer: when the spool thread does not get a CPU in
+	// time, the kernel drops some of it, and the tracer says so. The
+	// open gRPC call at its end may then be among what was lost; its
+	// ttrpc calls, sent after it on another socket, are open too.
+	lost := func() bool { return strings.Contains(tr.Stderr(), "capture lost") }
+	// The attacker exited without close(): its open calls end, and its
 	// connections' state is freed, within seconds.
 	exited := time.Now()
 	tr.waitText("the attacker's open call ended by its exit", func(s string) bool {
 		for _, l := range strings.Split(s, "\n") {
-			if strings.Contains(l, "RESP") && strings.Contains(l, "/runtime.v1.RuntimeService/Version") && strings.Contains(l, "connection closed before the call ended") {
+			if !strings.Contains(l, "RESP") || !strings.Contains(l, "connection closed before the call ended") {
+				continue
+			}
+			if strings.Contains(l, "/runtime.v1.RuntimeService/Version") || lost() && strings.Contains(l, "/containerd.task.v2.Task/Create") {
 				return true
 			}
 		}
@@ -197,6 +206,12 @@ func TestHostileAttacks(t *testing.T) {
 
 	out := tr.stop(os.Interrupt)
 	checkTerminalSafe(t, out, tr.Stderr())
+	if lost() {
+		// Which header blocks reached the decoder depends on where the
+		// loss fell.
+		t.Logf("the capture lost events during the attack (reported); the header blocks dropped are not checked:\n%s", indent(tr.Stderr()))
+		return
+	}
 	if !strings.Contains(tr.Stderr(), "dropped 2 HTTP/2 header blocks over the size limit") {
 		t.Errorf("the dropped header blocks are not reported; stderr:\n%s", indent(tr.Stderr()))
 	}
