@@ -38,12 +38,7 @@ func TestWholeHeadersAsFramer(t *testing.T) {
 						if flags.Has(http2.FlagHeadersPriority) && size >= off+4 {
 							binary.BigEndian.PutUint32(payload[off:], dep)
 						}
-						frame := make([]byte, frameHeaderLen, frameHeaderLen+size)
-						frame[2] = byte(size)
-						frame[3] = byte(http2.FrameHeaders)
-						frame[4] = byte(flags)
-						binary.BigEndian.PutUint32(frame[5:], stream)
-						frame = append(frame, payload...)
+						frame := frameBytes(http2.FrameHeaders, flags, stream, payload)
 
 						frag, ok := parseHeader(frame).wholeHeaders(frame[frameHeaderLen:])
 						fr := http2.NewFramer(nil, bytes.NewReader(frame))
@@ -79,12 +74,7 @@ func TestDataPayloadAsFramer(t *testing.T) {
 					if flags.Has(http2.FlagDataPadded) && size > 0 {
 						payload[0] = byte(pad)
 					}
-					frame := make([]byte, frameHeaderLen, frameHeaderLen+size)
-					frame[2] = byte(size)
-					frame[3] = byte(http2.FrameData)
-					frame[4] = byte(flags)
-					binary.BigEndian.PutUint32(frame[5:], stream)
-					frame = append(frame, payload...)
+					frame := frameBytes(http2.FrameData, flags, stream, payload)
 
 					data, ok := parseHeader(frame).dataPayload(frame[frameHeaderLen:])
 					fr := http2.NewFramer(nil, bytes.NewReader(frame))
@@ -93,7 +83,7 @@ func TestDataPayloadAsFramer(t *testing.T) {
 					if ok != (err == nil && isData) {
 						t.Fatalf("stream %d flags %v payload % x: fast path %v, framer %v", stream, flags, payload, ok, err)
 					}
-					if ok && (!bytes.Equal(data, df.Data()) || h2flags(frame).Has(http2.FlagDataEndStream) != df.StreamEnded()) {
+					if ok && (!bytes.Equal(data, df.Data()) || flags.Has(http2.FlagDataEndStream) != df.StreamEnded()) {
 						t.Fatalf("stream %d flags %v payload % x: data % x, framer's % x", stream, flags, payload, data, df.Data())
 					}
 				}
@@ -102,4 +92,12 @@ func TestDataPayloadAsFramer(t *testing.T) {
 	}
 }
 
-func h2flags(frame []byte) http2.Flags { return http2.Flags(frame[4]) }
+// frameBytes is a frame of payload (under 256 bytes) as on the wire.
+func frameBytes(typ http2.FrameType, flags http2.Flags, stream uint32, payload []byte) []byte {
+	frame := make([]byte, frameHeaderLen, frameHeaderLen+len(payload))
+	frame[2] = byte(len(payload))
+	frame[3] = byte(typ)
+	frame[4] = byte(flags)
+	binary.BigEndian.PutUint32(frame[5:], stream)
+	return append(frame, payload...)
+}

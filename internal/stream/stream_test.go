@@ -21,6 +21,14 @@ func (l *logSink) Closed(c *Conn) {
 	l.log = append(l.log, fmt.Sprintf("c%d closed %v", c.ID, c.Closed))
 }
 
+// expect fails t unless the sink saw exactly want, in order.
+func (l *logSink) expect(t *testing.T, want ...string) {
+	t.Helper()
+	if got := strings.Join(l.log, "\n"); got != strings.Join(want, "\n") {
+		t.Fatalf("got\n%s\nwant\n%s", got, strings.Join(want, "\n"))
+	}
+}
+
 func ev(sock, peer, off uint64, data string) *capture.Event {
 	return &capture.Event{Sock: sock, PeerSock: peer, Offset: off, Len: uint32(len(data)), Data: []byte(data)}
 }
@@ -51,9 +59,7 @@ func TestAssembler(t *testing.T) {
 		`c1 closed false`, `c3 e0 "new"`,
 		`c2 closed true`,
 	}
-	if got := strings.Join(l.log, "\n"); got != strings.Join(want, "\n") {
-		t.Fatalf("got\n%s\nwant\n%s", got, strings.Join(want, "\n"))
-	}
+	l.expect(t, want...)
 	if a.Len() != 1 {
 		t.Fatalf("%d connections tracked, want 1", a.Len())
 	}
@@ -132,9 +138,7 @@ func TestAssemblerReusedPair(t *testing.T) {
 	// Other inodes prove the old sockets gone: the old connection ends
 	// as by a close (its open calls get their closing line).
 	want := []string{`c1 e0 "preface"`, `c1 closed true`, `c2 e0 "ttrpc"`}
-	if got := strings.Join(l.log, "\n"); got != strings.Join(want, "\n") {
-		t.Fatalf("got\n%s\nwant\n%s", got, strings.Join(want, "\n"))
-	}
+	l.expect(t, want...)
 }
 
 // TestAssemblerReusedPairNotAccepted: a client that exited without a close
@@ -162,9 +166,7 @@ func TestAssemblerReusedPairNotAccepted(t *testing.T) {
 	resp.Ino, resp.PeerIno, resp.Restart, resp.Time = 21, 22, true, t0.Add(2*time.Millisecond)
 	a.Feed(resp)
 	want := []string{`c1 e0 "cli"`, `c1 closed true`, `c2 e0 "create"`, `c2 e1 "created"`}
-	if got := strings.Join(l.log, "\n"); got != strings.Join(want, "\n") {
-		t.Fatalf("got\n%s\nwant\n%s", got, strings.Join(want, "\n"))
-	}
+	l.expect(t, want...)
 }
 
 // A server accepted and answering right after its client's first send
@@ -181,9 +183,7 @@ func TestAssemblerAcceptedDuringFirstSend(t *testing.T) {
 	preface.Ino, preface.Restart, preface.Time = 12, true, t0
 	a.Feed(preface)
 	want := []string{`c1 e0 "settings"`, `c1 e1 "preface"`}
-	if got := strings.Join(l.log, "\n"); got != strings.Join(want, "\n") {
-		t.Fatalf("got\n%s\nwant\n%s", got, strings.Join(want, "\n"))
-	}
+	l.expect(t, want...)
 }
 
 // A receiver released just after a send that reached it, before the
@@ -202,9 +202,7 @@ func TestAssemblerPeerReleasedAfterSend(t *testing.T) {
 	bye.Ino, bye.Time = 22, t0.Add(2*time.Millisecond)
 	a.Feed(bye)
 	want := []string{`c1 e0 "req"`, `c1 e1 "resp"`, `c1 e0 "bye"`}
-	if got := strings.Join(l.log, "\n"); got != strings.Join(want, "\n") {
-		t.Fatalf("got\n%s\nwant\n%s", got, strings.Join(want, "\n"))
-	}
+	l.expect(t, want...)
 }
 
 // A restart of the same socket's counter (the kernel evicted it; same
@@ -219,7 +217,5 @@ func TestAssemblerRestartSameSocket(t *testing.T) {
 	again.Ino, again.PeerIno, again.Restart = 11, 12, true
 	a.Feed(again)
 	want := []string{`c1 e0 "first"`, `c1 closed false`, `c2 e0 "again"`}
-	if got := strings.Join(l.log, "\n"); got != strings.Join(want, "\n") {
-		t.Fatalf("got\n%s\nwant\n%s", got, strings.Join(want, "\n"))
-	}
+	l.expect(t, want...)
 }
