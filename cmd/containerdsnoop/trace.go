@@ -325,7 +325,12 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	for {
 		err := tracer.Read(&ev)
 		if errors.Is(err, bpf.ErrIdle) || errors.Is(err, bpf.ErrDrained) || errors.Is(err, bpf.ErrClosed) {
-			if stopping.Load() {
+			// Stopping ends only at ErrDrained (or ErrClosed): a poll
+			// that found nothing, while stop() is still detaching, says
+			// nothing about what the ring buffer and the spool hold, and
+			// the last calls of a command that just exited are exactly
+			// there.
+			if stopping.Load() && !errors.Is(err, bpf.ErrIdle) {
 				break
 			}
 			sweep(time.Now())
@@ -358,9 +363,6 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 			}
 		}
 		if tracer.Pending() == 0 {
-			if stopping.Load() {
-				break
-			}
 			// Caught up: show what was decoded now rather than when the
 			// buffer fills, but at most every flushEvery: at thousands
 			// of calls a second the reader is caught up after nearly
