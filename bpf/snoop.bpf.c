@@ -83,16 +83,20 @@ struct {
 	__type(value, struct scratch);
 } scratch_map SEC(".maps");
 
-/* The close records' own, for the same reason. The padding is room for
- * the path read's mask (fill_header), as data[] is in struct scratch. */
+/* The close records' own, for the same reason: slot 0 for the close
+ * programs, slot 1 for the socket tracepoint's end-of-file reads. The
+ * padding is room for the path read's mask (fill_path), as data[] is in
+ * struct scratch. */
 struct close_record {
 	struct event ev;
 	__u8 pad[128];
 };
 
+enum { CLOSE_SLOT_RELEASE = 0, CLOSE_SLOT_EOF = 1 };
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, struct close_record);
 } close_scratch SEC(".maps");
@@ -515,6 +519,28 @@ static __always_inline enum verdict wanted(__u32 tgid, struct sock *sk)
 	return SKIP;
 }
 
+/* The socket path from addr (either end's), or none. */
+static __always_inline void fill_path(struct event *ev, struct unix_address *addr)
+{
+	__u32 len;
+
+	ev->path_len = 0;
+	if (!addr)
+		return;
+	len = BPF_CORE_READ(addr, len);
+	if (len <= sizeof(__u16))
+		return;
+	len -= sizeof(__u16);
+	if (len > SNOOP_PATH_MAX)
+		len = SNOOP_PATH_MAX;
+	/* Past here clang would drop the mask it can prove redundant; the
+	 * verifier needs it to bound the read. */
+	barrier_var(len);
+	len &= 0x7f;
+	if (!bpf_core_read(ev->path, len, &addr->name[0].sun_path))
+		ev->path_len = len;
+}
+
 /* Fill what every chunk of one send shares. */
 static __always_inline void fill_header(struct event *ev, struct socket *sock,
 					struct sock *sk, __u64 send_len)
@@ -523,7 +549,6 @@ static __always_inline void fill_header(struct event *ev, struct socket *sock,
 	struct sock *peer = BPF_CORE_READ(u, peer);
 	struct unix_address *addr = BPF_CORE_READ(u, addr);
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 len;
 
 	ev->ts_ns = bpf_ktime_get_ns();
 	ev->sk = (__u64)sk;
@@ -550,21 +575,7 @@ static __always_inline void fill_header(struct event *ev, struct socket *sock,
 		ev->flags |= EVENT_F_BOUND;
 	else if (peer)
 		addr = BPF_CORE_READ((struct unix_sock *)peer, addr);
-	ev->path_len = 0;
-	if (addr) {
-		len = BPF_CORE_READ(addr, len);
-		if (len > sizeof(__u16)) {
-			len -= sizeof(__u16);
-			if (len > SNOOP_PATH_MAX)
-				len = SNOOP_PATH_MAX;
-			/* Past here clang would drop the mask it can prove redundant;
-			 * the verifier needs it to bound the read. */
-			barrier_var(len);
-			len &= 0x7f;
-			if (!bpf_core_read(ev->path, len, &addr->name[0].sun_path))
-				ev->path_len = len;
-		}
-	}
+	fill_path(ev, addr);
 }
 
 static long emit_step(__u64 index, void *ctx)
@@ -797,7 +808,8 @@ static __always_inline void send_unseen(struct socket *sock, __u64 sent)
  *
  * Any hook on syscalls makes the kernel take its slower syscall entry for
  * every task while it is attached; the fentry and kprobe backends hook only
- * unix socket functions and avoid that entirely. One program on the raw
+ * unix socket functions, and the socket tracepoints (6.3+) only socket
+ * sends and receives, and avoid that entirely. One program on the raw
  * sys_enter/sys_exit tracepoints, dispatching on the syscall number, was
  * measured too: it takes 100 ns off an unrelated write(2) but adds 70 ns to
  * every other syscall, which on any real mix of syscalls costs the node
@@ -917,6 +929,206 @@ TP_EXIT(sendto, 1)
 TP_EXIT(writev, 2)
 TP_EXIT(sendmsg, 3)
 
+/* ---- backend: the socket tracepoints (sock:sock_{send,recv}_length, 6.3+)
+ *
+ * The syscall backend's cost on the rest of the node is its hooks on
+ * syscalls: every write(2) to a file or a pipe runs two programs (perf
+ * builds a record of the arguments for each), and while any syscall
+ * tracepoint is attached every syscall of every task takes the kernel's
+ * slower entry and exit path (docs/performance.md). Since 6.3,
+ * sock_sendmsg() ends in the sock:sock_send_length tracepoint (sk, bytes
+ * sent, flags) and sock_recvmsg() in sock:sock_recv_length, which only
+ * socket sends and receives reach: this backend takes sends at the first
+ * and closes and owners at the second (socktp_recv_length), and hooks no
+ * syscall at all. A skipped run of the send program (SEND_MISSED) loses
+ * the send whole: counted, not placed in its stream.
+ *
+ * The tracepoint runs after the send, with the socket and the count but
+ * not the message: where the bytes were comes from the syscall's own
+ * arguments, in the task's saved user registers (bpf_task_pt_regs). They
+ * are believed only when the syscall is one of the four sends and its fd
+ * is this very socket now; any other send (io_uring, sendmmsg, sendfile,
+ * a kernel thread's) moves the stream offset over its exact size and
+ * counts it as lost, as a send of pages does in the other backends.
+ */
+#if defined(__TARGET_ARCH_x86)
+/* Compat (ia32) tasks use other numbers, none of which equal these four
+ * (1 exit, 20 getpid, 44 prof, 46 setgid), nor do x32's (bit 30 set): a
+ * compat task's sends are counted as lost, never misread. */
+enum { NR_WRITE = 1, NR_WRITEV = 20, NR_SENDTO = 44, NR_SENDMSG = 46 };
+#define SYSCALL_NR(r) ((__u64)(r)->orig_ax)
+#define SYSCALL_ARG0(r) ((r)->di)
+#define SYSCALL_ARG1(r) ((r)->si)
+#define SYSCALL_ARG2(r) ((r)->dx)
+#elif defined(__TARGET_ARCH_arm64)
+/* The generic numbers; 32-bit (compat) tasks' sends are 4, 146, 290, 296. */
+enum { NR_WRITE = 64, NR_WRITEV = 66, NR_SENDTO = 206, NR_SENDMSG = 211 };
+#define SYSCALL_NR(r) ((__u64)(__s64)(r)->syscallno)
+#define SYSCALL_ARG0(r) ((r)->orig_x0)
+#define SYSCALL_ARG1(r) ((r)->regs[1])
+#define SYSCALL_ARG2(r) ((r)->regs[2])
+#endif
+
+#define PF_IO_WORKER 0x00000010
+#define PF_KTHREAD 0x00200000
+
+/* Where the bytes of the send that just returned on sk were, from the
+ * current syscall's arguments, or src->kind 0 when that cannot be proved. */
+static __always_inline void send_src_from_syscall(struct sock *sk, struct send_src *src)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct socket *fdsock = NULL;
+	struct user_msghdr msg;
+	struct pt_regs *regs;
+	__u64 nr;
+
+	/* Kernel threads and io_uring workers have no syscall of their own. */
+	if (task->flags & (PF_KTHREAD | PF_IO_WORKER))
+		return;
+	regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	if (!regs)
+		return;
+	nr = SYSCALL_NR(regs);
+	if (nr != NR_WRITE && nr != NR_SENDTO && nr != NR_WRITEV && nr != NR_SENDMSG)
+		return;
+	/* Another thread may have closed the fd and reused it since: the
+	 * arguments describe this send only while the fd is this socket. */
+	if (fd_unix_stream(SYSCALL_ARG0(regs), &fdsock) != sk)
+		return;
+	switch (nr) {
+	case NR_WRITE:
+	case NR_SENDTO:
+		src->kind = SRC_UBUF;
+		src->base = SYSCALL_ARG1(regs);
+		src->nr_segs = 1;
+		break;
+	case NR_WRITEV:
+		src->kind = SRC_UIOV;
+		src->base = SYSCALL_ARG1(regs);
+		src->nr_segs = SYSCALL_ARG2(regs);
+		break;
+	default:
+		if (!bpf_probe_read_user(&msg, sizeof(msg), (void *)SYSCALL_ARG1(regs))) {
+			src->kind = SRC_UIOV;
+			src->base = (__u64)msg.msg_iov;
+			src->nr_segs = msg.msg_iovlen;
+		}
+	}
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(socktp_send_length, struct sock *sk, int ret, int flags)
+{
+	struct send_src src = {};
+	struct socket *sock;
+
+	/* Every socket send on the node comes here: the family is the first
+	 * test, one load. */
+	if (ret <= 0 || sk->__sk_common.skc_family != AF_UNIX)
+		return 0;
+	sock = sk->sk_socket;
+	if (!sock || sock->type != SOCK_STREAM)
+		return 0;
+	if (!(src.verdict = wanted(bpf_get_current_pid_tgid() >> 32, sk)))
+		return 0;
+	src.sock = (__u64)sock;
+	src.sk = (__u64)sk;
+	send_src_from_syscall(sk, &src);
+	emit_send(&src, ret, BACKEND_SOCKTP, true, 0);
+	return 0;
+}
+
+/* Reads on unix stream sockets, for the two things the syscall backend
+ * learns at accept(2) and close(2). Who reads a socket holds it: noted as an accept or a send
+ * would be (sk_owner), so a server that has not answered yet is named at
+ * the other end. And a read that ends (end-of-file, or ECONNRESET when
+ * data was left unread) because the other end was released (its last
+ * descriptor closed, or its process gone; not a shutdown(2), which leaves
+ * it alive) reports that end's close, as the
+ * probes on unix_release do: the connection's decoder state is freed and
+ * its socket's stream offset dropped. A close that no read meets (both
+ * ends closed without reading) is not seen: userspace drops such a
+ * connection when it idles out, or when a new socket takes its address. */
+static __always_inline void peer_released(struct sock *sk, struct socket *sock, __u32 tgid)
+{
+	struct sock *peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
+	__u32 slot = CLOSE_SLOT_EOF;
+	struct unix_address *addr;
+	struct close_record *cr;
+	struct event *ev;
+	struct stats *s;
+	struct pos *pos;
+	__u64 key, ino;
+
+	/* Released: orphaned (SOCK_DEAD), which only the release does. The
+	 * reader's reference keeps it allocated, so its address is not
+	 * reused while this runs. */
+	if (!peer || !(BPF_CORE_READ(peer, __sk_common.skc_flags) & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DEAD))))
+		return;
+	key = (__u64)peer;
+	pos = bpf_map_lookup_elem(&send_pos, &key);
+	if (!pos)
+		return; /* never sent while traced, or already reported */
+	ino = pos->ino;
+	/* Two readers of one socket may both meet the end: the one whose
+	 * delete succeeds reports it. */
+	if (bpf_map_delete_elem(&send_pos, &key))
+		return;
+	cr = bpf_map_lookup_elem(&close_scratch, &slot);
+	if (!cr)
+		return;
+	ev = &cr->ev;
+	/* The closing end is the sender of this record; its process is not
+	 * known here (it may be gone): 0, never the reader's. */
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->sk = key;
+	ev->peer_sk = (__u64)sk;
+	ev->sock_ino = ino;
+	ev->peer_ino = socket_ino(sock);
+	ev->cgroup_id = 0;
+	ev->stream_off = 0;
+	ev->pid = ev->tid = 0;
+	ev->peer_pid = tgid;
+	ev->len = ev->send_len = 0;
+	ev->flags = EVENT_F_CLOSE;
+	ev->backend = BACKEND_SOCKTP;
+	__builtin_memset(ev->comm, 0, sizeof(ev->comm));
+	addr = BPF_CORE_READ((struct unix_sock *)peer, addr);
+	if (addr)
+		ev->flags |= EVENT_F_BOUND;
+	else
+		addr = BPF_CORE_READ((struct unix_sock *)sk, addr);
+	fill_path(ev, addr);
+	s = stats();
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), wakeup_flag())) {
+		if (s)
+			s->lost_events++;
+	} else if (s) {
+		s->events++;
+	}
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(socktp_recv_length, struct sock *sk, int ret, int flags)
+{
+	struct socket *sock;
+	__u32 tgid;
+
+	if (sk->__sk_common.skc_family != AF_UNIX)
+		return 0;
+	sock = sk->sk_socket;
+	if (!sock || sock->type != SOCK_STREAM)
+		return 0;
+	tgid = bpf_get_current_pid_tgid() >> 32;
+	if (tgid == cfg.self_pid)
+		return 0;
+	note_owner(sock, sk, tgid);
+	/* End-of-file, or ECONNRESET when the other end left data unread. */
+	if (ret <= 0)
+		peer_released(sk, sock, tgid);
+	return 0;
+}
+
 /* ---- every backend: closes ---------------------------------------------
  *
  * A close tells userspace to free the connection's decoder state now rather
@@ -933,7 +1145,7 @@ static __always_inline int close_sock(struct socket *sock, struct sock *sk)
 	struct event *ev;
 	struct stats *s;
 	struct pos *pos;
-	__u32 zero = 0;
+	__u32 slot = CLOSE_SLOT_RELEASE;
 	__u64 key;
 
 	/* Whatever the filter says now: a socket that was traced (it has a
@@ -945,7 +1157,7 @@ static __always_inline int close_sock(struct socket *sock, struct sock *sk)
 	if (!pos || pos->ino != socket_ino(sock))
 		return 0; /* never sent anything while traced: nothing to free */
 	bpf_map_delete_elem(&send_pos, &key);
-	cr = bpf_map_lookup_elem(&close_scratch, &zero);
+	cr = bpf_map_lookup_elem(&close_scratch, &slot);
 	if (!cr)
 		return 0;
 	ev = &cr->ev;

@@ -79,6 +79,7 @@ enum backend_id {
 	BACKEND_TRACEPOINT = 1,
 	BACKEND_FENTRY = 2,
 	BACKEND_KPROBE = 3,
+	BACKEND_SOCKTP = 4,
 };
 
 struct event {

@@ -357,7 +357,7 @@ done
 
 # ---- report -------------------------------------------------------------
 backend=tracepoint
-[[ -s $TERR ]] && backend=$(sed -nE 's/^containerdsnoop: tracing gRPC on unix sockets \(backend ([a-z]+)\).*/\1/p' "$TERR" | head -n1)
+[[ -s $TERR ]] && backend=$(sed -nE 's/^containerdsnoop: tracing gRPC on unix sockets \(backend ([a-z-]+)\).*/\1/p' "$TERR" | head -n1)
 printf '{"kind":"info","kernel":"%s","cpus":%d,"cpu_model":"%s","go":"%s","backend":"%s","server":"%s","params":"%s"}\n' \
 	"$(uname -r)" "$(nproc)" "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" "$("$GO" env GOVERSION)" "${backend:-tracepoint}" \
 	"${FIRST_SERVER_LINE#snoopbench: }, request $REQ_SIZE B" \

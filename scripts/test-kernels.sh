@@ -30,7 +30,8 @@
 #                     after the tests passed; the results are printed at
 #                     the end (docs/performance.md)
 #   HOST_EXPECT_BACKENDS    backends that must work on the host (default
-#                     $CONTAINERDSNOOP_EXPECT_BACKENDS, else tracepoint)
+#                     $CONTAINERDSNOOP_EXPECT_BACKENDS, else tracepoint, and
+#                     sock-tracepoint from kernel 6.3)
 #   KERNEL_SKIP_HOST=1      no host row
 #   KERNEL_TIMEOUT    seconds per amd64 guest (default 600; arm64 x3)
 #   KERNEL_ACCEL      qemu accelerator for amd64 (default tcg; kvm where it works)
@@ -65,14 +66,14 @@ smp=${KERNEL_SMP:-2}
 # syscall_trace_enter or syscall_exit_to_user_mode_prepare.
 accel_opt=$accel
 [[ $accel == tcg ]] && accel_opt=tcg,thread=single
-host_expect=${HOST_EXPECT_BACKENDS:-${CONTAINERDSNOOP_EXPECT_BACKENDS:-tracepoint}}
+host_expect=${HOST_EXPECT_BACKENDS:-${CONTAINERDSNOOP_EXPECT_BACKENDS:-}}
 # TestFollowChildren: trace -- CMD's fork and exit programs (tp_btf).
 # TestSocketFilter: --socket decided in the kernel, on every backend.
 test_run=${KERNEL_TEST_RUN:-'TestCapture|TestFollowChildren|TestSocketFilter'}
 cache=${KERNEL_CACHE:-${XDG_CACHE_HOME:-/var/cache}/containerdsnoop/kernels}
 logdir=$cache/logs
 table_mode=${KERNEL_TABLE:-check}
-all_backends=fentry,kprobe,tracepoint
+all_backends=fentry,kprobe,sock-tracepoint,tracepoint
 
 # The matrix: ARCH SUITE PATTERN (ERE of the linux-image package; the newest
 # match the suite offers is tested, so rows follow Debian's updates) SLOW.
@@ -299,6 +300,9 @@ add_row() {
 	# calls, which it has since 6.4 (6.1: "create raw tracepoint: not
 	# supported"); x86-64 since 5.5.
 	if [[ $arch == arm64 ]] && older "$ver" 6 4; then expect=kprobe,tracepoint; fi
+	# sock:sock_send_length, which the socket tracepoint backend takes
+	# sends at, is 6.3+.
+	if older "$ver" 6 3; then expect=${expect/sock-tracepoint,/}; fi
 	rows+=("$arch $suite $pkg $arch:$suite:$ver $expect $cut")
 }
 if [[ -n ${KERNEL_PACKAGES:-} ]]; then
@@ -379,6 +383,10 @@ elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 run_host() {
 	local label out=$logdir/host.log res=$logdir/host.result start rc=0 ended=exited
 	label="host:$(uname -r)"
+	if [[ -z $host_expect ]]; then
+		host_expect=tracepoint
+		older "$(uname -r)" 6 3 || host_expect=sock-tracepoint,tracepoint
+	fi
 	log "$label: running the tests on this machine (expect $host_expect)"
 	start=$(now)
 	{

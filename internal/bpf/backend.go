@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 )
 
@@ -12,7 +13,10 @@ import (
 type backend struct {
 	name     string
 	prefixes []string // of its programs' names in snoop.bpf.c
-	attach   func(*Tracer) error
+	// check, when set, says before loading why the kernel cannot run
+	// this backend, in words a load error would not give.
+	check  func() error
+	attach func(*Tracer) error
 }
 
 func (b backend) owns(program string) bool {
@@ -29,10 +33,13 @@ func (b backend) owns(program string) bool {
 
 // backends in the order auto-selection tries them: the probes on the unix
 // socket send path see every send (io_uring included) and cost nothing on
-// other writes; the syscall tracepoints work where neither is allowed.
+// other syscalls; the socket tracepoints (6.3+) cost other syscalls
+// nothing either, where fentry and kprobes are not allowed; the syscall
+// tracepoints work wherever BPF does.
 var backends = []backend{
 	{name: "fentry", prefixes: []string{"fentry_", "fexit_"}, attach: attachFentry},
 	{name: "kprobe", prefixes: []string{"kprobe_", "kretprobe_"}, attach: attachKprobes},
+	{name: "sock-tracepoint", prefixes: []string{"socktp_"}, check: haveSockTracepoints, attach: attachSockTracepoints},
 	{name: "tracepoint", prefixes: []string{"tp_"}, attach: attachTracepoints},
 }
 
@@ -77,6 +84,29 @@ func attachTracepoints(t *Tracer) error {
 			return fmt.Errorf("attach tracepoint syscalls:sys_%s: %w", name, err)
 		}
 		t.links = append(t.links, l)
+	}
+	return nil
+}
+
+// attachSockTracepoints takes sends at sock:sock_send_length and reads at
+// sock:sock_recv_length (bpf/snoop.bpf.c says how the bytes, closes and
+// owners are found there). No syscall is hooked: other syscalls keep the
+// kernel's fast path.
+func attachSockTracepoints(t *Tracer) error {
+	return attachTracingPrograms(t, "socktp_recv_length", "socktp_send_length")
+}
+
+// haveSockTracepoints: both tracepoints exist from 6.3; their BTF types
+// say so (tp_btf programs attach by them).
+func haveSockTracepoints() error {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return fmt.Errorf("read kernel BTF: %w", err)
+	}
+	for _, tp := range []string{"sock_send_length", "sock_recv_length"} {
+		if _, err := spec.AnyTypeByName("btf_trace_" + tp); err != nil {
+			return fmt.Errorf("the kernel has no sock:%s tracepoint (added in 6.3)", tp)
+		}
 	}
 	return nil
 }

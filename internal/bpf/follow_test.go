@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 )
 
@@ -85,11 +87,32 @@ func TestHelperProcess(t *testing.T) {
 		if err != nil {
 			os.Exit(2)
 		}
+		// A first read that finds nothing yet, as a Go server's reader
+		// makes the moment it accepts (the runtime's read of a
+		// non-blocking socket): the socket tracepoint backend sees no
+		// accept, and learns the holder from this read.
+		raw, _ := c.(*net.UnixConn).SyscallConn()
+		raw.Control(func(fd uintptr) { unix.Recvfrom(int(fd), make([]byte, 1), unix.MSG_DONTWAIT|unix.MSG_PEEK) })
 		fmt.Println("accepted")
-		io.Copy(io.Discard, c) // never sends: only the accept names it
+		io.Copy(io.Discard, c) // never sends: only the accept (or that read) names it
 		os.Exit(0)
 	case "burst":
 		burst(sock)
+	case "exit":
+		// Sends, says its socket's inode, and exits without closing it.
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			os.Exit(2)
+		}
+		raw, _ := c.(*net.UnixConn).SyscallConn()
+		var st unix.Stat_t
+		raw.Control(func(fd uintptr) { err = unix.Fstat(int(fd), &st) })
+		if err != nil {
+			os.Exit(4)
+		}
+		io.WriteString(c, "bye")
+		fmt.Println(st.Ino)
+		os.Exit(0)
 	case "unrelated":
 		c, err := net.Dial("unix", sock)
 		if err != nil {

@@ -20,10 +20,13 @@ import "strings"
 // upper bound.
 var (
 	sendEntryPrograms = []string{"fentry_unix_stream_sendmsg", "kprobe_unix_stream_sendmsg",
-		"tp_enter_write", "tp_enter_writev", "tp_enter_sendto", "tp_enter_sendmsg"}
+		"tp_enter_write", "tp_enter_writev", "tp_enter_sendto", "tp_enter_sendmsg",
+		// One program per send: a skipped run loses all of it.
+		"socktp_send_length"}
 	sendExitPrograms = []string{"fexit_unix_stream_sendmsg", "kretprobe_unix_stream_sendmsg",
 		"tp_exit_write", "tp_exit_writev", "tp_exit_sendto", "tp_exit_sendmsg"}
-	closePrograms = []string{"tp_enter_close", "fentry_unix_release", "kprobe_unix_release"}
+	// A skipped end-of-file read may be a close not reported.
+	closePrograms = []string{"tp_enter_close", "fentry_unix_release", "kprobe_unix_release", "socktp_recv_length"}
 )
 
 // skippedRuns sums the kernel's skip counters of the loaded programs

@@ -18,7 +18,9 @@ func TestCaptureAcceptOwner(t *testing.T) {
 // The server end is named by its accept, not by the socket's credentials:
 // a listener made by a process that has exited since (a shim's "start")
 // and accepted on by its child. The child has not sent anything when the
-// client sends, so only the accept bookkeeping can name it.
+// client sends, so only the accept bookkeeping can name it (with the socket
+// tracepoints, which see no accept, its first read: a Go server makes one
+// the moment it accepts, and the helper does as well).
 func testCaptureAcceptOwner(t *testing.T, backend string) {
 	_, c := startCapture(t, Options{Attach: backend, IncludeSelf: true})
 	dir, err := os.MkdirTemp("/tmp", "cdsnoop-accept-")

@@ -19,6 +19,7 @@ const (
 	snoopBackendIdBACKEND_TRACEPOINT snoopBackendId = 1
 	snoopBackendIdBACKEND_FENTRY     snoopBackendId = 2
 	snoopBackendIdBACKEND_KPROBE     snoopBackendId = 3
+	snoopBackendIdBACKEND_SOCKTP     snoopBackendId = 4
 )
 
 type snoopCloseRecord struct {
@@ -199,6 +200,8 @@ const (
 	snoopProgKretprobeUnixStreamSendmsgBounded = "kretprobe_unix_stream_sendmsg_bounded"
 	snoopProgPeerHpackWriteField               = "peer_hpack_write_field"
 	snoopProgPeerHpackWriteFieldBounded        = "peer_hpack_write_field_bounded"
+	snoopProgSocktpRecvLength                  = "socktp_recv_length"
+	snoopProgSocktpSendLength                  = "socktp_send_length"
 	snoopProgTpEnterAccept                     = "tp_enter_accept"
 	snoopProgTpEnterAccept4                    = "tp_enter_accept4"
 	snoopProgTpEnterClose                      = "tp_enter_close"
@@ -284,6 +287,8 @@ type snoopProgramSpecs struct {
 	KretprobeUnixStreamSendmsgBounded *ebpf.ProgramSpec `ebpf:"kretprobe_unix_stream_sendmsg_bounded"`
 	PeerHpackWriteField               *ebpf.ProgramSpec `ebpf:"peer_hpack_write_field"`
 	PeerHpackWriteFieldBounded        *ebpf.ProgramSpec `ebpf:"peer_hpack_write_field_bounded"`
+	SocktpRecvLength                  *ebpf.ProgramSpec `ebpf:"socktp_recv_length"`
+	SocktpSendLength                  *ebpf.ProgramSpec `ebpf:"socktp_send_length"`
 	TpEnterAccept                     *ebpf.ProgramSpec `ebpf:"tp_enter_accept"`
 	TpEnterAccept4                    *ebpf.ProgramSpec `ebpf:"tp_enter_accept4"`
 	TpEnterClose                      *ebpf.ProgramSpec `ebpf:"tp_enter_close"`
@@ -421,6 +426,8 @@ type snoopPrograms struct {
 	KretprobeUnixStreamSendmsgBounded *ebpf.Program `ebpf:"kretprobe_unix_stream_sendmsg_bounded"`
 	PeerHpackWriteField               *ebpf.Program `ebpf:"peer_hpack_write_field"`
 	PeerHpackWriteFieldBounded        *ebpf.Program `ebpf:"peer_hpack_write_field_bounded"`
+	SocktpRecvLength                  *ebpf.Program `ebpf:"socktp_recv_length"`
+	SocktpSendLength                  *ebpf.Program `ebpf:"socktp_send_length"`
 	TpEnterAccept                     *ebpf.Program `ebpf:"tp_enter_accept"`
 	TpEnterAccept4                    *ebpf.Program `ebpf:"tp_enter_accept4"`
 	TpEnterClose                      *ebpf.Program `ebpf:"tp_enter_close"`
@@ -460,6 +467,8 @@ func (p *snoopPrograms) Close() error {
 		p.KretprobeUnixStreamSendmsgBounded,
 		p.PeerHpackWriteField,
 		p.PeerHpackWriteFieldBounded,
+		p.SocktpRecvLength,
+		p.SocktpSendLength,
 		p.TpEnterAccept,
 		p.TpEnterAccept4,
 		p.TpEnterClose,

@@ -158,6 +158,11 @@ func Open(opts Options) (*Tracer, error) {
 }
 
 func openBackend(b backend, opts Options) (*Tracer, error) {
+	if b.check != nil {
+		if err := b.check(); err != nil {
+			return nil, err
+		}
+	}
 	spec, err := loadSnoop()
 	if err != nil {
 		return nil, fmt.Errorf("parse embedded BPF object: %w", err)

@@ -220,7 +220,7 @@ func TestReport(t *testing.T) {
 		want           []string
 	}{
 		{"pass", "k\tfentry,tracepoint\t" + good + "\t" + goodRes + "\texited\t10.0\n", true,
-			[]string{"kprobe      no        -", "unavailable (not expected)", "fentry      yes       PASS", "kernels: 2 passed, 0 failed"}},
+			[]string{"kprobe           no        -", "unavailable (not expected)", "fentry           yes       PASS", "kernels: 2 passed, 0 failed"}},
 		{"expected backend missing", "k\tfentry,kprobe,tracepoint\t" + good + "\t" + goodRes + "\texited\t10.0\n", false,
 			[]string{"MISSING", "k: FAIL: expected backend kprobe: MISSING in TestCaptureSyscallsByteExact"}},
 		{"subtest fails", "k\tfentry,tracepoint\t" + bad + "\t" + badRes + "\texited\t10.0\n", false,
@@ -285,9 +285,9 @@ func TestTable(t *testing.T) {
 	manifest := write("manifest", "arm64:trixie:6.12.118+deb13-arm64\tfentry,tracepoint\t"+log+"\t"+res+"\texited\t1\n"+
 		"amd64:bookworm:6.1.0-57-rt-amd64\tfentry,tracepoint\t"+log+"\t"+res+"\texited\t1\n"+
 		"host:6.18\ttracepoint\t"+log+"\t"+res+"\texited\t1\n")
-	row := "| arm64 | 13 trixie | 6.12 | ✓ | no | ✓ | whole |"
-	rt := "| amd64 | 12 bookworm | 6.1 rt | ✓ | no | ✓ | whole |"
-	kept := "| amd64 | 11 bullseye | 5.10 | ✓ | ✓ | ✓ | first 1024 KiB, the rest reported lost |"
+	row := "| arm64 | 13 trixie | 6.12 | ✓ | no | no | ✓ | whole |"
+	rt := "| amd64 | 12 bookworm | 6.1 rt | ✓ | no | no | ✓ | whole |"
+	kept := "| amd64 | 11 bullseye | 5.10 | ✓ | ✓ | no | ✓ | first 1024 KiB, the rest reported lost |"
 	readme := write("README.md", "intro\n"+tableBegin+"\n"+tableHead+"\n"+kept+"\n"+tableEnd+"\nrest\n")
 	var out bytes.Buffer
 	if err := cmdTable(&out, []string{"check", readme, manifest}); err == nil {

@@ -14,7 +14,7 @@ import (
 
 // knownBackends are the rows of every kernel in the table, in the order the
 // tracer tries them; a backend found in a log but not listed here is added.
-var knownBackends = []string{"fentry", "kprobe", "tracepoint"}
+var knownBackends = []string{"fentry", "kprobe", "sock-tracepoint", "tracepoint"}
 
 // A run is one kernel's line of the manifest scripts/test-kernels.sh writes:
 //
