@@ -73,7 +73,8 @@ struct scratch {
  * never lets a program run again on a CPU where it is already running (it
  * skips the run, see SEND_MISSED), so each program that emits has a slot
  * of its own: one run's record can never be overwritten by another's. The
- * syscall backend has four exit programs, the others one. */
+ * syscall backend has four exit programs, the socket tracepoint backend
+ * two (the send program and its spare), the others one. */
 #define SCRATCH_SLOTS 4
 
 struct {
@@ -940,8 +941,8 @@ TP_EXIT(sendmsg, 3)
  * sent, flags) and sock_recvmsg() in sock:sock_recv_length, which only
  * socket sends and receives reach: this backend takes sends at the first
  * and closes and owners at the second (socktp_recv_length), and hooks no
- * syscall at all. A skipped run of the send program (SEND_MISSED) loses
- * the send whole: counted, not placed in its stream.
+ * syscall at all. The send program has a spare for its skipped runs
+ * (socktp_send_length_spare, below).
  *
  * The tracepoint runs after the send, with the socket and the count but
  * not the message: where the bytes were comes from the syscall's own
@@ -1016,25 +1017,79 @@ static __always_inline void send_src_from_syscall(struct sock *sk, struct send_s
 	}
 }
 
-SEC("tp_btf/sock_send_length")
-int BPF_PROG(socktp_send_length, struct sock *sk, int ret, int flags)
+/* The unix stream socket sk, or NULL: every socket send and receive on
+ * the node comes here, so the family is the first test, one load. */
+static __always_inline struct socket *unix_stream_socket(struct sock *sk)
 {
-	struct send_src src = {};
 	struct socket *sock;
 
-	/* Every socket send on the node comes here: the family is the first
-	 * test, one load. */
-	if (ret <= 0 || sk->__sk_common.skc_family != AF_UNIX)
-		return 0;
+	if (sk->__sk_common.skc_family != AF_UNIX)
+		return NULL;
 	sock = sk->sk_socket;
 	if (!sock || sock->type != SOCK_STREAM)
-		return 0;
+		return NULL;
+	return sock;
+}
+
+static __always_inline void sock_send(struct sock *sk, struct socket *sock, int ret, __u32 slot)
+{
+	struct send_src src = {};
+
 	if (!(src.verdict = wanted(bpf_get_current_pid_tgid() >> 32, sk)))
-		return 0;
+		return;
 	src.sock = (__u64)sock;
 	src.sk = (__u64)sk;
 	send_src_from_syscall(sk, &src);
-	emit_send(&src, ret, BACKEND_SOCKTP, true, 0);
+	emit_send(&src, ret, BACKEND_SOCKTP, true, slot);
+}
+
+/* A spare for the send program's skipped runs (SEND_MISSED). The kernel
+ * skips a program's run on a CPU where that program is already running,
+ * which on a preemptible kernel is a run preempted midway while another
+ * task sends on the same CPU (Debian's 7.2 guest: a quarter of a burst's
+ * sends). With one program per send, such a send would be lost whole.
+ * A second program on the same tracepoint, socktp_send_length_spare, does
+ * nothing unless the first is mid-run on this CPU (socktp_busy), which,
+ * migration being disabled for both, means exactly that the first was
+ * skipped for this send: the spare takes it, with a scratch slot of its
+ * own. A send is lost only when the spare too is mid-run (preempted) on
+ * that CPU; its skips are what userspace counts (an upper bound: a skip of
+ * its few-instruction check, while the first was free, loses nothing). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} socktp_busy SEC(".maps");
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(socktp_send_length, struct sock *sk, int ret, int flags)
+{
+	struct socket *sock;
+	__u32 zero = 0;
+	__u32 *busy;
+
+	if (ret <= 0 || !(sock = unix_stream_socket(sk)))
+		return 0;
+	busy = bpf_map_lookup_elem(&socktp_busy, &zero);
+	if (!busy)
+		return 0;
+	*busy = 1;
+	sock_send(sk, sock, ret, 0);
+	*busy = 0;
+	return 0;
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(socktp_send_length_spare, struct sock *sk, int ret, int flags)
+{
+	struct socket *sock;
+	__u32 zero = 0;
+	__u32 *busy = bpf_map_lookup_elem(&socktp_busy, &zero);
+
+	if (!busy || !*busy || ret <= 0 || !(sock = unix_stream_socket(sk)))
+		return 0;
+	sock_send(sk, sock, ret, 1);
 	return 0;
 }
 
@@ -1111,13 +1166,10 @@ static __always_inline void peer_released(struct sock *sk, struct socket *sock, 
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(socktp_recv_length, struct sock *sk, int ret, int flags)
 {
-	struct socket *sock;
+	struct socket *sock = unix_stream_socket(sk);
 	__u32 tgid;
 
-	if (sk->__sk_common.skc_family != AF_UNIX)
-		return 0;
-	sock = sk->sk_socket;
-	if (!sock || sock->type != SOCK_STREAM)
+	if (!sock)
 		return 0;
 	tgid = bpf_get_current_pid_tgid() >> 32;
 	if (tgid == cfg.self_pid)

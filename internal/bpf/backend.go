@@ -93,7 +93,7 @@ func attachTracepoints(t *Tracer) error {
 // owners are found there). No syscall is hooked: other syscalls keep the
 // kernel's fast path.
 func attachSockTracepoints(t *Tracer) error {
-	return attachTracingPrograms(t, "socktp_recv_length", "socktp_send_length")
+	return attachTracingPrograms(t, "socktp_recv_length", "socktp_send_length", "socktp_send_length_spare")
 }
 
 // haveSockTracepoints: both tracepoints exist from 6.3; their BTF types

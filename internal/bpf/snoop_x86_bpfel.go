@@ -181,6 +181,7 @@ const (
 	snoopMapSendPos                            = "send_pos"
 	snoopMapSkOwner                            = "sk_owner"
 	snoopMapSockFilter                         = "sock_filter"
+	snoopMapSocktpBusy                         = "socktp_busy"
 	snoopMapStatsMap                           = "stats_map"
 	snoopProgAnySchedExec                      = "any_sched_exec"
 	snoopProgAnySchedExit                      = "any_sched_exit"
@@ -202,6 +203,7 @@ const (
 	snoopProgPeerHpackWriteFieldBounded        = "peer_hpack_write_field_bounded"
 	snoopProgSocktpRecvLength                  = "socktp_recv_length"
 	snoopProgSocktpSendLength                  = "socktp_send_length"
+	snoopProgSocktpSendLengthSpare             = "socktp_send_length_spare"
 	snoopProgTpEnterAccept                     = "tp_enter_accept"
 	snoopProgTpEnterAccept4                    = "tp_enter_accept4"
 	snoopProgTpEnterClose                      = "tp_enter_close"
@@ -289,6 +291,7 @@ type snoopProgramSpecs struct {
 	PeerHpackWriteFieldBounded        *ebpf.ProgramSpec `ebpf:"peer_hpack_write_field_bounded"`
 	SocktpRecvLength                  *ebpf.ProgramSpec `ebpf:"socktp_recv_length"`
 	SocktpSendLength                  *ebpf.ProgramSpec `ebpf:"socktp_send_length"`
+	SocktpSendLengthSpare             *ebpf.ProgramSpec `ebpf:"socktp_send_length_spare"`
 	TpEnterAccept                     *ebpf.ProgramSpec `ebpf:"tp_enter_accept"`
 	TpEnterAccept4                    *ebpf.ProgramSpec `ebpf:"tp_enter_accept4"`
 	TpEnterClose                      *ebpf.ProgramSpec `ebpf:"tp_enter_close"`
@@ -324,6 +327,7 @@ type snoopMapSpecs struct {
 	SendPos         *ebpf.MapSpec `ebpf:"send_pos"`
 	SkOwner         *ebpf.MapSpec `ebpf:"sk_owner"`
 	SockFilter      *ebpf.MapSpec `ebpf:"sock_filter"`
+	SocktpBusy      *ebpf.MapSpec `ebpf:"socktp_busy"`
 	StatsMap        *ebpf.MapSpec `ebpf:"stats_map"`
 }
 
@@ -371,6 +375,7 @@ type snoopMaps struct {
 	SendPos         *ebpf.Map `ebpf:"send_pos"`
 	SkOwner         *ebpf.Map `ebpf:"sk_owner"`
 	SockFilter      *ebpf.Map `ebpf:"sock_filter"`
+	SocktpBusy      *ebpf.Map `ebpf:"socktp_busy"`
 	StatsMap        *ebpf.Map `ebpf:"stats_map"`
 }
 
@@ -388,6 +393,7 @@ func (m *snoopMaps) Close() error {
 		m.SendPos,
 		m.SkOwner,
 		m.SockFilter,
+		m.SocktpBusy,
 		m.StatsMap,
 	)
 }
@@ -428,6 +434,7 @@ type snoopPrograms struct {
 	PeerHpackWriteFieldBounded        *ebpf.Program `ebpf:"peer_hpack_write_field_bounded"`
 	SocktpRecvLength                  *ebpf.Program `ebpf:"socktp_recv_length"`
 	SocktpSendLength                  *ebpf.Program `ebpf:"socktp_send_length"`
+	SocktpSendLengthSpare             *ebpf.Program `ebpf:"socktp_send_length_spare"`
 	TpEnterAccept                     *ebpf.Program `ebpf:"tp_enter_accept"`
 	TpEnterAccept4                    *ebpf.Program `ebpf:"tp_enter_accept4"`
 	TpEnterClose                      *ebpf.Program `ebpf:"tp_enter_close"`
@@ -469,6 +476,7 @@ func (p *snoopPrograms) Close() error {
 		p.PeerHpackWriteFieldBounded,
 		p.SocktpRecvLength,
 		p.SocktpSendLength,
+		p.SocktpSendLengthSpare,
 		p.TpEnterAccept,
 		p.TpEnterAccept4,
 		p.TpEnterClose,
