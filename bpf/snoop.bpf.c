@@ -73,8 +73,8 @@ struct scratch {
  * never lets a program run again on a CPU where it is already running (it
  * skips the run, see SEND_MISSED), so each program that emits has a slot
  * of its own: one run's record can never be overwritten by another's. The
- * syscall backend has four exit programs, the socket tracepoint backend
- * two (the send program and its spare), the others one. */
+ * syscall backend has four exit programs, the socket tracepoint and
+ * fentry backends two (the send program and its spare), kprobe one. */
 #define SCRATCH_SLOTS 4
 
 struct {
@@ -752,6 +752,11 @@ static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 bac
  * than its maxactive (raised by the loader where tracefs allows; else, on
  * kernels without CONFIG_PREEMPTION such as Debian's 5.10, as many as
  * there are CPUs), counted in the kprobe's own nmissed only.
+ *
+ * The fentry and socket tracepoint backends have a spare program beside
+ * each send program, which takes exactly the runs the first is skipped
+ * for (fentry_busy, socktp_busy); what follows is for a send whose spare
+ * was skipped too, and for the other backends.
  *
  * Such a send must not vanish from its stream unseen, or the bytes after
  * it would be decoded as if they followed the ones before:
@@ -1497,23 +1502,83 @@ static __always_inline int enter_sendmsg(struct socket *sock, struct msghdr *msg
 	return 0;
 }
 
+/* Spares for the runs the kernel skips (SEND_MISSED), as for the socket
+ * tracepoint (socktp_busy, which says how): trampolines run their
+ * programs with migration disabled, not preemption, so on a preemptible
+ * kernel a send's entry or exit program preempted midway makes the next
+ * send on that CPU skip it. Each spare does nothing unless its program is
+ * mid-run on this CPU. Index 0: the entry program, 1: the exit program. */
+enum { FENTRY_BUSY_ENTRY = 0, FENTRY_BUSY_EXIT = 1 };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u32);
+} fentry_busy SEC(".maps");
+
+/* The busy flag of the program at index i on this CPU, or NULL. */
+static __always_inline __u32 *fentry_busy_flag(__u32 i)
+{
+	return bpf_map_lookup_elem(&fentry_busy, &i);
+}
+
 SEC("fentry/unix_stream_sendmsg")
 int BPF_PROG(fentry_unix_stream_sendmsg, struct socket *sock, struct msghdr *msg, size_t len)
 {
-	return enter_sendmsg(sock, msg);
+	__u32 *busy = fentry_busy_flag(FENTRY_BUSY_ENTRY);
+
+	if (!busy)
+		return 0;
+	*busy = 1;
+	enter_sendmsg(sock, msg);
+	*busy = 0;
+	return 0;
 }
 
-SEC("fexit/unix_stream_sendmsg")
-int BPF_PROG(fexit_unix_stream_sendmsg, struct socket *sock, struct msghdr *msg, size_t len, int ret)
+SEC("fentry/unix_stream_sendmsg")
+int BPF_PROG(fentry_unix_stream_sendmsg_spare, struct socket *sock, struct msghdr *msg, size_t len)
 {
-	return exit_send(ret, BACKEND_FENTRY, true, 0, sock);
+	__u32 *busy = fentry_busy_flag(FENTRY_BUSY_ENTRY);
+
+	return busy && *busy ? enter_sendmsg(sock, msg) : 0;
 }
 
-SEC("fexit/unix_stream_sendmsg")
-int BPF_PROG(fexit_unix_stream_sendmsg_bounded, struct socket *sock, struct msghdr *msg, size_t len, int ret)
+/* The exit program and its spare, each with its bounded twin; scratch
+ * slots 0 and 1. */
+static __always_inline int fexit_send(struct socket *sock, int ret, bool loop)
 {
-	return exit_send(ret, BACKEND_FENTRY, false, 0, sock);
+	__u32 *busy = fentry_busy_flag(FENTRY_BUSY_EXIT);
+
+	if (!busy)
+		return 0;
+	*busy = 1;
+	exit_send(ret, BACKEND_FENTRY, loop, 0, sock);
+	*busy = 0;
+	return 0;
 }
+
+static __always_inline int fexit_send_spare(struct socket *sock, int ret, bool loop)
+{
+	__u32 *busy = fentry_busy_flag(FENTRY_BUSY_EXIT);
+
+	return busy && *busy ? exit_send(ret, BACKEND_FENTRY, loop, 1, sock) : 0;
+}
+
+#define FEXIT_SEND(name, fn)                                                   \
+	SEC("fexit/unix_stream_sendmsg")                                       \
+	int BPF_PROG(name, struct socket *sock, struct msghdr *msg, size_t len, int ret) \
+	{                                                                      \
+		return fn(sock, ret, true);                                    \
+	}                                                                      \
+	SEC("fexit/unix_stream_sendmsg")                                       \
+	int BPF_PROG(name##_bounded, struct socket *sock, struct msghdr *msg, size_t len, int ret) \
+	{                                                                      \
+		return fn(sock, ret, false);                                   \
+	}
+
+FEXIT_SEND(fexit_unix_stream_sendmsg, fexit_send)
+FEXIT_SEND(fexit_unix_stream_sendmsg_spare, fexit_send_spare)
 
 SEC("kprobe/unix_stream_sendmsg")
 int BPF_KPROBE(kprobe_unix_stream_sendmsg, struct socket *sock, struct msghdr *msg)

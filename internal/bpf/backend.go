@@ -115,7 +115,8 @@ func haveSockTracepoints() error {
 // only unix socket functions: other syscalls pay nothing.
 func attachFentry(t *Tracer) error {
 	return attachTracingPrograms(t,
-		"fexit_unix_stream_sendmsg", "fentry_unix_stream_sendmsg",
+		"fexit_unix_stream_sendmsg", "fexit_unix_stream_sendmsg_spare",
+		"fentry_unix_stream_sendmsg", "fentry_unix_stream_sendmsg_spare",
 		"fentry_unix_release", "fentry_unix_accept", "fexit_unix_accept")
 }
 

@@ -17,8 +17,8 @@ func TestUseBoundedPrograms(t *testing.T) {
 				twins++
 			}
 		}
-		if twins != 7 {
-			t.Fatalf("%d programs have a bounded twin, want 7 (4 tracepoint exits, fexit, kretprobe, the peer probe)", twins)
+		if twins != 8 {
+			t.Fatalf("%d programs have a bounded twin, want 8 (4 tracepoint exits, fexit and its spare, kretprobe, the peer probe)", twins)
 		}
 		want := spec.Programs["tp_exit_write"]
 		if !loop {

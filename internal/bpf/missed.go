@@ -19,13 +19,14 @@ import "strings"
 // may also be of sends to files or other sockets: then the count is an
 // upper bound.
 var (
-	sendEntryPrograms = []string{"fentry_unix_stream_sendmsg", "kprobe_unix_stream_sendmsg",
+	// The fentry backend's and the socket tracepoint's have spares that
+	// take the runs the first program is skipped for (bpf/snoop.bpf.c):
+	// a send is lost when the spare is skipped too, which its own count
+	// bounds.
+	sendEntryPrograms = []string{"fentry_unix_stream_sendmsg_spare", "kprobe_unix_stream_sendmsg",
 		"tp_enter_write", "tp_enter_writev", "tp_enter_sendto", "tp_enter_sendmsg",
-		// One program per send, but the first's skipped runs are taken
-		// by the spare (bpf/snoop.bpf.c): a send is lost when the spare
-		// is skipped too, which its own count bounds.
-		"socktp_send_length_spare"}
-	sendExitPrograms = []string{"fexit_unix_stream_sendmsg", "kretprobe_unix_stream_sendmsg",
+		"socktp_send_length_spare"} // one program per send (and its spare)
+	sendExitPrograms = []string{"fexit_unix_stream_sendmsg_spare", "kretprobe_unix_stream_sendmsg",
 		"tp_exit_write", "tp_exit_writev", "tp_exit_sendto", "tp_exit_sendmsg"}
 	// A skipped end-of-file read may be a close not reported.
 	closePrograms = []string{"tp_enter_close", "fentry_unix_release", "kprobe_unix_release", "socktp_recv_length"}

@@ -169,64 +169,68 @@ type snoopStats struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	snoopMapAccepting                          = "accepting"
-	snoopMapCloseScratch                       = "close_scratch"
-	snoopMapEvents                             = "events"
-	snoopMapHpackScratchMap                    = "hpack_scratch_map"
-	snoopMapHpackSeq                           = "hpack_seq"
-	snoopMapInflight                           = "inflight"
-	snoopMapOwnerGone                          = "owner_gone"
-	snoopMapPidFilter                          = "pid_filter"
-	snoopMapScratchMap                         = "scratch_map"
-	snoopMapSendPos                            = "send_pos"
-	snoopMapSkOwner                            = "sk_owner"
-	snoopMapSockFilter                         = "sock_filter"
-	snoopMapSocktpBusy                         = "socktp_busy"
-	snoopMapStatsMap                           = "stats_map"
-	snoopProgAnySchedExec                      = "any_sched_exec"
-	snoopProgAnySchedExit                      = "any_sched_exit"
-	snoopProgFentryUnixAccept                  = "fentry_unix_accept"
-	snoopProgFentryUnixRelease                 = "fentry_unix_release"
-	snoopProgFentryUnixStreamSendmsg           = "fentry_unix_stream_sendmsg"
-	snoopProgFexitUnixAccept                   = "fexit_unix_accept"
-	snoopProgFexitUnixStreamSendmsg            = "fexit_unix_stream_sendmsg"
-	snoopProgFexitUnixStreamSendmsgBounded     = "fexit_unix_stream_sendmsg_bounded"
-	snoopProgFollowExit                        = "follow_exit"
-	snoopProgFollowFork                        = "follow_fork"
-	snoopProgKprobeUnixAccept                  = "kprobe_unix_accept"
-	snoopProgKprobeUnixRelease                 = "kprobe_unix_release"
-	snoopProgKprobeUnixStreamSendmsg           = "kprobe_unix_stream_sendmsg"
-	snoopProgKretprobeUnixAccept               = "kretprobe_unix_accept"
-	snoopProgKretprobeUnixStreamSendmsg        = "kretprobe_unix_stream_sendmsg"
-	snoopProgKretprobeUnixStreamSendmsgBounded = "kretprobe_unix_stream_sendmsg_bounded"
-	snoopProgPeerHpackWriteField               = "peer_hpack_write_field"
-	snoopProgPeerHpackWriteFieldBounded        = "peer_hpack_write_field_bounded"
-	snoopProgSocktpRecvLength                  = "socktp_recv_length"
-	snoopProgSocktpSendLength                  = "socktp_send_length"
-	snoopProgSocktpSendLengthSpare             = "socktp_send_length_spare"
-	snoopProgTpEnterAccept                     = "tp_enter_accept"
-	snoopProgTpEnterAccept4                    = "tp_enter_accept4"
-	snoopProgTpEnterClose                      = "tp_enter_close"
-	snoopProgTpEnterSendmsg                    = "tp_enter_sendmsg"
-	snoopProgTpEnterSendto                     = "tp_enter_sendto"
-	snoopProgTpEnterWrite                      = "tp_enter_write"
-	snoopProgTpEnterWritev                     = "tp_enter_writev"
-	snoopProgTpExitAccept                      = "tp_exit_accept"
-	snoopProgTpExitAccept4                     = "tp_exit_accept4"
-	snoopProgTpExitSendmsg                     = "tp_exit_sendmsg"
-	snoopProgTpExitSendmsgBounded              = "tp_exit_sendmsg_bounded"
-	snoopProgTpExitSendto                      = "tp_exit_sendto"
-	snoopProgTpExitSendtoBounded               = "tp_exit_sendto_bounded"
-	snoopProgTpExitWrite                       = "tp_exit_write"
-	snoopProgTpExitWriteBounded                = "tp_exit_write_bounded"
-	snoopProgTpExitWritev                      = "tp_exit_writev"
-	snoopProgTpExitWritevBounded               = "tp_exit_writev_bounded"
-	snoopVarCfg                                = "cfg"
-	snoopVarInflightN                          = "inflight_n"
-	snoopVarUnusedBackend                      = "unused_backend"
-	snoopVarUnusedFlags                        = "unused_flags"
-	snoopVarUnusedHpackField                   = "unused_hpack_field"
-	snoopVarUnusedHpackFlags                   = "unused_hpack_flags"
+	snoopMapAccepting                           = "accepting"
+	snoopMapCloseScratch                        = "close_scratch"
+	snoopMapEvents                              = "events"
+	snoopMapFentryBusy                          = "fentry_busy"
+	snoopMapHpackScratchMap                     = "hpack_scratch_map"
+	snoopMapHpackSeq                            = "hpack_seq"
+	snoopMapInflight                            = "inflight"
+	snoopMapOwnerGone                           = "owner_gone"
+	snoopMapPidFilter                           = "pid_filter"
+	snoopMapScratchMap                          = "scratch_map"
+	snoopMapSendPos                             = "send_pos"
+	snoopMapSkOwner                             = "sk_owner"
+	snoopMapSockFilter                          = "sock_filter"
+	snoopMapSocktpBusy                          = "socktp_busy"
+	snoopMapStatsMap                            = "stats_map"
+	snoopProgAnySchedExec                       = "any_sched_exec"
+	snoopProgAnySchedExit                       = "any_sched_exit"
+	snoopProgFentryUnixAccept                   = "fentry_unix_accept"
+	snoopProgFentryUnixRelease                  = "fentry_unix_release"
+	snoopProgFentryUnixStreamSendmsg            = "fentry_unix_stream_sendmsg"
+	snoopProgFentryUnixStreamSendmsgSpare       = "fentry_unix_stream_sendmsg_spare"
+	snoopProgFexitUnixAccept                    = "fexit_unix_accept"
+	snoopProgFexitUnixStreamSendmsg             = "fexit_unix_stream_sendmsg"
+	snoopProgFexitUnixStreamSendmsgBounded      = "fexit_unix_stream_sendmsg_bounded"
+	snoopProgFexitUnixStreamSendmsgSpare        = "fexit_unix_stream_sendmsg_spare"
+	snoopProgFexitUnixStreamSendmsgSpareBounded = "fexit_unix_stream_sendmsg_spare_bounded"
+	snoopProgFollowExit                         = "follow_exit"
+	snoopProgFollowFork                         = "follow_fork"
+	snoopProgKprobeUnixAccept                   = "kprobe_unix_accept"
+	snoopProgKprobeUnixRelease                  = "kprobe_unix_release"
+	snoopProgKprobeUnixStreamSendmsg            = "kprobe_unix_stream_sendmsg"
+	snoopProgKretprobeUnixAccept                = "kretprobe_unix_accept"
+	snoopProgKretprobeUnixStreamSendmsg         = "kretprobe_unix_stream_sendmsg"
+	snoopProgKretprobeUnixStreamSendmsgBounded  = "kretprobe_unix_stream_sendmsg_bounded"
+	snoopProgPeerHpackWriteField                = "peer_hpack_write_field"
+	snoopProgPeerHpackWriteFieldBounded         = "peer_hpack_write_field_bounded"
+	snoopProgSocktpRecvLength                   = "socktp_recv_length"
+	snoopProgSocktpSendLength                   = "socktp_send_length"
+	snoopProgSocktpSendLengthSpare              = "socktp_send_length_spare"
+	snoopProgTpEnterAccept                      = "tp_enter_accept"
+	snoopProgTpEnterAccept4                     = "tp_enter_accept4"
+	snoopProgTpEnterClose                       = "tp_enter_close"
+	snoopProgTpEnterSendmsg                     = "tp_enter_sendmsg"
+	snoopProgTpEnterSendto                      = "tp_enter_sendto"
+	snoopProgTpEnterWrite                       = "tp_enter_write"
+	snoopProgTpEnterWritev                      = "tp_enter_writev"
+	snoopProgTpExitAccept                       = "tp_exit_accept"
+	snoopProgTpExitAccept4                      = "tp_exit_accept4"
+	snoopProgTpExitSendmsg                      = "tp_exit_sendmsg"
+	snoopProgTpExitSendmsgBounded               = "tp_exit_sendmsg_bounded"
+	snoopProgTpExitSendto                       = "tp_exit_sendto"
+	snoopProgTpExitSendtoBounded                = "tp_exit_sendto_bounded"
+	snoopProgTpExitWrite                        = "tp_exit_write"
+	snoopProgTpExitWriteBounded                 = "tp_exit_write_bounded"
+	snoopProgTpExitWritev                       = "tp_exit_writev"
+	snoopProgTpExitWritevBounded                = "tp_exit_writev_bounded"
+	snoopVarCfg                                 = "cfg"
+	snoopVarInflightN                           = "inflight_n"
+	snoopVarUnusedBackend                       = "unused_backend"
+	snoopVarUnusedFlags                         = "unused_flags"
+	snoopVarUnusedHpackField                    = "unused_hpack_field"
+	snoopVarUnusedHpackFlags                    = "unused_hpack_flags"
 )
 
 // loadSnoop returns the embedded CollectionSpec for snoop.
@@ -271,44 +275,47 @@ type snoopSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type snoopProgramSpecs struct {
-	AnySchedExec                      *ebpf.ProgramSpec `ebpf:"any_sched_exec"`
-	AnySchedExit                      *ebpf.ProgramSpec `ebpf:"any_sched_exit"`
-	FentryUnixAccept                  *ebpf.ProgramSpec `ebpf:"fentry_unix_accept"`
-	FentryUnixRelease                 *ebpf.ProgramSpec `ebpf:"fentry_unix_release"`
-	FentryUnixStreamSendmsg           *ebpf.ProgramSpec `ebpf:"fentry_unix_stream_sendmsg"`
-	FexitUnixAccept                   *ebpf.ProgramSpec `ebpf:"fexit_unix_accept"`
-	FexitUnixStreamSendmsg            *ebpf.ProgramSpec `ebpf:"fexit_unix_stream_sendmsg"`
-	FexitUnixStreamSendmsgBounded     *ebpf.ProgramSpec `ebpf:"fexit_unix_stream_sendmsg_bounded"`
-	FollowExit                        *ebpf.ProgramSpec `ebpf:"follow_exit"`
-	FollowFork                        *ebpf.ProgramSpec `ebpf:"follow_fork"`
-	KprobeUnixAccept                  *ebpf.ProgramSpec `ebpf:"kprobe_unix_accept"`
-	KprobeUnixRelease                 *ebpf.ProgramSpec `ebpf:"kprobe_unix_release"`
-	KprobeUnixStreamSendmsg           *ebpf.ProgramSpec `ebpf:"kprobe_unix_stream_sendmsg"`
-	KretprobeUnixAccept               *ebpf.ProgramSpec `ebpf:"kretprobe_unix_accept"`
-	KretprobeUnixStreamSendmsg        *ebpf.ProgramSpec `ebpf:"kretprobe_unix_stream_sendmsg"`
-	KretprobeUnixStreamSendmsgBounded *ebpf.ProgramSpec `ebpf:"kretprobe_unix_stream_sendmsg_bounded"`
-	PeerHpackWriteField               *ebpf.ProgramSpec `ebpf:"peer_hpack_write_field"`
-	PeerHpackWriteFieldBounded        *ebpf.ProgramSpec `ebpf:"peer_hpack_write_field_bounded"`
-	SocktpRecvLength                  *ebpf.ProgramSpec `ebpf:"socktp_recv_length"`
-	SocktpSendLength                  *ebpf.ProgramSpec `ebpf:"socktp_send_length"`
-	SocktpSendLengthSpare             *ebpf.ProgramSpec `ebpf:"socktp_send_length_spare"`
-	TpEnterAccept                     *ebpf.ProgramSpec `ebpf:"tp_enter_accept"`
-	TpEnterAccept4                    *ebpf.ProgramSpec `ebpf:"tp_enter_accept4"`
-	TpEnterClose                      *ebpf.ProgramSpec `ebpf:"tp_enter_close"`
-	TpEnterSendmsg                    *ebpf.ProgramSpec `ebpf:"tp_enter_sendmsg"`
-	TpEnterSendto                     *ebpf.ProgramSpec `ebpf:"tp_enter_sendto"`
-	TpEnterWrite                      *ebpf.ProgramSpec `ebpf:"tp_enter_write"`
-	TpEnterWritev                     *ebpf.ProgramSpec `ebpf:"tp_enter_writev"`
-	TpExitAccept                      *ebpf.ProgramSpec `ebpf:"tp_exit_accept"`
-	TpExitAccept4                     *ebpf.ProgramSpec `ebpf:"tp_exit_accept4"`
-	TpExitSendmsg                     *ebpf.ProgramSpec `ebpf:"tp_exit_sendmsg"`
-	TpExitSendmsgBounded              *ebpf.ProgramSpec `ebpf:"tp_exit_sendmsg_bounded"`
-	TpExitSendto                      *ebpf.ProgramSpec `ebpf:"tp_exit_sendto"`
-	TpExitSendtoBounded               *ebpf.ProgramSpec `ebpf:"tp_exit_sendto_bounded"`
-	TpExitWrite                       *ebpf.ProgramSpec `ebpf:"tp_exit_write"`
-	TpExitWriteBounded                *ebpf.ProgramSpec `ebpf:"tp_exit_write_bounded"`
-	TpExitWritev                      *ebpf.ProgramSpec `ebpf:"tp_exit_writev"`
-	TpExitWritevBounded               *ebpf.ProgramSpec `ebpf:"tp_exit_writev_bounded"`
+	AnySchedExec                       *ebpf.ProgramSpec `ebpf:"any_sched_exec"`
+	AnySchedExit                       *ebpf.ProgramSpec `ebpf:"any_sched_exit"`
+	FentryUnixAccept                   *ebpf.ProgramSpec `ebpf:"fentry_unix_accept"`
+	FentryUnixRelease                  *ebpf.ProgramSpec `ebpf:"fentry_unix_release"`
+	FentryUnixStreamSendmsg            *ebpf.ProgramSpec `ebpf:"fentry_unix_stream_sendmsg"`
+	FentryUnixStreamSendmsgSpare       *ebpf.ProgramSpec `ebpf:"fentry_unix_stream_sendmsg_spare"`
+	FexitUnixAccept                    *ebpf.ProgramSpec `ebpf:"fexit_unix_accept"`
+	FexitUnixStreamSendmsg             *ebpf.ProgramSpec `ebpf:"fexit_unix_stream_sendmsg"`
+	FexitUnixStreamSendmsgBounded      *ebpf.ProgramSpec `ebpf:"fexit_unix_stream_sendmsg_bounded"`
+	FexitUnixStreamSendmsgSpare        *ebpf.ProgramSpec `ebpf:"fexit_unix_stream_sendmsg_spare"`
+	FexitUnixStreamSendmsgSpareBounded *ebpf.ProgramSpec `ebpf:"fexit_unix_stream_sendmsg_spare_bounded"`
+	FollowExit                         *ebpf.ProgramSpec `ebpf:"follow_exit"`
+	FollowFork                         *ebpf.ProgramSpec `ebpf:"follow_fork"`
+	KprobeUnixAccept                   *ebpf.ProgramSpec `ebpf:"kprobe_unix_accept"`
+	KprobeUnixRelease                  *ebpf.ProgramSpec `ebpf:"kprobe_unix_release"`
+	KprobeUnixStreamSendmsg            *ebpf.ProgramSpec `ebpf:"kprobe_unix_stream_sendmsg"`
+	KretprobeUnixAccept                *ebpf.ProgramSpec `ebpf:"kretprobe_unix_accept"`
+	KretprobeUnixStreamSendmsg         *ebpf.ProgramSpec `ebpf:"kretprobe_unix_stream_sendmsg"`
+	KretprobeUnixStreamSendmsgBounded  *ebpf.ProgramSpec `ebpf:"kretprobe_unix_stream_sendmsg_bounded"`
+	PeerHpackWriteField                *ebpf.ProgramSpec `ebpf:"peer_hpack_write_field"`
+	PeerHpackWriteFieldBounded         *ebpf.ProgramSpec `ebpf:"peer_hpack_write_field_bounded"`
+	SocktpRecvLength                   *ebpf.ProgramSpec `ebpf:"socktp_recv_length"`
+	SocktpSendLength                   *ebpf.ProgramSpec `ebpf:"socktp_send_length"`
+	SocktpSendLengthSpare              *ebpf.ProgramSpec `ebpf:"socktp_send_length_spare"`
+	TpEnterAccept                      *ebpf.ProgramSpec `ebpf:"tp_enter_accept"`
+	TpEnterAccept4                     *ebpf.ProgramSpec `ebpf:"tp_enter_accept4"`
+	TpEnterClose                       *ebpf.ProgramSpec `ebpf:"tp_enter_close"`
+	TpEnterSendmsg                     *ebpf.ProgramSpec `ebpf:"tp_enter_sendmsg"`
+	TpEnterSendto                      *ebpf.ProgramSpec `ebpf:"tp_enter_sendto"`
+	TpEnterWrite                       *ebpf.ProgramSpec `ebpf:"tp_enter_write"`
+	TpEnterWritev                      *ebpf.ProgramSpec `ebpf:"tp_enter_writev"`
+	TpExitAccept                       *ebpf.ProgramSpec `ebpf:"tp_exit_accept"`
+	TpExitAccept4                      *ebpf.ProgramSpec `ebpf:"tp_exit_accept4"`
+	TpExitSendmsg                      *ebpf.ProgramSpec `ebpf:"tp_exit_sendmsg"`
+	TpExitSendmsgBounded               *ebpf.ProgramSpec `ebpf:"tp_exit_sendmsg_bounded"`
+	TpExitSendto                       *ebpf.ProgramSpec `ebpf:"tp_exit_sendto"`
+	TpExitSendtoBounded                *ebpf.ProgramSpec `ebpf:"tp_exit_sendto_bounded"`
+	TpExitWrite                        *ebpf.ProgramSpec `ebpf:"tp_exit_write"`
+	TpExitWriteBounded                 *ebpf.ProgramSpec `ebpf:"tp_exit_write_bounded"`
+	TpExitWritev                       *ebpf.ProgramSpec `ebpf:"tp_exit_writev"`
+	TpExitWritevBounded                *ebpf.ProgramSpec `ebpf:"tp_exit_writev_bounded"`
 }
 
 // snoopMapSpecs contains maps before they are loaded into the kernel.
@@ -318,6 +325,7 @@ type snoopMapSpecs struct {
 	Accepting       *ebpf.MapSpec `ebpf:"accepting"`
 	CloseScratch    *ebpf.MapSpec `ebpf:"close_scratch"`
 	Events          *ebpf.MapSpec `ebpf:"events"`
+	FentryBusy      *ebpf.MapSpec `ebpf:"fentry_busy"`
 	HpackScratchMap *ebpf.MapSpec `ebpf:"hpack_scratch_map"`
 	HpackSeq        *ebpf.MapSpec `ebpf:"hpack_seq"`
 	Inflight        *ebpf.MapSpec `ebpf:"inflight"`
@@ -366,6 +374,7 @@ type snoopMaps struct {
 	Accepting       *ebpf.Map `ebpf:"accepting"`
 	CloseScratch    *ebpf.Map `ebpf:"close_scratch"`
 	Events          *ebpf.Map `ebpf:"events"`
+	FentryBusy      *ebpf.Map `ebpf:"fentry_busy"`
 	HpackScratchMap *ebpf.Map `ebpf:"hpack_scratch_map"`
 	HpackSeq        *ebpf.Map `ebpf:"hpack_seq"`
 	Inflight        *ebpf.Map `ebpf:"inflight"`
@@ -384,6 +393,7 @@ func (m *snoopMaps) Close() error {
 		m.Accepting,
 		m.CloseScratch,
 		m.Events,
+		m.FentryBusy,
 		m.HpackScratchMap,
 		m.HpackSeq,
 		m.Inflight,
@@ -414,44 +424,47 @@ type snoopVariables struct {
 //
 // It can be passed to loadSnoopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type snoopPrograms struct {
-	AnySchedExec                      *ebpf.Program `ebpf:"any_sched_exec"`
-	AnySchedExit                      *ebpf.Program `ebpf:"any_sched_exit"`
-	FentryUnixAccept                  *ebpf.Program `ebpf:"fentry_unix_accept"`
-	FentryUnixRelease                 *ebpf.Program `ebpf:"fentry_unix_release"`
-	FentryUnixStreamSendmsg           *ebpf.Program `ebpf:"fentry_unix_stream_sendmsg"`
-	FexitUnixAccept                   *ebpf.Program `ebpf:"fexit_unix_accept"`
-	FexitUnixStreamSendmsg            *ebpf.Program `ebpf:"fexit_unix_stream_sendmsg"`
-	FexitUnixStreamSendmsgBounded     *ebpf.Program `ebpf:"fexit_unix_stream_sendmsg_bounded"`
-	FollowExit                        *ebpf.Program `ebpf:"follow_exit"`
-	FollowFork                        *ebpf.Program `ebpf:"follow_fork"`
-	KprobeUnixAccept                  *ebpf.Program `ebpf:"kprobe_unix_accept"`
-	KprobeUnixRelease                 *ebpf.Program `ebpf:"kprobe_unix_release"`
-	KprobeUnixStreamSendmsg           *ebpf.Program `ebpf:"kprobe_unix_stream_sendmsg"`
-	KretprobeUnixAccept               *ebpf.Program `ebpf:"kretprobe_unix_accept"`
-	KretprobeUnixStreamSendmsg        *ebpf.Program `ebpf:"kretprobe_unix_stream_sendmsg"`
-	KretprobeUnixStreamSendmsgBounded *ebpf.Program `ebpf:"kretprobe_unix_stream_sendmsg_bounded"`
-	PeerHpackWriteField               *ebpf.Program `ebpf:"peer_hpack_write_field"`
-	PeerHpackWriteFieldBounded        *ebpf.Program `ebpf:"peer_hpack_write_field_bounded"`
-	SocktpRecvLength                  *ebpf.Program `ebpf:"socktp_recv_length"`
-	SocktpSendLength                  *ebpf.Program `ebpf:"socktp_send_length"`
-	SocktpSendLengthSpare             *ebpf.Program `ebpf:"socktp_send_length_spare"`
-	TpEnterAccept                     *ebpf.Program `ebpf:"tp_enter_accept"`
-	TpEnterAccept4                    *ebpf.Program `ebpf:"tp_enter_accept4"`
-	TpEnterClose                      *ebpf.Program `ebpf:"tp_enter_close"`
-	TpEnterSendmsg                    *ebpf.Program `ebpf:"tp_enter_sendmsg"`
-	TpEnterSendto                     *ebpf.Program `ebpf:"tp_enter_sendto"`
-	TpEnterWrite                      *ebpf.Program `ebpf:"tp_enter_write"`
-	TpEnterWritev                     *ebpf.Program `ebpf:"tp_enter_writev"`
-	TpExitAccept                      *ebpf.Program `ebpf:"tp_exit_accept"`
-	TpExitAccept4                     *ebpf.Program `ebpf:"tp_exit_accept4"`
-	TpExitSendmsg                     *ebpf.Program `ebpf:"tp_exit_sendmsg"`
-	TpExitSendmsgBounded              *ebpf.Program `ebpf:"tp_exit_sendmsg_bounded"`
-	TpExitSendto                      *ebpf.Program `ebpf:"tp_exit_sendto"`
-	TpExitSendtoBounded               *ebpf.Program `ebpf:"tp_exit_sendto_bounded"`
-	TpExitWrite                       *ebpf.Program `ebpf:"tp_exit_write"`
-	TpExitWriteBounded                *ebpf.Program `ebpf:"tp_exit_write_bounded"`
-	TpExitWritev                      *ebpf.Program `ebpf:"tp_exit_writev"`
-	TpExitWritevBounded               *ebpf.Program `ebpf:"tp_exit_writev_bounded"`
+	AnySchedExec                       *ebpf.Program `ebpf:"any_sched_exec"`
+	AnySchedExit                       *ebpf.Program `ebpf:"any_sched_exit"`
+	FentryUnixAccept                   *ebpf.Program `ebpf:"fentry_unix_accept"`
+	FentryUnixRelease                  *ebpf.Program `ebpf:"fentry_unix_release"`
+	FentryUnixStreamSendmsg            *ebpf.Program `ebpf:"fentry_unix_stream_sendmsg"`
+	FentryUnixStreamSendmsgSpare       *ebpf.Program `ebpf:"fentry_unix_stream_sendmsg_spare"`
+	FexitUnixAccept                    *ebpf.Program `ebpf:"fexit_unix_accept"`
+	FexitUnixStreamSendmsg             *ebpf.Program `ebpf:"fexit_unix_stream_sendmsg"`
+	FexitUnixStreamSendmsgBounded      *ebpf.Program `ebpf:"fexit_unix_stream_sendmsg_bounded"`
+	FexitUnixStreamSendmsgSpare        *ebpf.Program `ebpf:"fexit_unix_stream_sendmsg_spare"`
+	FexitUnixStreamSendmsgSpareBounded *ebpf.Program `ebpf:"fexit_unix_stream_sendmsg_spare_bounded"`
+	FollowExit                         *ebpf.Program `ebpf:"follow_exit"`
+	FollowFork                         *ebpf.Program `ebpf:"follow_fork"`
+	KprobeUnixAccept                   *ebpf.Program `ebpf:"kprobe_unix_accept"`
+	KprobeUnixRelease                  *ebpf.Program `ebpf:"kprobe_unix_release"`
+	KprobeUnixStreamSendmsg            *ebpf.Program `ebpf:"kprobe_unix_stream_sendmsg"`
+	KretprobeUnixAccept                *ebpf.Program `ebpf:"kretprobe_unix_accept"`
+	KretprobeUnixStreamSendmsg         *ebpf.Program `ebpf:"kretprobe_unix_stream_sendmsg"`
+	KretprobeUnixStreamSendmsgBounded  *ebpf.Program `ebpf:"kretprobe_unix_stream_sendmsg_bounded"`
+	PeerHpackWriteField                *ebpf.Program `ebpf:"peer_hpack_write_field"`
+	PeerHpackWriteFieldBounded         *ebpf.Program `ebpf:"peer_hpack_write_field_bounded"`
+	SocktpRecvLength                   *ebpf.Program `ebpf:"socktp_recv_length"`
+	SocktpSendLength                   *ebpf.Program `ebpf:"socktp_send_length"`
+	SocktpSendLengthSpare              *ebpf.Program `ebpf:"socktp_send_length_spare"`
+	TpEnterAccept                      *ebpf.Program `ebpf:"tp_enter_accept"`
+	TpEnterAccept4                     *ebpf.Program `ebpf:"tp_enter_accept4"`
+	TpEnterClose                       *ebpf.Program `ebpf:"tp_enter_close"`
+	TpEnterSendmsg                     *ebpf.Program `ebpf:"tp_enter_sendmsg"`
+	TpEnterSendto                      *ebpf.Program `ebpf:"tp_enter_sendto"`
+	TpEnterWrite                       *ebpf.Program `ebpf:"tp_enter_write"`
+	TpEnterWritev                      *ebpf.Program `ebpf:"tp_enter_writev"`
+	TpExitAccept                       *ebpf.Program `ebpf:"tp_exit_accept"`
+	TpExitAccept4                      *ebpf.Program `ebpf:"tp_exit_accept4"`
+	TpExitSendmsg                      *ebpf.Program `ebpf:"tp_exit_sendmsg"`
+	TpExitSendmsgBounded               *ebpf.Program `ebpf:"tp_exit_sendmsg_bounded"`
+	TpExitSendto                       *ebpf.Program `ebpf:"tp_exit_sendto"`
+	TpExitSendtoBounded                *ebpf.Program `ebpf:"tp_exit_sendto_bounded"`
+	TpExitWrite                        *ebpf.Program `ebpf:"tp_exit_write"`
+	TpExitWriteBounded                 *ebpf.Program `ebpf:"tp_exit_write_bounded"`
+	TpExitWritev                       *ebpf.Program `ebpf:"tp_exit_writev"`
+	TpExitWritevBounded                *ebpf.Program `ebpf:"tp_exit_writev_bounded"`
 }
 
 func (p *snoopPrograms) Close() error {
@@ -461,9 +474,12 @@ func (p *snoopPrograms) Close() error {
 		p.FentryUnixAccept,
 		p.FentryUnixRelease,
 		p.FentryUnixStreamSendmsg,
+		p.FentryUnixStreamSendmsgSpare,
 		p.FexitUnixAccept,
 		p.FexitUnixStreamSendmsg,
 		p.FexitUnixStreamSendmsgBounded,
+		p.FexitUnixStreamSendmsgSpare,
+		p.FexitUnixStreamSendmsgSpareBounded,
 		p.FollowExit,
 		p.FollowFork,
 		p.KprobeUnixAccept,
