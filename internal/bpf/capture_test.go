@@ -85,7 +85,13 @@ func (c *collector) gapsOn(ino uint64) []uint64 {
 // buffer is asynchronous, so the last chunk may land after the send returns.
 func (c *collector) waitFor(t *testing.T, ino uint64, n int) []byte {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	return c.waitForWithin(t, ino, n, 20*time.Second)
+}
+
+// waitForWithin is waitFor with a limit of its own.
+func (c *collector) waitForWithin(t *testing.T, ino uint64, n int, limit time.Duration) []byte {
+	t.Helper()
+	deadline := time.Now().Add(limit)
 	for {
 		c.mu.Lock()
 		var got []byte

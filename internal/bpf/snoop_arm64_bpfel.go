@@ -70,6 +70,13 @@ const (
 	snoopEventFlagEVENT_F_UNDECIDED snoopEventFlag = 32
 )
 
+type snoopFilterAnswer struct {
+	_        structs.HostLayout
+	Ino      uint64
+	Gen      uint32
+	Selected uint32
+}
+
 type snoopHpackField struct {
 	_         structs.HostLayout
 	Encoder   uint64
@@ -182,6 +189,8 @@ const (
 	snoopMapSendPos                             = "send_pos"
 	snoopMapSkOwner                             = "sk_owner"
 	snoopMapSockFilter                          = "sock_filter"
+	snoopMapSockFilterGen                       = "sock_filter_gen"
+	snoopMapSockVerdict                         = "sock_verdict"
 	snoopMapSocktpBusy                          = "socktp_busy"
 	snoopMapStatsMap                            = "stats_map"
 	snoopProgAnySchedExec                       = "any_sched_exec"
@@ -335,6 +344,8 @@ type snoopMapSpecs struct {
 	SendPos         *ebpf.MapSpec `ebpf:"send_pos"`
 	SkOwner         *ebpf.MapSpec `ebpf:"sk_owner"`
 	SockFilter      *ebpf.MapSpec `ebpf:"sock_filter"`
+	SockFilterGen   *ebpf.MapSpec `ebpf:"sock_filter_gen"`
+	SockVerdict     *ebpf.MapSpec `ebpf:"sock_verdict"`
 	SocktpBusy      *ebpf.MapSpec `ebpf:"socktp_busy"`
 	StatsMap        *ebpf.MapSpec `ebpf:"stats_map"`
 }
@@ -384,6 +395,8 @@ type snoopMaps struct {
 	SendPos         *ebpf.Map `ebpf:"send_pos"`
 	SkOwner         *ebpf.Map `ebpf:"sk_owner"`
 	SockFilter      *ebpf.Map `ebpf:"sock_filter"`
+	SockFilterGen   *ebpf.Map `ebpf:"sock_filter_gen"`
+	SockVerdict     *ebpf.Map `ebpf:"sock_verdict"`
 	SocktpBusy      *ebpf.Map `ebpf:"socktp_busy"`
 	StatsMap        *ebpf.Map `ebpf:"stats_map"`
 }
@@ -403,6 +416,8 @@ func (m *snoopMaps) Close() error {
 		m.SendPos,
 		m.SkOwner,
 		m.SockFilter,
+		m.SockFilterGen,
+		m.SockVerdict,
 		m.SocktpBusy,
 		m.StatsMap,
 	)

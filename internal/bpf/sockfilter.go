@@ -89,6 +89,7 @@ func socketKey(path string) (snoopSockPathKey, error) {
 type socketWatch struct {
 	path string
 	seen []snoopSockPathKey // oldest first
+	gen  uint32             // of the kernel's filter: bumped at each change
 	stop chan struct{}
 	done chan struct{}
 }
@@ -133,6 +134,13 @@ func (w *socketWatch) add(t *Tracer, key snoopSockPathKey) error {
 		return fmt.Errorf("update socket filter: %w", err)
 	}
 	w.seen = append(w.seen, key)
+	// The kernel keeps each socket's answer until the generation moves
+	// (bpf/snoop.bpf.c, sock_verdict): a connection not selected by the
+	// old identities may be by the new one.
+	w.gen++
+	if err := t.maps.SockFilterGen.Put(uint32(0), w.gen); err != nil {
+		return fmt.Errorf("update socket filter: %w", err)
+	}
 	return nil
 }
 
