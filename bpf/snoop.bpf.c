@@ -1148,6 +1148,21 @@ int BPF_PROG(socktp_send_length_spare, struct sock *sk, int ret, int flags)
 	return 0;
 }
 
+/* A close record into the ring buffer. One the ring has no room for is a
+ * lost record like any other: userspace then keeps the connection until
+ * it idles out, and the loss is reported rather than silent. */
+static __always_inline void submit_close(struct event *ev)
+{
+	struct stats *s = stats();
+
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), wakeup_flag())) {
+		if (s)
+			s->lost_events++;
+	} else if (s) {
+		s->events++;
+	}
+}
+
 /* Reads on unix stream sockets, for the two things the syscall backend
  * learns at accept(2) and close(2). Who reads a socket holds it: noted as an accept or a send
  * would be (sk_owner), so a server that has not answered yet is named at
@@ -1166,7 +1181,6 @@ static __always_inline void peer_released(struct sock *sk, struct socket *sock, 
 	struct unix_address *addr;
 	struct close_record *cr;
 	struct event *ev;
-	struct stats *s;
 	struct pos *pos;
 	__u64 key, ino;
 
@@ -1209,13 +1223,7 @@ static __always_inline void peer_released(struct sock *sk, struct socket *sock, 
 	else
 		addr = BPF_CORE_READ((struct unix_sock *)sk, addr);
 	fill_path(ev, addr);
-	s = stats();
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), wakeup_flag())) {
-		if (s)
-			s->lost_events++;
-	} else if (s) {
-		s->events++;
-	}
+	submit_close(ev);
 }
 
 SEC("tp_btf/sock_recv_length")
@@ -1250,7 +1258,6 @@ static __always_inline int close_sock(struct socket *sock, struct sock *sk)
 {
 	struct close_record *cr;
 	struct event *ev;
-	struct stats *s;
 	struct pos *pos;
 	__u32 slot = CLOSE_SLOT_RELEASE;
 	__u64 key;
@@ -1271,16 +1278,7 @@ static __always_inline int close_sock(struct socket *sock, struct sock *sk)
 	fill_header(ev, sock, sk, 0);
 	ev->flags |= EVENT_F_CLOSE;
 	ev->stream_off = 0;
-	s = stats();
-	/* A close the ring buffer has no room for is a lost record like any
-	 * other: userspace then keeps the connection until it idles out, and
-	 * the loss is reported rather than silent. */
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), wakeup_flag())) {
-		if (s)
-			s->lost_events++;
-	} else if (s) {
-		s->events++;
-	}
+	submit_close(ev);
 	return 0;
 }
 

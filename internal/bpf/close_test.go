@@ -19,12 +19,7 @@ import (
 // (README, "Capture backends"). Named outside the kernel matrix's
 // TestCapture pattern, where every test must pass on every backend.
 func TestCloseOnExit(t *testing.T) {
-	for _, backend := range availableBackends(t) {
-		if backend == "tracepoint" {
-			continue
-		}
-		t.Run(backend, func(t *testing.T) { testCloseOnExit(t, backend) })
-	}
+	forEachBackendBut(t, "tracepoint", testCloseOnExit)
 }
 
 func testCloseOnExit(t *testing.T, backend string) {

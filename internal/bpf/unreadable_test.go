@@ -39,12 +39,7 @@ func sendmmsg(t *testing.T, fd int, p []byte) {
 // them. (Named outside the kernel matrix's TestCapture pattern, where
 // every test must have a result for every backend.)
 func TestUnreadableSendIsGap(t *testing.T) {
-	for _, backend := range availableBackends(t) {
-		if backend == "tracepoint" {
-			continue
-		}
-		t.Run(backend, func(t *testing.T) { testUnreadableSendIsGap(t, backend) })
-	}
+	forEachBackendBut(t, "tracepoint", testUnreadableSendIsGap)
 }
 
 func testUnreadableSendIsGap(t *testing.T, backend string) {
