@@ -1107,9 +1107,9 @@ static __always_inline void sock_send(struct sock *sk, struct socket *sock, int 
  * nothing unless the first is mid-run on this CPU (socktp_busy), which,
  * migration being disabled for both, means exactly that the first was
  * skipped for this send: the spare takes it, with a scratch slot of its
- * own. A send is lost only when the spare too is mid-run (preempted) on
- * that CPU; its skips are what userspace counts (an upper bound: a skip of
- * its few-instruction check, while the first was free, loses nothing). */
+ * own. Userspace still counts the first program's skips as lost (an
+ * upper bound: it cannot tell which the spare took, and Debian's 7.2 once
+ * skipped the first for sends the spare never saw, internal/bpf/missed.go). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
