@@ -740,8 +740,16 @@ func checkShimCalls(t *testing.T, c *containerdtest.Containerd, pod *podRun, tra
 				t.Errorf("exec exit status %v, want 0 (omitted in JSON)", st)
 			}
 		}
+		// containerd's exec path asks for the Wait in a goroutine before it
+		// sends Start, and the shim answers each request on its own
+		// goroutine: Wait's request may go out before or after Start's,
+		// and a process as short as echo may exit (answering the Wait)
+		// before Start's answer is written. What must hold: both follow
+		// the Exec's answer, the exit follows the start's request, and
+		// both are answered before the Delete is asked.
 		if start != nil && del != nil && len(waits) > 0 && waits[0].resp != nil {
-			if !(exec.respAt < start.reqAt && start.respAt <= waits[0].respAt && waits[0].respAt < del.reqAt) {
+			if !(exec.respAt < start.reqAt && exec.respAt < waits[0].reqAt && start.reqAt < waits[0].respAt &&
+				start.respAt < del.reqAt && waits[0].respAt < del.reqAt) {
 				t.Errorf("exec calls out of order: %v, %v, %v, %v", exec, start, waits[0], del)
 			}
 		}
