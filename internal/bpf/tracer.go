@@ -282,7 +282,10 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 		if opts.SpoolBytes == 0 {
 			opts.SpoolBytes = DefaultSpoolBytes
 		}
-		t.startSpool(opts.SpoolBytes)
+		if err := t.startSpool(opts.SpoolBytes); err != nil {
+			t.Close()
+			return nil, err
+		}
 	}
 	return t, nil
 }
@@ -296,13 +299,15 @@ func (t *Tracer) Read(ev *capture.Event) error {
 	if t.spool != nil {
 		return t.spool.read(ev, t.poll)
 	}
-	return t.readRing(ev)
+	return t.readRing(ev, true)
 }
 
-// readRing reads the next chunk from the ring buffer itself.
-func (t *Tracer) readRing(ev *capture.Event) error {
+// readRing reads the next chunk from the ring buffer itself. With block
+// false (the spool, which waits in the netpoller) it returns ErrIdle at
+// once when the ring is empty.
+func (t *Tracer) readRing(ev *capture.Event, block bool) error {
 	for {
-		if t.poll > 0 && t.ringAvail() == 0 {
+		if block && t.poll > 0 && t.ringAvail() == 0 {
 			t.reader.SetDeadline(time.Now().Add(t.poll))
 		}
 		if err := t.reader.ReadInto(&t.record); err != nil {
@@ -336,7 +341,17 @@ var ErrIdle = errors.New("nothing captured within the poll interval")
 // Drain makes Read return what the ring buffer holds now and then
 // ErrDrained, instead of blocking: for stopping after everything already
 // captured. Unlike Close, it is safe while another goroutine reads.
-func (t *Tracer) Drain() { t.reader.Flush() }
+func (t *Tracer) Drain() {
+	if t.spool != nil {
+		// Before the flush: the spool clears it when it reads the end
+		// the flush marks.
+		t.spool.kicked.Store(true)
+	}
+	t.reader.Flush()
+	if t.spool != nil {
+		t.spool.kick()
+	}
+}
 
 func (t *Tracer) decode(raw []byte, ev *capture.Event) bool {
 	if len(raw) < eventSize {
