@@ -188,13 +188,20 @@ static __always_inline void inflight_put(__u32 tid, struct send_src *src)
 }
 
 
+/* Set by the reader while it waits without its short timer (the ring has
+ * been empty for a while): the next record wakes it. An idle tracer then
+ * sleeps instead of polling. */
+__u32 reader_parked SEC(".bss");
+
 /* Waking the reader for every record costs a context switch per send on a
  * busy node; userspace polls on a short timer instead, and is woken early
- * only when unread data passes cfg.wakeup_bytes. */
+ * only when unread data passes cfg.wakeup_bytes, or when it is parked. */
 static __always_inline __u64 wakeup_flag(void)
 {
 	if (!cfg.wakeup_bytes)
 		return 0;
+	if (*(volatile __u32 *)&reader_parked)
+		return BPF_RB_FORCE_WAKEUP;
 	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > cfg.wakeup_bytes)
 		return BPF_RB_FORCE_WAKEUP;
 	return BPF_RB_NO_WAKEUP;

@@ -320,10 +320,20 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 		sinceSweep, lastSweep = 0, now
 	}
 	const flushEvery = 20 * time.Millisecond // the poll interval
+	// A capture quiet for a second has nothing due on a 20 ms timer: no
+	// buffered line (flushed at the first idle poll), held lines due
+	// seconds later at the earliest, the sweep and the memory given back
+	// on second scales. It waits quietWait instead (a record still ends
+	// the wait at once), so an idle tracer wakes 4 times a second, not 50.
+	const quietAfter, quietWait = time.Second, 250 * time.Millisecond
 	var lastFlush time.Time
 	var ev capture.Event
 	for {
-		err := tracer.Read(&ev)
+		wait := flushEvery
+		if time.Since(lastEvent) >= quietAfter {
+			wait = quietWait
+		}
+		err := tracer.ReadWithin(&ev, wait)
 		if errors.Is(err, bpf.ErrIdle) || errors.Is(err, bpf.ErrDrained) || errors.Is(err, bpf.ErrClosed) {
 			// Stopping ends only at ErrDrained (or ErrClosed): a poll
 			// that found nothing, while stop() is still detaching, says

@@ -42,7 +42,9 @@ func startCapture(t *testing.T, opts Options) (*Tracer, *collector) {
 		defer close(done)
 		var ev capture.Event
 		for {
-			if err := tr.Read(&ev); err != nil {
+			if err := tr.Read(&ev); errors.Is(err, ErrIdle) {
+				continue // a poll interval passed (Options.PollInterval)
+			} else if err != nil {
 				return
 			}
 			c.mu.Lock()

@@ -236,6 +236,7 @@ const (
 	snoopProgTpExitWritevBounded                = "tp_exit_writev_bounded"
 	snoopVarCfg                                 = "cfg"
 	snoopVarInflightN                           = "inflight_n"
+	snoopVarReaderParked                        = "reader_parked"
 	snoopVarUnusedBackend                       = "unused_backend"
 	snoopVarUnusedFlags                         = "unused_flags"
 	snoopVarUnusedHpackField                    = "unused_hpack_field"
@@ -356,6 +357,7 @@ type snoopMapSpecs struct {
 type snoopVariableSpecs struct {
 	Cfg              *ebpf.VariableSpec `ebpf:"cfg"`
 	InflightN        *ebpf.VariableSpec `ebpf:"inflight_n"`
+	ReaderParked     *ebpf.VariableSpec `ebpf:"reader_parked"`
 	UnusedBackend    *ebpf.VariableSpec `ebpf:"unused_backend"`
 	UnusedFlags      *ebpf.VariableSpec `ebpf:"unused_flags"`
 	UnusedHpackField *ebpf.VariableSpec `ebpf:"unused_hpack_field"`
@@ -429,6 +431,7 @@ func (m *snoopMaps) Close() error {
 type snoopVariables struct {
 	Cfg              *ebpf.Variable `ebpf:"cfg"`
 	InflightN        *ebpf.Variable `ebpf:"inflight_n"`
+	ReaderParked     *ebpf.Variable `ebpf:"reader_parked"`
 	UnusedBackend    *ebpf.Variable `ebpf:"unused_backend"`
 	UnusedFlags      *ebpf.Variable `ebpf:"unused_flags"`
 	UnusedHpackField *ebpf.Variable `ebpf:"unused_hpack_field"`

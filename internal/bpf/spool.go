@@ -53,6 +53,8 @@ type spool struct {
 	ringRC syscall.RawConn
 	// kicked makes the wait return at once: Drain or Close.
 	kicked atomic.Bool
+	// parkedWakes counts parked waits a record ended (not parkedWait).
+	parkedWakes atomic.Uint64
 
 	ch      chan *batch
 	free    sync.Pool
@@ -122,13 +124,41 @@ func pollable(fd int) (*os.File, error) {
 // waitRing returns when the ring buffer holds a record or one is
 // announced, Drain or Close kicked the wait, or wait (0: no limit) has
 // passed; the caller looks in every case.
-func (t *Tracer) waitRing(s *spool, wait time.Duration) {
+func (t *Tracer) waitRing(s *spool, wait time.Duration) (timedOut bool) {
 	var deadline time.Time
 	if wait > 0 {
 		deadline = time.Now().Add(wait)
 	}
 	s.ring.SetReadDeadline(deadline)
-	s.ringRC.Read(func(uintptr) bool { return s.kicked.Load() || t.ringAvail() > 0 })
+	err := s.ringRC.Read(func(uintptr) bool { return s.kicked.Load() || t.ringAvail() > 0 })
+	return errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// Parking: once the ring has been empty for parkAfter polls, the spool
+// stops polling and sets the programs' reader_parked flag, which makes
+// the next record wake it; an idle tracer then sleeps. The flag is read
+// before a record is written, so a record written as the spool parks
+// can go without its wakeup: parkedWait bounds how late it is read.
+const (
+	parkAfter  = 5
+	parkedWait = 250 * time.Millisecond
+)
+
+// waitRingOrPark waits for the ring buffer, parked if park (and the
+// kernel maps the flag).
+func (t *Tracer) waitRingOrPark(s *spool, park bool) {
+	if !park || t.poll <= 0 || t.parked == nil || t.parked.Set(uint32(1)) != nil {
+		t.waitRing(s, t.poll)
+		return
+	}
+	// Look again after setting the flag: a record written before the
+	// programs could see it did not wake anyone.
+	if t.ringAvail() == 0 {
+		if !t.waitRing(s, parkedWait) && !s.kicked.Load() {
+			s.parkedWakes.Add(1)
+		}
+	}
+	t.parked.Set(uint32(0))
 }
 
 // kick ends the spool's wait for the ring buffer now, and every wait
@@ -165,11 +195,17 @@ func (t *Tracer) spoolLoop(s *spool) {
 
 	var ev capture.Event
 	b := s.free.Get().(*batch)
+	quiet := 0 // polls in a row that found the ring empty
 	for {
 		if t.ringAvail() == 0 {
-			t.waitRing(s, t.poll)
+			t.waitRingOrPark(s, quiet >= parkAfter)
 		}
-		err := t.readRing(&ev, false)
+		err := t.readRing(&ev, 0)
+		if errors.Is(err, ErrIdle) {
+			quiet++
+		} else {
+			quiet = 0
+		}
 		switch {
 		case err == nil:
 		case errors.Is(err, ErrIdle):

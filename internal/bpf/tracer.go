@@ -88,6 +88,9 @@ type Tracer struct {
 	paths      map[string]string
 	sockWatch  *socketWatch
 	spool      *spool
+	// parked is the programs' reader_parked flag (nil when the kernel
+	// cannot map global data: the spool then keeps polling when idle).
+	parked *ebpf.Variable
 	// ringMu orders ringAvail against Close: the reader's AvailableBytes
 	// dereferences a mapping that Close unmaps.
 	ringMu     sync.Mutex
@@ -233,6 +236,9 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 		return nil, fmt.Errorf("load %s programs: %w", b.name, err)
 	}
 	t.coll, t.progs = coll, coll.Programs
+	if v := coll.Variables["reader_parked"]; v != nil && v.Set(uint32(0)) == nil {
+		t.parked = v
+	}
 	if err := coll.Assign(&t.maps); err != nil {
 		t.Close()
 		return nil, fmt.Errorf("load maps: %w", err)
@@ -295,20 +301,32 @@ func (t *Tracer) Backend() string { return t.backend }
 
 // Read blocks for the next chunk. ev.Data aliases an internal buffer that
 // the next Read overwrites. It returns ErrClosed after Close.
-func (t *Tracer) Read(ev *capture.Event) error {
-	if t.spool != nil {
-		return t.spool.read(ev, t.poll)
+func (t *Tracer) Read(ev *capture.Event) error { return t.ReadWithin(ev, t.poll) }
+
+// ReadWithin is Read, returning ErrIdle after wait instead of after
+// PollInterval when nothing arrives (PollInterval set): a caller with
+// nothing to do on a short timer, because the capture has been quiet for
+// a while, sleeps longer. A record still ends the wait at once.
+func (t *Tracer) ReadWithin(ev *capture.Event, wait time.Duration) error {
+	if wait <= 0 {
+		wait = t.poll
 	}
-	return t.readRing(ev, true)
+	if t.poll <= 0 {
+		wait = 0 // every record wakes the reader: no timer
+	}
+	if t.spool != nil {
+		return t.spool.read(ev, wait)
+	}
+	return t.readRing(ev, wait)
 }
 
-// readRing reads the next chunk from the ring buffer itself. With block
-// false (the spool, which waits in the netpoller) it returns ErrIdle at
-// once when the ring is empty.
-func (t *Tracer) readRing(ev *capture.Event, block bool) error {
+// readRing reads the next chunk from the ring buffer itself, waiting at
+// most wait (0 with PollInterval set: not at all, for the spool, which
+// waits in the netpoller) for one to arrive.
+func (t *Tracer) readRing(ev *capture.Event, wait time.Duration) error {
 	for {
-		if block && t.poll > 0 && t.ringAvail() == 0 {
-			t.reader.SetDeadline(time.Now().Add(t.poll))
+		if wait > 0 && t.ringAvail() == 0 {
+			t.reader.SetDeadline(time.Now().Add(wait))
 		}
 		if err := t.reader.ReadInto(&t.record); err != nil {
 			if errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
