@@ -328,13 +328,13 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	const quietAfter, quietWait = time.Second, 250 * time.Millisecond
 	var lastFlush time.Time
 	var ev capture.Event
+	wait := quietWait // decided at each idle poll: no clock read per event
 	for {
-		wait := flushEvery
-		if time.Since(lastEvent) >= quietAfter {
-			wait = quietWait
-		}
 		err := tracer.ReadWithin(&ev, wait)
 		if errors.Is(err, bpf.ErrIdle) || errors.Is(err, bpf.ErrDrained) || errors.Is(err, bpf.ErrClosed) {
+			if time.Since(lastEvent) >= quietAfter {
+				wait = quietWait
+			}
 			// Stopping ends only at ErrDrained (or ErrClosed): a poll
 			// that found nothing, while stop() is still detaching, says
 			// nothing about what the ring buffer and the spool hold, and
@@ -353,7 +353,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 		if err != nil {
 			return err
 		}
-		lastEvent = ev.Time
+		lastEvent, wait = ev.Time, flushEvery
 		if err := files.write(&ev); err != nil {
 			return err
 		}
