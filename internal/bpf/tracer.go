@@ -43,7 +43,8 @@ type Options struct {
 	// PollInterval, when set, lets the kernel skip waking the reader for
 	// every record: Read then waits at most this long before returning
 	// ErrIdle, and is woken early only when a thirty-second of the ring
-	// buffer is unread. Zero wakes the reader for every record.
+	// buffer is unread. After a few empty polls the spool parks: the next
+	// record wakes it (spool.go). Zero wakes the reader for every record.
 	PollInterval time.Duration
 	// Socket, when set, keeps only connections on this socket file (a
 	// listener bound to it, symlinks followed), decided in the kernel so
