@@ -134,11 +134,9 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	if err != nil {
 		return err
 	}
-	// Polling every 20 ms rather than being woken per record saves a
-	// context switch per send on a busy node; output lags by at most that.
 	// --socket is decided in the kernel too, so other unix traffic is never
 	// copied; the pipeline still checks each event's path.
-	opts := bpf.Options{Attach: f.attach, RingBufSize: f.ringBufSize, PIDs: filter.PIDs, Socket: filter.Socket, PollInterval: 20 * time.Millisecond, PeerProbes: f.peerProbes,
+	opts := bpf.Options{Attach: f.attach, RingBufSize: f.ringBufSize, PIDs: filter.PIDs, Socket: filter.Socket, PollInterval: pollInterval, PeerProbes: f.peerProbes,
 		SpoolBytes: spoolShare(f.memBudgetBytes)}
 	if len(command) > 0 {
 		// Fail before attaching anything when the command cannot run.
@@ -291,7 +289,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	// system when the capture has been idle for a second, at most every
 	// 10 s: left to itself, an idle runtime would run no collection and
 	// keep it (docs/security.md, docs/performance.md). Not sooner: at a
-	// steady 5,000 calls/s the reader still finds 20 ms without a record
+	// steady 5,000 calls/s the reader still finds a poll without a record
 	// now and then, and a loaded tracer would force a collection and
 	// regrow its heap every 10 s.
 	var freedSwept uint64
@@ -319,12 +317,12 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 		logSwept()
 		sinceSweep, lastSweep = 0, now
 	}
-	const flushEvery = 20 * time.Millisecond // the poll interval
-	// A capture quiet for a second has nothing due on a 20 ms timer: no
+	const flushEvery = pollInterval
+	// A capture quiet for a second has nothing due on the poll timer: no
 	// buffered line (flushed at the first idle poll), held lines due
 	// seconds later at the earliest, the sweep and the memory given back
 	// on second scales. It waits quietWait instead (a record still ends
-	// the wait at once), so an idle tracer wakes 4 times a second, not 50.
+	// the wait at once), so an idle tracer wakes 4 times a second, not 10.
 	const quietAfter, quietWait = time.Second, 250 * time.Millisecond
 	var lastFlush time.Time
 	var ev capture.Event
@@ -378,7 +376,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 			// of calls a second the reader is caught up after nearly
 			// every event, which made a write(2) per line. A quiet
 			// capture is flushed by the idle branch above within one
-			// poll interval, so a line is shown at most ~20 ms late.
+			// poll interval, so a line is shown at most ~100 ms late.
 			if now := time.Now(); now.Sub(lastFlush) >= flushEvery {
 				if err := flush(); err != nil {
 					return err
@@ -427,6 +425,19 @@ func listPods(socket string, logf func(string, ...any)) podList {
 	}
 	return podList{sb, cs}
 }
+
+// pollInterval is how long the reader lets records gather in the ring
+// buffer before it looks (and how late a line may be shown). Each look
+// costs a chain of wakeups (the spool's thread, the decoder, the Go
+// runtime's monitor after the output's write(2)s), nearly the same for 1
+// record as for 100, so on a node's usual traffic (tens to hundreds of
+// calls a second) the tracer's CPU is almost all looks: at 100 calls/s,
+// 0.014 core at 20 ms, 0.005 at 100 ms. Busy traffic does not wait for
+// the timer: the kernel wakes the reader once a thirty-second of the ring
+// is unread (internal/bpf), so the decoder's bursts, which delay calls
+// on a loaded node (the p99), stay as short as before
+// (docs/performance.md, "A longer poll").
+const pollInterval = 100 * time.Millisecond
 
 // Ring buffer bounds: the kernel wants a power of two of at least a page
 // (a tiny one only loses data: the overflow tests use 8 KiB on purpose);

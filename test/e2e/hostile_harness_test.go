@@ -413,7 +413,7 @@ func startBusyNeighbour(t *testing.T) {
 	go func() {
 		defer close(done)
 		// As fast as the tracer can take it: a pause of the poll interval
-		// (20 ms) would let it be idle.
+		// (100 ms) would let it be idle.
 		b := make([]byte, 512)
 		for {
 			select {
