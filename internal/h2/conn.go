@@ -551,30 +551,41 @@ func (d *Decoder) headerBlock(c *Conn, end int, cap *capture.Event) {
 // from it may be shown.
 func plausibleFields(fields []hpack.Field) bool {
 	for _, f := range fields {
-		if f.NameKnown {
-			for i := 0; i < len(f.Name); i++ {
-				if c := f.Name[i]; c <= ' ' || c >= 0x7f || ('A' <= c && c <= 'Z') {
-					return false
-				}
-			}
+		if f.NameKnown && !allOf(f.Name, &nameBytes) {
+			return false
 		}
 		if !f.ValueKnown {
 			continue
 		}
-		for i := 0; i < len(f.Value); i++ {
-			if c := f.Value[i]; c == 0 || c == '\r' || c == '\n' {
-				return false
-			}
-		}
 		if f.NameKnown && f.Name == ":path" {
-			if f.Value == "" || f.Value[0] != '/' {
+			if f.Value == "" || f.Value[0] != '/' || !allOf(f.Value, &pathBytes) {
 				return false
 			}
-			for i := 0; i < len(f.Value); i++ {
-				if c := f.Value[i]; c <= ' ' || c >= 0x7f {
-					return false
-				}
-			}
+		} else if !allOf(f.Value, &valueBytes) {
+			return false
+		}
+	}
+	return true
+}
+
+// The bytes each part of a header field may hold, as tables: one load per
+// byte instead of a chain of comparisons (this runs on every header block,
+// and values are most of a block's bytes).
+var nameBytes, valueBytes, pathBytes = byteSet(func(c byte) bool { return c > ' ' && c < 0x7f && (c < 'A' || c > 'Z') }),
+	byteSet(func(c byte) bool { return c != 0 && c != '\r' && c != '\n' }),
+	byteSet(func(c byte) bool { return c > ' ' && c < 0x7f })
+
+func byteSet(ok func(byte) bool) (set [256]bool) {
+	for c := range set {
+		set[c] = ok(byte(c))
+	}
+	return set
+}
+
+func allOf(s string, set *[256]bool) bool {
+	for i := 0; i < len(s); i++ {
+		if !set[s[i]] {
+			return false
 		}
 	}
 	return true
