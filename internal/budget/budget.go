@@ -68,10 +68,14 @@ const (
 	// reserve stays well under DefaultMemory.
 	MaxPartialFrames = 32 << 20
 	SmallFrame       = 16<<10 + 64
+
+	// SmallMessage is the partly received gRPC message PartialMessages
+	// never refuses (MaxPartialMessages).
+	SmallMessage = 64 << 10
 )
 
 // PartialMessages is what partly received gRPC messages claim now.
-var PartialMessages = NewPool(MaxPartialMessages, 64<<10)
+var PartialMessages = NewPool(MaxPartialMessages, SmallMessage)
 
 // PartialFrames is what partly received HTTP/2 and ttrpc frames claim now.
 var PartialFrames = NewPool(MaxPartialFrames, SmallFrame)
