@@ -432,7 +432,7 @@ func listPods(socket string, logf func(string, ...any)) podList {
 // runtime's monitor after the output's write(2)s), nearly the same for 1
 // record as for 100, so on a node's usual traffic (tens to hundreds of
 // calls a second) the tracer's CPU is almost all looks: at 100 calls/s,
-// 0.014 core at 20 ms, 0.005 at 100 ms. Busy traffic does not wait for
+// 0.017 core at 20 ms, 0.005 at 100 ms. Busy traffic does not wait for
 // the timer: the kernel wakes the reader once a thirty-second of the ring
 // is unread (internal/bpf), so the decoder's bursts, which delay calls
 // on a loaded node (the p99), stay as short as before
