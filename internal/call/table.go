@@ -37,15 +37,17 @@ func (t *Table[C]) Get(id uint32) *C { return t.m[id] }
 
 // Put opens (or replaces) the call on stream id. When the table is full,
 // the call with the lowest stream id goes first: stream ids grow with each
-// call on a connection, so that is the oldest.
-func (t *Table[C]) Put(id uint32, c *C) {
+// call on a connection, so that is the oldest. It is returned, for the
+// caller to release what it holds.
+func (t *Table[C]) Put(id uint32, c *C) (evicted *C) {
 	if t.m == nil {
 		t.m = map[uint32]*C{}
 	}
 	if _, ok := t.m[id]; !ok && len(t.m) >= MaxPerConn {
-		t.evictOldest()
+		evicted = t.evictOldest()
 	}
 	t.m[id] = c
+	return evicted
 }
 
 // Delete forgets the call on stream id.
@@ -60,7 +62,7 @@ func (t *Table[C]) Len() int { return len(t.m) }
 // All yields every open call, in no particular order.
 func (t *Table[C]) All() iter.Seq2[uint32, *C] { return maps.All(t.m) }
 
-func (t *Table[C]) evictOldest() {
+func (t *Table[C]) evictOldest() *C {
 	first := true
 	var oldest uint32
 	for id := range t.m {
@@ -68,5 +70,7 @@ func (t *Table[C]) evictOldest() {
 			oldest, first = id, false
 		}
 	}
+	c := t.m[oldest]
 	delete(t.m, oldest)
+	return c
 }

@@ -1,6 +1,7 @@
 package grpcdecode
 
 import (
+	"container/list"
 	"fmt"
 	"strconv"
 	"time"
@@ -19,6 +20,7 @@ import (
 // end.
 type Decoder struct {
 	emit func(*call.Record)
+	held held
 }
 
 // New returns a Decoder that passes each Record to emit. The Record is not
@@ -60,8 +62,11 @@ type grpcCall struct {
 	split     [2]splitter
 	lost      [2]bool
 	// held is a response message kept until the trailers, so a unary call
-	// prints one response line carrying both message and status.
-	held *call.Record
+	// prints one response line carrying both message and status (held.go:
+	// heldAt and heldCost are its place and size in the decoder's account).
+	held     *call.Record
+	heldAt   *list.Element
+	heldCost int
 	// note explains an unprovable status on the final line.
 	note string
 	// guess is a method the request payload uniquely fits, when the real
@@ -106,7 +111,7 @@ func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
 	case h2.Preface:
 		// Calls still open belonged to the previous connection on these
 		// sockets; their ends will never be seen.
-		s.clear()
+		d.clear(s)
 		s.reset = [maxReset]uint32{}
 	case h2.Lost:
 		for _, cl := range s.calls.All() {
@@ -133,7 +138,7 @@ func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
 			// A stream opened before the capture (a Subscribe stream's
 			// events): its messages are still shown, by field number.
 			cl = &grpcCall{stream: ev.Stream, joined: [2]bool{true, true}}
-			s.calls.Put(ev.Stream, cl)
+			d.forget(s.calls.Put(ev.Stream, cl), evictedNote)
 		}
 		d.data(c, cl, dir, ev)
 		if ev.EndStream && dir == call.Response {
@@ -168,7 +173,7 @@ func (d *Decoder) Closed(c *h2.Conn) {
 			if cl.start.IsZero() {
 				continue
 			}
-			r := cl.held
+			r := d.unhold(cl)
 			if r == nil {
 				client, _ := c.Stream.ClientEnd() // known: the call has a direction
 				r = d.record(c, cl, call.Response, &h2.Event{End: stream.Peer(client), Cap: &capture.Event{Time: c.Stream.Last}})
@@ -179,17 +184,22 @@ func (d *Decoder) Closed(c *h2.Conn) {
 			d.emit(r)
 		}
 	}
-	s.clear()
+	d.clear(s)
 }
 
-// clear drops every open call, and what their partial messages reserved.
-func (s *connState) clear() {
+// clear drops every open call of s, and what they hold.
+func (d *Decoder) clear(s *connState) {
 	for _, cl := range s.calls.All() {
 		cl.split[call.Request].reset()
 		cl.split[call.Response].reset()
+		d.unhold(cl)
 	}
 	s.calls.Clear()
 }
+
+// evictedNote marks a held response of a call forgotten with more than
+// call.MaxPerConn open on its connection.
+const evictedNote = "call forgotten before it ended: too many calls open on the connection"
 
 func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 	dir, ok := call.DirOf(c.Stream, ev.End)
@@ -203,7 +213,7 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 			return
 		}
 		cl = &grpcCall{stream: ev.Stream, start: ev.Cap.Time}
-		s.calls.Put(ev.Stream, cl)
+		d.forget(s.calls.Put(ev.Stream, cl), evictedNote)
 		for _, f := range ev.Fields {
 			switch {
 			case !f.NameKnown:
@@ -234,7 +244,7 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 		// The call started before the capture: its method is unknown,
 		// but its end is still worth showing.
 		cl = &grpcCall{stream: ev.Stream}
-		s.calls.Put(ev.Stream, cl)
+		d.forget(s.calls.Put(ev.Stream, cl), evictedNote)
 	}
 	var st *call.Status
 	httpStatus, note := "", ""
@@ -380,10 +390,10 @@ func (d *Decoder) message(c *h2.Conn, cl *grpcCall, dir call.Type, m message, ev
 	}
 	// Unary, or unknown: hold until the trailers say how it ended. A
 	// second message proves it streams; the first is shown then.
-	if cl.held != nil {
-		d.emit(cl.held)
+	if prev := d.unhold(cl); prev != nil {
+		d.emit(prev)
 	}
-	cl.held = r
+	d.hold(cl, r)
 }
 
 func decodeInto(r *call.Record, cl *grpcCall, dir call.Type, payload []byte) {
@@ -421,7 +431,7 @@ func (d *Decoder) finish(c *h2.Conn, s *connState, cl *grpcCall, ev *h2.Event, s
 	s.calls.Delete(cl.stream)
 	cl.split[call.Request].reset()
 	cl.split[call.Response].reset()
-	r := cl.held
+	r := d.unhold(cl)
 	if r == nil {
 		r = d.record(c, cl, call.Response, ev)
 	} else {

@@ -1,0 +1,74 @@
+package grpcdecode
+
+import (
+	"container/list"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/call"
+)
+
+// A unary call's response message is held until its trailers, so that one
+// line carries both message and status. Trailers can fail to come: lost
+// with a full ring buffer, or never sent by a hostile server, whose calls
+// then stay open until the connection closes (MaxPerConn of them on each).
+// What is held is therefore bounded over all connections: past
+// maxHeldResponses (counted at the messages' wire size), the oldest held
+// response is shown at once, without its status, which its trailers, if
+// they come, show on a line of their own. Before the bound, a server
+// that never sent trailers could make the tracer hold 4,096 decoded
+// messages of up to 32 MiB on each of its connections. Counted at wire
+// size, 4 MiB is a few tens of megabytes of decoded messages at most.
+const maxHeldResponses = 4 << 20
+
+// heldEarlyNote marks a response shown before its trailers came.
+const heldEarlyNote = "shown before its status: too many responses were awaiting their trailers"
+
+// held is the decoder's account of the held responses, oldest first.
+type held struct {
+	calls list.List // of *grpcCall
+	bytes int
+}
+
+// hold keeps r, cl's response message, until cl's trailers, and shows the
+// oldest held responses if that takes the total past the bound.
+func (d *Decoder) hold(cl *grpcCall, r *call.Record) {
+	cl.held, cl.heldCost = r, max(r.WireBytes, 1)
+	cl.heldAt = d.held.calls.PushBack(cl)
+	d.held.bytes += cl.heldCost
+	for d.held.bytes > maxHeldResponses && d.held.calls.Len() > 1 {
+		if r := d.unhold(d.held.calls.Front().Value.(*grpcCall)); r != nil {
+			if r.Note == "" {
+				r.Note = heldEarlyNote
+			}
+			d.emit(r)
+		}
+	}
+}
+
+// unhold returns cl's held response, nil if none, and stops counting it.
+func (d *Decoder) unhold(cl *grpcCall) *call.Record {
+	r := cl.held
+	if r == nil {
+		return nil
+	}
+	d.held.calls.Remove(cl.heldAt)
+	d.held.bytes -= cl.heldCost
+	cl.held, cl.heldAt, cl.heldCost = nil, nil, 0
+	return r
+}
+
+// forget drops cl, no longer in its connection's table: what its partial
+// messages reserved is released, and a held response is shown (its status
+// will not be).
+func (d *Decoder) forget(cl *grpcCall, note string) {
+	if cl == nil {
+		return
+	}
+	cl.split[call.Request].reset()
+	cl.split[call.Response].reset()
+	if r := d.unhold(cl); r != nil {
+		if r.Note == "" {
+			r.Note = note
+		}
+		d.emit(r)
+	}
+}

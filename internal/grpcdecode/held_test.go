@@ -1,0 +1,71 @@
+package grpcdecode
+
+import (
+	"bytes"
+	"encoding/binary"
+	"testing"
+
+	"golang.org/x/net/http2"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/call"
+)
+
+// TestHeldResponsesBounded: unary responses whose trailers do not come
+// (lost, or never sent) are held for them only up to maxHeldResponses
+// over all calls; past it the oldest is shown at once, saying why, and
+// its trailers, when they come, end the call on a line of their own. A
+// call whose trailers come while it is held is one line, as before.
+func TestHeldResponsesBounded(t *testing.T) {
+	var recs []*call.Record
+	w := newWire(func(r *call.Record) { recs = append(recs, r) })
+	const version = "/runtime.v1.RuntimeService/Version"
+	const size = 512 << 10
+	calls := maxHeldResponses/size + 8
+	// VersionResponse{version: "vvv..."}: field 1, a string of size bytes.
+	msg := binary.AppendUvarint([]byte{0x0a}, size)
+	msg = append(msg, bytes.Repeat([]byte{'v'}, size)...)
+	grpcMsg := binary.BigEndian.AppendUint32([]byte{0}, uint32(len(msg)))
+	grpcMsg = append(grpcMsg, msg...)
+	w.send(0, func() {
+		w.buf.WriteString(http2.ClientPreface)
+		w.fr.WriteSettings()
+	})
+	w.send(1, func() { w.fr.WriteSettings() })
+	for i := range calls {
+		id := uint32(2*i + 1)
+		w.send(0, func() {
+			w.headers(id, false, ":method", "POST", ":scheme", "http", ":path", version, ":authority", "x", "content-type", "application/grpc")
+			w.fr.WriteData(id, true, []byte{0, 0, 0, 0, 0})
+		})
+		w.send(1, func() { w.headers(id, false, ":status", "200", "content-type", "application/grpc") })
+		for off := 0; off < len(grpcMsg); off += 16384 {
+			w.send(1, func() { w.fr.WriteData(id, false, grpcMsg[off:min(off+16384, len(grpcMsg))]) })
+		}
+	}
+	early := 0
+	for _, r := range recs {
+		if r.Type == call.Response {
+			if r.Note != heldEarlyNote || r.Final || r.Message == nil || r.Status != nil {
+				t.Fatalf("response shown before its trailers: %+v", r)
+			}
+			early++
+		}
+	}
+	if held := calls - early; early == 0 || held*len(grpcMsg) > maxHeldResponses {
+		t.Fatalf("%d of %d responses shown early: %d still held, over %d bytes", early, calls, held, maxHeldResponses)
+	}
+	// Trailers for the first call (shown early) and the last (held).
+	n := len(recs)
+	w.send(1, func() { w.headers(1, true, "grpc-status", "0") })
+	w.send(1, func() { w.headers(uint32(2*calls-1), true, "grpc-status", "0") })
+	if len(recs) != n+2 {
+		t.Fatalf("%d lines for two trailers", len(recs)-n)
+	}
+	first, last := recs[n], recs[n+1]
+	if !first.Final || first.Message != nil || first.Status == nil || first.Stream != 1 {
+		t.Fatalf("trailers of a response shown early: %+v", first)
+	}
+	if !last.Final || last.Message == nil || last.Status == nil || last.Note != "" {
+		t.Fatalf("trailers of a held response: %+v", last)
+	}
+}
