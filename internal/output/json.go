@@ -55,6 +55,15 @@ const (
 	largeMessage = 64 << 10
 )
 
+// cacheable says whether a message's rendering of size bytes is kept for
+// the message: not when the message is larger than protoreg shares (it is
+// decoded anew every time, so it is never looked up again, and the entry
+// would only keep it alive), nor when it would take more than an eighth
+// of the cache. wireBytes 0 (unknown) goes by the rendering's size.
+func cacheable(wireBytes, size int) bool {
+	return wireBytes <= protoreg.SharedMaxMessage && size <= min(maxRenderedBytes/8, 2*protoreg.SharedMaxMessage)
+}
+
 func newJSON(w io.Writer) *jsonWriter {
 	return &jsonWriter{w: bufio.NewWriterSize(w, 64<<10), rendered: map[proto.Message]rendering{}}
 }
@@ -210,7 +219,7 @@ func (j *jsonWriter) render(m proto.Message, wireBytes int) rendering {
 		clear(j.rendered)
 		j.renderedBytes = 0
 	}
-	if size <= maxRenderedBytes/8 {
+	if cacheable(wireBytes, size) {
 		j.rendered[m] = out
 		j.renderedBytes += size
 	}

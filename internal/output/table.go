@@ -129,7 +129,7 @@ var texts = struct {
 	bytes int // bounded like the JSON renderings (maxRenderedBytes)
 }{m: map[proto.Message]string{}}
 
-func messageText(m proto.Message) string {
+func messageText(m proto.Message, wireBytes int) string {
 	texts.Lock()
 	defer texts.Unlock()
 	if s, ok := texts.m[m]; ok {
@@ -140,7 +140,7 @@ func messageText(m proto.Message) string {
 		clear(texts.m)
 		texts.bytes = 0
 	}
-	if len(s) <= maxRenderedBytes/8 {
+	if cacheable(wireBytes, len(s)) {
 		texts.m[m] = s
 		texts.bytes += len(s)
 	}
@@ -152,7 +152,7 @@ func MessageText(r *call.Record) string {
 	var s string
 	switch {
 	case r.Message != nil:
-		s = messageText(r.Message)
+		s = messageText(r.Message, r.WireBytes)
 	case r.Raw != nil:
 		if fields, ok := protoreg.Schemaless(r.Raw); ok {
 			s = protoreg.SchemalessText(fields)

@@ -53,22 +53,23 @@ type Filter struct {
 
 // Pipeline decodes events and writes records. Not safe for concurrent use.
 type Pipeline struct {
-	out        output.Writer
-	asm        *stream.Assembler
-	socket     string
-	socketOK   map[string]bool
-	pids       map[uint32]bool
-	filter     Filter
-	calls      *callfilter.Filter
-	redactions map[proto.Message]proto.Message
-	sinks      tee
-	h2         *h2.Decoder
-	peer       *peerfields.Store
-	records    []RecordSink
-	pods       *pods.Index
-	lastExpiry time.Time
-	lastSweep  time.Time
-	err        error
+	out            output.Writer
+	asm            *stream.Assembler
+	socket         string
+	socketOK       map[string]bool
+	pids           map[uint32]bool
+	filter         Filter
+	calls          *callfilter.Filter
+	redactions     map[proto.Message]proto.Message
+	redactionBytes int
+	sinks          tee
+	h2             *h2.Decoder
+	peer           *peerfields.Store
+	records        []RecordSink
+	pods           *pods.Index
+	lastExpiry     time.Time
+	lastSweep      time.Time
+	err            error
 	// held: undecided chunks per sending socket (undecided.go).
 	held      map[uint64]*held
 	heldBytes int
@@ -326,7 +327,12 @@ func (p *Pipeline) write(r *call.Record) {
 // redacted returns m with secrets hidden: m itself when it holds none,
 // else a redacted copy. Decoded messages are shared between records with
 // the same bytes (protoreg), so m is never changed; the answer is kept
-// per message, so repeated calls cost a map lookup.
+// per message, so repeated calls cost a map lookup. Only for messages
+// protoreg shares, and within maxRedactionBytes: a larger message is
+// decoded anew each time, so its entry could never be found again and
+// would only keep it (and its copy) alive. Before this, 4,096 entries of
+// any size were kept: a stream of 1 MiB messages held their decoded
+// forms by the hundred (hundreds of megabytes; docs/performance.md).
 func (p *Pipeline) redacted(m proto.Message) proto.Message {
 	if out, ok := p.redactions[m]; ok {
 		return out
@@ -336,15 +342,28 @@ func (p *Pipeline) redacted(m proto.Message) proto.Message {
 		out = proto.Clone(m)
 		redact.Message(out)
 	}
-	if len(p.redactions) >= 4096 {
+	size := proto.Size(m)
+	if size > protoreg.SharedMaxMessage {
+		return out
+	}
+	if len(p.redactions) >= maxRedactions || p.redactionBytes+size > maxRedactionBytes {
 		clear(p.redactions)
+		p.redactionBytes = 0
 	}
 	if p.redactions == nil {
 		p.redactions = map[proto.Message]proto.Message{}
 	}
 	p.redactions[m] = out
+	p.redactionBytes += size
 	return out
 }
+
+// Bounds of the redacted-message cache (redacted): counted at the
+// messages' wire size, which their decoded forms are a few times.
+const (
+	maxRedactions     = 4096
+	maxRedactionBytes = 16 << 20
+)
 
 // redactedRaw hides the secrets of a message shown without its schema: it
 // is parsed as the guessed method's type, then as each type that can

@@ -39,17 +39,22 @@ const (
 	// What an entry costs, in multiples of its payload (measured on CRI
 	// ListContainers responses: key, decoded message, rendered JSON).
 	cacheEntryFactor = 4
-	// Messages larger than this are decoded every time: they are rarely
-	// repeated, and would crowd out the small ones that are.
-	cacheMaxMessage = 256 << 10
 	// A message's bytes in another map order are kept up to this size.
 	aliasMaxMessage = 4 << 10
 )
 
+// SharedMaxMessage is the largest message (payload bytes) decoded once and
+// shared: larger ones are decoded every time, being rarely repeated and
+// crowding out the small ones that are. A cache keyed by the decoded
+// message (a rendering, a redacted copy) can therefore only ever find
+// messages up to this size again; keeping a larger one would only keep
+// it alive.
+const SharedMaxMessage = 256 << 10
+
 var messages = &messageCache{entries: map[protoreflect.FullName]map[string]proto.Message{}}
 
 func (c *messageCache) decode(mt protoreflect.MessageType, payload []byte) (proto.Message, error) {
-	if len(payload) > cacheMaxMessage {
+	if len(payload) > SharedMaxMessage {
 		msg := mt.New().Interface()
 		if err := proto.Unmarshal(payload, msg); err != nil {
 			return msg, err
