@@ -190,9 +190,7 @@ func (d *Decoder) Closed(c *h2.Conn) {
 // clear drops every open call of s, and what they hold.
 func (d *Decoder) clear(s *connState) {
 	for _, cl := range s.calls.All() {
-		cl.split[call.Request].reset()
-		cl.split[call.Response].reset()
-		d.unhold(cl)
+		d.release(cl)
 	}
 	s.calls.Clear()
 }
@@ -429,9 +427,7 @@ func (d *Decoder) record(c *h2.Conn, cl *grpcCall, dir call.Type, ev *h2.Event) 
 
 func (d *Decoder) finish(c *h2.Conn, s *connState, cl *grpcCall, ev *h2.Event, st *call.Status) {
 	s.calls.Delete(cl.stream)
-	cl.split[call.Request].reset()
-	cl.split[call.Response].reset()
-	r := d.unhold(cl)
+	r := d.release(cl)
 	if r == nil {
 		r = d.record(c, cl, call.Response, ev)
 	} else {

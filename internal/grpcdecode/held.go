@@ -63,12 +63,19 @@ func (d *Decoder) forget(cl *grpcCall, note string) {
 	if cl == nil {
 		return
 	}
-	cl.split[call.Request].reset()
-	cl.split[call.Response].reset()
-	if r := d.unhold(cl); r != nil {
+	if r := d.release(cl); r != nil {
 		if r.Note == "" {
 			r.Note = note
 		}
 		d.emit(r)
 	}
+}
+
+// release lets go of what cl reserves for its partial messages and of its
+// held response, which it returns (nil if none), for a call that ends or
+// is dropped.
+func (d *Decoder) release(cl *grpcCall) *call.Record {
+	cl.split[call.Request].reset()
+	cl.split[call.Response].reset()
+	return d.unhold(cl)
 }

@@ -95,8 +95,9 @@ func (s *splitter) add(data []byte) ([]message, error) {
 		src = s.buf
 	}
 	off := 0
-	waiting := false // for the rest of a message, reserved at its size
-	waitFor := 0     // and the bytes it takes, prefix included
+	// waitFor is what the unfinished message waited for takes, prefix
+	// included (0: none); it is reserved at its size.
+	waitFor := 0
 	for len(src)-off >= 5 {
 		flag := src[off]
 		n := binary.BigEndian.Uint32(src[off+1 : off+5])
@@ -123,7 +124,7 @@ func (s *splitter) add(data []byte) ([]message, error) {
 			break
 		}
 		if have < int(n) {
-			waiting, waitFor = true, 5+int(n)
+			waitFor = 5 + int(n)
 			break
 		}
 		out = append(out, message{compressed: flag == 1, payload: src[off+5 : off+5+int(n) : off+5+int(n)]})
@@ -154,7 +155,7 @@ func (s *splitter) add(data []byte) ([]message, error) {
 		s.buf = append(s.buf, src[off:]...)
 	}
 	s.out = out
-	if !waiting {
+	if waitFor == 0 {
 		s.reserve(0)
 	}
 	return out, nil
