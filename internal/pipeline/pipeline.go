@@ -316,7 +316,7 @@ func (p *Pipeline) write(r *call.Record) {
 		p.pods.Annotate(r)
 	}
 	if !p.filter.ShowSecrets && r.Message != nil {
-		r.Message = p.redacted(r.Message)
+		r.Message = p.redacted(r.Message, r.WireBytes)
 	}
 	if !p.filter.ShowSecrets && r.Message == nil && len(r.Raw) > 0 {
 		r.Raw = redactedRaw(r)
@@ -333,7 +333,10 @@ func (p *Pipeline) write(r *call.Record) {
 // would only keep it (and its copy) alive. Before this, 4,096 entries of
 // any size were kept: a stream of 1 MiB messages held their decoded
 // forms by the hundred (hundreds of megabytes; docs/performance.md).
-func (p *Pipeline) redacted(m proto.Message) proto.Message {
+//
+// wireBytes is m's size as sent (0: unknown, then measured): a large
+// message misses every time, and measuring it would walk all of it again.
+func (p *Pipeline) redacted(m proto.Message, wireBytes int) proto.Message {
 	if out, ok := p.redactions[m]; ok {
 		return out
 	}
@@ -342,7 +345,10 @@ func (p *Pipeline) redacted(m proto.Message) proto.Message {
 		out = proto.Clone(m)
 		redact.Message(out)
 	}
-	size := proto.Size(m)
+	size := wireBytes
+	if size <= 0 {
+		size = proto.Size(m)
+	}
 	if size > protoreg.SharedMaxMessage {
 		return out
 	}

@@ -16,12 +16,12 @@ import (
 func TestRedactedCacheKeepsOnlySharedMessages(t *testing.T) {
 	var p Pipeline
 	small := &runtimeapi.VersionRequest{Version: "v1"}
-	if p.redacted(small) != small || len(p.redactions) != 1 {
+	if p.redacted(small, 0) != small || len(p.redactions) != 1 {
 		t.Fatalf("small message not cached: %d entries", len(p.redactions))
 	}
 	for range 64 {
 		large := &runtimeapi.VersionRequest{Version: strings.Repeat("v", protoreg.SharedMaxMessage)}
-		if p.redacted(large) != large {
+		if p.redacted(large, 0) != large {
 			t.Fatal("a message without secrets was copied")
 		}
 	}
