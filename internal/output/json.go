@@ -65,7 +65,7 @@ func cacheable(wireBytes, size int) bool {
 }
 
 func newJSON(w io.Writer) *jsonWriter {
-	return &jsonWriter{w: bufio.NewWriterSize(w, 64<<10), rendered: map[proto.Message]rendering{}}
+	return &jsonWriter{w: bufio.NewWriterSize(w, bufferBytes), rendered: map[proto.Message]rendering{}}
 }
 
 func (j *jsonWriter) Write(r *call.Record) error {

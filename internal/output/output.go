@@ -32,6 +32,16 @@ func New(format string, w io.Writer, opts Options) (Writer, error) {
 	return nil, fmt.Errorf("unknown output format %q: want table or json", format)
 }
 
+// bufferBytes is the buffer lines are written from: a write(2) when it is
+// full, and at each flush (trace flushes at least every poll interval, so
+// a line still shows within ~100 ms). It was 64 KiB: at 5,000 calls/s of
+// JSON (17 MB/s) that was ~270 writes a second, and a system call made
+// after the process was idle wakes the Go runtime's monitor thread
+// (sysmon) into polling every 20 µs for a millisecond or more. With 1 MiB
+// the monitor woke half as often and the tracer took ~5 % less CPU
+// (docs/performance.md, "Fewer writes").
+const bufferBytes = 1 << 20
+
 // keepLine is what a writer keeps of the buffer it built a line in: reused
 // for the next line, unless one huge message grew it past 64 KiB, which
 // must not stay pinned for the rest of the capture.

@@ -37,7 +37,7 @@ type tableWriter struct {
 }
 
 func newTable(w io.Writer, opts Options) *tableWriter {
-	return &tableWriter{w: bufio.NewWriterSize(w, 64<<10), opts: opts}
+	return &tableWriter{w: bufio.NewWriterSize(w, bufferBytes), opts: opts}
 }
 
 func (t *tableWriter) Write(r *call.Record) error {
