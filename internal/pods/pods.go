@@ -62,6 +62,9 @@ type Index struct {
 	// tracer's CPU on a node answering ListContainers at a high rate.
 	changes            uint64
 	lastPods, lastCtrs learntList
+	// idFields caches idFieldsOf per message type: as many entries as
+	// message types compiled in, whatever the wire says.
+	idFields map[protoreflect.MessageDescriptor][2]protoreflect.FieldDescriptor
 }
 
 // learntList is a list answer and the table changes just after it was learnt.
@@ -87,7 +90,7 @@ type pending struct {
 func New() *Index {
 	s, _ := lru.New[string, Pod](MaxSandboxes)
 	c, _ := lru.New[string, container](MaxContainers)
-	return &Index{sandboxes: s, containers: c, pending: map[callKey]pending{}}
+	return &Index{sandboxes: s, containers: c, pending: map[callKey]pending{}, idFields: map[protoreflect.MessageDescriptor][2]protoreflect.FieldDescriptor{}}
 }
 
 // Annotate learns from r and sets r.Pod and r.ContainerName when the call
@@ -119,7 +122,7 @@ func (x *Index) Annotate(r *call.Record) {
 	// else the one the call's request named.
 	subject := r.ContainerID
 	if subject == "" && r.Message != nil {
-		subject = idOf(r.Message)
+		subject = x.idOf(r.Message)
 	}
 	if subject == "" {
 		subject = p.subject
@@ -163,7 +166,7 @@ func (x *Index) request(m proto.Message) pending {
 		}
 		return p
 	}
-	return pending{subject: idOf(m)}
+	return pending{subject: x.idOf(m)}
 }
 
 // response learns from an OK answer.
@@ -287,8 +290,6 @@ func valid(s string) bool {
 	return true
 }
 
-// idOf is the sandbox or container a CRI message is about: its top-level
-// pod_sandbox_id or container_id.
 // ContainerIDOf is the container a CRI v1 message is about (its
 // container_id field), or "" when it names none or an id Kubernetes would
 // refuse.
@@ -304,18 +305,39 @@ func ContainerIDOf(m proto.Message) string {
 	return ""
 }
 
-func idOf(m proto.Message) string {
-	md := m.ProtoReflect().Descriptor()
-	if !strings.HasPrefix(string(md.FullName()), "runtime.v1.") {
-		return ""
+// idOf is the sandbox or container a CRI message is about: its top-level
+// container_id, else its pod_sandbox_id. Which fields a message type has
+// is looked up once per type (idFields): by name for every record, it was
+// a third of the index's CPU.
+func (x *Index) idOf(m proto.Message) string {
+	r := m.ProtoReflect()
+	fields, ok := x.idFields[r.Descriptor()]
+	if !ok {
+		fields = idFieldsOf(r.Descriptor())
+		x.idFields[r.Descriptor()] = fields
 	}
-	fields := md.Fields()
-	for _, name := range []protoreflect.Name{"container_id", "pod_sandbox_id"} {
-		if fd := fields.ByName(name); fd != nil && fd.Kind() == protoreflect.StringKind && fd.Cardinality() != protoreflect.Repeated {
-			if id := m.ProtoReflect().Get(fd).String(); valid(id) {
-				return id
-			}
+	for _, fd := range fields {
+		if fd == nil {
+			continue
+		}
+		if id := r.Get(fd).String(); valid(id) {
+			return id
 		}
 	}
 	return ""
+}
+
+// idFieldsOf is a CRI v1 message type's top-level container_id and
+// pod_sandbox_id fields, in that order, each nil when it has none.
+func idFieldsOf(md protoreflect.MessageDescriptor) [2]protoreflect.FieldDescriptor {
+	var fields [2]protoreflect.FieldDescriptor
+	if !strings.HasPrefix(string(md.FullName()), "runtime.v1.") {
+		return fields
+	}
+	for i, name := range []protoreflect.Name{"container_id", "pod_sandbox_id"} {
+		if fd := md.Fields().ByName(name); fd != nil && fd.Kind() == protoreflect.StringKind && fd.Cardinality() != protoreflect.Repeated {
+			fields[i] = fd
+		}
+	}
+	return fields
 }
