@@ -330,7 +330,8 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	for {
 		err := tracer.ReadWithin(&ev, wait)
 		if errors.Is(err, bpf.ErrIdle) || errors.Is(err, bpf.ErrDrained) || errors.Is(err, bpf.ErrClosed) {
-			if time.Since(lastEvent) >= quietAfter {
+			quiet := time.Since(lastEvent) >= quietAfter
+			if quiet {
 				wait = quietWait
 			}
 			// Stopping ends only at ErrDrained (or ErrClosed): a poll
@@ -340,6 +341,12 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 			// there.
 			if stopping.Load() && !errors.Is(err, bpf.ErrIdle) {
 				break
+			}
+			if quiet {
+				// At rest the output's buffer (1 MiB) is not kept.
+				if err := p.Release(); err != nil {
+					return fmt.Errorf("write output: %w", err)
+				}
 			}
 			sweep(time.Now())
 			giveBack()

@@ -1,7 +1,6 @@
 package output
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"io"
@@ -31,7 +30,7 @@ import (
 // per distinct message and reused, since decoded messages are shared for
 // identical bytes (protoreg).
 type jsonWriter struct {
-	w        *bufio.Writer
+	lineBuffer
 	line     []byte
 	rendered map[proto.Message]rendering
 	// renderedBytes bounds rendered by size too: large distinct messages
@@ -65,7 +64,7 @@ func cacheable(wireBytes, size int) bool {
 }
 
 func newJSON(w io.Writer) *jsonWriter {
-	return &jsonWriter{w: bufio.NewWriterSize(w, bufferBytes), rendered: map[proto.Message]rendering{}}
+	return &jsonWriter{lineBuffer: lineBuffer{dst: w}, rendered: map[proto.Message]rendering{}}
 }
 
 func (j *jsonWriter) Write(r *call.Record) error {
@@ -174,7 +173,7 @@ func (j *jsonWriter) Write(r *call.Record) error {
 	}
 	b = append(b, "}\n"...)
 	j.line = keepLine(b)
-	_, err := j.w.Write(b)
+	_, err := j.buffer().Write(b)
 	return err
 }
 
@@ -298,8 +297,6 @@ func appendString(b []byte, s string) []byte {
 	b = append(b, s[start:]...)
 	return append(b, '"')
 }
-
-func (j *jsonWriter) Flush() error { return j.w.Flush() }
 
 // source is a Record's MethodSource or StatusSource as shown: "" is a
 // decoder that knows only the wire (ttrpc).

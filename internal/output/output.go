@@ -3,6 +3,7 @@
 package output
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 
@@ -12,7 +13,11 @@ import (
 // Writer renders records.
 type Writer interface {
 	Write(r *call.Record) error
+	// Flush writes what is buffered.
 	Flush() error
+	// Release writes what is buffered and lets go of the buffer, for a
+	// capture at rest; the next line takes a new one.
+	Release() error
 }
 
 // Options shape the rendering.
@@ -39,8 +44,38 @@ func New(format string, w io.Writer, opts Options) (Writer, error) {
 // after the process was idle wakes the Go runtime's monitor thread
 // (sysmon) into polling every 20 µs for a millisecond or more. With 1 MiB
 // the monitor woke half as often and the tracer took ~5 % less CPU
-// (docs/performance.md, "Fewer writes").
+// (docs/performance.md, "Fewer writes"). A tracer at rest does not keep
+// it (Release).
 const bufferBytes = 1 << 20
+
+// lineBuffer is a writer's buffer in front of its destination, taken at
+// the first line and let go of by Release.
+type lineBuffer struct {
+	dst io.Writer
+	bw  *bufio.Writer
+}
+
+func (l *lineBuffer) buffer() *bufio.Writer {
+	if l.bw == nil {
+		l.bw = bufio.NewWriterSize(l.dst, bufferBytes)
+	}
+	return l.bw
+}
+
+func (l *lineBuffer) Flush() error {
+	if l.bw == nil {
+		return nil
+	}
+	return l.bw.Flush()
+}
+
+func (l *lineBuffer) Release() error {
+	err := l.Flush()
+	if err == nil {
+		l.bw = nil
+	}
+	return err
+}
 
 // keepLine is what a writer keeps of the buffer it built a line in: reused
 // for the next line, unless one huge message grew it past 64 KiB, which

@@ -73,3 +73,57 @@ func TestSources(t *testing.T) {
 		}
 	}
 }
+
+// TestReleaseLetsGoOfTheBuffer: a writer buffers lines until Flush, writes
+// them and drops its buffer at Release, and takes a new one for the next
+// line: every line reaches the destination once, in order, and the
+// table's header only once.
+func TestReleaseLetsGoOfTheBuffer(t *testing.T) {
+	for _, format := range []string{"json", "table"} {
+		var dst bytes.Buffer
+		w, err := New(format, &dst, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := func(stream uint32) *call.Record {
+			return &call.Record{Type: call.Request, Stream: stream, Method: "/runtime.v1.RuntimeService/Version", Protocol: "grpc"}
+		}
+		w.Write(rec(1))
+		if dst.Len() != 0 {
+			t.Fatalf("%s: a line written before Flush", format)
+		}
+		if err := w.Release(); err != nil {
+			t.Fatal(err)
+		}
+		var lb *lineBuffer
+		switch w := w.(type) {
+		case *jsonWriter:
+			lb = &w.lineBuffer
+		case *tableWriter:
+			lb = &w.lineBuffer
+		}
+		if lb.bw != nil || dst.Len() == 0 {
+			t.Fatalf("%s: after Release the buffer is %v and %d bytes were written", format, lb.bw, dst.Len())
+		}
+		w.Write(rec(3))
+		w.Release()
+		w.Release() // nothing buffered, nothing held: no-op
+		w.Write(rec(5))
+		w.Flush()
+		lines := strings.Split(strings.TrimSuffix(dst.String(), "\n"), "\n")
+		if format == "table" {
+			if !strings.HasPrefix(lines[0], "TIMESTAMP") || strings.Count(dst.String(), "TIMESTAMP") != 1 {
+				t.Fatalf("table header not once at the top:\n%s", dst.String())
+			}
+			lines = lines[1:]
+		}
+		if len(lines) != 3 {
+			t.Fatalf("%s: %d lines, want 3:\n%s", format, len(lines), dst.String())
+		}
+		for i, l := range lines {
+			if want := []string{"1", "3", "5"}[i]; !strings.Contains(l, `"stream":`+want) && !strings.Contains(l, " "+want+" ") {
+				t.Errorf("%s line %d is not stream %s: %s", format, i, want, l)
+			}
+		}
+	}
+}

@@ -1,7 +1,6 @@
 package output
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"strconv"
@@ -30,20 +29,20 @@ const tableHeader = "%-15s %-15s %-7s %-7s %-7s %-4s %-6s %-62s %-18s %-9s %s\n"
 var tableWidths = [...]int{15, 15, 7, 7, 7, 4, 6, 62, 18, 9}
 
 type tableWriter struct {
-	w       *bufio.Writer
+	lineBuffer
 	opts    Options
 	started bool
 	line    []byte
 }
 
 func newTable(w io.Writer, opts Options) *tableWriter {
-	return &tableWriter{w: bufio.NewWriterSize(w, bufferBytes), opts: opts}
+	return &tableWriter{lineBuffer: lineBuffer{dst: w}, opts: opts}
 }
 
 func (t *tableWriter) Write(r *call.Record) error {
 	if !t.started {
 		t.started = true
-		fmt.Fprintf(t.w, tableHeader, "TIMESTAMP", "COMM", "PID", "TID", "PEER", "TYPE", "STREAM", "METHOD", "STATUS", "LATENCY", "MESSAGE")
+		fmt.Fprintf(t.buffer(), tableHeader, "TIMESTAMP", "COMM", "PID", "TID", "PEER", "TYPE", "STREAM", "METHOD", "STATUS", "LATENCY", "MESSAGE")
 	}
 	typ := "REQ"
 	if r.Type == call.Response {
@@ -94,8 +93,9 @@ func (t *tableWriter) Write(r *call.Record) error {
 	// copy of a line per call): it is written out below, before b is
 	// reused by the next Write.
 	line := cut(termsafe.Escape(unsafe.String(unsafe.SliceData(b), len(b))), t.opts.Width)
-	t.w.WriteString(line)
-	return t.w.WriteByte('\n')
+	w := t.buffer()
+	w.WriteString(line)
+	return w.WriteByte('\n')
 }
 
 // appendColumn appends s and pads it, as %-Ns does (counting runes), then
@@ -118,8 +118,6 @@ func padTo(b []byte, n, width int) []byte {
 	}
 	return b
 }
-
-func (t *tableWriter) Flush() error { return t.w.Flush() }
 
 // texts caches the text form of recent messages: decoded messages are
 // shared for identical bytes (protoreg), and formatting is the costly part.

@@ -306,6 +306,10 @@ func (p *Pipeline) Close() error {
 // Flush writes buffered output, e.g. when the capture is idle.
 func (p *Pipeline) Flush() error { return p.out.Flush() }
 
+// Release writes buffered output and lets go of the output's buffer, for
+// a capture at rest.
+func (p *Pipeline) Release() error { return p.out.Release() }
+
 func (p *Pipeline) write(r *call.Record) {
 	if r.PeerComm == "" && r.PeerPID != 0 && p.CommOf != nil {
 		r.PeerComm = p.CommOf(r.PeerPID)
