@@ -3,6 +3,7 @@ package call
 import (
 	"iter"
 	"maps"
+	"slices"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/stream"
 )
@@ -59,8 +60,19 @@ func (t *Table[C]) Clear() { clear(t.m) }
 // Len is the number of open calls.
 func (t *Table[C]) Len() int { return len(t.m) }
 
-// All yields every open call, in no particular order.
-func (t *Table[C]) All() iter.Seq2[uint32, *C] { return maps.All(t.m) }
+// All yields every open call in stream id order (the order the calls
+// were opened), so that the lines closing calls still open when their
+// connection ends come in the same order at every run.
+func (t *Table[C]) All() iter.Seq2[uint32, *C] {
+	ids := slices.Sorted(maps.Keys(t.m))
+	return func(yield func(uint32, *C) bool) {
+		for _, id := range ids {
+			if c, ok := t.m[id]; ok && !yield(id, c) {
+				return
+			}
+		}
+	}
+}
 
 func (t *Table[C]) evictOldest() *C {
 	first := true

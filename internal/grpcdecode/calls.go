@@ -111,7 +111,7 @@ func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
 	case h2.Preface:
 		// Calls still open belonged to the previous connection on these
 		// sockets; their ends will never be seen.
-		d.clear(s)
+		d.clear(s, droppedNote)
 		s.reset = [maxReset]uint32{}
 	case h2.Lost:
 		for _, cl := range s.calls.All() {
@@ -184,16 +184,31 @@ func (d *Decoder) Closed(c *h2.Conn) {
 			d.emit(r)
 		}
 	}
-	d.clear(s)
+	d.clear(s, droppedNote)
 }
 
-// clear drops every open call of s, and what they hold.
-func (d *Decoder) clear(s *connState) {
+// clear drops every open call of s, and what they hold: a response held
+// for its trailers is shown as the call's last line, with note (its status
+// will not be seen).
+func (d *Decoder) clear(s *connState, note string) {
 	for _, cl := range s.calls.All() {
-		d.release(cl)
+		if r := d.release(cl); r != nil {
+			r.Final = true
+			if r.Note == "" {
+				r.Note = note
+			}
+			d.emit(r)
+		}
 	}
 	s.calls.Clear()
 }
+
+// droppedNote marks a held response of a call whose connection the
+// decoder let go of before its trailers: the capture ended (Ctrl-C, the
+// command exited), the connection idled out or was evicted, or new
+// traffic on its sockets started over. Before, such a response was
+// dropped without a line.
+const droppedNote = "shown without its status: the connection was let go before its trailers were seen"
 
 // evictedNote marks a held response of a call forgotten with more than
 // call.MaxPerConn open on its connection.

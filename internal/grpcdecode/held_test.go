@@ -3,6 +3,7 @@ package grpcdecode
 import (
 	"bytes"
 	"encoding/binary"
+	"slices"
 	"testing"
 
 	"golang.org/x/net/http2"
@@ -67,5 +68,47 @@ func TestHeldResponsesBounded(t *testing.T) {
 	}
 	if !last.Final || last.Message == nil || last.Status == nil || last.Note != "" {
 		t.Fatalf("trailers of a held response: %+v", last)
+	}
+}
+
+// TestHeldResponseShownWhenDropped: a unary response whose trailers have
+// not come when the decoder lets its connection go (the capture ends,
+// the connection idles out) is shown, noted, rather than dropped; calls
+// still open when their connection ends come in stream order.
+func TestHeldResponseShownWhenDropped(t *testing.T) {
+	var recs []*call.Record
+	w := newWire(func(r *call.Record) { recs = append(recs, r) })
+	const version = "/runtime.v1.RuntimeService/Version"
+	msg := []byte{0, 0, 0, 0, 4, 0x0a, 0x02, 'v', '1'} // VersionResponse{version: "v1"}
+	w.send(0, func() {
+		w.buf.WriteString(http2.ClientPreface)
+		w.fr.WriteSettings()
+	})
+	w.send(1, func() { w.fr.WriteSettings() })
+	// Five calls answered without trailers, opened in stream order and
+	// answered in another.
+	for _, id := range []uint32{1, 3, 5, 7, 9} {
+		w.send(0, func() {
+			w.headers(id, false, ":method", "POST", ":scheme", "http", ":path", version, ":authority", "x", "content-type", "application/grpc")
+			w.fr.WriteData(id, true, []byte{0, 0, 0, 0, 0})
+		})
+	}
+	for _, id := range []uint32{7, 1, 9, 3, 5} {
+		w.send(1, func() {
+			w.headers(id, false, ":status", "200", "content-type", "application/grpc")
+			w.fr.WriteData(id, false, msg)
+		})
+	}
+	n := len(recs)
+	w.asm.Close() // as at exit: the socket was not closed
+	var streams []uint32
+	for _, r := range recs[n:] {
+		if r.Type != call.Response || !r.Final || r.Message == nil || r.Status != nil || r.Note != droppedNote || r.Method != version {
+			t.Fatalf("held response at exit: %+v", r)
+		}
+		streams = append(streams, r.Stream)
+	}
+	if want := []uint32{1, 3, 5, 7, 9}; !slices.Equal(streams, want) {
+		t.Fatalf("held responses shown at exit on streams %v, want %v", streams, want)
 	}
 }

@@ -11,7 +11,10 @@
 package stream
 
 import (
+	"cmp"
 	"container/list"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/budget"
@@ -276,8 +279,12 @@ func (a *Assembler) Len() int { return len(a.conns) }
 
 // Close drops every connection, so the sink can flush what they hold.
 func (a *Assembler) Close() {
-	for k, c := range a.conns {
-		a.drop(k, c)
+	// In the order the connections were first seen: what their decoders
+	// say as they close (calls that never ended) comes out the same way
+	// at every run, not in map order.
+	conns := slices.SortedFunc(maps.Values(a.conns), func(x, y *Conn) int { return cmp.Compare(x.ID, y.ID) })
+	for _, c := range conns {
+		a.drop(c.k, c)
 	}
 }
 

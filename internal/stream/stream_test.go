@@ -219,3 +219,21 @@ func TestAssemblerRestartSameSocket(t *testing.T) {
 	want := []string{`c1 e0 "first"`, `c1 closed false`, `c2 e0 "again"`}
 	l.expect(t, want...)
 }
+
+// TestCloseInOrderSeen: at Close the connections are let go in the order
+// they were first seen, whatever the map holding them says, so the lines
+// their decoders give as they close come the same way at every run.
+func TestCloseInOrderSeen(t *testing.T) {
+	var l logSink
+	a := New(&l)
+	var want []string
+	for i := range uint64(50) {
+		a.Feed(ev(2*i+1, 2*i+2, 0, "x"))
+		want = append(want, fmt.Sprintf("c%d closed false", i+1))
+	}
+	// The oldest seen is used last: order by first sight, not by use.
+	a.Feed(ev(1, 2, 1, "y"))
+	l.log = nil
+	a.Close()
+	l.expect(t, want...)
+}

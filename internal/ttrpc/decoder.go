@@ -1,7 +1,6 @@
 package ttrpc
 
 import (
-	"slices"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -178,15 +177,10 @@ func (d *Decoder) Closed(sc *stream.Conn) {
 		s.dirs[i].drop()
 	}
 	if client, known := sc.ClientEnd(); sc.Closed && known {
-		var ids []uint32
-		for id, cl := range s.calls.All() {
-			if cl.seen {
-				ids = append(ids, id)
+		for _, cl := range s.calls.All() { // in stream order
+			if !cl.seen {
+				continue
 			}
-		}
-		slices.Sort(ids)
-		for _, id := range ids {
-			cl := s.calls.Get(id)
 			// No process sent this line: the kernel reported the close.
 			rec := d.record(s, cl, stream.Peer(client), &capture.Event{Time: sc.Last}, call.Response)
 			rec.Final = true
