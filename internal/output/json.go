@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"strconv"
-	"time"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -31,6 +30,7 @@ import (
 // identical bytes (protoreg).
 type jsonWriter struct {
 	lineBuffer
+	stamp    stamper
 	line     []byte
 	rendered map[proto.Message]rendering
 	// renderedBytes bounds rendered by size too: large distinct messages
@@ -70,7 +70,7 @@ func newJSON(w io.Writer) *jsonWriter {
 func (j *jsonWriter) Write(r *call.Record) error {
 	b := j.line[:0]
 	b = append(b, `{"time":"`...)
-	b = r.Time.AppendFormat(b, time.RFC3339Nano)
+	b = j.stamp.append(b, r.Time)
 	b = append(b, `","comm":`...)
 	b = appendString(b, r.Comm)
 	b = append(b, `,"pid":`...)
