@@ -60,10 +60,15 @@ func (t *Table[C]) Clear() { clear(t.m) }
 // Len is the number of open calls.
 func (t *Table[C]) Len() int { return len(t.m) }
 
-// All yields every open call in stream id order (the order the calls
-// were opened), so that the lines closing calls still open when their
-// connection ends come in the same order at every run.
-func (t *Table[C]) All() iter.Seq2[uint32, *C] {
+// All yields every open call, in no particular order.
+func (t *Table[C]) All() iter.Seq2[uint32, *C] { return maps.All(t.m) }
+
+// InOrder yields every open call in stream id order (the order the calls
+// were opened), for lines that close calls still open when their
+// connection ends: they come in the same order at every run. It sorts,
+// so paths that only mark or release calls (a hostile peer can make gaps
+// often, with thousands of calls open) use All.
+func (t *Table[C]) InOrder() iter.Seq2[uint32, *C] {
 	ids := slices.Sorted(maps.Keys(t.m))
 	return func(yield func(uint32, *C) bool) {
 		for _, id := range ids {

@@ -169,7 +169,7 @@ func (d *Decoder) Closed(c *h2.Conn) {
 		return
 	}
 	if c.Stream.Closed {
-		for _, cl := range s.calls.All() {
+		for _, cl := range s.calls.InOrder() {
 			if cl.start.IsZero() {
 				continue
 			}
@@ -191,7 +191,7 @@ func (d *Decoder) Closed(c *h2.Conn) {
 // for its trailers is shown as the call's last line, with note (its status
 // will not be seen).
 func (d *Decoder) clear(s *connState, note string) {
-	for _, cl := range s.calls.All() {
+	for _, cl := range s.calls.InOrder() {
 		if r := d.release(cl); r != nil {
 			r.Final = true
 			if r.Note == "" {

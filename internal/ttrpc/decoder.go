@@ -177,7 +177,7 @@ func (d *Decoder) Closed(sc *stream.Conn) {
 		s.dirs[i].drop()
 	}
 	if client, known := sc.ClientEnd(); sc.Closed && known {
-		for _, cl := range s.calls.All() { // in stream order
+		for _, cl := range s.calls.InOrder() {
 			if !cl.seen {
 				continue
 			}
