@@ -60,7 +60,7 @@ const (
 // would only keep it alive), nor when it would take more than an eighth
 // of the cache. wireBytes 0 (unknown) goes by the rendering's size.
 func cacheable(wireBytes, size int) bool {
-	return wireBytes <= protoreg.SharedMaxMessage && size <= min(maxRenderedBytes/8, 2*protoreg.SharedMaxMessage)
+	return protoreg.Shared(wireBytes) && size <= min(maxRenderedBytes/8, 2*protoreg.SharedMaxMessage)
 }
 
 func newJSON(w io.Writer) *jsonWriter {

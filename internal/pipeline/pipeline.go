@@ -353,7 +353,7 @@ func (p *Pipeline) redacted(m proto.Message, wireBytes int) proto.Message {
 	if size <= 0 {
 		size = proto.Size(m)
 	}
-	if size > protoreg.SharedMaxMessage {
+	if !protoreg.Shared(size) {
 		return out
 	}
 	if len(p.redactions) >= maxRedactions || p.redactionBytes+size > maxRedactionBytes {

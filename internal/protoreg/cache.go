@@ -51,10 +51,15 @@ const (
 // it alive.
 const SharedMaxMessage = 256 << 10
 
+// Shared says whether a message of size payload bytes is decoded once and
+// shared (see SharedMaxMessage): the one rule for every cache keyed by a
+// decoded message.
+func Shared(size int) bool { return size <= SharedMaxMessage }
+
 var messages = &messageCache{entries: map[protoreflect.FullName]map[string]proto.Message{}}
 
 func (c *messageCache) decode(mt protoreflect.MessageType, payload []byte) (proto.Message, error) {
-	if len(payload) > SharedMaxMessage {
+	if !Shared(len(payload)) {
 		msg := mt.New().Interface()
 		if err := proto.Unmarshal(payload, msg); err != nil {
 			return msg, err
