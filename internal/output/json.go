@@ -64,7 +64,7 @@ func cacheable(wireBytes, size int) bool {
 }
 
 func newJSON(w io.Writer) *jsonWriter {
-	return &jsonWriter{lineBuffer: lineBuffer{dst: w}, rendered: map[proto.Message]rendering{}}
+	return &jsonWriter{lineBuffer: lineBuffer{dst: w}, stamp: jsonStamp, rendered: map[proto.Message]rendering{}}
 }
 
 func (j *jsonWriter) Write(r *call.Record) error {

@@ -6,8 +6,8 @@ import (
 	"time"
 )
 
-// TestStamperAsAppendFormat: the stamper's text is time.RFC3339Nano's for
-// every instant, however lines follow each other: within a second,
+// TestStamperAsAppendFormat: the stampers' texts are time.RFC3339Nano's
+// and the table's for every instant, however lines follow each other: within a second,
 // across seconds, in other locations, at a daylight-saving change, with
 // nanoseconds that end in zeros or are zero.
 func TestStamperAsAppendFormat(t *testing.T) {
@@ -15,12 +15,15 @@ func TestStamperAsAppendFormat(t *testing.T) {
 	if ny, err := time.LoadLocation("America/New_York"); err == nil {
 		locs = append(locs, ny)
 	}
-	var s stamper
+	stampers := []stamper{jsonStamp, tableStamp}
 	check := func(tm time.Time) {
 		t.Helper()
-		want := tm.AppendFormat(nil, time.RFC3339Nano)
-		if got := s.append([]byte("x"), tm); string(got) != "x"+string(want) {
-			t.Fatalf("%v: %s, want %s", tm, got[1:], want)
+		for i := range stampers {
+			s := &stampers[i]
+			want := tm.AppendFormat(nil, s.layout)
+			if got := s.append([]byte("x"), tm); string(got) != "x"+string(want) {
+				t.Fatalf("%v: %s, want %s (%s)", tm, got[1:], want, s.layout)
+			}
 		}
 	}
 	// The same instant in one location, then in the others.

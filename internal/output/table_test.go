@@ -3,6 +3,7 @@ package output
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -50,6 +51,30 @@ func TestTableColumns(t *testing.T) {
 		want = termsafe.Escape(strings.TrimRight(want, "\n")) + "\n"
 		if got.String() != want {
 			t.Errorf("line\n%q\nwant\n%q", got.String(), want)
+		}
+	}
+}
+
+// TestFormatLatencyAsSprintf: the LATENCY column is what fmt's %.0f and
+// %.2f give, at and around every boundary and rounding edge.
+func TestFormatLatencyAsSprintf(t *testing.T) {
+	want := func(d time.Duration) string {
+		switch {
+		case d < time.Millisecond:
+			return fmt.Sprintf("%.0fµs", float64(d)/float64(time.Microsecond))
+		case d < time.Second:
+			return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
+		}
+		return fmt.Sprintf("%.2fs", d.Seconds())
+	}
+	ds := []time.Duration{1, 499, 500, 501, 999, 1000, 1500, 2500, 999_499, 999_500, 999_999, time.Millisecond, 1_004_999, 1_005_000, 1_015_000, 999_994_999, 999_995_000, time.Second, 1_005_000_000, time.Hour, 1<<63 - 1}
+	r := rand.New(rand.NewPCG(3, 4))
+	for range 100000 {
+		ds = append(ds, time.Duration(r.Int64N(int64(10*time.Second))))
+	}
+	for _, d := range ds {
+		if got, w := formatLatency(d), want(d); got != w {
+			t.Fatalf("formatLatency(%d) = %q, want %q", int64(d), got, w)
 		}
 	}
 }
