@@ -1,6 +1,7 @@
 package termsafe
 
 import (
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -55,4 +56,76 @@ func FuzzEscape(f *testing.F) {
 			t.Fatalf("safe %q changed to %q", s, out)
 		}
 	})
+}
+
+// TestPrintableASCII8: the eight-bytes-at-once check says what checking
+// each byte says, for every byte value at every place among printable
+// neighbours and among every kind of neighbour, and on random words.
+func TestPrintableASCII8(t *testing.T) {
+	each := func(x uint64) bool {
+		for i := 0; i < 8; i++ {
+			if c := byte(x >> (8 * i)); c < 0x20 || c > 0x7e {
+				return false
+			}
+		}
+		return true
+	}
+	check := func(x uint64) {
+		if got, want := printableASCII8(x), each(x); got != want {
+			t.Fatalf("printableASCII8(%#016x) = %v, want %v", x, got, want)
+		}
+	}
+	for _, fill := range []byte{'a', 0x20, 0x7e, 0x00, 0x1f, 0x7f, 0x80, 0xff} {
+		for pos := 0; pos < 8; pos++ {
+			for b := 0; b < 256; b++ {
+				x := uint64(0)
+				for i := 0; i < 8; i++ {
+					c := fill
+					if i == pos {
+						c = byte(b)
+					}
+					x |= uint64(c) << (8 * i)
+				}
+				check(x)
+			}
+		}
+	}
+	r := rand.New(rand.NewPCG(5, 6))
+	for range 1_000_000 {
+		x := r.Uint64()
+		check(x)
+		check(x&0x7f7f7f7f7f7f7f7f | 0x2020202020202020) // mostly printable
+	}
+}
+
+// TestSafeAsEachRune: Safe agrees with checking rune by rune on strings
+// of every length around the eight-byte words, wherever the unsafe byte is.
+func TestSafeAsEachRune(t *testing.T) {
+	each := func(s string) bool {
+		for i, r := range s {
+			if r == utf8.RuneError && len(s[i:]) > 0 {
+				if _, size := utf8.DecodeRuneInString(s[i:]); size == 1 {
+					return false
+				}
+			}
+			if unsafeRune(r) {
+				return false
+			}
+		}
+		return true
+	}
+	for n := 0; n <= 40; n++ {
+		base := strings.Repeat("x", n)
+		if !Safe(base) {
+			t.Fatalf("Safe(%q) = false", base)
+		}
+		for pos := 0; pos < n; pos++ {
+			for _, bad := range []string{"\x1b", "\x7f", "\n", "\xff", "\u202e", "é", "\u0085"} {
+				s := base[:pos] + bad + base[pos+1:]
+				if got, want := Safe(s), each(s); got != want {
+					t.Fatalf("Safe(%q) = %v, want %v", s, got, want)
+				}
+			}
+		}
+	}
 }
