@@ -138,7 +138,7 @@ func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
 			// A stream opened before the capture (a Subscribe stream's
 			// events): its messages are still shown, by field number.
 			cl = &grpcCall{stream: ev.Stream, joined: [2]bool{true, true}}
-			d.forget(s.calls.Put(ev.Stream, cl), evictedNote)
+			d.forget(s.calls.Put(ev.Stream, cl), evictedNote, false)
 		}
 		d.data(c, cl, dir, ev)
 		if ev.EndStream && dir == call.Response {
@@ -192,13 +192,7 @@ func (d *Decoder) Closed(c *h2.Conn) {
 // will not be seen).
 func (d *Decoder) clear(s *connState, note string) {
 	for _, cl := range s.calls.InOrder() {
-		if r := d.release(cl); r != nil {
-			r.Final = true
-			if r.Note == "" {
-				r.Note = note
-			}
-			d.emit(r)
-		}
+		d.forget(cl, note, true)
 	}
 	s.calls.Clear()
 }
@@ -226,7 +220,7 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 			return
 		}
 		cl = &grpcCall{stream: ev.Stream, start: ev.Cap.Time}
-		d.forget(s.calls.Put(ev.Stream, cl), evictedNote)
+		d.forget(s.calls.Put(ev.Stream, cl), evictedNote, false)
 		for _, f := range ev.Fields {
 			switch {
 			case !f.NameKnown:
@@ -257,7 +251,7 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 		// The call started before the capture: its method is unknown,
 		// but its end is still worth showing.
 		cl = &grpcCall{stream: ev.Stream}
-		d.forget(s.calls.Put(ev.Stream, cl), evictedNote)
+		d.forget(s.calls.Put(ev.Stream, cl), evictedNote, false)
 	}
 	var st *call.Status
 	httpStatus, note := "", ""

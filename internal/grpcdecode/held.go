@@ -35,13 +35,22 @@ func (d *Decoder) hold(cl *grpcCall, r *call.Record) {
 	cl.heldAt = d.held.calls.PushBack(cl)
 	d.held.bytes += cl.heldCost
 	for d.held.bytes > maxHeldResponses && d.held.calls.Len() > 1 {
-		if r := d.unhold(d.held.calls.Front().Value.(*grpcCall)); r != nil {
-			if r.Note == "" {
-				r.Note = heldEarlyNote
-			}
-			d.emit(r)
-		}
+		d.showHeld(d.unhold(d.held.calls.Front().Value.(*grpcCall)), heldEarlyNote, false)
 	}
+}
+
+// showHeld shows r (if not nil), a held response that will not get its
+// trailers on its line, noted why unless it already says something; final
+// when nothing of its call can follow (its connection is gone).
+func (d *Decoder) showHeld(r *call.Record, note string, final bool) {
+	if r == nil {
+		return
+	}
+	if r.Note == "" {
+		r.Note = note
+	}
+	r.Final = final
+	d.emit(r)
 }
 
 // unhold returns cl's held response, nil if none, and stops counting it.
@@ -57,17 +66,11 @@ func (d *Decoder) unhold(cl *grpcCall) *call.Record {
 }
 
 // forget drops cl, no longer in its connection's table: what its partial
-// messages reserved is released, and a held response is shown (its status
-// will not be).
-func (d *Decoder) forget(cl *grpcCall, note string) {
-	if cl == nil {
-		return
-	}
-	if r := d.release(cl); r != nil {
-		if r.Note == "" {
-			r.Note = note
-		}
-		d.emit(r)
+// messages reserved is released, and a held response is shown, with note
+// (its status will not be on its line); final as for showHeld.
+func (d *Decoder) forget(cl *grpcCall, note string, final bool) {
+	if cl != nil {
+		d.showHeld(d.release(cl), note, final)
 	}
 }
 
