@@ -17,6 +17,7 @@ package pods
 
 import (
 	"strings"
+	"sync"
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	"google.golang.org/grpc/codes"
@@ -62,9 +63,6 @@ type Index struct {
 	// tracer's CPU on a node answering ListContainers at a high rate.
 	changes            uint64
 	lastPods, lastCtrs learntList
-	// idFields caches idFieldsOf per message type: as many entries as
-	// message types compiled in, whatever the wire says.
-	idFields map[protoreflect.MessageDescriptor][2]protoreflect.FieldDescriptor
 }
 
 // learntList is a list answer and the table changes just after it was learnt.
@@ -90,7 +88,7 @@ type pending struct {
 func New() *Index {
 	s, _ := lru.New[string, Pod](MaxSandboxes)
 	c, _ := lru.New[string, container](MaxContainers)
-	return &Index{sandboxes: s, containers: c, pending: map[callKey]pending{}, idFields: map[protoreflect.MessageDescriptor][2]protoreflect.FieldDescriptor{}}
+	return &Index{sandboxes: s, containers: c, pending: map[callKey]pending{}}
 }
 
 // Annotate learns from r and sets r.Pod and r.ContainerName when the call
@@ -122,7 +120,7 @@ func (x *Index) Annotate(r *call.Record) {
 	// else the one the call's request named.
 	subject := r.ContainerID
 	if subject == "" && r.Message != nil {
-		subject = x.idOf(r.Message)
+		subject = idOf(r.Message)
 	}
 	if subject == "" {
 		subject = p.subject
@@ -166,7 +164,7 @@ func (x *Index) request(m proto.Message) pending {
 		}
 		return p
 	}
-	return pending{subject: x.idOf(m)}
+	return pending{subject: idOf(m)}
 }
 
 // response learns from an OK answer.
@@ -295,25 +293,20 @@ func valid(s string) bool {
 // refuse.
 func ContainerIDOf(m proto.Message) string {
 	r := m.ProtoReflect()
-	if fd := idFieldsOf(r.Descriptor())[0]; fd != nil {
-		if id := r.Get(fd).String(); valid(id) {
-			return id
-		}
-	}
-	return ""
+	fields := idFieldsOf(r.Descriptor())
+	return idIn(r, fields[:1])
 }
 
 // idOf is the sandbox or container a CRI message is about: its top-level
-// container_id, else its pod_sandbox_id. Which fields a message type has
-// is looked up once per type (idFields): by name for every record, it was
-// nearly a third of the index's CPU.
-func (x *Index) idOf(m proto.Message) string {
+// container_id, else its pod_sandbox_id.
+func idOf(m proto.Message) string {
 	r := m.ProtoReflect()
-	fields, ok := x.idFields[r.Descriptor()]
-	if !ok {
-		fields = idFieldsOf(r.Descriptor())
-		x.idFields[r.Descriptor()] = fields
-	}
+	fields := idFieldsOf(r.Descriptor())
+	return idIn(r, fields[:])
+}
+
+// idIn is the first valid id among fields of r (nil fields skipped).
+func idIn(r protoreflect.Message, fields []protoreflect.FieldDescriptor) string {
 	for _, fd := range fields {
 		if fd == nil {
 			continue
@@ -325,17 +318,25 @@ func (x *Index) idOf(m proto.Message) string {
 	return ""
 }
 
+// idFields caches idFieldsOf per message type: as many entries as message
+// types compiled in, whatever the wire says. Looked up by name for every
+// record, the fields were nearly a third of the index's CPU.
+var idFields sync.Map // protoreflect.MessageDescriptor -> [2]protoreflect.FieldDescriptor
+
 // idFieldsOf is a CRI v1 message type's top-level container_id and
 // pod_sandbox_id fields, in that order, each nil when it has none.
 func idFieldsOf(md protoreflect.MessageDescriptor) [2]protoreflect.FieldDescriptor {
-	var fields [2]protoreflect.FieldDescriptor
-	if !strings.HasPrefix(string(md.FullName()), "runtime.v1.") {
-		return fields
+	if f, ok := idFields.Load(md); ok {
+		return f.([2]protoreflect.FieldDescriptor)
 	}
-	for i, name := range []protoreflect.Name{"container_id", "pod_sandbox_id"} {
-		if fd := md.Fields().ByName(name); fd != nil && fd.Kind() == protoreflect.StringKind && fd.Cardinality() != protoreflect.Repeated {
-			fields[i] = fd
+	var fields [2]protoreflect.FieldDescriptor
+	if strings.HasPrefix(string(md.FullName()), "runtime.v1.") {
+		for i, name := range []protoreflect.Name{"container_id", "pod_sandbox_id"} {
+			if fd := md.Fields().ByName(name); fd != nil && fd.Kind() == protoreflect.StringKind && fd.Cardinality() != protoreflect.Repeated {
+				fields[i] = fd
+			}
 		}
 	}
+	idFields.Store(md, fields)
 	return fields
 }
