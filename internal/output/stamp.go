@@ -20,11 +20,10 @@ type stamper struct {
 	trim   bool
 	layout string // the whole layout, for the years the cache does not take
 
-	sec        int64          // Unix second the texts below are for
-	loc        *time.Location // and the location they were formatted in
-	wholeText  []byte
-	zoneText   []byte
-	haveCached bool
+	sec       int64          // Unix second the texts below are for
+	loc       *time.Location // and the location they were formatted in (nil: none yet)
+	wholeText []byte
+	zoneText  []byte
 }
 
 // jsonStamp is time.RFC3339Nano; tableStamp the table's clock to the
@@ -35,12 +34,13 @@ var (
 )
 
 func (s *stamper) append(b []byte, t time.Time) []byte {
-	if y := t.Year(); y < 0 || y > 9999 {
-		return t.AppendFormat(b, s.layout)
-	}
 	sec, loc := t.Unix(), t.Location()
-	if !s.haveCached || sec != s.sec || loc != s.loc {
-		s.sec, s.loc, s.haveCached = sec, loc, true
+	if sec != s.sec || loc != s.loc {
+		// Only seconds of years 0-9999 are kept, so a hit needs no check.
+		if y := t.Year(); y < 0 || y > 9999 {
+			return t.AppendFormat(b, s.layout)
+		}
+		s.sec, s.loc = sec, loc
 		s.wholeText = t.AppendFormat(s.wholeText[:0], s.whole)
 		s.zoneText = t.AppendFormat(s.zoneText[:0], s.zone)
 	}
