@@ -15,9 +15,10 @@ import (
 // traffic still does; only the wakeup preemption is given up, which the
 // tracer does not need: its output may lag by a tick, the traced calls'
 // latency may not (docs/performance.md, latency under fixed load). Threads
-// the Go runtime starts later inherit it. The capture's spool thread sets
-// its own policy back (internal/bpf/spool.go): it must drain the ring
-// buffer promptly. Failing (a seccomp profile, say) changes nothing else.
+// the Go runtime starts later inherit it, so the capture's spool (a
+// goroutine on whichever thread the netpoller wakes) runs under it too:
+// the ring buffer covers the tick it may wait (internal/bpf/spool.go).
+// Failing (a seccomp profile, say) changes nothing else.
 func batchScheduling() {
 	tasks, err := os.ReadDir("/proc/self/task")
 	if err != nil {

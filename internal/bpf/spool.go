@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -24,9 +23,6 @@ import (
 // a spool. Steady traffic passes through one or two reused batches.
 
 const batchBytes = 256 << 10
-
-// spoolNice is the spool thread's nice value (-20..19; 0 is the default).
-const spoolNice = -10
 
 // DefaultSpoolBytes bounds what the spool holds while the decoder is
 // behind: a 16 MiB message in each direction, and then some.
@@ -92,11 +88,16 @@ func (t *Tracer) startSpool(limit int) error {
 	s.budget.cond.L = &s.budget.mu
 	s.free.New = func() any { return &batch{buf: make([]byte, 0, batchBytes)} }
 	t.spool = s
-	// A P of its own, nearly: woken by the kernel, the spool's thread must
-	// still find an idle P to run on, and with every P busy decoding or
-	// marking it would wait for the scheduler's next preemption (~10 ms,
-	// most of what the ring holds at full speed).
-	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 1)
+	// An ordinary goroutine, neither locked to a thread of its own nor
+	// given a P of its own (both were, until 2026-12-01): woken by the
+	// netpoller, it runs on the thread that woke, where a locked thread
+	// had the P handed to it (one more thread switch per wakeup) and a
+	// spare P kept more threads spinning for work. Without them the tracer
+	// takes ~9 % less CPU at 5,000 calls/s and the traced calls run ~6 %
+	// faster at full speed (docs/performance.md, "The spool as an ordinary
+	// goroutine"). When the decoder holds every P, the spool waits for the
+	// scheduler's next preemption (10 ms), which the 8 MiB ring covers
+	// many times over at full speed (~40 MB/s of 1 KiB calls here).
 	go t.spoolLoop(s)
 	return nil
 }
@@ -180,19 +181,6 @@ const (
 // delay, or when it is full.
 func (t *Tracer) spoolLoop(s *spool) {
 	defer close(s.done)
-	// Its own thread, ahead of other work on a busy node: it only copies,
-	// and every millisecond it waits is a millisecond of traffic the ring
-	// must hold. The thread ends with the goroutine (never unlocked), so
-	// its priority stays with it. It is also given the normal policy back
-	// should the process run under SCHED_BATCH (containerdsnoop trace
-	// does: the decoder may wait for a tick, this thread may not).
-	// Failing to raise it (no CAP_SYS_NICE) costs only that head start.
-	runtime.LockOSThread()
-	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL, Nice: spoolNice}
-	if unix.SchedSetAttr(0, &attr, 0) != nil {
-		unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), spoolNice)
-	}
-
 	var ev capture.Event
 	b := s.free.Get().(*batch)
 	quiet := 0 // polls in a row that found the ring empty
@@ -338,9 +326,6 @@ func (s *spool) close() {
 	s.kick()
 	<-s.done
 	s.ring.Close()
-	// The P startSpool added goes with the spool: a program that opens
-	// tracers one after another (tests, benchmarks) keeps its own count.
-	runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0)-1, 1))
 }
 
 // budget counts the bytes the spool holds; acquire waits for room.
