@@ -735,17 +735,17 @@ static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 bac
 	key = (__u64)sk;
 	fresh.ino = sc->ev.sock_ino;
 	pos = bpf_map_lookup_elem(&send_pos, &key);
-	if (pos && pos->ino != fresh.ino) {
-		/* Another socket's, at the same address: start over. */
-		bpf_map_update_elem(&send_pos, &key, &fresh, BPF_ANY);
+	if (!pos || pos->ino != fresh.ino) {
+		/* New, or another socket's at the same address: start over.
+		 * An update replaces the element, so the value is looked up
+		 * again; a send on a known socket (nearly every send) costs
+		 * one lookup. */
+		bpf_map_update_elem(&send_pos, &key, &fresh, pos ? BPF_ANY : BPF_NOEXIST);
 		sc->ev.flags |= EVENT_F_NEW;
-	} else if (!pos) {
-		bpf_map_update_elem(&send_pos, &key, &fresh, BPF_NOEXIST);
-		sc->ev.flags |= EVENT_F_NEW;
+		pos = bpf_map_lookup_elem(&send_pos, &key);
+		if (!pos)
+			return;
 	}
-	pos = bpf_map_lookup_elem(&send_pos, &key);
-	if (!pos)
-		return;
 	st = &sc->st;
 	if (loop) {
 		st->off = __sync_fetch_and_add(&pos->off, sent);

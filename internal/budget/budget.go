@@ -126,8 +126,16 @@ func (s *Share) Size() int64 { return s.n }
 // Reserve sets s to n bytes and reports whether that fits the pool (n up
 // to its small size always does, and may take the pool over its limit).
 // A share that does not fit keeps what it had.
+//
+// A share is reserved by the one goroutine that owns it (a decoder's
+// connection state), which is what lets an empty share that stays empty
+// return before the lock: a decoder at a frame boundary releases its
+// (empty) shares after every event, twice per event for HTTP/2.
 func (p *Pool) Reserve(s *Share, n int) bool {
 	want := int64(n)
+	if want == 0 && s.n == 0 {
+		return true // unlinked already: nothing to change
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	next := p.used.Load() - s.n + want

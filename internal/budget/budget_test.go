@@ -101,3 +101,30 @@ func TestPoolOldest(t *testing.T) {
 		t.Fatalf("after releasing all: oldest %v, used %d", p.Oldest(), p.Used())
 	}
 }
+
+// TestPoolEmptyShareStaysEmpty: releasing a share that holds nothing (the
+// path that returns before the lock) changes neither the pool's use nor
+// its order, and the share can be reserved and released again after it.
+func TestPoolEmptyShareStaysEmpty(t *testing.T) {
+	p := NewPool(100, 10)
+	a, b := Share{Owner: "a"}, Share{Owner: "b"}
+	p.Reserve(&a, 20)
+	for range 3 {
+		if !p.Reserve(&b, 0) {
+			t.Fatal("releasing an empty share failed")
+		}
+	}
+	if p.Used() != 20 || p.Oldest() != "a" || b.Size() != 0 {
+		t.Fatalf("used %d, oldest %v, b %d; want 20, a, 0", p.Used(), p.Oldest(), b.Size())
+	}
+	p.Reserve(&b, 30)
+	p.Release(&a)
+	p.Release(&a)
+	if p.Used() != 30 || p.Oldest() != "b" {
+		t.Fatalf("used %d, oldest %v; want 30, b", p.Used(), p.Oldest())
+	}
+	p.Release(&b)
+	if p.Used() != 0 || p.Oldest() != nil {
+		t.Fatalf("after releasing all: used %d, oldest %v", p.Used(), p.Oldest())
+	}
+}
