@@ -12,6 +12,7 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/h2/hpack"
 	"github.com/containerdsnoop/containerdsnoop/internal/stream"
+	"github.com/containerdsnoop/containerdsnoop/internal/termsafe"
 )
 
 // Kind is what an Event reports.
@@ -561,7 +562,7 @@ func plausibleFields(fields []hpack.Field) bool {
 			if f.Value == "" || f.Value[0] != '/' || !allOf(f.Value, &pathBytes) {
 				return false
 			}
-		} else if !allOf(f.Value, &valueBytes) {
+		} else if !validValue(f.Value) {
 			return false
 		}
 	}
@@ -580,6 +581,19 @@ func byteSet(ok func(byte) bool) (set [256]bool) {
 		set[c] = ok(byte(c))
 	}
 	return set
+}
+
+// validValue is allOf(s, &valueBytes), eight bytes at a time where they
+// are printable ASCII (which valueBytes all allows): values are most of a
+// block's bytes.
+func validValue(s string) bool {
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		if !termsafe.PrintableASCII8(termsafe.Load8(s, i)) {
+			break
+		}
+	}
+	return allOf(s[i:], &valueBytes)
 }
 
 func allOf(s string, set *[256]bool) bool {

@@ -1,6 +1,7 @@
 package h2
 
 import (
+	"math/rand/v2"
 	"testing"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/h2/hpack"
@@ -34,6 +35,30 @@ func TestPlausibleFields(t *testing.T) {
 	} {
 		if got := plausibleFields([]hpack.Field{known("te", "trailers"), tc.field}); got != tc.want {
 			t.Errorf("%s: plausibleFields(%q: %q) = %v, want %v", tc.name, tc.field.Name, tc.field.Value, got, tc.want)
+		}
+	}
+}
+
+// TestValidValueAsTable: the eight-bytes-at-once value check says what
+// the byte table says, wherever a NUL, CR or LF (or any other byte) falls.
+func TestValidValueAsTable(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	special := []byte{0, '\r', '\n', 0x7f, 0x80, 0xff, 0x1f, ' ', 'A'}
+	for range 200_000 {
+		b := make([]byte, r.IntN(40))
+		for i := range b {
+			b[i] = 'a' + byte(r.IntN(26))
+		}
+		for n := r.IntN(3); n > 0 && len(b) > 0; n-- {
+			if r.IntN(2) == 0 {
+				b[r.IntN(len(b))] = special[r.IntN(len(special))]
+			} else {
+				b[r.IntN(len(b))] = byte(r.IntN(256))
+			}
+		}
+		s := string(b)
+		if got, want := validValue(s), allOf(s, &valueBytes); got != want {
+			t.Fatalf("validValue(%q) = %v, the table says %v", s, got, want)
 		}
 	}
 }

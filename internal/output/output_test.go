@@ -3,6 +3,7 @@ package output
 import (
 	"bytes"
 	"encoding/json"
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -26,6 +27,33 @@ func TestAppendStringMatchesEncodingJSON(t *testing.T) {
 		enc.Encode(s)
 		if got := string(appendString(nil, s)) + "\n"; got != want.String() {
 			t.Errorf("appendString(%q) = %s, encoding/json: %s", s, got, want.String())
+		}
+	}
+}
+
+// TestAppendStringAsEncodingJSONAround8: appendString looks at eight
+// bytes at a time; wherever a byte that needs escaping (or a multi-byte
+// rune, or an invalid one) falls among the words, it writes what
+// encoding/json writes.
+func TestAppendStringAsEncodingJSONAround8(t *testing.T) {
+	pieces := []string{"a", "Z", " ", "~", "\"", "\\", "\x00", "\x1f", "\n", "\x7f", "é", "日", "\xff", "\u2028", "<", "/"}
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 20_000 {
+		var sb strings.Builder
+		for n := r.IntN(30); n > 0; n-- {
+			if r.IntN(4) == 0 {
+				sb.WriteString(pieces[r.IntN(len(pieces))])
+			} else {
+				sb.WriteString("abcdefghij"[:1+r.IntN(9)])
+			}
+		}
+		s := sb.String()
+		var want bytes.Buffer
+		enc := json.NewEncoder(&want)
+		enc.SetEscapeHTML(false)
+		enc.Encode(s)
+		if got := string(appendString(nil, s)) + "\n"; got != want.String() {
+			t.Fatalf("appendString(%q) = %s, encoding/json: %s", s, got, want.String())
 		}
 	}
 }

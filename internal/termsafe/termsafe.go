@@ -49,9 +49,7 @@ func unsafeRune(r rune) bool {
 func Safe(s string) bool {
 	i := 0
 	for ; i+8 <= len(s); i += 8 {
-		x := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
-			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
-		if !printableASCII8(x) {
+		if !PrintableASCII8(Load8(s, i)) {
 			break
 		}
 	}
@@ -78,12 +76,31 @@ const (
 	highs = 0x8080808080808080
 )
 
-// printableASCII8 reports whether each byte of x is in 0x20-0x7e. A byte
+// Load8 is s[i:i+8] as a little-endian word (the compiler makes it one
+// load): with PrintableASCII8 and HasByte8, the checks on every string
+// of every line (here, in the JSON output, in the HTTP/2 decoder) look at
+// eight bytes at a time and fall back to a byte loop only where a word
+// holds something other than plain printable ASCII.
+func Load8(s string, i int) uint64 {
+	return uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+		uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+}
+
+// HasByte8 reports whether any byte of x is c: a byte of x^c is zero
+// exactly where x holds c, and (y-1)&^y sets a byte's high bit when it
+// was zero (a borrow from a zero byte can only reach a byte above it,
+// which then reports a match that the zero byte already made).
+func HasByte8(x uint64, c byte) bool {
+	y := x ^ (ones * uint64(c))
+	return (y-ones)&^y&highs != 0
+}
+
+// PrintableASCII8 reports whether each byte of x is in 0x20-0x7e. A byte
 // below 0x20 borrows through its high bit when 0x20 is taken from it
 // (and, having no high bit itself, is caught by &^x); a byte of 0x7f or
 // more has its high bit set, before or after adding 1 (a carry out of a
 // byte of 0xff only reaches one that is caught by |x already).
-func printableASCII8(x uint64) bool {
+func PrintableASCII8(x uint64) bool {
 	below := (x - 0x20*ones) &^ x & highs
 	above := ((x + ones) | x) & highs
 	return below|above == 0

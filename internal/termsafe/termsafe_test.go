@@ -71,8 +71,8 @@ func TestPrintableASCII8(t *testing.T) {
 		return true
 	}
 	check := func(x uint64) {
-		if got, want := printableASCII8(x), each(x); got != want {
-			t.Fatalf("printableASCII8(%#016x) = %v, want %v", x, got, want)
+		if got, want := PrintableASCII8(x), each(x); got != want {
+			t.Fatalf("PrintableASCII8(%#016x) = %v, want %v", x, got, want)
 		}
 	}
 	for _, fill := range []byte{'a', 0x20, 0x7e, 0x00, 0x1f, 0x7f, 0x80, 0xff} {
@@ -95,6 +95,49 @@ func TestPrintableASCII8(t *testing.T) {
 		x := r.Uint64()
 		check(x)
 		check(x&0x7f7f7f7f7f7f7f7f | 0x2020202020202020) // mostly printable
+	}
+}
+
+// TestHasByte8: the eight-bytes-at-once search says what looking at each
+// byte says, for every byte searched for, with it (or a neighbour value)
+// at every place among every kind of filler, and on random words.
+func TestHasByte8(t *testing.T) {
+	each := func(x uint64, c byte) bool {
+		for i := 0; i < 8; i++ {
+			if byte(x>>(8*i)) == c {
+				return true
+			}
+		}
+		return false
+	}
+	check := func(x uint64, c byte) {
+		if got, want := HasByte8(x, c), each(x, c); got != want {
+			t.Fatalf("HasByte8(%#016x, %#02x) = %v, want %v", x, c, got, want)
+		}
+	}
+	for c := 0; c < 256; c++ {
+		for _, fill := range []byte{'a', 0x00, 0x01, 0x7f, 0x80, 0xff, byte(c) + 1, byte(c) - 1} {
+			for pos := 0; pos < 8; pos++ {
+				for _, b := range []byte{byte(c), byte(c) + 1, byte(c) - 1, byte(c) ^ 0x80, 0, 0xff} {
+					x := uint64(0)
+					for i := 0; i < 8; i++ {
+						v := fill
+						if i == pos {
+							v = b
+						}
+						x |= uint64(v) << (8 * i)
+					}
+					check(x, byte(c))
+				}
+			}
+		}
+	}
+	r := rand.New(rand.NewPCG(7, 8))
+	for range 1_000_000 {
+		x := r.Uint64()
+		c := byte(r.Uint64())
+		check(x, c)
+		check(x&^(0xff<<(8*(x%8)))|uint64(c)<<(8*(x%8)), c) // c somewhere
 	}
 }
 
