@@ -3,7 +3,6 @@ package bpf
 import (
 	"errors"
 	"fmt"
-	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf/link"
@@ -96,7 +95,7 @@ func (t *Tracer) decodeField(k *snoopEvent, raw []byte, ev *capture.Event) bool 
 		f.Prefix = append([]byte(nil), data[nc+vc:nc+vc+pc]...)
 	}
 	*ev = capture.Event{
-		Time:     time.Unix(0, int64(k.TsNs)).Add(t.bootOffset),
+		Time:     t.wallTime(k.TsNs),
 		CgroupID: k.CgroupId,
 		PID:      k.Pid,
 		TID:      k.Tid,

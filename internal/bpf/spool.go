@@ -184,10 +184,16 @@ func (t *Tracer) spoolLoop(s *spool) {
 	var ev capture.Event
 	b := s.free.Get().(*batch)
 	quiet := 0 // polls in a row that found the ring empty
+	// avail is what the ring held after the last record was copied: while
+	// it is not 0 the next record is there, and the ring's positions
+	// (shared with the programs writing them) are not read twice per
+	// record.
+	avail := 0
 	for {
-		if t.ringAvail() == 0 {
+		if avail == 0 && t.ringAvail() == 0 {
 			t.waitRingOrPark(s, quiet >= parkAfter)
 		}
+		avail = 0
 		err := t.readRing(&ev, 0)
 		if errors.Is(err, ErrIdle) {
 			quiet++
@@ -247,7 +253,8 @@ func (t *Tracer) spoolLoop(s *spool) {
 		s.pending.Add(int64(len(ev.Data)) + 1)
 		// Hand over when the ring is empty, unless the reader is behind
 		// (batches queued) and the poll interval bounds the wait for more.
-		if len(b.buf) >= batchBytes || (t.ringAvail() == 0 && (t.poll <= 0 || len(s.ch) == 0)) {
+		avail = t.ringAvail()
+		if len(b.buf) >= batchBytes || (avail == 0 && (t.poll <= 0 || len(s.ch) == 0)) {
 			if !s.hand(b) {
 				return
 			}

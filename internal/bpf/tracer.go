@@ -381,7 +381,7 @@ func (t *Tracer) decode(raw []byte, ev *capture.Event) bool {
 		return t.decodeField(k, raw, ev)
 	}
 	*ev = capture.Event{
-		Time:     time.Unix(0, int64(k.TsNs)).Add(t.bootOffset),
+		Time:     t.wallTime(k.TsNs),
 		Sock:     k.Sk,
 		PeerSock: k.PeerSk,
 		Ino:      k.SockIno,
@@ -547,6 +547,14 @@ func ringBufSize(n int) uint32 {
 		size <<= 1
 	}
 	return size
+}
+
+// wallTime is the wall time of a kernel CLOCK_MONOTONIC stamp: one
+// constructor per event, where Unix(0, ts).Add(bootOffset) normalized
+// the time twice (the sum cannot overflow: today in Unix nanoseconds is
+// about 2^61, a monotonic stamp far less, and int64 holds 2^63).
+func (t *Tracer) wallTime(tsNs uint64) time.Time {
+	return time.Unix(0, int64(tsNs)+int64(t.bootOffset))
 }
 
 func monotonicToWall() time.Duration {

@@ -67,9 +67,12 @@ type Pipeline struct {
 	peer           *peerfields.Store
 	records        []RecordSink
 	pods           *pods.Index
-	lastExpiry     time.Time
-	lastSweep      time.Time
-	err            error
+	// When the next expiry and sweep are due (zero: at the next event):
+	// a deadline compared per event, where a time.Sub per event checked
+	// its result for overflow every time.
+	nextExpiry time.Time
+	nextSweep  time.Time
+	err        error
 	// held: undecided chunks per sending socket (undecided.go).
 	held      map[uint64]*held
 	heldBytes int
@@ -187,8 +190,8 @@ func (p *Pipeline) Feed(ev *capture.Event) {
 	}
 	p.asm.Feed(ev)
 	p.reclaim()
-	if ev.Time.Sub(p.lastExpiry) > time.Minute {
-		p.lastExpiry = ev.Time
+	if ev.Time.After(p.nextExpiry) {
+		p.nextExpiry = ev.Time.Add(time.Minute)
 		p.asm.Expire(ev.Time.Add(-IdleTimeout))
 		p.expireHeld(ev.Time.Add(-IdleTimeout))
 		p.calls.Expire(ev.Time.Add(-HeldTimeout))
@@ -241,10 +244,10 @@ const SweepIdle = 2 * time.Second
 func (p *Pipeline) Sweep(now time.Time) {
 	// Events held for peer fields are due also when nothing else is sent.
 	p.h2.Tick(now)
-	if !p.SweepDead || now.Sub(p.lastSweep) < SweepIdle {
+	if !p.SweepDead || now.Before(p.nextSweep) {
 		return
 	}
-	p.lastSweep = now
+	p.nextSweep = now.Add(SweepIdle)
 	p.Swept += uint64(p.asm.Sweep(now.Add(-SweepIdle), func(c *stream.Conn) bool {
 		return !alive(c.Ends[0].PID) && !alive(c.Ends[1].PID)
 	}))
