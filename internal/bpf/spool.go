@@ -98,7 +98,7 @@ func (t *Tracer) startSpool(limit int) error {
 	// netpoller, it runs on the thread that woke, where a locked thread
 	// had the P handed to it (one more thread switch per wakeup) and a
 	// spare P kept more threads spinning for work. Without them the tracer
-	// takes ~9 % less CPU at 5,000 calls/s and the traced calls run ~6 %
+	// takes ~8 % less CPU at 5,000 calls/s and the traced calls run ~6 %
 	// faster at full speed (docs/performance.md, "The spool as an ordinary
 	// goroutine"). When the decoder holds every P, the spool waits for the
 	// scheduler's next preemption (10 ms), which the 8 MiB ring covers
