@@ -19,14 +19,20 @@ func TestCutCountsCharacters(t *testing.T) {
 	}
 }
 
+// encodingJSON is s as encoding/json writes it without HTML escaping:
+// what appendString must write.
+func encodingJSON(s string) string {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	enc.Encode(s)
+	return strings.TrimSuffix(b.String(), "\n")
+}
+
 func TestAppendStringMatchesEncodingJSON(t *testing.T) {
 	for _, s := range []string{"", "plain", `quote " and \ back`, "ctl \x00\x01\x1f\n\r\t", "héllo 日本", "bad \xff\xfe utf8", "line\u2028sep\u2029", "<html>&"} {
-		var want bytes.Buffer
-		enc := json.NewEncoder(&want)
-		enc.SetEscapeHTML(false)
-		enc.Encode(s)
-		if got := string(appendString(nil, s)) + "\n"; got != want.String() {
-			t.Errorf("appendString(%q) = %s, encoding/json: %s", s, got, want.String())
+		if got, want := string(appendString(nil, s)), encodingJSON(s); got != want {
+			t.Errorf("appendString(%q) = %s, encoding/json: %s", s, got, want)
 		}
 	}
 }
@@ -48,12 +54,8 @@ func TestAppendStringAsEncodingJSONAround8(t *testing.T) {
 			}
 		}
 		s := sb.String()
-		var want bytes.Buffer
-		enc := json.NewEncoder(&want)
-		enc.SetEscapeHTML(false)
-		enc.Encode(s)
-		if got := string(appendString(nil, s)) + "\n"; got != want.String() {
-			t.Fatalf("appendString(%q) = %s, encoding/json: %s", s, got, want.String())
+		if got, want := string(appendString(nil, s)), encodingJSON(s); got != want {
+			t.Fatalf("appendString(%q) = %s, encoding/json: %s", s, got, want)
 		}
 	}
 }
