@@ -33,12 +33,16 @@ type batch struct {
 	buf  []byte // arena the events' Data point into
 	next int    // next event Read returns
 	err  error  // returned by Read after the events (ErrDrained, ErrClosed, ...)
-	// What the batch's events count in spool.pending and spool.budget,
-	// given back when its last event is read: the arena is held until
-	// then anyway, and a lock and a shared counter per event were ~1 %
-	// of the tracer's CPU.
-	pending, cost int64
+	// pending is what the batch's events count in spool.pending (data
+	// + 1 each), given back with their budget (cost) when the last event
+	// is read: the arena is held until then anyway, and a lock and a
+	// shared counter per event were ~1 % of the tracer's CPU.
+	pending int64
 }
+
+// cost is what b's events hold of the spool's budget: data + minRecord
+// each.
+func (b *batch) cost() int64 { return b.pending + int64(len(b.evs))*(minRecord-1) }
 
 type spool struct {
 	// ring is the ring buffer's map, duplicated into the runtime's
@@ -256,7 +260,6 @@ func (t *Tracer) spoolLoop(s *spool) {
 		ev.Data = b.buf[off:len(b.buf):len(b.buf)]
 		b.evs = append(b.evs, ev)
 		b.pending += int64(len(ev.Data)) + 1
-		b.cost += cost
 		s.pending.Add(int64(len(ev.Data)) + 1)
 		// Hand over when the ring is empty, unless the reader is behind
 		// (batches queued) and the poll interval bounds the wait for more.
@@ -290,8 +293,8 @@ func (s *spool) read(ev *capture.Event, poll time.Duration) error {
 				if b.next == len(b.evs) {
 					// The last: Pending is 0 now if nothing else waits.
 					s.pending.Add(-b.pending)
-					s.budget.release(b.cost)
-					b.pending, b.cost = 0, 0
+					s.budget.release(b.cost())
+					b.pending = 0
 				}
 				return nil
 			}
@@ -330,7 +333,7 @@ func (s *spool) read(ev *capture.Event, poll time.Duration) error {
 func (s *spool) release(b *batch) {
 	clear(b.evs)
 	b.evs, b.buf, b.next, b.err = b.evs[:0], b.buf[:0], 0, nil
-	b.pending, b.cost = 0, 0
+	b.pending = 0
 	if cap(b.buf) == batchBytes {
 		s.free.Put(b)
 	}
