@@ -21,11 +21,16 @@ import (
 type Decoder struct {
 	emit func(*call.Record)
 	held held
+	// holding is the connections holding answers for requests not seen
+	// yet (early.go), for Tick.
+	holding map[*h2.Conn]struct{}
 }
 
 // New returns a Decoder that passes each Record to emit. The Record is not
 // retained after emit returns.
-func New(emit func(*call.Record)) *Decoder { return &Decoder{emit: emit} }
+func New(emit func(*call.Record)) *Decoder {
+	return &Decoder{emit: emit, holding: map[*h2.Conn]struct{}{}}
+}
 
 type connState struct {
 	calls call.Table[grpcCall]
@@ -38,6 +43,15 @@ type connState struct {
 	resetNext int
 	// infer is the labelled inference's evidence (infer.go).
 	infer *inference
+	// maxReq is the newest stream the client opened (0: none seen since
+	// the capture or the connection started); early holds the server's
+	// events on streams whose request may still be on its way
+	// (early.go), and delivering is set while they are handed on, so
+	// that they are not held again.
+	maxReq     uint32
+	early      call.Early[earlyEvent]
+	readyChunk chunk
+	delivering bool
 }
 
 const maxReset = 64
@@ -78,6 +92,9 @@ type grpcCall struct {
 	// nothing of that direction can be split into messages.
 	joined [2]bool
 
+	// reqEnded: the client ended its side (END_STREAM), for early.go.
+	reqEnded bool
+
 	// Inference (infer.go). methodSrc and statusSrc are the Record's
 	// sources; refs the request's entries of unknown content, pathEntry
 	// the one known to be :path; noInfer: the :path may be a value no
@@ -107,12 +124,17 @@ func state(c *h2.Conn) *connState {
 // Event implements h2.Handler.
 func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
 	s := state(c)
+	if d.early(c, s, ev) {
+		return
+	}
+	defer s.requestProgress(c, ev)
 	switch ev.Kind {
 	case h2.Preface:
 		// Calls still open belonged to the previous connection on these
 		// sockets; their ends will never be seen.
 		d.clear(s, droppedNote)
 		s.reset = [maxReset]uint32{}
+		s.maxReq = 0
 	case h2.Lost:
 		for _, cl := range s.calls.All() {
 			dir, ok := call.DirOf(c.Stream, ev.End)
@@ -168,6 +190,7 @@ func (d *Decoder) Closed(c *h2.Conn) {
 	if !ok {
 		return
 	}
+	d.deliverEarly(c, s, s.early.TakeAll())
 	if c.Stream.Closed {
 		for _, cl := range s.calls.InOrder() {
 			if cl.start.IsZero() {

@@ -30,10 +30,17 @@ type wire struct {
 }
 
 func newWire(emit func(*call.Record)) *wire {
-	w := &wire{asm: stream.New(h2.NewDecoder(New(emit))), now: time.Unix(1700000000, 0)}
+	w, _ := newWireDecoder(emit)
+	return w
+}
+
+// newWireDecoder is newWire that also returns the Decoder, for Tick.
+func newWireDecoder(emit func(*call.Record)) (*wire, *Decoder) {
+	d := New(emit)
+	w := &wire{asm: stream.New(h2.NewDecoder(d)), now: time.Unix(1700000000, 0)}
 	w.fr = http2.NewFramer(&w.buf, nil)
 	w.henc = [2]*hpack.Encoder{hpack.NewEncoder(&w.hbuf), hpack.NewEncoder(&w.hbuf)}
-	return w
+	return w, d
 }
 
 // send delivers what f writes as one send of end (0 client, 1 server).

@@ -64,6 +64,8 @@ type Pipeline struct {
 	redactionBytes int
 	sinks          tee
 	h2             *h2.Decoder
+	grpc           *grpcdecode.Decoder
+	ttrpc          *ttrpc.Decoder
 	peer           *peerfields.Store
 	records        []RecordSink
 	pods           *pods.Index
@@ -113,9 +115,10 @@ func New(out output.Writer, f Filter) *Pipeline {
 			p.pids[pid] = true
 		}
 	}
-	grpc := grpcdecode.New(p.write)
-	p.h2 = h2.NewDecoder(grpc)
-	p.sinks = tee{newMux(p.h2, ttrpc.NewDecoder(p.write), f.Protocol), closer{p.calls}}
+	p.grpc = grpcdecode.New(p.write)
+	p.h2 = h2.NewDecoder(p.grpc)
+	p.ttrpc = ttrpc.NewDecoder(p.write)
+	p.sinks = tee{newMux(p.h2, p.ttrpc, f.Protocol), closer{p.calls}}
 	p.asm = stream.New(&p.sinks)
 	return p
 }
@@ -242,8 +245,11 @@ const SweepIdle = 2 * time.Second
 // dropped too and decoded as joined mid-stream if it is used again:
 // never wrong. Only with SweepDead set.
 func (p *Pipeline) Sweep(now time.Time) {
-	// Events held for peer fields are due also when nothing else is sent.
+	// Events held for peer fields, and answers held for their requests
+	// (call.Early), are due also when nothing else is sent.
 	p.h2.Tick(now)
+	p.ttrpc.Tick(now)
+	p.grpc.Tick(now)
 	if !p.SweepDead || now.Before(p.nextSweep) {
 		return
 	}

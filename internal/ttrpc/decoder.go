@@ -27,11 +27,16 @@ const (
 // Decoder is a stream.Sink that decodes ttrpc calls into Records.
 type Decoder struct {
 	emit func(*call.Record)
+	// holding is the connections holding answers for requests not seen
+	// yet (early.go), for Tick.
+	holding map[*conn]struct{}
 }
 
 // NewDecoder returns a Decoder that passes each Record to emit. The Record
 // is not retained after emit returns.
-func NewDecoder(emit func(*call.Record)) *Decoder { return &Decoder{emit: emit} }
+func NewDecoder(emit func(*call.Record)) *Decoder {
+	return &Decoder{emit: emit, holding: map[*conn]struct{}{}}
+}
 
 // conn is the ttrpc state of one connection (stream.Conn.State).
 type conn struct {
@@ -42,6 +47,11 @@ type conn struct {
 	// restarted: a gap of unknown size, which is what a new connection on
 	// the same sockets looks like; its stream ids start again at 1.
 	restarted bool
+	// early holds the server's frames on streams whose request may still
+	// be on its way (early.go); delivering is set while they are handed
+	// on, so that they are not held again.
+	early      call.Early[earlyFrame]
+	delivering bool
 }
 
 type direction struct {
@@ -100,6 +110,7 @@ func (d *Decoder) Bytes(sc *stream.Conn, end int, ev *capture.Event, data []byte
 	dir.last = *ev
 	dir.last.Data = nil
 	d.parse(s, end)
+	d.deliverEarly(s, s.early.TakeReady())
 	if len(dir.buf) > maxBuffered {
 		s.desync(end)
 		dir.buf = dir.buf[:0]
@@ -151,6 +162,10 @@ func (d *Decoder) Gap(sc *stream.Conn, end int, n uint64) {
 		s.restarted = true
 	}
 	s.lose(end)
+	// Requests held answers wait for may be among the lost bytes.
+	if dir, ok := call.DirOf(sc, end); !ok || dir == call.Request {
+		d.deliverEarly(s, s.early.TakeAll())
+	}
 }
 
 // lose marks the open calls as having lost bytes sent by end.
@@ -173,6 +188,7 @@ func (d *Decoder) Closed(sc *stream.Conn) {
 	if !ok {
 		return
 	}
+	d.deliverEarly(s, s.early.TakeAll())
 	for i := range s.dirs {
 		s.dirs[i].drop()
 	}
@@ -366,11 +382,17 @@ func (d *Decoder) frame(s *conn, end int, h header, payload []byte, ev *capture.
 		if !ok {
 			return false
 		}
+		if d.holdEarly(s, h, payload, ev) {
+			return true
+		}
 		d.response(s, end, h, r, ev)
 	case typeData:
 		if _, known := s.sc.ClientEnd(); !known {
 			// Neither end has shown its role: there is no telling
 			// whether this is request or response data.
+			return true
+		}
+		if dir, _ := call.DirOf(s.sc, end); dir == call.Response && d.holdEarly(s, h, payload, ev) {
 			return true
 		}
 		d.data(s, end, h, payload, ev)
@@ -382,6 +404,7 @@ func (d *Decoder) request(s *conn, end int, h header, r request, ev *capture.Eve
 	if s.lastReq != 0 && h.stream <= s.lastReq {
 		// Stream ids only grow on a connection: this is a new one on the
 		// same sockets (the kernel reuses their memory).
+		d.deliverEarly(s, s.early.TakeAll())
 		s.sc.Renew()
 		s.calls.Clear()
 	}
@@ -426,6 +449,8 @@ func (d *Decoder) request(s *conn, end int, h header, r request, ev *capture.Eve
 		rec.ContainerID = id
 	}
 	d.emit(rec)
+	// Its answers, if held, follow the rest of the client's write.
+	s.early.Answered(h.stream)
 }
 
 func (d *Decoder) response(s *conn, end int, h header, r response, ev *capture.Event) {

@@ -46,3 +46,21 @@ func ShiftConns(recs []Record, n uint32) []Record {
 	}
 	return out
 }
+
+// AnswersFirst moves each server write that directly follows a client
+// write on its connection ahead of it, as the ring buffer delivers them
+// when the client is preempted between queueing its bytes and their
+// capture. Each direction's order is kept. It works on events numbered as
+// Events numbers them (a connection's client socket 2n, its server 2n+1),
+// and returns how many writes it moved.
+func AnswersFirst(evs []capture.Event) (moved int) {
+	for i := 0; i+1 < len(evs); i++ {
+		a, b := evs[i], evs[i+1]
+		if a.Sock%2 == 0 && b.Sock == a.Sock+1 {
+			evs[i], evs[i+1] = b, a
+			moved++
+			i++
+		}
+	}
+	return moved
+}
