@@ -23,3 +23,34 @@ func TestReplayAnswersBeforeRequests(t *testing.T) {
 		})
 	}
 }
+
+// TestReplayServerSpeaksFirst: a grpc-go server writes its SETTINGS as it
+// accepts, while the client writes its preface; either may be captured
+// first. With each connection's first server write moved ahead of its
+// client's first, every call is still decoded whole.
+func TestReplayServerSpeaksFirst(t *testing.T) {
+	for _, name := range []string{"unary_version", "two_conns", "long_lived"} {
+		t.Run(name, func(t *testing.T) {
+			recs, calls := load(t, name)
+			evs := events(recs)
+			first := map[uint64]int{} // a connection's first write
+			moved := map[uint64]bool{}
+			for i := range evs {
+				conn := evs[i].Sock / 2 // events: client socket 2n, server 2n+1
+				if _, ok := first[conn]; !ok {
+					first[conn] = i
+				}
+				if evs[i].Sock%2 == 1 && !moved[conn] {
+					moved[conn] = true
+					ev, j := evs[i], first[conn]
+					copy(evs[j+1:i+1], evs[j:i])
+					evs[j] = ev
+				}
+			}
+			if len(moved) == 0 {
+				t.Fatal("no server write: the test moves nothing")
+			}
+			checkCalls(t, calls, replay(t, evs))
+		})
+	}
+}
