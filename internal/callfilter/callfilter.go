@@ -80,7 +80,8 @@ func New(opts Options, next func(*call.Record)) *Filter {
 	return &Filter{opts: opts, next: next, held: map[key]*heldCall{}, byConn: map[uint64]map[key]*heldCall{}}
 }
 
-// Add takes the next line. Records are retained while their call is held.
+// Add takes the next line. r is valid only during the call (decoders
+// reuse theirs): a line held for its call's end is copied.
 func (f *Filter) Add(r *call.Record) {
 	if !f.lineMatches(r) {
 		return
@@ -123,7 +124,8 @@ func (f *Filter) hold(k key, r *call.Record) {
 		return
 	}
 	n := heldSize(r)
-	h.recs = append(h.recs, r)
+	cp := *r
+	h.recs = append(h.recs, &cp)
 	h.bytes += n
 	f.bytes += n
 	for (len(f.held) > maxHeldCalls || f.bytes > maxHeldBytes) && f.order.Len() > 1 {

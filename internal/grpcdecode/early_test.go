@@ -37,7 +37,7 @@ func answer(w *wire, id uint32) {
 // response line with the method, message and status.
 func TestEarlyAnswerBeforeRequestMessage(t *testing.T) {
 	var recs []*call.Record
-	w, d := newWireDecoder(func(r *call.Record) { recs = append(recs, r) })
+	w, d := newWireDecoder(func(r *call.Record) { c := *r; recs = append(recs, &c) })
 	startConn(w)
 	w.send(0, func() {
 		w.headers(1, false, ":method", "POST", ":scheme", "http", ":path", versionPath, ":authority", "x", "content-type", "application/grpc")
@@ -68,7 +68,7 @@ func TestEarlyAnswerBeforeRequestMessage(t *testing.T) {
 // are given back.
 func TestEarlyAnswerNeverAsked(t *testing.T) {
 	var recs []*call.Record
-	w, d := newWireDecoder(func(r *call.Record) { recs = append(recs, r) })
+	w, d := newWireDecoder(func(r *call.Record) { c := *r; recs = append(recs, &c) })
 	before := call.EarlyBytes()
 	startConn(w)
 	w.send(0, func() {

@@ -1,8 +1,6 @@
 package grpcdecode
 
 import (
-	"container/list"
-
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
 )
 
@@ -22,20 +20,31 @@ const maxHeldResponses = 4 << 20
 // heldEarlyNote marks a response shown before its trailers came.
 const heldEarlyNote = "shown before its status: too many responses were awaiting their trailers"
 
-// held is the decoder's account of the held responses, oldest first.
+// held is the decoder's account of the held responses: the calls holding
+// one, oldest first, linked through the calls themselves (heldPrev,
+// heldNext) rather than a container/list, whose element was one more
+// allocation per unary call.
 type held struct {
-	calls list.List // of *grpcCall
-	bytes int
+	first, last *grpcCall
+	n, bytes    int
 }
 
 // hold keeps r, cl's response message, until cl's trailers, and shows the
 // oldest held responses if that takes the total past the bound.
 func (d *Decoder) hold(cl *grpcCall, r *call.Record) {
 	cl.held, cl.heldCost = r, max(r.WireBytes, 1)
-	cl.heldAt = d.held.calls.PushBack(cl)
-	d.held.bytes += cl.heldCost
-	for d.held.bytes > maxHeldResponses && d.held.calls.Len() > 1 {
-		d.showHeld(d.unhold(d.held.calls.Front().Value.(*grpcCall)), heldEarlyNote, false)
+	h := &d.held
+	cl.heldPrev, cl.heldNext = h.last, nil
+	if h.last != nil {
+		h.last.heldNext = cl
+	} else {
+		h.first = cl
+	}
+	h.last = cl
+	h.n++
+	h.bytes += cl.heldCost
+	for h.bytes > maxHeldResponses && h.n > 1 {
+		d.showHeld(d.unhold(h.first), heldEarlyNote, false)
 	}
 }
 
@@ -59,9 +68,20 @@ func (d *Decoder) unhold(cl *grpcCall) *call.Record {
 	if r == nil {
 		return nil
 	}
-	d.held.calls.Remove(cl.heldAt)
-	d.held.bytes -= cl.heldCost
-	cl.held, cl.heldAt, cl.heldCost = nil, nil, 0
+	h := &d.held
+	if cl.heldPrev != nil {
+		cl.heldPrev.heldNext = cl.heldNext
+	} else {
+		h.first = cl.heldNext
+	}
+	if cl.heldNext != nil {
+		cl.heldNext.heldPrev = cl.heldPrev
+	} else {
+		h.last = cl.heldPrev
+	}
+	h.n--
+	h.bytes -= cl.heldCost
+	cl.held, cl.heldPrev, cl.heldNext, cl.heldCost = nil, nil, nil, 0
 	return r
 }
 

@@ -18,7 +18,7 @@ import (
 // call whose trailers come while it is held is one line, as before.
 func TestHeldResponsesBounded(t *testing.T) {
 	var recs []*call.Record
-	w := newWire(func(r *call.Record) { recs = append(recs, r) })
+	w := newWire(func(r *call.Record) { c := *r; recs = append(recs, &c) })
 	const version = "/runtime.v1.RuntimeService/Version"
 	const size = 512 << 10
 	calls := maxHeldResponses/size + 8
@@ -77,7 +77,7 @@ func TestHeldResponsesBounded(t *testing.T) {
 // still open when their connection ends come in stream order.
 func TestHeldResponseShownWhenDropped(t *testing.T) {
 	var recs []*call.Record
-	w := newWire(func(r *call.Record) { recs = append(recs, r) })
+	w := newWire(func(r *call.Record) { c := *r; recs = append(recs, &c) })
 	const version = "/runtime.v1.RuntimeService/Version"
 	msg := []byte{0, 0, 0, 0, 4, 0x0a, 0x02, 'v', '1'} // VersionResponse{version: "v1"}
 	w.send(0, func() {
@@ -110,5 +110,50 @@ func TestHeldResponseShownWhenDropped(t *testing.T) {
 	}
 	if want := []uint32{1, 3, 5, 7, 9}; !slices.Equal(streams, want) {
 		t.Fatalf("held responses shown at exit on streams %v, want %v", streams, want)
+	}
+}
+
+// TestHeldAccountLinks: the held responses' account, linked through the
+// calls, stays in order and counted whichever call lets go first.
+func TestHeldAccountLinks(t *testing.T) {
+	d := New(func(*call.Record) {})
+	cls := make([]*grpcCall, 4)
+	for i := range cls {
+		cls[i] = &grpcCall{stream: uint32(2*i + 1)}
+		d.hold(cls[i], &call.Record{WireBytes: 10 * (i + 1)})
+	}
+	order := func() []uint32 {
+		var ids []uint32
+		for cl := d.held.first; cl != nil; cl = cl.heldNext {
+			ids = append(ids, cl.stream)
+		}
+		var back []uint32
+		for cl := d.held.last; cl != nil; cl = cl.heldPrev {
+			back = append([]uint32{cl.stream}, back...)
+		}
+		if !slices.Equal(ids, back) {
+			t.Fatalf("forward %v, backward %v", ids, back)
+		}
+		return ids
+	}
+	for _, step := range []struct {
+		let   int
+		want  []uint32
+		bytes int
+	}{
+		{2, []uint32{1, 3, 7}, 70},
+		{0, []uint32{3, 7}, 60},
+		{3, []uint32{3}, 20},
+		{1, nil, 0},
+	} {
+		if d.unhold(cls[step.let]) == nil {
+			t.Fatalf("call %d held nothing", step.let)
+		}
+		if got := order(); !slices.Equal(got, step.want) || d.held.n != len(step.want) || d.held.bytes != step.bytes {
+			t.Fatalf("after letting go of %d: %v (%d, %d bytes), want %v (%d bytes)", step.let, got, d.held.n, d.held.bytes, step.want, step.bytes)
+		}
+	}
+	if d.unhold(cls[1]) != nil {
+		t.Error("a call let go of twice")
 	}
 }

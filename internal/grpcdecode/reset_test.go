@@ -71,7 +71,7 @@ func (w *wire) headers(id uint32, end bool, kv ...string) {
 // orphan response of unknown method.
 func TestResetThenLateTrailers(t *testing.T) {
 	var recs []*call.Record
-	w := newWire(func(r *call.Record) { recs = append(recs, r) })
+	w := newWire(func(r *call.Record) { c := *r; recs = append(recs, &c) })
 	const read = "/containerd.services.content.v1.Content/Read"
 	w.send(0, func() {
 		w.buf.WriteString(http2.ClientPreface)

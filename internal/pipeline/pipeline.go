@@ -132,7 +132,7 @@ func (p *Pipeline) AddSink(s stream.Sink) { p.sinks = append(p.sinks, s) }
 
 // RecordSink takes the records the filters selected, the same the output
 // gets (also with --summary-only), after redaction: metrics, traces. It
-// must neither keep r nor change it.
+// must neither keep r (the decoders reuse it) nor change it.
 type RecordSink interface {
 	Record(r *call.Record)
 }

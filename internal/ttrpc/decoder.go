@@ -27,13 +27,17 @@ const (
 // Decoder is a stream.Sink that decodes ttrpc calls into Records.
 type Decoder struct {
 	emit func(*call.Record)
+	// line is the Record of every line: emit's Record is valid only
+	// during the call, and what is kept is copied (callfilter), so one
+	// serves them all.
+	line call.Record
 	// holding is the connections holding answers for requests not seen
 	// yet (early.go), for Tick.
 	holding map[*conn]struct{}
 }
 
 // NewDecoder returns a Decoder that passes each Record to emit. The Record
-// is not retained after emit returns.
+// is valid only until emit returns: emit must copy what it keeps.
 func NewDecoder(emit func(*call.Record)) *Decoder {
 	return &Decoder{emit: emit, holding: map[*conn]struct{}{}}
 }
@@ -527,7 +531,8 @@ func (s *conn) call(id uint32) *ttrpcCall {
 func (d *Decoder) record(s *conn, cl *ttrpcCall, end int, ev *capture.Event, typ call.Type) *call.Record {
 	sc := s.sc
 	peer := sc.Ends[stream.Peer(end)]
-	r := &call.Record{
+	r := &d.line
+	*r = call.Record{
 		Time:        ev.Time,
 		Protocol:    Protocol,
 		Conn:        sc.ID,

@@ -42,7 +42,7 @@ func TestReplayAnswersBeforeRequests(t *testing.T) {
 // earlyFeeder is a feeder whose decoder the test can Tick.
 func earlyFeeder() (*feeder, *Decoder, *[]*call.Record) {
 	recs := &[]*call.Record{}
-	d := NewDecoder(func(r *call.Record) { *recs = append(*recs, r) })
+	d := NewDecoder(func(r *call.Record) { c := *r; *recs = append(*recs, &c) })
 	return &feeder{asm: stream.New(d), now: time.Unix(1700000000, 0)}, d, recs
 }
 

@@ -112,7 +112,7 @@ func (f *feeder) send(end int, b []byte) {
 // the sockets' memory); the calls of the old one are dropped.
 func TestNewConnectionOnSameSockets(t *testing.T) {
 	var recs []*call.Record
-	f := newFeeder(func(r *call.Record) { recs = append(recs, r) })
+	f := newFeeder(func(r *call.Record) { c := *r; recs = append(recs, &c) })
 	state := requestPayload("containerd.task.v2.Task", "State", []byte{0x0a, 0x03, 'a', 'b', 'c'})
 	f.send(0, frameBytes(1, typeRequest, 0, state))
 	f.send(0, frameBytes(3, typeRequest, 0, state))
@@ -368,7 +368,7 @@ func TestParseEnvelopes(t *testing.T) {
 // does not, nor do calls of a connection merely forgotten (idle, exit).
 func TestConnectionClosedMidCall(t *testing.T) {
 	var recs []*call.Record
-	f := newFeeder(func(r *call.Record) { recs = append(recs, r) })
+	f := newFeeder(func(r *call.Record) { c := *r; recs = append(recs, &c) })
 	id := []byte{0x0a, 0x03, 'a', 'b', 'c'}
 	f.send(0, frameBytes(1, typeRequest, 0, requestPayload("containerd.task.v3.Task", "State", id)))
 	f.send(1, frameBytes(1, typeResponse, 0, nil))
@@ -386,7 +386,7 @@ func TestConnectionClosedMidCall(t *testing.T) {
 
 	// Forgotten without a close (idle expiry, the tracer's exit): no claim.
 	recs = nil
-	f = newFeeder(func(r *call.Record) { recs = append(recs, r) })
+	f = newFeeder(func(r *call.Record) { c := *r; recs = append(recs, &c) })
 	f.send(0, frameBytes(1, typeRequest, 0, requestPayload("containerd.task.v3.Task", "Wait", id)))
 	f.asm.Close()
 	if len(recs) != 1 {
