@@ -20,6 +20,8 @@ import (
 type Decoder struct {
 	emit func(*call.Record)
 	held held
+	// free is ended calls for reuse (newCall).
+	free []*grpcCall
 	// line is the Record of lines emitted at once (requests): emit's
 	// Record is valid only during the call, and what is kept is copied
 	// (callfilter), so one serves every such line: one allocation less
@@ -99,9 +101,6 @@ type grpcCall struct {
 
 	// reqEnded: the client ended its side (END_STREAM), for early.go.
 	reqEnded bool
-	// status is where the trailers' status is read into: the final
-	// line points to it (one allocation less per call).
-	status call.Status
 
 	// Inference (infer.go). methodSrc and statusSrc are the Record's
 	// sources; refs the request's entries of unknown content, pathEntry
@@ -250,7 +249,8 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 			// Request trailers (rare in gRPC): nothing to show.
 			return
 		}
-		cl = &grpcCall{stream: ev.Stream, start: ev.Cap.Time}
+		cl = d.newCall()
+		cl.stream, cl.start = ev.Stream, ev.Cap.Time
 		d.forget(s.calls.Put(ev.Stream, cl), evictedNote, false)
 		for _, f := range ev.Fields {
 			switch {
@@ -310,12 +310,12 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 				continue
 			}
 			if st == nil {
-				st = &cl.status
+				st = &call.Status{}
 			}
 			st.Code = codes.Code(n)
 		case "grpc-message":
 			if st == nil {
-				st = &cl.status
+				st = &call.Status{}
 			}
 			if f.ValueKnown {
 				st.Message = percentDecode(f.Value)
@@ -511,4 +511,32 @@ func (d *Decoder) finish(c *h2.Conn, s *connState, cl *grpcCall, ev *h2.Event, s
 		r.Latency = ev.Cap.Time.Sub(cl.start)
 	}
 	d.emit(r)
+	d.recycle(cl)
+}
+
+// maxFreeCalls bounds the ended calls kept for reuse: a connection's calls
+// in flight at once, kubelet's a handful.
+const maxFreeCalls = 64
+
+// newCall returns an empty call, one that ended if there is one: the
+// call's state (~700 bytes) allocated anew for every call was what paced
+// the collector most.
+func (d *Decoder) newCall() *grpcCall {
+	if n := len(d.free); n > 0 {
+		cl := d.free[n-1]
+		d.free = d.free[:n-1]
+		return cl
+	}
+	return new(grpcCall)
+}
+
+// recycle keeps cl, ended, for newCall. Nothing refers to it any more: it
+// left its connection's table, what it held was released and its last
+// line emitted, and no line points into a call (a line may be copied and
+// kept: the call filter's).
+func (d *Decoder) recycle(cl *grpcCall) {
+	if len(d.free) < maxFreeCalls {
+		*cl = grpcCall{}
+		d.free = append(d.free, cl)
+	}
 }

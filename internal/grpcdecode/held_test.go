@@ -3,6 +3,7 @@ package grpcdecode
 import (
 	"bytes"
 	"encoding/binary"
+	"reflect"
 	"slices"
 	"testing"
 
@@ -155,5 +156,23 @@ func TestHeldAccountLinks(t *testing.T) {
 	}
 	if d.unhold(cls[1]) != nil {
 		t.Error("a call let go of twice")
+	}
+}
+
+// TestRecycledCallStartsEmpty: an ended call's state is reused for a later
+// call only emptied, and only up to maxFreeCalls are kept.
+func TestRecycledCallStartsEmpty(t *testing.T) {
+	d := New(func(*call.Record) {})
+	for range maxFreeCalls + 10 {
+		cl := &grpcCall{stream: 9, method: "/x.Y/Z", reqEnded: true, lost: [2]bool{true, true}, refs: []int64{3}}
+		d.recycle(cl)
+	}
+	if len(d.free) != maxFreeCalls {
+		t.Fatalf("%d calls kept, want %d", len(d.free), maxFreeCalls)
+	}
+	for range maxFreeCalls + 1 {
+		if cl := d.newCall(); !reflect.DeepEqual(*cl, grpcCall{}) {
+			t.Fatalf("a reused call is not empty: %+v", *cl)
+		}
 	}
 }
