@@ -54,6 +54,9 @@ type Early[T any] struct {
 	bytes int
 	// ready: streams whose request was seen, for TakeReady.
 	ready []uint32
+	// delivering is set while Deliver hands frames on, so that the
+	// decoder does not hold them again.
+	delivering bool
 }
 
 type earlyItem[T any] struct {
@@ -151,6 +154,23 @@ func (e *Early[T]) take(match func(*earlyItem[T]) bool) []T {
 	}
 	e.ready = slices.DeleteFunc(e.ready, func(id uint32) bool { return !e.Holds(id) })
 	return out
+}
+
+// Delivering reports whether Deliver is handing frames on: a frame
+// handled now is one taken, not one to hold.
+func (e *Early[T]) Delivering() bool { return e.delivering }
+
+// Deliver hands each of vs (taken with a Take method) to handle, in
+// order, as if it came now.
+func (e *Early[T]) Deliver(vs []T, handle func(*T)) {
+	if len(vs) == 0 {
+		return
+	}
+	e.delivering = true
+	defer func() { e.delivering = false }()
+	for i := range vs {
+		handle(&vs[i])
+	}
 }
 
 // EarlyBytes is what all connections hold for requests not seen yet.

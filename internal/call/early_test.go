@@ -82,3 +82,19 @@ func TestEarlyBounds(t *testing.T) {
 		t.Fatalf("EarlyBytes = %d with nothing held", EarlyBytes())
 	}
 }
+
+// TestEarlyDeliver: Deliver hands frames on in order, Delivering while it
+// does (what is handled then must not be held again), and not after.
+func TestEarlyDeliver(t *testing.T) {
+	var e Early[int]
+	var got []int
+	e.Deliver([]int{4, 5, 6}, func(v *int) {
+		if !e.Delivering() {
+			t.Errorf("not Delivering while handing %d on", *v)
+		}
+		got = append(got, *v)
+	})
+	if !slices.Equal(got, []int{4, 5, 6}) || e.Delivering() {
+		t.Fatalf("delivered %v, Delivering after: %v; want [4 5 6], false", got, e.Delivering())
+	}
+}

@@ -52,12 +52,11 @@ type connState struct {
 	// maxReq is the newest stream the client opened (0: none seen since
 	// the capture or the connection started); early holds the server's
 	// events on streams whose request may still be on its way
-	// (early.go), and delivering is set while they are handed on, so
-	// that they are not held again.
+	// (early.go), and readyChunk is the client's write whose decoding
+	// made some of them ready: they go once the next write's events come.
 	maxReq     uint32
 	early      call.Early[earlyEvent]
 	readyChunk chunk
-	delivering bool
 }
 
 const maxReset = 64

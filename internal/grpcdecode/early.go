@@ -97,7 +97,7 @@ func (s *connState) awaited(id uint32) bool {
 // holdEarly holds a server's event when its stream's request may still
 // come, and reports whether it did.
 func (d *Decoder) holdEarly(c *h2.Conn, s *connState, ev *h2.Event) bool {
-	if s.delivering || ev.Cap == nil || !s.awaited(ev.Stream) {
+	if s.early.Delivering() || ev.Cap == nil || !s.awaited(ev.Stream) {
 		return false
 	}
 	e := earlyEvent{ev: *ev, cap: *ev.Cap}
@@ -118,19 +118,16 @@ func (d *Decoder) holdEarly(c *h2.Conn, s *connState, ev *h2.Event) bool {
 // deliverEarly hands on events taken from s.early, in order, as if they
 // came now.
 func (d *Decoder) deliverEarly(c *h2.Conn, s *connState, evs []earlyEvent) {
+	if len(evs) == 0 {
+		return // nothing taken: nothing changed
+	}
 	if s.early.Len() == 0 {
 		delete(d.holding, c)
 	}
-	if len(evs) == 0 {
-		return
-	}
-	s.delivering = true
-	defer func() { s.delivering = false }()
-	for i := range evs {
-		e := &evs[i]
+	s.early.Deliver(evs, func(e *earlyEvent) {
 		e.ev.Cap = &e.cap
 		d.Event(c, &e.ev)
-	}
+	})
 }
 
 // Tick delivers the events whose requests were seen, and those held past

@@ -52,10 +52,8 @@ type conn struct {
 	// the same sockets looks like; its stream ids start again at 1.
 	restarted bool
 	// early holds the server's frames on streams whose request may still
-	// be on its way (early.go); delivering is set while they are handed
-	// on, so that they are not held again.
-	early      call.Early[earlyFrame]
-	delivering bool
+	// be on its way (early.go).
+	early call.Early[earlyFrame]
 }
 
 type direction struct {

@@ -33,7 +33,7 @@ func (s *conn) awaited(id uint32) bool {
 // holdEarly holds a server's frame on stream h.stream when its request
 // may still come, and reports whether it did.
 func (d *Decoder) holdEarly(s *conn, h header, payload []byte, ev *capture.Event) bool {
-	if s.delivering || !s.awaited(h.stream) {
+	if s.early.Delivering() || !s.awaited(h.stream) {
 		return false
 	}
 	f := earlyFrame{h: h, payload: append([]byte(nil), payload...), ev: *ev}
@@ -50,18 +50,15 @@ func (d *Decoder) holdEarly(s *conn, h header, payload []byte, ev *capture.Event
 // deliverEarly hands on frames taken from s.early, in order, as if they
 // came now.
 func (d *Decoder) deliverEarly(s *conn, frames []earlyFrame) {
+	if len(frames) == 0 {
+		return // nothing taken (every chunk asks): nothing changed
+	}
 	if s.early.Len() == 0 {
 		delete(d.holding, s)
 	}
-	if len(frames) == 0 {
-		return
-	}
-	s.delivering = true
-	defer func() { s.delivering = false }()
-	for i := range frames {
-		f := &frames[i]
+	s.early.Deliver(frames, func(f *earlyFrame) {
 		d.frame(s, f.end, f.h, f.payload, &f.ev, f.ev.Time)
-	}
+	})
 }
 
 // Tick delivers the frames held past call.EarlyWait before now (capture
