@@ -19,7 +19,8 @@ import (
 // end.
 type Decoder struct {
 	emit func(*call.Record)
-	held held
+	// held counts the held responses, oldest first (held.go).
+	held *budget.Pool
 	// free is ended calls for reuse (newCall).
 	free []*grpcCall
 	// line is the Record of lines emitted at once (requests): emit's
@@ -35,7 +36,7 @@ type Decoder struct {
 // New returns a Decoder that passes each Record to emit. The Record is
 // valid only until emit returns: emit must copy what it keeps.
 func New(emit func(*call.Record)) *Decoder {
-	return &Decoder{emit: emit, holding: map[*h2.Conn]struct{}{}}
+	return &Decoder{emit: emit, held: newHeldAccount(), holding: map[*h2.Conn]struct{}{}}
 }
 
 type connState struct {
@@ -82,11 +83,9 @@ type grpcCall struct {
 	lost      [2]bool
 	// held is a response message kept until the trailers, so a unary call
 	// prints one response line carrying both message and status (held.go:
-	// heldPrev, heldNext and heldCost are its place and size in the
-	// decoder's account).
-	held               *call.Record
-	heldPrev, heldNext *grpcCall
-	heldCost           int
+	// heldShare is its place and size in the decoder's account).
+	held      *call.Record
+	heldShare budget.Share
 	// note explains an unprovable status on the final line.
 	note string
 	// guess is a method the request payload uniquely fits, when the real

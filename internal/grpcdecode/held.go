@@ -1,6 +1,9 @@
 package grpcdecode
 
 import (
+	"math"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/budget"
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
 )
 
@@ -20,31 +23,23 @@ const maxHeldResponses = 4 << 20
 // heldEarlyNote marks a response shown before its trailers came.
 const heldEarlyNote = "shown before its status: too many responses were awaiting their trailers"
 
-// held is the decoder's account of the held responses: the calls holding
-// one, oldest first, linked through the calls themselves (heldPrev,
-// heldNext) rather than a container/list, whose element was one more
-// allocation per unary call.
-type held struct {
-	first, last *grpcCall
-	n, bytes    int
-}
+// newHeldAccount returns the decoder's account of the held responses: a
+// budget.Pool of its own, whose holders are never refused (a response is
+// always held) and which names the oldest when the bound is passed.
+func newHeldAccount() *budget.Pool { return budget.NewPool(maxHeldResponses, math.MaxInt64) }
 
 // hold keeps r, cl's response message, until cl's trailers, and shows the
 // oldest held responses if that takes the total past the bound.
 func (d *Decoder) hold(cl *grpcCall, r *call.Record) {
-	cl.held, cl.heldCost = r, max(r.WireBytes, 1)
-	h := &d.held
-	cl.heldPrev, cl.heldNext = h.last, nil
-	if h.last != nil {
-		h.last.heldNext = cl
-	} else {
-		h.first = cl
-	}
-	h.last = cl
-	h.n++
-	h.bytes += cl.heldCost
-	for h.bytes > maxHeldResponses && h.n > 1 {
-		d.showHeld(d.unhold(h.first), heldEarlyNote, false)
+	cl.held = r
+	cl.heldShare.Owner = cl
+	d.held.Reserve(&cl.heldShare, max(r.WireBytes, 1))
+	for d.held.Over() > 0 {
+		oldest := d.held.Oldest().(*grpcCall)
+		if oldest == cl {
+			break // the only one held: it stays
+		}
+		d.showHeld(d.unhold(oldest), heldEarlyNote, false)
 	}
 }
 
@@ -64,24 +59,11 @@ func (d *Decoder) showHeld(r *call.Record, note string, final bool) {
 
 // unhold returns cl's held response, nil if none, and stops counting it.
 func (d *Decoder) unhold(cl *grpcCall) *call.Record {
+	// Released whatever cl.held says, so that hold's loop always moves
+	// on (an empty share returns before the pool's lock).
+	d.held.Release(&cl.heldShare)
 	r := cl.held
-	if r == nil {
-		return nil
-	}
-	h := &d.held
-	if cl.heldPrev != nil {
-		cl.heldPrev.heldNext = cl.heldNext
-	} else {
-		h.first = cl.heldNext
-	}
-	if cl.heldNext != nil {
-		cl.heldNext.heldPrev = cl.heldPrev
-	} else {
-		h.last = cl.heldPrev
-	}
-	h.n--
-	h.bytes -= cl.heldCost
-	cl.held, cl.heldPrev, cl.heldNext, cl.heldCost = nil, nil, nil, 0
+	cl.held = nil
 	return r
 }
 

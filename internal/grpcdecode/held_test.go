@@ -114,33 +114,32 @@ func TestHeldResponseShownWhenDropped(t *testing.T) {
 	}
 }
 
-// TestHeldAccountLinks: the held responses' account, linked through the
-// calls, stays in order and counted whichever call lets go first.
-func TestHeldAccountLinks(t *testing.T) {
+// TestHeldAccount: the held responses' account stays in order and counted
+// whichever call lets go first.
+func TestHeldAccount(t *testing.T) {
 	d := New(func(*call.Record) {})
 	cls := make([]*grpcCall, 4)
 	for i := range cls {
 		cls[i] = &grpcCall{stream: uint32(2*i + 1)}
 		d.hold(cls[i], &call.Record{WireBytes: 10 * (i + 1)})
 	}
-	order := func() []uint32 {
-		var ids []uint32
-		for cl := d.held.first; cl != nil; cl = cl.heldNext {
-			ids = append(ids, cl.stream)
+	// held: the calls that hold a response and count in the account, in
+	// stream order (their holding order), and the oldest by the account.
+	held := func() (ids []uint32, oldest uint32) {
+		for _, cl := range cls {
+			if cl.held != nil && cl.heldShare.Size() > 0 {
+				ids = append(ids, cl.stream)
+			}
 		}
-		var back []uint32
-		for cl := d.held.last; cl != nil; cl = cl.heldPrev {
-			back = append([]uint32{cl.stream}, back...)
+		if o, _ := d.held.Oldest().(*grpcCall); o != nil {
+			oldest = o.stream
 		}
-		if !slices.Equal(ids, back) {
-			t.Fatalf("forward %v, backward %v", ids, back)
-		}
-		return ids
+		return ids, oldest
 	}
 	for _, step := range []struct {
 		let   int
 		want  []uint32
-		bytes int
+		bytes int64
 	}{
 		{2, []uint32{1, 3, 7}, 70},
 		{0, []uint32{3, 7}, 60},
@@ -150,8 +149,13 @@ func TestHeldAccountLinks(t *testing.T) {
 		if d.unhold(cls[step.let]) == nil {
 			t.Fatalf("call %d held nothing", step.let)
 		}
-		if got := order(); !slices.Equal(got, step.want) || d.held.n != len(step.want) || d.held.bytes != step.bytes {
-			t.Fatalf("after letting go of %d: %v (%d, %d bytes), want %v (%d bytes)", step.let, got, d.held.n, d.held.bytes, step.want, step.bytes)
+		got, oldest := held()
+		var wantOldest uint32
+		if len(step.want) > 0 {
+			wantOldest = step.want[0]
+		}
+		if !slices.Equal(got, step.want) || oldest != wantOldest || d.held.Used() != step.bytes {
+			t.Fatalf("after letting go of %d: %v, oldest %d, %d bytes; want %v, oldest %d, %d bytes", step.let, got, oldest, d.held.Used(), step.want, wantOldest, step.bytes)
 		}
 	}
 	if d.unhold(cls[1]) != nil {
