@@ -20,6 +20,7 @@
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 #define AF_UNIX 1
+#define EAGAIN 11
 #define SOCK_STREAM 1
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
@@ -195,14 +196,24 @@ __u32 reader_parked SEC(".bss");
 
 /* Waking the reader for every record costs a context switch per send on a
  * busy node; userspace polls on a short timer instead, and is woken early
- * only when unread data passes cfg.wakeup_bytes, or when it is parked. */
-static __always_inline __u64 wakeup_flag(void)
+ * only when it is parked, or when a record of size bytes takes the unread
+ * data past a multiple of cfg.wakeup_bytes. Only past one: a wakeup is an
+ * interrupt raised on this CPU (in a VM, an exit to the hypervisor), and
+ * waking at every record past the threshold raised ~4,900 a second at
+ * full speed where the crossings are ~400 (docs/performance.md). None is
+ * lost by it: the reader waits edge-triggered in the netpoller, which
+ * keeps a wakeup that comes while it is busy; a crossing two CPUs race
+ * past unseen is caught at the next multiple, or by the reader's timer. */
+static __always_inline __u64 wakeup_flag(__u64 size)
 {
+	__u64 avail;
+
 	if (!cfg.wakeup_bytes)
 		return 0;
 	if (*(volatile __u32 *)&reader_parked)
 		return BPF_RB_FORCE_WAKEUP;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > cfg.wakeup_bytes)
+	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	if (avail / cfg.wakeup_bytes != (avail + size) / cfg.wakeup_bytes)
 		return BPF_RB_FORCE_WAKEUP;
 	return BPF_RB_NO_WAKEUP;
 }
@@ -211,16 +222,6 @@ static __always_inline struct stats *stats(void)
 {
 	__u32 zero = 0;
 	return bpf_map_lookup_elem(&stats_map, &zero);
-}
-
-static __always_inline __u64 socket_ino(struct socket *sock)
-{
-	if (!sock)
-		return 0;
-	/* The socket and its inode are allocated together (struct socket_alloc);
-	 * socket is its first member. */
-	struct socket_alloc *sa = (struct socket_alloc *)sock;
-	return BPF_CORE_READ(sa, vfs_inode.i_ino);
 }
 
 /* ---- finding the socket behind a file descriptor ------------------------
@@ -252,6 +253,41 @@ static __always_inline bool have_typed_walk(void)
 	       bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf);
 }
 
+/* ptr->field of a kernel struct of the given type: a plain load where the
+ * program may cast to kernel types (have_typed_walk), a CO-RE probe read
+ * elsewhere. The socket programs run on every socket send and receive, and
+ * a send's header takes a dozen such fields: as probe reads they were a
+ * fifth of the send program's time (docs/performance.md). A bad address
+ * reads as 0 either way. */
+#define KREAD(type, ptr, field)                                                  \
+	(have_typed_walk()                                                       \
+		 ? ((type *)bpf_rdonly_cast((void *)(ptr), bpf_core_type_id_kernel(type)))->field \
+		 : BPF_CORE_READ((type *)(ptr), field))
+
+static __always_inline __u64 socket_ino(struct socket *sock)
+{
+	if (!sock)
+		return 0;
+	/* The socket and its inode are allocated together (struct socket_alloc);
+	 * socket is its first member. */
+	return KREAD(struct socket_alloc, sock, vfs_inode.i_ino);
+}
+
+/* The current task's file behind fd, or NULL. Only where have_typed_walk(). */
+static __always_inline struct file *fd_file_typed(__u64 fd)
+{
+	struct fdtable *fdt = bpf_get_current_task_btf()->files->fdt;
+
+	if (!fdt || fd >= fdt->max_fds)
+		return NULL;
+	/* The slot is read as the first word of a struct the verifier
+	 * knows (any will do: the word is cast again right after), so
+	 * that it is a plain load too; a bad address reads as 0. */
+	struct list_head *slot = bpf_rdonly_cast(&fdt->fd[fd], bpf_core_type_id_kernel(struct list_head));
+
+	return bpf_rdonly_cast(slot->next, bpf_core_type_id_kernel(struct file));
+}
+
 /* The AF_UNIX stream socket behind fd, or NULL; *sockp gets its struct socket. */
 static __always_inline struct sock *fd_unix_stream(__u64 fd, struct socket **sockp)
 {
@@ -260,16 +296,7 @@ static __always_inline struct sock *fd_unix_stream(__u64 fd, struct socket **soc
 	struct sock *sk;
 
 	if (have_typed_walk()) {
-		struct fdtable *fdt = bpf_get_current_task_btf()->files->fdt;
-
-		if (!fdt || fd >= fdt->max_fds)
-			return NULL;
-		/* The slot is read as the first word of a struct the verifier
-		 * knows (any will do: the word is cast again right after), so
-		 * that it is a plain load too; a bad address reads as 0. */
-		struct list_head *slot = bpf_rdonly_cast(&fdt->fd[fd], bpf_core_type_id_kernel(struct list_head));
-
-		file = bpf_rdonly_cast(slot->next, bpf_core_type_id_kernel(struct file));
+		file = fd_file_typed(fd);
 		if (!file)
 			return NULL;
 		if ((file->f_inode->i_mode & S_IFMT) != S_IFSOCK)
@@ -350,14 +377,17 @@ static __always_inline bool owner_stale(const struct owner *o)
 	return gone && *gone >= o->ts;
 }
 
-static __always_inline void note_owner(struct socket *sock, struct sock *sk, __u32 tgid)
+/* recheck: also renew an entry that names tgid already but has gone
+ * stale (tgid exec'd since it was noted); without it, such an entry
+ * waits for tgid's next note with recheck, which saves a lookup. */
+static __always_inline void note_owner_as(struct socket *sock, struct sock *sk, __u32 tgid, bool recheck)
 {
 	__u64 key = (__u64)sk;
 	__u64 ino = socket_ino(sock);
 	struct owner *cur = bpf_map_lookup_elem(&sk_owner, &key);
 	struct owner o = {};
 
-	if (cur && cur->tgid == tgid && cur->ino == ino && !owner_stale(cur))
+	if (cur && cur->tgid == tgid && cur->ino == ino && (!recheck || !owner_stale(cur)))
 		return;
 	o.ino = ino;
 	o.ts = bpf_ktime_get_ns();
@@ -365,10 +395,15 @@ static __always_inline void note_owner(struct socket *sock, struct sock *sk, __u
 	bpf_map_update_elem(&sk_owner, &key, &o, BPF_ANY);
 }
 
+static __always_inline void note_owner(struct socket *sock, struct sock *sk, __u32 tgid)
+{
+	note_owner_as(sock, sk, tgid, true);
+}
+
 /* The process known to hold sk now, or 0. */
 static __always_inline __u32 owner_of(struct sock *sk)
 {
-	struct socket *sock = BPF_CORE_READ(sk, sk_socket);
+	struct socket *sock = KREAD(struct sock, sk, sk_socket);
 	__u64 key = (__u64)sk;
 	struct owner *o;
 
@@ -384,7 +419,7 @@ static __always_inline __u32 owner_of(struct sock *sk)
  * connection, or 0. */
 static __always_inline __u32 peer_owner(struct sock *sk)
 {
-	struct sock *peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
+	struct sock *peer = KREAD(struct unix_sock, sk, peer);
 	__u32 owner;
 
 	if (!peer)
@@ -395,7 +430,7 @@ static __always_inline __u32 peer_owner(struct sock *sk)
 	 * the process accepting on its listener will hold it. Kernels before
 	 * 6.10 do not link an embryo to its listener. */
 	if (bpf_core_field_exists(((struct unix_sock *)peer)->listener)) {
-		struct sock *l = BPF_CORE_READ((struct unix_sock *)peer, listener);
+		struct sock *l = KREAD(struct unix_sock, peer, listener);
 		if (l && (owner = owner_of(l)))
 			return owner;
 	}
@@ -408,16 +443,16 @@ static __always_inline __u32 peer_owner(struct sock *sk)
  * activation). */
 static __always_inline __u32 peer_creds(struct sock *sk)
 {
-	struct pid *pid = BPF_CORE_READ(sk, sk_peer_pid);
+	struct pid *pid = KREAD(struct sock, sk, sk_peer_pid);
 
 	if (!pid)
 		return 0;
 	/* If it has exited since, no process is its thread-group leader any
 	 * more: say unknown rather than name it. */
-	if (!BPF_CORE_READ(pid, tasks[bpf_core_enum_value(enum pid_type, PIDTYPE_TGID)].first))
+	if (!KREAD(struct pid, pid, tasks[bpf_core_enum_value(enum pid_type, PIDTYPE_TGID)].first))
 		return 0;
 	/* numbers[0] is the pid in the initial namespace, like bpf_get_current_pid_tgid. */
-	return BPF_CORE_READ(pid, numbers[0].nr);
+	return KREAD(struct pid, pid, numbers[0].nr);
 }
 
 /* ---- --socket: only connections on one socket file ----------------------
@@ -440,26 +475,28 @@ struct {
 
 static __always_inline bool bound_in_filter(struct sock *sk)
 {
-	struct dentry *d = BPF_CORE_READ((struct unix_sock *)sk, path.dentry);
+	struct dentry *d = KREAD(struct unix_sock, sk, path.dentry);
 	struct sock_path_key key = {};
 	struct dentry *dir;
 	struct inode *di;
+	struct super_block *sb;
 	const unsigned char *name;
 	__u32 len;
 
 	if (!d)
 		return false;
-	len = BPF_CORE_READ(d, d_name.len);
+	len = KREAD(struct dentry, d, d_name.len);
 	if (len == 0 || len > SNOOP_NAME_MAX)
 		return false;
-	dir = BPF_CORE_READ(d, d_parent);
-	di = BPF_CORE_READ(dir, d_inode);
+	dir = KREAD(struct dentry, d, d_parent);
+	di = KREAD(struct dentry, dir, d_inode);
 	if (!di)
 		return false;
-	key.dir_ino = BPF_CORE_READ(di, i_ino);
-	key.dev = BPF_CORE_READ(di, i_sb, s_dev);
+	key.dir_ino = KREAD(struct inode, di, i_ino);
+	sb = KREAD(struct inode, di, i_sb);
+	key.dev = KREAD(struct super_block, sb, s_dev);
 	key.name_len = len;
-	name = BPF_CORE_READ(d, d_name.name);
+	name = KREAD(struct dentry, d, d_name.name);
 	barrier_var(len);
 	len &= SNOOP_NAME_MAX * 2 - 1;
 	if (len > SNOOP_NAME_MAX)
@@ -476,7 +513,7 @@ static __always_inline bool on_selected_socket_now(struct sock *sk)
 
 	if (bound_in_filter(sk))
 		return true;
-	peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
+	peer = KREAD(struct unix_sock, sk, peer);
 	return peer && bound_in_filter(peer);
 }
 
@@ -512,7 +549,7 @@ struct {
 
 static __always_inline bool on_selected_socket(struct sock *sk)
 {
-	struct socket *sock = BPF_CORE_READ(sk, sk_socket);
+	struct socket *sock = KREAD(struct sock, sk, sk_socket);
 	struct filter_answer *v, fresh = {};
 	__u32 zero = 0, *gen;
 	__u64 key = (__u64)sk;
@@ -571,8 +608,8 @@ static __always_inline enum verdict wanted(__u32 tgid, struct sock *sk)
 	 * they name the process itself. */
 	if (!peer)
 		return UNDECIDED;
-	other = BPF_CORE_READ((struct unix_sock *)sk, peer);
-	if (other && BPF_CORE_READ((struct unix_sock *)other, addr))
+	other = KREAD(struct unix_sock, sk, peer);
+	if (other && KREAD(struct unix_sock, other, addr))
 		return UNDECIDED;
 	return SKIP;
 }
@@ -585,7 +622,7 @@ static __always_inline void fill_path(struct event *ev, struct unix_address *add
 	ev->path_len = 0;
 	if (!addr)
 		return;
-	len = BPF_CORE_READ(addr, len);
+	len = KREAD(struct unix_address, addr, len);
 	if (len <= sizeof(__u16))
 		return;
 	len -= sizeof(__u16);
@@ -604,8 +641,8 @@ static __always_inline void fill_header(struct event *ev, struct socket *sock,
 					struct sock *sk, __u64 send_len)
 {
 	struct unix_sock *u = (struct unix_sock *)sk;
-	struct sock *peer = BPF_CORE_READ(u, peer);
-	struct unix_address *addr = BPF_CORE_READ(u, addr);
+	struct sock *peer = KREAD(struct unix_sock, u, peer);
+	struct unix_address *addr = KREAD(struct unix_sock, u, addr);
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 
 	ev->ts_ns = bpf_ktime_get_ns();
@@ -614,7 +651,7 @@ static __always_inline void fill_header(struct event *ev, struct socket *sock,
 	ev->sock_ino = socket_ino(sock);
 	ev->peer_ino = 0;
 	if (peer) {
-		struct socket *psock = BPF_CORE_READ(peer, sk_socket);
+		struct socket *psock = KREAD(struct sock, peer, sk_socket);
 		if (psock)
 			ev->peer_ino = socket_ino(psock);
 	}
@@ -632,7 +669,7 @@ static __always_inline void fill_header(struct event *ev, struct socket *sock,
 	if (addr)
 		ev->flags |= EVENT_F_BOUND;
 	else if (peer)
-		addr = BPF_CORE_READ((struct unix_sock *)peer, addr);
+		addr = KREAD(struct unix_sock, peer, addr);
 	fill_path(ev, addr);
 }
 
@@ -693,7 +730,7 @@ static long emit_step(__u64 index, void *ctx)
 		if (s)
 			s->faults++;
 	}
-	if (bpf_ringbuf_output(&events, &sc->ev, size, wakeup_flag())) {
+	if (bpf_ringbuf_output(&events, &sc->ev, size, wakeup_flag(size))) {
 		if (s) {
 			s->lost_events++;
 			s->lost_bytes += n;
@@ -846,7 +883,7 @@ static __always_inline void send_missed(struct send_src *old)
  * and they count as lost. */
 static __always_inline void send_unseen(struct socket *sock, __u64 sent)
 {
-	struct sock *sk = BPF_CORE_READ(sock, sk);
+	struct sock *sk = KREAD(struct socket, sock, sk);
 	struct stats *s;
 	struct pos *pos;
 	__u64 key = (__u64)sk;
@@ -1037,7 +1074,7 @@ enum { NR_WRITE = 64, NR_WRITEV = 66, NR_SENDTO = 206, NR_SENDMSG = 211 };
 
 /* Where the bytes of the send that just returned on sk were, from the
  * current syscall's arguments, or src->kind 0 when that cannot be proved. */
-static __always_inline void send_src_from_syscall(struct sock *sk, struct send_src *src)
+static __always_inline void send_src_from_syscall(struct sock *sk, struct socket *sock, struct send_src *src)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct socket *fdsock = NULL;
@@ -1055,9 +1092,15 @@ static __always_inline void send_src_from_syscall(struct sock *sk, struct send_s
 	if (nr != NR_WRITE && nr != NR_SENDTO && nr != NR_WRITEV && nr != NR_SENDMSG)
 		return;
 	/* Another thread may have closed the fd and reused it since: the
-	 * arguments describe this send only while the fd is this socket. */
-	if (fd_unix_stream(SYSCALL_ARG0(regs), &fdsock) != sk)
+	 * arguments describe this send only while the fd is this socket,
+	 * i.e. names the socket's one file (fewer loads than checking the
+	 * fd's socket type and family on the way, as fd_unix_stream does). */
+	if (have_typed_walk()) {
+		if (!sock || fd_file_typed(SYSCALL_ARG0(regs)) != sock->file)
+			return;
+	} else if (fd_unix_stream(SYSCALL_ARG0(regs), &fdsock) != sk) {
 		return;
+	}
 	switch (nr) {
 	case NR_WRITE:
 	case NR_SENDTO:
@@ -1101,7 +1144,7 @@ static __always_inline void sock_send(struct sock *sk, struct socket *sock, int 
 		return;
 	src.sock = (__u64)sock;
 	src.sk = (__u64)sk;
-	send_src_from_syscall(sk, &src);
+	send_src_from_syscall(sk, sock, &src);
 	emit_send(&src, ret, BACKEND_SOCKTP, true, slot);
 }
 
@@ -1162,7 +1205,7 @@ static __always_inline void submit_close(struct event *ev)
 {
 	struct stats *s = stats();
 
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), wakeup_flag())) {
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), wakeup_flag(sizeof(*ev)))) {
 		if (s)
 			s->lost_events++;
 	} else if (s) {
@@ -1183,7 +1226,7 @@ static __always_inline void submit_close(struct event *ev)
  * connection when it idles out, or when a new socket takes its address. */
 static __always_inline void peer_released(struct sock *sk, struct socket *sock, __u32 tgid)
 {
-	struct sock *peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
+	struct sock *peer = KREAD(struct unix_sock, sk, peer);
 	__u32 slot = CLOSE_SLOT_EOF;
 	struct unix_address *addr;
 	struct close_record *cr;
@@ -1194,7 +1237,7 @@ static __always_inline void peer_released(struct sock *sk, struct socket *sock, 
 	/* Released: orphaned (SOCK_DEAD), which only the release does. The
 	 * reader's reference keeps it allocated, so its address is not
 	 * reused while this runs. */
-	if (!peer || !(BPF_CORE_READ(peer, __sk_common.skc_flags) & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DEAD))))
+	if (!peer || !(KREAD(struct sock, peer, __sk_common.skc_flags) & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DEAD))))
 		return;
 	key = (__u64)peer;
 	pos = bpf_map_lookup_elem(&send_pos, &key);
@@ -1224,11 +1267,11 @@ static __always_inline void peer_released(struct sock *sk, struct socket *sock, 
 	ev->flags = EVENT_F_CLOSE;
 	ev->backend = BACKEND_SOCKTP;
 	__builtin_memset(ev->comm, 0, sizeof(ev->comm));
-	addr = BPF_CORE_READ((struct unix_sock *)peer, addr);
+	addr = KREAD(struct unix_sock, peer, addr);
 	if (addr)
 		ev->flags |= EVENT_F_BOUND;
 	else
-		addr = BPF_CORE_READ((struct unix_sock *)sk, addr);
+		addr = KREAD(struct unix_sock, sk, addr);
 	fill_path(ev, addr);
 	submit_close(ev);
 }
@@ -1244,6 +1287,16 @@ int BPF_PROG(socktp_recv_length, struct sock *sk, int ret, int flags)
 	tgid = bpf_get_current_pid_tgid() >> 32;
 	if (tgid == cfg.self_pid)
 		return 0;
+	/* Nothing to read on a non-blocking socket (half of an event loop's
+	 * reads). It names the holder all the same (a Go server's first
+	 * read, the moment it accepts, finds nothing), but it cannot end the
+	 * connection (the peer's release makes reads return 0), and an
+	 * entry naming the reader already is left as it is: the stale
+	 * check is the reads with data's and the sends'. */
+	if (ret == -EAGAIN) {
+		note_owner_as(sock, sk, tgid, false);
+		return 0;
+	}
 	note_owner(sock, sk, tgid);
 	/* End-of-file, or ECONNRESET when the other end left data unread. */
 	if (ret <= 0)
@@ -1801,7 +1854,7 @@ static __always_inline int hpack_write_field(struct pt_regs *ctx, bool fetch)
 	off &= 0xfff;
 	sc->ev.len = sizeof(sc->hf) + off;
 	s = stats();
-	if (bpf_ringbuf_output(&events, sc, sizeof(sc->ev) + sizeof(sc->hf) + off, wakeup_flag())) {
+	if (bpf_ringbuf_output(&events, sc, sizeof(sc->ev) + sizeof(sc->hf) + off, wakeup_flag(sizeof(sc->ev) + sizeof(sc->hf) + off))) {
 		if (s)
 			s->hpack_lost++;
 	} else if (s) {

@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"fmt"
+	"io"
 	"path/filepath"
 	"testing"
 	"time"
@@ -60,4 +61,37 @@ func waitParked(t *testing.T, tr *Tracer) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// TestUnparkedSpoolWokenAtThreshold: a spool that is not parked waits on
+// its timer (PollInterval, here an hour) and is woken early only when a
+// record takes the unread data past a multiple of the wakeup threshold
+// (a 32nd of the ring). It then reads everything there is, so at most a
+// threshold's worth written after that wakeup waits for the timer. Each
+// round writes two thresholds' worth: were a crossing not seen (or only
+// the first), the round's bytes would wait for the hour.
+func TestUnparkedSpoolWokenAtThreshold(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		dir := tempDir(t)
+		path := filepath.Join(dir, "threshold.sock")
+		const ring = 1 << 20
+		threshold := ring / 32
+		_, c := startCapture(t, Options{Attach: backend, IncludeSelf: true, Socket: path, RingBufSize: ring, PollInterval: time.Hour})
+		client, server, _ := listenAt(t, path)
+		go io.Copy(io.Discard, server) // the sender must not block on a full socket
+		ino := connIno(t, client)
+		chunk := make([]byte, 4096)
+		sent := 0
+		for round := range 3 {
+			for n := 0; n < 2*threshold; n += len(chunk) {
+				if _, err := client.Write(chunk); err != nil {
+					t.Fatal(err)
+				}
+				sent += len(chunk)
+			}
+			if got := c.waitFor(t, ino, sent-threshold); len(got) < sent-threshold {
+				t.Fatalf("round %d: captured %d of %d bytes: the crossing of the wakeup threshold did not wake the spool", round, len(got), sent)
+			}
+		}
+	})
 }
