@@ -1096,7 +1096,9 @@ static __always_inline void send_src_from_syscall(struct sock *sk, struct socket
 	 * i.e. names the socket's one file (fewer loads than checking the
 	 * fd's socket type and family on the way, as fd_unix_stream does). */
 	if (have_typed_walk()) {
-		if (!sock || fd_file_typed(SYSCALL_ARG0(regs)) != sock->file)
+		struct file *file = sock ? sock->file : NULL;
+
+		if (!file || fd_file_typed(SYSCALL_ARG0(regs)) != file)
 			return;
 	} else if (fd_unix_stream(SYSCALL_ARG0(regs), &fdsock) != sk) {
 		return;
