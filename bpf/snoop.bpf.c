@@ -199,8 +199,8 @@ __u32 reader_parked SEC(".bss");
  * only when it is parked, or when a record of size bytes takes the unread
  * data past a multiple of cfg.wakeup_bytes. Only past one: a wakeup is an
  * interrupt raised on this CPU (in a VM, an exit to the hypervisor), and
- * waking at every record past the threshold raised ~4,900 a second at
- * full speed where the crossings are ~400 (docs/performance.md). None is
+ * waking at every record past the threshold raised ~4,600 a second at
+ * full speed where the crossings are ~250 (docs/performance.md). None is
  * lost by it: the reader waits edge-triggered in the netpoller, which
  * keeps a wakeup that comes while it is busy; a crossing two CPUs race
  * past unseen is caught at the next multiple, or by the reader's timer. */
