@@ -377,6 +377,34 @@ static __always_inline bool owner_stale(const struct owner *o)
 	return gone && *gone >= o->ts;
 }
 
+/* Bumped by every change to the owners' bookkeeping: an entry of sk_owner
+ * written, an exit or exec recorded in owner_gone. */
+__u64 owner_gen SEC(".bss");
+
+/* The last owner each CPU found noted and fresh, under owner_gen: the
+ * same process sending or reading the same socket again, the usual case,
+ * then costs an array lookup instead of two hash lookups. While owner_gen
+ * has not moved, no owner entry was written and no process exited or
+ * exec'd, so the entry found then is still there and still fresh: the
+ * lookups would return early, as this does. (An entry the LRU evicts is
+ * not noted again until owner_gen moves: the peer is then unknown, never
+ * wrong.) A torn cache entry (a run preempted while writing it) can only
+ * match a socket some process was noting as its own. */
+struct owner_noted {
+	__u64 sk;
+	__u64 ino;
+	__u64 gen;
+	__u32 tgid;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct owner_noted);
+} owner_noted_map SEC(".maps");
+
 /* recheck: also renew an entry that names tgid already but has gone
  * stale (tgid exec'd since it was noted); without it, such an entry
  * waits for tgid's next note with recheck, which saves a lookup. */
@@ -384,15 +412,32 @@ static __always_inline void note_owner_as(struct socket *sock, struct sock *sk, 
 {
 	__u64 key = (__u64)sk;
 	__u64 ino = socket_ino(sock);
-	struct owner *cur = bpf_map_lookup_elem(&sk_owner, &key);
+	__u64 gen = *(volatile __u64 *)&owner_gen;
+	__u32 zero = 0;
+	struct owner_noted *last = bpf_map_lookup_elem(&owner_noted_map, &zero);
+	struct owner *cur;
 	struct owner o = {};
 
-	if (cur && cur->tgid == tgid && cur->ino == ino && (!recheck || !owner_stale(cur)))
+	if (last && last->sk == key && last->ino == ino && last->tgid == tgid && last->gen == gen)
 		return;
-	o.ino = ino;
-	o.ts = bpf_ktime_get_ns();
-	o.tgid = tgid;
-	bpf_map_update_elem(&sk_owner, &key, &o, BPF_ANY);
+	cur = bpf_map_lookup_elem(&sk_owner, &key);
+	if (!cur || cur->tgid != tgid || cur->ino != ino || (recheck && owner_stale(cur))) {
+		o.ino = ino;
+		o.ts = bpf_ktime_get_ns();
+		o.tgid = tgid;
+		bpf_map_update_elem(&sk_owner, &key, &o, BPF_ANY);
+		/* The cache keeps gen as read before the lookup: this bump
+		 * (and any other since) makes the next note look again. */
+		__sync_fetch_and_add(&owner_gen, 1);
+	} else if (!recheck) {
+		return; /* not checked for staleness: not known fresh */
+	}
+	if (last) {
+		last->sk = key;
+		last->ino = ino;
+		last->tgid = tgid;
+		last->gen = gen;
+	}
 }
 
 static __always_inline void note_owner(struct socket *sock, struct sock *sk, __u32 tgid)
@@ -1484,6 +1529,7 @@ static __always_inline int owner_gone_now(void)
 	__u64 now = bpf_ktime_get_ns();
 
 	bpf_map_update_elem(&owner_gone, &tgid, &now, BPF_ANY);
+	__sync_fetch_and_add(&owner_gen, 1);
 	return 0;
 }
 

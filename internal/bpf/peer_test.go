@@ -71,6 +71,24 @@ func peerHelper(mode string) int {
 		sh, _ := exec.LookPath("sh")
 		syscall.Exec(sh, []string{"sh", "-c", "echo execd; exec sleep 60"}, os.Environ())
 		return 3
+	case "write-close":
+		// On "go": sends on the inherited socket (fd 3) from the last
+		// CPU, so it is noted as its owner there, then closes it and
+		// stays alive, no longer holding it.
+		runtime.LockOSThread()
+		var set unix.CPUSet
+		set.Set(runtime.NumCPU() - 1)
+		unix.SchedSetaffinity(0, &set)
+		if !in.Scan() {
+			return 2
+		}
+		if _, err := unix.Write(3, []byte("w")); err != nil {
+			return 2
+		}
+		unix.Close(3)
+		fmt.Println("closed")
+		for in.Scan() {
+		}
 	case "acceptor":
 		// Listens at the path given; accepts one connection per line read,
 		// reads its byte and answers.
@@ -180,6 +198,7 @@ func TestCapturePeers(t *testing.T) {
 		testPeerSocketAddressReused(t, tr, c)
 		testPeerOwnerGone(t, c, "write-exit")
 		testPeerOwnerGone(t, c, "write-exec")
+		testPeerOwnerBack(t, c)
 		testPeerSendBeforeAccept(t, c)
 	})
 }
@@ -291,6 +310,61 @@ func testPeerOwnerGone(t *testing.T, c *collector, mode string) {
 	ev := c.eventOn(t, inode(t, fds[0]))
 	if self := uint32(os.Getpid()); ev.PeerPID != self && ev.PeerPID != 0 {
 		t.Errorf("peer %d after the child (%d) went (%s), want this process (%d) or 0", ev.PeerPID, childPID, mode, self)
+	}
+}
+
+// This process sends on one end of a socket pair from CPU 0 (noted as its
+// owner, which CPU 0 remembers, see owner_noted_map), a child sends on the
+// same end from another CPU (noted instead) and closes its descriptor,
+// alive but no longer holding it; this process sends on it again from CPU
+// 0, then on the other end: that send's peer is this process, or nobody,
+// never the child. CPU 0's memory of the first note must not stand in for
+// the second: the child's note in between is a change it must see.
+func testPeerOwnerBack(t *testing.T, c *collector) {
+	if runtime.NumCPU() < 2 {
+		t.Log("one CPU: the per-CPU owner memory is not put to the test")
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine := os.NewFile(uintptr(fds[0]), "mine")
+	shared := os.NewFile(uintptr(fds[1]), "shared")
+	defer mine.Close()
+	defer shared.Close()
+	child := startPeerHelper(t, "write-close", shared)
+	childPID := uint32(child.cmd.Process.Pid)
+	// The sends from CPU 0 are one pinned goroutine's; the test's own
+	// goroutine talks to the child in between.
+	done, next := make(chan error), make(chan struct{})
+	go func() {
+		pinCPU0()
+		defer runtime.UnlockOSThread()
+		if _, err := unix.Write(fds[1], []byte("a")); err != nil {
+			done <- err
+			return
+		}
+		done <- nil
+		<-next
+		if _, err := unix.Write(fds[1], []byte("b")); err != nil {
+			done <- err
+			return
+		}
+		_, err := unix.Write(fds[0], []byte("m"))
+		done <- err
+	}()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(child.in, "go")
+	child.expect(t, "closed")
+	close(next)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	ev := c.eventOn(t, inode(t, fds[0]))
+	if self := uint32(os.Getpid()); ev.PeerPID != self && ev.PeerPID != 0 {
+		t.Errorf("peer %d, the child (%d) that closed its descriptor, want this process (%d) or 0", ev.PeerPID, childPID, self)
 	}
 }
 

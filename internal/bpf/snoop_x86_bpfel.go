@@ -116,6 +116,15 @@ type snoopOwner struct {
 	Pad  uint32
 }
 
+type snoopOwnerNoted struct {
+	_    structs.HostLayout
+	Sk   uint64
+	Ino  uint64
+	Gen  uint64
+	Tgid uint32
+	Pad  uint32
+}
+
 type snoopPos struct {
 	_   structs.HostLayout
 	Off uint64
@@ -184,6 +193,7 @@ const (
 	snoopMapHpackSeq                            = "hpack_seq"
 	snoopMapInflight                            = "inflight"
 	snoopMapOwnerGone                           = "owner_gone"
+	snoopMapOwnerNotedMap                       = "owner_noted_map"
 	snoopMapPidFilter                           = "pid_filter"
 	snoopMapScratchMap                          = "scratch_map"
 	snoopMapSendPos                             = "send_pos"
@@ -236,6 +246,7 @@ const (
 	snoopProgTpExitWritevBounded                = "tp_exit_writev_bounded"
 	snoopVarCfg                                 = "cfg"
 	snoopVarInflightN                           = "inflight_n"
+	snoopVarOwnerGen                            = "owner_gen"
 	snoopVarReaderParked                        = "reader_parked"
 	snoopVarUnusedBackend                       = "unused_backend"
 	snoopVarUnusedFlags                         = "unused_flags"
@@ -340,6 +351,7 @@ type snoopMapSpecs struct {
 	HpackSeq        *ebpf.MapSpec `ebpf:"hpack_seq"`
 	Inflight        *ebpf.MapSpec `ebpf:"inflight"`
 	OwnerGone       *ebpf.MapSpec `ebpf:"owner_gone"`
+	OwnerNotedMap   *ebpf.MapSpec `ebpf:"owner_noted_map"`
 	PidFilter       *ebpf.MapSpec `ebpf:"pid_filter"`
 	ScratchMap      *ebpf.MapSpec `ebpf:"scratch_map"`
 	SendPos         *ebpf.MapSpec `ebpf:"send_pos"`
@@ -357,6 +369,7 @@ type snoopMapSpecs struct {
 type snoopVariableSpecs struct {
 	Cfg              *ebpf.VariableSpec `ebpf:"cfg"`
 	InflightN        *ebpf.VariableSpec `ebpf:"inflight_n"`
+	OwnerGen         *ebpf.VariableSpec `ebpf:"owner_gen"`
 	ReaderParked     *ebpf.VariableSpec `ebpf:"reader_parked"`
 	UnusedBackend    *ebpf.VariableSpec `ebpf:"unused_backend"`
 	UnusedFlags      *ebpf.VariableSpec `ebpf:"unused_flags"`
@@ -392,6 +405,7 @@ type snoopMaps struct {
 	HpackSeq        *ebpf.Map `ebpf:"hpack_seq"`
 	Inflight        *ebpf.Map `ebpf:"inflight"`
 	OwnerGone       *ebpf.Map `ebpf:"owner_gone"`
+	OwnerNotedMap   *ebpf.Map `ebpf:"owner_noted_map"`
 	PidFilter       *ebpf.Map `ebpf:"pid_filter"`
 	ScratchMap      *ebpf.Map `ebpf:"scratch_map"`
 	SendPos         *ebpf.Map `ebpf:"send_pos"`
@@ -413,6 +427,7 @@ func (m *snoopMaps) Close() error {
 		m.HpackSeq,
 		m.Inflight,
 		m.OwnerGone,
+		m.OwnerNotedMap,
 		m.PidFilter,
 		m.ScratchMap,
 		m.SendPos,
@@ -431,6 +446,7 @@ func (m *snoopMaps) Close() error {
 type snoopVariables struct {
 	Cfg              *ebpf.Variable `ebpf:"cfg"`
 	InflightN        *ebpf.Variable `ebpf:"inflight_n"`
+	OwnerGen         *ebpf.Variable `ebpf:"owner_gen"`
 	ReaderParked     *ebpf.Variable `ebpf:"reader_parked"`
 	UnusedBackend    *ebpf.Variable `ebpf:"unused_backend"`
 	UnusedFlags      *ebpf.Variable `ebpf:"unused_flags"`
