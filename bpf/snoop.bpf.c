@@ -273,21 +273,6 @@ static __always_inline __u64 socket_ino(struct socket *sock)
 	return KREAD(struct socket_alloc, sock, vfs_inode.i_ino);
 }
 
-/* The current task's file behind fd, or NULL. Only where have_typed_walk(). */
-static __always_inline struct file *fd_file_typed(__u64 fd)
-{
-	struct fdtable *fdt = bpf_get_current_task_btf()->files->fdt;
-
-	if (!fdt || fd >= fdt->max_fds)
-		return NULL;
-	/* The slot is read as the first word of a struct the verifier
-	 * knows (any will do: the word is cast again right after), so
-	 * that it is a plain load too; a bad address reads as 0. */
-	struct list_head *slot = bpf_rdonly_cast(&fdt->fd[fd], bpf_core_type_id_kernel(struct list_head));
-
-	return bpf_rdonly_cast(slot->next, bpf_core_type_id_kernel(struct file));
-}
-
 /* The AF_UNIX stream socket behind fd, or NULL; *sockp gets its struct socket. */
 static __always_inline struct sock *fd_unix_stream(__u64 fd, struct socket **sockp)
 {
@@ -296,7 +281,16 @@ static __always_inline struct sock *fd_unix_stream(__u64 fd, struct socket **soc
 	struct sock *sk;
 
 	if (have_typed_walk()) {
-		file = fd_file_typed(fd);
+		struct fdtable *fdt = bpf_get_current_task_btf()->files->fdt;
+
+		if (!fdt || fd >= fdt->max_fds)
+			return NULL;
+		/* The slot is read as the first word of a struct the verifier
+		 * knows (any will do: the word is cast again right after), so
+		 * that it is a plain load too; a bad address reads as 0. */
+		struct list_head *slot = bpf_rdonly_cast(&fdt->fd[fd], bpf_core_type_id_kernel(struct list_head));
+
+		file = bpf_rdonly_cast(slot->next, bpf_core_type_id_kernel(struct file));
 		if (!file)
 			return NULL;
 		if ((file->f_inode->i_mode & S_IFMT) != S_IFSOCK)
@@ -1119,7 +1113,7 @@ enum { NR_WRITE = 64, NR_WRITEV = 66, NR_SENDTO = 206, NR_SENDMSG = 211 };
 
 /* Where the bytes of the send that just returned on sk were, from the
  * current syscall's arguments, or src->kind 0 when that cannot be proved. */
-static __always_inline void send_src_from_syscall(struct sock *sk, struct socket *sock, struct send_src *src)
+static __always_inline void send_src_from_syscall(struct sock *sk, struct send_src *src)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct socket *fdsock = NULL;
@@ -1137,17 +1131,9 @@ static __always_inline void send_src_from_syscall(struct sock *sk, struct socket
 	if (nr != NR_WRITE && nr != NR_SENDTO && nr != NR_WRITEV && nr != NR_SENDMSG)
 		return;
 	/* Another thread may have closed the fd and reused it since: the
-	 * arguments describe this send only while the fd is this socket,
-	 * i.e. names the socket's one file (fewer loads than checking the
-	 * fd's socket type and family on the way, as fd_unix_stream does). */
-	if (have_typed_walk()) {
-		struct file *file = sock ? sock->file : NULL;
-
-		if (!file || fd_file_typed(SYSCALL_ARG0(regs)) != file)
-			return;
-	} else if (fd_unix_stream(SYSCALL_ARG0(regs), &fdsock) != sk) {
+	 * arguments describe this send only while the fd is this socket. */
+	if (fd_unix_stream(SYSCALL_ARG0(regs), &fdsock) != sk)
 		return;
-	}
 	switch (nr) {
 	case NR_WRITE:
 	case NR_SENDTO:
@@ -1191,7 +1177,7 @@ static __always_inline void sock_send(struct sock *sk, struct socket *sock, int 
 		return;
 	src.sock = (__u64)sock;
 	src.sk = (__u64)sk;
-	send_src_from_syscall(sk, sock, &src);
+	send_src_from_syscall(sk, &src);
 	emit_send(&src, ret, BACKEND_SOCKTP, true, slot);
 }
 
