@@ -276,20 +276,30 @@ func testPeerSocketAddressReused(t *testing.T, tr *Tracer, c *collector) {
 	}
 }
 
-// This process makes a socket pair and lends one end to a child, which
-// sends on it (so it is noted as that end's owner) and then exits, or
-// execs with the socket closed on exec. A later send from this process
-// names this process (the pair's creator, still holding both ends) or
-// nobody, never the child.
-func testPeerOwnerGone(t *testing.T, c *collector, mode string) {
+// pairToLend makes a socket pair, closed when the test ends: fds, and
+// fds[1] as a file to hand to a child (its fd 3).
+func pairToLend(t *testing.T) ([2]int, *os.File) {
+	t.Helper()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mine := os.NewFile(uintptr(fds[0]), "mine")
 	lent := os.NewFile(uintptr(fds[1]), "lent")
-	defer mine.Close()
-	defer lent.Close()
+	t.Cleanup(func() {
+		mine.Close()
+		lent.Close()
+	})
+	return fds, lent
+}
+
+// This process makes a socket pair and lends one end to a child, which
+// sends on it (so it is noted as that end's owner) and then exits, or
+// execs with the socket closed on exec. A later send from this process
+// names this process (the pair's creator, still holding both ends) or
+// nobody, never the child.
+func testPeerOwnerGone(t *testing.T, c *collector, mode string) {
+	fds, lent := pairToLend(t)
 	child := startPeerHelper(t, mode, lent)
 	childPID := uint32(child.cmd.Process.Pid)
 	// The child's send is seen, so it was noted as the owner.
@@ -324,14 +334,7 @@ func testPeerOwnerBack(t *testing.T, c *collector) {
 	if runtime.NumCPU() < 2 {
 		t.Log("one CPU: the per-CPU owner memory is not put to the test")
 	}
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mine := os.NewFile(uintptr(fds[0]), "mine")
-	shared := os.NewFile(uintptr(fds[1]), "shared")
-	defer mine.Close()
-	defer shared.Close()
+	fds, shared := pairToLend(t)
 	child := startPeerHelper(t, "write-close", shared)
 	childPID := uint32(child.cmd.Process.Pid)
 	// The sends from CPU 0 are one pinned goroutine's; the test's own
