@@ -375,26 +375,83 @@ static __always_inline bool owner_stale(const struct owner *o)
  * written, an exit or exec recorded in owner_gone. */
 __u64 owner_gen SEC(".bss");
 
-/* The last owner each CPU found noted and fresh, under owner_gen: the
- * same process sending or reading the same socket again, the usual case,
- * then costs an array lookup instead of two hash lookups. While owner_gen
- * has not moved, no owner entry was written and no process exited or
- * exec'd, so the entry found then is still there and still fresh: the
- * lookups would return early, as this does. (An entry the LRU evicts is
- * not noted again until owner_gen moves: the peer is then unknown, never
- * wrong.) A torn cache entry (a run preempted while writing it) can only
- * match a socket some process was noting as its own. */
+/* ---- per-CPU memory of answers about sockets -----------------------------
+ *
+ * A connection's sends ask the same questions again and again (who holds
+ * the other end, is it on the --socket file), each a hash lookup or two.
+ * Each CPU remembers the last answers for a few sockets (MEMO_SLOTS, by a
+ * hash of the socket's inode number: a pointer cannot be multiplied in a
+ * BPF program), each with what it was derived from,
+ * checked at every use: an answer is used only where the lookups it
+ * stands for would provably return the same (see each memo).
+ *
+ * On a preemptible kernel a program can be preempted on its CPU while it
+ * writes an entry, and another run there write or read it meanwhile. An
+ * entry is therefore written between two copies of a token, the clock
+ * (bpf_ktime_get_ns) when the write began, first and last; it is believed
+ * only when both copies read the same, before and after its fields. A
+ * write or a read that another write interrupted sees them differ (the
+ * two writes began a context switch apart, so with different clocks), and
+ * the answer is looked up afresh.
+ */
+#define MEMO_SLOTS 8
+
+static __always_inline __u32 memo_slot(__u64 ino)
+{
+	return (ino * 0x9E3779B97F4A7C15ULL) >> 61; /* 3 bits: MEMO_SLOTS */
+}
+
+/* Reading an entry: its first token, then its fields, then memo_intact. */
+static __always_inline __u64 memo_token(__u64 *tok)
+{
+	__u64 t = *(volatile __u64 *)tok;
+
+	barrier();
+	return t;
+}
+
+static __always_inline bool memo_intact(__u64 t, __u64 *tok2)
+{
+	barrier();
+	return t && t == *(volatile __u64 *)tok2;
+}
+
+/* Writing one: memo_write_begin, the fields, memo_write_end. */
+static __always_inline __u64 memo_write_begin(__u64 *tok)
+{
+	__u64 t = bpf_ktime_get_ns();
+
+	*(volatile __u64 *)tok = t;
+	barrier();
+	return t;
+}
+
+static __always_inline void memo_write_end(__u64 *tok2, __u64 t)
+{
+	barrier();
+	*(volatile __u64 *)tok2 = t;
+}
+
+/* Owners found noted and fresh, under owner_gen: the same process
+ * sending or reading the same socket again, the usual case, then costs an
+ * array lookup instead of two hash lookups. While owner_gen has not moved,
+ * no owner entry was written and no process exited or exec'd, so the
+ * entry found then is still there and still fresh: the lookups would
+ * return early, as this does. (An entry the LRU evicts is not noted again
+ * until owner_gen moves: the peer is then unknown, never wrong.) */
 struct owner_noted {
+	__u64 tok;
 	__u64 sk;
 	__u64 ino;
 	__u64 gen;
 	__u32 tgid;
 	__u32 pad;
+	__u64 tok2;
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, MEMO_SLOTS);
 	__type(key, __u32);
 	__type(value, struct owner_noted);
 } owner_noted_map SEC(".maps");
@@ -407,13 +464,18 @@ static __always_inline void note_owner_as(struct socket *sock, struct sock *sk, 
 	__u64 key = (__u64)sk;
 	__u64 ino = socket_ino(sock);
 	__u64 gen = *(volatile __u64 *)&owner_gen;
-	__u32 zero = 0;
-	struct owner_noted *last = bpf_map_lookup_elem(&owner_noted_map, &zero);
+	__u32 slot = memo_slot(ino);
+	struct owner_noted *last = bpf_map_lookup_elem(&owner_noted_map, &slot);
 	struct owner *cur;
 	struct owner o = {};
+	__u64 tok;
 
-	if (last && last->sk == key && last->ino == ino && last->tgid == tgid && last->gen == gen)
-		return;
+	if (last) {
+		tok = memo_token(&last->tok);
+		if (last->sk == key && last->ino == ino && last->tgid == tgid && last->gen == gen &&
+		    memo_intact(tok, &last->tok2))
+			return;
+	}
 	cur = bpf_map_lookup_elem(&sk_owner, &key);
 	if (!cur || cur->tgid != tgid || cur->ino != ino || (recheck && owner_stale(cur))) {
 		o.ino = ino;
@@ -427,10 +489,12 @@ static __always_inline void note_owner_as(struct socket *sock, struct sock *sk, 
 		return; /* not checked for staleness: not known fresh */
 	}
 	if (last) {
+		tok = memo_write_begin(&last->tok);
 		last->sk = key;
 		last->ino = ino;
 		last->tgid = tgid;
 		last->gen = gen;
+		memo_write_end(&last->tok2, tok);
 	}
 }
 
@@ -439,19 +503,78 @@ static __always_inline void note_owner(struct socket *sock, struct sock *sk, __u
 	note_owner_as(sock, sk, tgid, true);
 }
 
-/* The process known to hold sk now, or 0. */
-static __always_inline __u32 owner_of(struct sock *sk)
+/* The process known to hold sk, whose socket now has inode ino, or 0. */
+static __always_inline __u32 owner_of_ino(struct sock *sk, __u64 ino)
 {
-	struct socket *sock = KREAD(struct sock, sk, sk_socket);
 	__u64 key = (__u64)sk;
 	struct owner *o;
 
-	if (!sock)
+	if (!ino)
 		return 0;
 	o = bpf_map_lookup_elem(&sk_owner, &key);
-	if (!o || o->ino != socket_ino(sock) || owner_stale(o))
+	if (!o || o->ino != ino || owner_stale(o))
 		return 0;
 	return o->tgid;
+}
+
+/* The process known to hold sk now, or 0. */
+static __always_inline __u32 owner_of(struct sock *sk)
+{
+	return owner_of_ino(sk, socket_ino(KREAD(struct sock, sk, sk_socket)));
+}
+
+/* Who holds the other end: owner_of(peer), remembered under owner_gen.
+ * While owner_gen has not moved, no owner entry was written (nor evicted:
+ * evictions happen only in writes) and no process exited or exec'd, so
+ * the same entry would be found, equally fresh, for a peer whose socket
+ * still has the same inode. Only answers naming a process are kept. */
+struct peer_memo {
+	__u64 tok;
+	__u64 peer;     /* struct sock * */
+	__u64 ino;      /* its socket's inode */
+	__u64 gen;      /* owner_gen, read before the lookups */
+	__u32 tgid;
+	__u32 pad;
+	__u64 tok2;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MEMO_SLOTS);
+	__type(key, __u32);
+	__type(value, struct peer_memo);
+} peer_memo_map SEC(".maps");
+
+static __always_inline __u32 owner_of_remembered(struct sock *peer)
+{
+	__u64 ino = socket_ino(KREAD(struct sock, peer, sk_socket));
+	__u64 gen = *(volatile __u64 *)&owner_gen;
+	__u32 slot = memo_slot(ino);
+	struct peer_memo *m;
+	__u64 tok;
+	__u32 tgid;
+
+	if (!ino)
+		return 0;
+	m = bpf_map_lookup_elem(&peer_memo_map, &slot);
+	if (m) {
+		tok = memo_token(&m->tok);
+		if (m->peer == (__u64)peer && m->ino == ino && m->gen == gen) {
+			tgid = m->tgid;
+			if (memo_intact(tok, &m->tok2))
+				return tgid;
+		}
+	}
+	tgid = owner_of_ino(peer, ino);
+	if (tgid && m) {
+		tok = memo_write_begin(&m->tok);
+		m->peer = (__u64)peer;
+		m->ino = ino;
+		m->gen = gen;
+		m->tgid = tgid;
+		memo_write_end(&m->tok2, tok);
+	}
+	return tgid;
 }
 
 /* The process known, from the owners noted, to be at the other end of sk's
@@ -463,7 +586,7 @@ static __always_inline __u32 peer_owner(struct sock *sk)
 
 	if (!peer)
 		return 0;
-	if ((owner = owner_of(peer)))
+	if ((owner = owner_of_remembered(peer)))
 		return owner;
 	/* Not accepted yet (a client may send before the server accepts):
 	 * the process accepting on its listener will hold it. Kernels before
@@ -586,23 +709,63 @@ struct {
 	__type(value, __u32);
 } sock_filter_gen SEC(".maps");
 
+/* sock_verdict's answers, remembered per CPU (see MEMO_SLOTS) under the
+ * same conditions: the socket, its inode and the filter's generation. */
+struct verdict_memo {
+	__u64 tok;
+	__u64 sk;
+	__u64 ino;
+	__u32 gen;
+	__u32 selected;
+	__u64 tok2;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MEMO_SLOTS);
+	__type(key, __u32);
+	__type(value, struct verdict_memo);
+} verdict_memo_map SEC(".maps");
+
 static __always_inline bool on_selected_socket(struct sock *sk)
 {
 	struct socket *sock = KREAD(struct sock, sk, sk_socket);
 	struct filter_answer *v, fresh = {};
-	__u32 zero = 0, *gen;
-	__u64 key = (__u64)sk;
+	__u32 zero = 0, *gen, slot;
+	struct verdict_memo *m;
+	__u64 key = (__u64)sk, tok;
+	bool selected;
 
 	gen = bpf_map_lookup_elem(&sock_filter_gen, &zero);
 	if (!gen || !sock)
 		return on_selected_socket_now(sk);
 	fresh.ino = socket_ino(sock);
 	fresh.gen = *gen;
+	slot = memo_slot(fresh.ino);
+	m = bpf_map_lookup_elem(&verdict_memo_map, &slot);
+	if (m) {
+		tok = memo_token(&m->tok);
+		if (m->sk == key && m->ino == fresh.ino && m->gen == fresh.gen) {
+			selected = m->selected;
+			if (memo_intact(tok, &m->tok2))
+				return selected;
+		}
+	}
 	v = bpf_map_lookup_elem(&sock_verdict, &key);
-	if (v && v->ino == fresh.ino && v->gen == fresh.gen)
-		return v->selected;
-	fresh.selected = on_selected_socket_now(sk);
-	bpf_map_update_elem(&sock_verdict, &key, &fresh, BPF_ANY);
+	if (v && v->ino == fresh.ino && v->gen == fresh.gen) {
+		fresh.selected = v->selected;
+	} else {
+		fresh.selected = on_selected_socket_now(sk);
+		bpf_map_update_elem(&sock_verdict, &key, &fresh, BPF_ANY);
+	}
+	if (m) {
+		tok = memo_write_begin(&m->tok);
+		m->sk = key;
+		m->ino = fresh.ino;
+		m->gen = fresh.gen;
+		m->selected = fresh.selected;
+		memo_write_end(&m->tok2, tok);
+	}
 	return fresh.selected;
 }
 

@@ -71,10 +71,11 @@ func peerHelper(mode string) int {
 		sh, _ := exec.LookPath("sh")
 		syscall.Exec(sh, []string{"sh", "-c", "echo execd; exec sleep 60"}, os.Environ())
 		return 3
-	case "write-close":
+	case "write-close", "write-hold":
 		// On "go": sends on the inherited socket (fd 3) from the last
-		// CPU, so it is noted as its owner there, then closes it and
-		// stays alive, no longer holding it.
+		// CPU, so it is noted as its owner there, then (write-close)
+		// closes it and stays alive, no longer holding it, or
+		// (write-hold) keeps it.
 		runtime.LockOSThread()
 		var set unix.CPUSet
 		set.Set(runtime.NumCPU() - 1)
@@ -85,8 +86,12 @@ func peerHelper(mode string) int {
 		if _, err := unix.Write(3, []byte("w")); err != nil {
 			return 2
 		}
-		unix.Close(3)
-		fmt.Println("closed")
+		if mode == "write-hold" {
+			fmt.Println("wrote")
+		} else {
+			unix.Close(3)
+			fmt.Println("closed")
+		}
 		for in.Scan() {
 		}
 	case "acceptor":
@@ -125,6 +130,24 @@ func pinCPU0() {
 	var set unix.CPUSet
 	set.Set(0)
 	unix.SchedSetaffinity(0, &set)
+}
+
+// pinThread keeps this goroutine on one thread on cpu until the returned
+// function puts the thread's affinity back and lets it go.
+func pinThread(t *testing.T, cpu int) (restore func()) {
+	runtime.LockOSThread()
+	var all, one unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &all); err != nil {
+		t.Error(err)
+	}
+	one.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		t.Error(err)
+	}
+	return func() {
+		unix.SchedSetaffinity(0, &all)
+		runtime.UnlockOSThread()
+	}
 }
 
 type peerProc struct {
@@ -199,6 +222,7 @@ func TestCapturePeers(t *testing.T) {
 		testPeerOwnerGone(t, c, "write-exit")
 		testPeerOwnerGone(t, c, "write-exec")
 		testPeerOwnerBack(t, c)
+		testPeerHandedOn(t, c)
 		testPeerSendBeforeAccept(t, c)
 	})
 }
@@ -368,6 +392,57 @@ func testPeerOwnerBack(t *testing.T, c *collector) {
 	ev := c.eventOn(t, inode(t, fds[0]))
 	if self := uint32(os.Getpid()); ev.PeerPID != self && ev.PeerPID != 0 {
 		t.Errorf("peer %d, the child (%d) that closed its descriptor, want this process (%d) or 0", ev.PeerPID, childPID, self)
+	}
+}
+
+// This process sends on both ends of a socket pair from CPU 0, so CPU 0
+// remembers who holds the second end (this process, see peer_memo_map);
+// it hands that end on to a child and closes its own descriptor of it;
+// the child sends on it from another CPU (noted as its holder). This
+// process's next send from CPU 0 on the first end names the child: CPU
+// 0's memory of the peer must not outlive the change of holder.
+func testPeerHandedOn(t *testing.T, c *collector) {
+	if runtime.NumCPU() < 2 {
+		t.Log("one CPU: the per-CPU peer memory is not put to the test")
+	}
+	fds, lent := pairToLend(t)
+	child := startPeerHelper(t, "write-hold", lent)
+	childPID := uint32(child.cmd.Process.Pid)
+	done, next := make(chan error), make(chan struct{})
+	go func() {
+		pinCPU0()
+		defer runtime.UnlockOSThread()
+		_, err := unix.Write(fds[1], []byte("a"))
+		if err == nil {
+			_, err = unix.Write(fds[0], []byte("1"))
+		}
+		done <- err
+		<-next
+		_, err = unix.Write(fds[0], []byte("2"))
+		done <- err
+	}()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	ino := inode(t, fds[0])
+	if ev := c.eventOn(t, ino); ev.PeerPID != uint32(os.Getpid()) {
+		t.Fatalf("peer %d before the hand-over, want this process (%d)", ev.PeerPID, os.Getpid())
+	}
+	lent.Close() // this process's descriptor of the second end
+	fmt.Fprintln(child.in, "go")
+	child.expect(t, "wrote")
+	close(next)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := c.waitFor(t, ino, 2); len(got) < 2 {
+		t.Fatalf("the second send was not captured (%q)", got)
+	}
+	c.mu.Lock()
+	evs := c.events[ino]
+	c.mu.Unlock()
+	if ev := evs[len(evs)-1]; ev.PeerPID != childPID {
+		t.Errorf("peer %d after the hand-over, want the child (%d) that holds the other end now", ev.PeerPID, childPID)
 	}
 }
 

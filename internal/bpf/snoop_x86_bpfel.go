@@ -118,11 +118,24 @@ type snoopOwner struct {
 
 type snoopOwnerNoted struct {
 	_    structs.HostLayout
+	Tok  uint64
 	Sk   uint64
 	Ino  uint64
 	Gen  uint64
 	Tgid uint32
 	Pad  uint32
+	Tok2 uint64
+}
+
+type snoopPeerMemo struct {
+	_    structs.HostLayout
+	Tok  uint64
+	Peer uint64
+	Ino  uint64
+	Gen  uint64
+	Tgid uint32
+	Pad  uint32
+	Tok2 uint64
 }
 
 type snoopPos struct {
@@ -181,6 +194,16 @@ type snoopStats struct {
 	MissedExits uint64
 }
 
+type snoopVerdictMemo struct {
+	_        structs.HostLayout
+	Tok      uint64
+	Sk       uint64
+	Ino      uint64
+	Gen      uint32
+	Selected uint32
+	Tok2     uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -194,6 +217,7 @@ const (
 	snoopMapInflight                            = "inflight"
 	snoopMapOwnerGone                           = "owner_gone"
 	snoopMapOwnerNotedMap                       = "owner_noted_map"
+	snoopMapPeerMemoMap                         = "peer_memo_map"
 	snoopMapPidFilter                           = "pid_filter"
 	snoopMapScratchMap                          = "scratch_map"
 	snoopMapSendPos                             = "send_pos"
@@ -203,6 +227,7 @@ const (
 	snoopMapSockVerdict                         = "sock_verdict"
 	snoopMapSocktpBusy                          = "socktp_busy"
 	snoopMapStatsMap                            = "stats_map"
+	snoopMapVerdictMemoMap                      = "verdict_memo_map"
 	snoopProgAnySchedExec                       = "any_sched_exec"
 	snoopProgAnySchedExit                       = "any_sched_exit"
 	snoopProgFentryUnixAccept                   = "fentry_unix_accept"
@@ -352,6 +377,7 @@ type snoopMapSpecs struct {
 	Inflight        *ebpf.MapSpec `ebpf:"inflight"`
 	OwnerGone       *ebpf.MapSpec `ebpf:"owner_gone"`
 	OwnerNotedMap   *ebpf.MapSpec `ebpf:"owner_noted_map"`
+	PeerMemoMap     *ebpf.MapSpec `ebpf:"peer_memo_map"`
 	PidFilter       *ebpf.MapSpec `ebpf:"pid_filter"`
 	ScratchMap      *ebpf.MapSpec `ebpf:"scratch_map"`
 	SendPos         *ebpf.MapSpec `ebpf:"send_pos"`
@@ -361,6 +387,7 @@ type snoopMapSpecs struct {
 	SockVerdict     *ebpf.MapSpec `ebpf:"sock_verdict"`
 	SocktpBusy      *ebpf.MapSpec `ebpf:"socktp_busy"`
 	StatsMap        *ebpf.MapSpec `ebpf:"stats_map"`
+	VerdictMemoMap  *ebpf.MapSpec `ebpf:"verdict_memo_map"`
 }
 
 // snoopVariableSpecs contains global variables before they are loaded into the kernel.
@@ -406,6 +433,7 @@ type snoopMaps struct {
 	Inflight        *ebpf.Map `ebpf:"inflight"`
 	OwnerGone       *ebpf.Map `ebpf:"owner_gone"`
 	OwnerNotedMap   *ebpf.Map `ebpf:"owner_noted_map"`
+	PeerMemoMap     *ebpf.Map `ebpf:"peer_memo_map"`
 	PidFilter       *ebpf.Map `ebpf:"pid_filter"`
 	ScratchMap      *ebpf.Map `ebpf:"scratch_map"`
 	SendPos         *ebpf.Map `ebpf:"send_pos"`
@@ -415,6 +443,7 @@ type snoopMaps struct {
 	SockVerdict     *ebpf.Map `ebpf:"sock_verdict"`
 	SocktpBusy      *ebpf.Map `ebpf:"socktp_busy"`
 	StatsMap        *ebpf.Map `ebpf:"stats_map"`
+	VerdictMemoMap  *ebpf.Map `ebpf:"verdict_memo_map"`
 }
 
 func (m *snoopMaps) Close() error {
@@ -428,6 +457,7 @@ func (m *snoopMaps) Close() error {
 		m.Inflight,
 		m.OwnerGone,
 		m.OwnerNotedMap,
+		m.PeerMemoMap,
 		m.PidFilter,
 		m.ScratchMap,
 		m.SendPos,
@@ -437,6 +467,7 @@ func (m *snoopMaps) Close() error {
 		m.SockVerdict,
 		m.SocktpBusy,
 		m.StatsMap,
+		m.VerdictMemoMap,
 	)
 }
 

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -198,8 +199,8 @@ func TestSocketKey(t *testing.T) {
 // learns within its re-check interval) and a client connects to the new
 // server before userspace has learnt it: its first send is not selected.
 // Once the filter has the new identity, that same connection's next send
-// must be, although the kernel keeps each socket's answer (sock_verdict):
-// the filter's generation moved.
+// must be, although the kernel keeps each socket's answer (sock_verdict,
+// and per CPU verdict_memo_map): the filter's generation moved.
 func TestSocketFilterNewIdentity(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
 		parent := tempDir(t)
@@ -238,10 +239,19 @@ func TestSocketFilterNewIdentity(t *testing.T) {
 			t.Cleanup(func() { conn.Close() })
 			return conn
 		}
+		// Both of its sends from CPU 0, which then remembers the first
+		// answer (verdict_memo_map) when the second is asked; the probes
+		// from another, so as not to push it out.
+		if runtime.NumCPU() < 2 {
+			t.Log("one CPU: the per-CPU verdict memory is not put to the test")
+		}
 		early := dial()
-		if _, err := early.Write([]byte("early")); err != nil {
+		writeEarly := onCPU(t, 0)
+		if err := writeEarly(early, "early"); err != nil {
 			t.Fatal(err)
 		}
+		restore := pinThread(t, runtime.NumCPU()-1)
+		defer restore()
 		// Probe connections until one is captured: the filter has the new
 		// identity from then on.
 		deadline := time.Now().Add(20 * time.Second)
@@ -266,11 +276,35 @@ func TestSocketFilterNewIdentity(t *testing.T) {
 				t.Fatal("the filter never selected the new directory's socket")
 			}
 		}
-		if _, err := early.Write([]byte("late")); err != nil {
+		if err := writeEarly(early, "late"); err != nil {
 			t.Fatal(err)
 		}
 		if got := c.waitFor(t, connIno(t, early), 4); string(got) != "late" {
 			t.Fatalf("the connection made before the filter learnt the new identity: captured %q, want %q (its first send, before, is not selected)", got, "late")
 		}
 	})
+}
+
+// onCPU starts a goroutine on a thread of its own on cpu, ended at the
+// test's end, and returns a function that writes s to conn from it.
+func onCPU(t *testing.T, cpu int) func(conn *net.UnixConn, s string) error {
+	t.Helper()
+	type write struct {
+		conn *net.UnixConn
+		s    string
+	}
+	writes, errs := make(chan write), make(chan error)
+	go func() {
+		restore := pinThread(t, cpu)
+		defer restore()
+		for w := range writes {
+			_, err := w.conn.Write([]byte(w.s))
+			errs <- err
+		}
+	}()
+	t.Cleanup(func() { close(writes) })
+	return func(conn *net.UnixConn, s string) error {
+		writes <- write{conn, s}
+		return <-errs
+	}
 }
