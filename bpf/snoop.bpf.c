@@ -432,14 +432,17 @@ static __always_inline void memo_write_end(__u64 *tok2, __u64 t)
 	*(volatile __u64 *)tok2 = t;
 }
 
-/* Owners found noted and fresh, under owner_gen: the same process
- * sending or reading the same socket again, the usual case, then costs an
- * array lookup instead of two hash lookups. While owner_gen has not moved,
- * no owner entry was written and no process exited or exec'd, so the
- * entry found then is still there and still fresh: the lookups would
- * return early, as this does. (An entry the LRU evicts is not noted again
- * until owner_gen moves: the peer is then unknown, never wrong.) */
-struct owner_noted {
+/* Owners known, per CPU: "sk, whose socket has inode ino, is held by
+ * tgid", found so (noted and fresh) while owner_gen was gen. Both the
+ * holder's own notes (the same process sending or reading the same
+ * socket again, the usual case) and its peer's questions (who holds the
+ * other end) ask exactly that, two hash lookups, and are answered from
+ * here by an array lookup. While owner_gen has not moved, no owner entry
+ * was written (nor evicted: evictions happen only in writes) and no
+ * process exited or exec'd, so the lookups would find the same entry,
+ * equally fresh. (An entry the LRU evicts is not noted again until
+ * owner_gen moves: the peer is then unknown, never wrong.) */
+struct owner_memo {
 	__u64 tok;
 	__u64 sk;
 	__u64 ino;
@@ -453,8 +456,42 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, MEMO_SLOTS);
 	__type(key, __u32);
-	__type(value, struct owner_noted);
-} owner_noted_map SEC(".maps");
+	__type(value, struct owner_memo);
+} owner_memo_map SEC(".maps");
+
+/* The holder this CPU remembers for sk with inode ino under gen, or 0. */
+static __always_inline __u32 owner_remembered(struct sock *sk, __u64 ino, __u64 gen)
+{
+	__u32 slot = memo_slot(ino);
+	struct owner_memo *m = bpf_map_lookup_elem(&owner_memo_map, &slot);
+	__u64 tok;
+	__u32 tgid;
+
+	if (!m)
+		return 0;
+	tok = memo_token(&m->tok);
+	if (m->sk != (__u64)sk || m->ino != ino || m->gen != gen)
+		return 0;
+	tgid = m->tgid;
+	return memo_intact(tok, &m->tok2) ? tgid : 0;
+}
+
+/* gen: owner_gen as read before the lookups that found tgid. */
+static __always_inline void owner_remember(struct sock *sk, __u64 ino, __u64 gen, __u32 tgid)
+{
+	__u32 slot = memo_slot(ino);
+	struct owner_memo *m = bpf_map_lookup_elem(&owner_memo_map, &slot);
+	__u64 tok;
+
+	if (!m)
+		return;
+	tok = memo_write_begin(&m->tok);
+	m->sk = (__u64)sk;
+	m->ino = ino;
+	m->gen = gen;
+	m->tgid = tgid;
+	memo_write_end(&m->tok2, tok);
+}
 
 /* recheck: also renew an entry that names tgid already but has gone
  * stale (tgid exec'd since it was noted); without it, such an entry
@@ -464,38 +501,24 @@ static __always_inline void note_owner_as(struct socket *sock, struct sock *sk, 
 	__u64 key = (__u64)sk;
 	__u64 ino = socket_ino(sock);
 	__u64 gen = *(volatile __u64 *)&owner_gen;
-	__u32 slot = memo_slot(ino);
-	struct owner_noted *last = bpf_map_lookup_elem(&owner_noted_map, &slot);
 	struct owner *cur;
 	struct owner o = {};
-	__u64 tok;
 
-	if (last) {
-		tok = memo_token(&last->tok);
-		if (last->sk == key && last->ino == ino && last->tgid == tgid && last->gen == gen &&
-		    memo_intact(tok, &last->tok2))
-			return;
-	}
+	if (owner_remembered(sk, ino, gen) == tgid)
+		return;
 	cur = bpf_map_lookup_elem(&sk_owner, &key);
 	if (!cur || cur->tgid != tgid || cur->ino != ino || (recheck && owner_stale(cur))) {
 		o.ino = ino;
 		o.ts = bpf_ktime_get_ns();
 		o.tgid = tgid;
 		bpf_map_update_elem(&sk_owner, &key, &o, BPF_ANY);
-		/* The cache keeps gen as read before the lookup: this bump
+		/* The memory keeps gen as read before the lookup: this bump
 		 * (and any other since) makes the next note look again. */
 		__sync_fetch_and_add(&owner_gen, 1);
 	} else if (!recheck) {
 		return; /* not checked for staleness: not known fresh */
 	}
-	if (last) {
-		tok = memo_write_begin(&last->tok);
-		last->sk = key;
-		last->ino = ino;
-		last->tgid = tgid;
-		last->gen = gen;
-		memo_write_end(&last->tok2, tok);
-	}
+	owner_remember(sk, ino, gen, tgid);
 }
 
 static __always_inline void note_owner(struct socket *sock, struct sock *sk, __u32 tgid)
@@ -523,57 +546,19 @@ static __always_inline __u32 owner_of(struct sock *sk)
 	return owner_of_ino(sk, socket_ino(KREAD(struct sock, sk, sk_socket)));
 }
 
-/* Who holds the other end: owner_of(peer), remembered under owner_gen.
- * While owner_gen has not moved, no owner entry was written (nor evicted:
- * evictions happen only in writes) and no process exited or exec'd, so
- * the same entry would be found, equally fresh, for a peer whose socket
- * still has the same inode. Only answers naming a process are kept. */
-struct peer_memo {
-	__u64 tok;
-	__u64 peer;     /* struct sock * */
-	__u64 ino;      /* its socket's inode */
-	__u64 gen;      /* owner_gen, read before the lookups */
-	__u32 tgid;
-	__u32 pad;
-	__u64 tok2;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, MEMO_SLOTS);
-	__type(key, __u32);
-	__type(value, struct peer_memo);
-} peer_memo_map SEC(".maps");
-
+/* owner_of(peer), answered from this CPU's memory when it can be. */
 static __always_inline __u32 owner_of_remembered(struct sock *peer)
 {
 	__u64 ino = socket_ino(KREAD(struct sock, peer, sk_socket));
 	__u64 gen = *(volatile __u64 *)&owner_gen;
-	__u32 slot = memo_slot(ino);
-	struct peer_memo *m;
-	__u64 tok;
 	__u32 tgid;
 
 	if (!ino)
 		return 0;
-	m = bpf_map_lookup_elem(&peer_memo_map, &slot);
-	if (m) {
-		tok = memo_token(&m->tok);
-		if (m->peer == (__u64)peer && m->ino == ino && m->gen == gen) {
-			tgid = m->tgid;
-			if (memo_intact(tok, &m->tok2))
-				return tgid;
-		}
-	}
-	tgid = owner_of_ino(peer, ino);
-	if (tgid && m) {
-		tok = memo_write_begin(&m->tok);
-		m->peer = (__u64)peer;
-		m->ino = ino;
-		m->gen = gen;
-		m->tgid = tgid;
-		memo_write_end(&m->tok2, tok);
-	}
+	if ((tgid = owner_remembered(peer, ino, gen)))
+		return tgid;
+	if ((tgid = owner_of_ino(peer, ino)))
+		owner_remember(peer, ino, gen, tgid);
 	return tgid;
 }
 
@@ -851,12 +836,13 @@ static __always_inline __u64 upto_nul(__u64 w, bool *ended)
 	return w & (((t & -t) >> 7) - 1);
 }
 
+_Static_assert(SNOOP_COMM_LEN == 16, "fill_task copies the name as two words");
+
 /* The current task's cgroup (the default hierarchy's, as
  * bpf_get_current_cgroup_id) and command name (as bpf_get_current_comm:
  * cut at 15 bytes, zero-padded). Where the program can load kernel
  * fields itself (have_typed_walk), from the task with plain loads: the
  * two helper calls were ~80 ns of a send's ~1.3 µs (docs/performance.md). */
-_Static_assert(SNOOP_COMM_LEN == 16, "fill_task copies the name as two words");
 
 static __always_inline void fill_task(struct event *ev)
 {

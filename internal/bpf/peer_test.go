@@ -43,7 +43,7 @@ func peerHelper(mode string) int {
 	case "churn":
 		// On "go": a socket pair that sends both ways, so this process is
 		// noted as the owner of both socks, then is freed.
-		pinCPU0()
+		pinThread(0)
 		for in.Scan() {
 			fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 			if err != nil {
@@ -123,30 +123,50 @@ func peerHelper(mode string) int {
 	return 0
 }
 
-// pinCPU0 keeps this goroutine on one thread on CPU 0: a sock freed on a
-// CPU is the next one allocated there, which is the reuse the tests want.
-func pinCPU0() {
-	runtime.LockOSThread()
-	var set unix.CPUSet
-	set.Set(0)
-	unix.SchedSetaffinity(0, &set)
-}
-
-// pinThread keeps this goroutine on one thread on cpu until the returned
-// function puts the thread's affinity back and lets it go.
-func pinThread(t *testing.T, cpu int) (restore func()) {
+// pinThread keeps this goroutine on one thread on cpu until restore puts
+// the thread's affinity back and lets it go. The per-CPU state the tests
+// put to the test (a sock freed on a CPU is the next one allocated there;
+// the programs' per-CPU memories) needs the sends on one CPU.
+func pinThread(cpu int) (restore func(), err error) {
 	runtime.LockOSThread()
 	var all, one unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &all); err != nil {
-		t.Error(err)
-	}
-	one.Set(cpu)
-	if err := unix.SchedSetaffinity(0, &one); err != nil {
-		t.Error(err)
+	if err = unix.SchedGetaffinity(0, &all); err == nil {
+		one.Set(cpu)
+		err = unix.SchedSetaffinity(0, &one)
 	}
 	return func() {
 		unix.SchedSetaffinity(0, &all)
 		runtime.UnlockOSThread()
+	}, err
+}
+
+// onCPU starts a goroutine pinned to cpu (pinThread), ended with the
+// test, and returns a function that runs f there and returns f's error.
+func onCPU(t *testing.T, cpu int) func(f func() error) error {
+	t.Helper()
+	jobs, errs := make(chan func() error), make(chan error)
+	go func() {
+		restore, err := pinThread(cpu)
+		defer restore()
+		if err != nil {
+			t.Errorf("pin to CPU %d: %v", cpu, err)
+		}
+		for f := range jobs {
+			errs <- f()
+		}
+	}()
+	t.Cleanup(func() { close(jobs) })
+	return func(f func() error) error {
+		jobs <- f
+		return <-errs
+	}
+}
+
+// write writes s to fd, for onCPU.
+func write(fd int, s string) func() error {
+	return func() error {
+		_, err := unix.Write(fd, []byte(s))
+		return err
 	}
 }
 
@@ -236,11 +256,8 @@ func testPeerSocketAddressReused(t *testing.T, tr *Tracer, c *collector) {
 	self := uint32(os.Getpid())
 	other := uint32(churn.cmd.Process.Pid)
 
-	done := make(chan []uint64)
-	go func() {
-		pinCPU0()
-		defer runtime.UnlockOSThread()
-		var inos []uint64
+	var inos []uint64
+	onCPU(t, 0)(func() error {
 		for i := 0; i < 200; i++ {
 			fmt.Fprintln(churn.in, "go")
 			if !churn.lines.Scan() {
@@ -257,9 +274,8 @@ func testPeerSocketAddressReused(t *testing.T, tr *Tracer, c *collector) {
 			unix.Close(fds[0])
 			unix.Close(fds[1])
 		}
-		done <- inos
-	}()
-	inos := <-done
+		return nil
+	})
 	if len(inos) != 200 {
 		t.Fatalf("only %d rounds ran", len(inos))
 	}
@@ -348,7 +364,7 @@ func testPeerOwnerGone(t *testing.T, c *collector, mode string) {
 }
 
 // This process sends on one end of a socket pair from CPU 0 (noted as its
-// owner, which CPU 0 remembers, see owner_noted_map), a child sends on the
+// owner, which CPU 0 remembers, see owner_memo_map), a child sends on the
 // same end from another CPU (noted instead) and closes its descriptor,
 // alive but no longer holding it; this process sends on it again from CPU
 // 0, then on the other end: that send's peer is this process, or nobody,
@@ -361,32 +377,16 @@ func testPeerOwnerBack(t *testing.T, c *collector) {
 	fds, shared := pairToLend(t)
 	child := startPeerHelper(t, "write-close", shared)
 	childPID := uint32(child.cmd.Process.Pid)
-	// The sends from CPU 0 are one pinned goroutine's; the test's own
-	// goroutine talks to the child in between.
-	done, next := make(chan error), make(chan struct{})
-	go func() {
-		pinCPU0()
-		defer runtime.UnlockOSThread()
-		if _, err := unix.Write(fds[1], []byte("a")); err != nil {
-			done <- err
-			return
-		}
-		done <- nil
-		<-next
-		if _, err := unix.Write(fds[1], []byte("b")); err != nil {
-			done <- err
-			return
-		}
-		_, err := unix.Write(fds[0], []byte("m"))
-		done <- err
-	}()
-	if err := <-done; err != nil {
+	cpu0 := onCPU(t, 0)
+	if err := cpu0(write(fds[1], "a")); err != nil {
 		t.Fatal(err)
 	}
 	fmt.Fprintln(child.in, "go")
 	child.expect(t, "closed")
-	close(next)
-	if err := <-done; err != nil {
+	if err := cpu0(write(fds[1], "b")); err != nil {
+		t.Fatal(err)
+	}
+	if err := cpu0(write(fds[0], "m")); err != nil {
 		t.Fatal(err)
 	}
 	ev := c.eventOn(t, inode(t, fds[0]))
@@ -396,7 +396,7 @@ func testPeerOwnerBack(t *testing.T, c *collector) {
 }
 
 // This process sends on both ends of a socket pair from CPU 0, so CPU 0
-// remembers who holds the second end (this process, see peer_memo_map);
+// remembers who holds the second end (this process, see owner_memo_map);
 // it hands that end on to a child and closes its own descriptor of it;
 // the child sends on it from another CPU (noted as its holder). This
 // process's next send from CPU 0 on the first end names the child: CPU
@@ -408,20 +408,11 @@ func testPeerHandedOn(t *testing.T, c *collector) {
 	fds, lent := pairToLend(t)
 	child := startPeerHelper(t, "write-hold", lent)
 	childPID := uint32(child.cmd.Process.Pid)
-	done, next := make(chan error), make(chan struct{})
-	go func() {
-		pinCPU0()
-		defer runtime.UnlockOSThread()
-		_, err := unix.Write(fds[1], []byte("a"))
-		if err == nil {
-			_, err = unix.Write(fds[0], []byte("1"))
-		}
-		done <- err
-		<-next
-		_, err = unix.Write(fds[0], []byte("2"))
-		done <- err
-	}()
-	if err := <-done; err != nil {
+	cpu0 := onCPU(t, 0)
+	if err := cpu0(write(fds[1], "a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := cpu0(write(fds[0], "1")); err != nil {
 		t.Fatal(err)
 	}
 	ino := inode(t, fds[0])
@@ -431,8 +422,7 @@ func testPeerHandedOn(t *testing.T, c *collector) {
 	lent.Close() // this process's descriptor of the second end
 	fmt.Fprintln(child.in, "go")
 	child.expect(t, "wrote")
-	close(next)
-	if err := <-done; err != nil {
+	if err := cpu0(write(fds[0], "2")); err != nil {
 		t.Fatal(err)
 	}
 	if got := c.waitFor(t, ino, 2); len(got) < 2 {

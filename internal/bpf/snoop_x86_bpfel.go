@@ -116,21 +116,10 @@ type snoopOwner struct {
 	Pad  uint32
 }
 
-type snoopOwnerNoted struct {
+type snoopOwnerMemo struct {
 	_    structs.HostLayout
 	Tok  uint64
 	Sk   uint64
-	Ino  uint64
-	Gen  uint64
-	Tgid uint32
-	Pad  uint32
-	Tok2 uint64
-}
-
-type snoopPeerMemo struct {
-	_    structs.HostLayout
-	Tok  uint64
-	Peer uint64
 	Ino  uint64
 	Gen  uint64
 	Tgid uint32
@@ -216,8 +205,7 @@ const (
 	snoopMapHpackSeq                            = "hpack_seq"
 	snoopMapInflight                            = "inflight"
 	snoopMapOwnerGone                           = "owner_gone"
-	snoopMapOwnerNotedMap                       = "owner_noted_map"
-	snoopMapPeerMemoMap                         = "peer_memo_map"
+	snoopMapOwnerMemoMap                        = "owner_memo_map"
 	snoopMapPidFilter                           = "pid_filter"
 	snoopMapScratchMap                          = "scratch_map"
 	snoopMapSendPos                             = "send_pos"
@@ -376,8 +364,7 @@ type snoopMapSpecs struct {
 	HpackSeq        *ebpf.MapSpec `ebpf:"hpack_seq"`
 	Inflight        *ebpf.MapSpec `ebpf:"inflight"`
 	OwnerGone       *ebpf.MapSpec `ebpf:"owner_gone"`
-	OwnerNotedMap   *ebpf.MapSpec `ebpf:"owner_noted_map"`
-	PeerMemoMap     *ebpf.MapSpec `ebpf:"peer_memo_map"`
+	OwnerMemoMap    *ebpf.MapSpec `ebpf:"owner_memo_map"`
 	PidFilter       *ebpf.MapSpec `ebpf:"pid_filter"`
 	ScratchMap      *ebpf.MapSpec `ebpf:"scratch_map"`
 	SendPos         *ebpf.MapSpec `ebpf:"send_pos"`
@@ -432,8 +419,7 @@ type snoopMaps struct {
 	HpackSeq        *ebpf.Map `ebpf:"hpack_seq"`
 	Inflight        *ebpf.Map `ebpf:"inflight"`
 	OwnerGone       *ebpf.Map `ebpf:"owner_gone"`
-	OwnerNotedMap   *ebpf.Map `ebpf:"owner_noted_map"`
-	PeerMemoMap     *ebpf.Map `ebpf:"peer_memo_map"`
+	OwnerMemoMap    *ebpf.Map `ebpf:"owner_memo_map"`
 	PidFilter       *ebpf.Map `ebpf:"pid_filter"`
 	ScratchMap      *ebpf.Map `ebpf:"scratch_map"`
 	SendPos         *ebpf.Map `ebpf:"send_pos"`
@@ -456,8 +442,7 @@ func (m *snoopMaps) Close() error {
 		m.HpackSeq,
 		m.Inflight,
 		m.OwnerGone,
-		m.OwnerNotedMap,
-		m.PeerMemoMap,
+		m.OwnerMemoMap,
 		m.PidFilter,
 		m.ScratchMap,
 		m.SendPos,

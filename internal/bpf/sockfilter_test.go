@@ -246,12 +246,21 @@ func TestSocketFilterNewIdentity(t *testing.T) {
 			t.Log("one CPU: the per-CPU verdict memory is not put to the test")
 		}
 		early := dial()
-		writeEarly := onCPU(t, 0)
-		if err := writeEarly(early, "early"); err != nil {
+		cpu0 := onCPU(t, 0)
+		writeEarly := func(s string) func() error {
+			return func() error {
+				_, err := early.Write([]byte(s))
+				return err
+			}
+		}
+		if err := cpu0(writeEarly("early")); err != nil {
 			t.Fatal(err)
 		}
-		restore := pinThread(t, runtime.NumCPU()-1)
+		restore, err := pinThread(runtime.NumCPU() - 1)
 		defer restore()
+		if err != nil {
+			t.Fatal(err)
+		}
 		// Probe connections until one is captured: the filter has the new
 		// identity from then on.
 		deadline := time.Now().Add(20 * time.Second)
@@ -276,35 +285,11 @@ func TestSocketFilterNewIdentity(t *testing.T) {
 				t.Fatal("the filter never selected the new directory's socket")
 			}
 		}
-		if err := writeEarly(early, "late"); err != nil {
+		if err := cpu0(writeEarly("late")); err != nil {
 			t.Fatal(err)
 		}
 		if got := c.waitFor(t, connIno(t, early), 4); string(got) != "late" {
 			t.Fatalf("the connection made before the filter learnt the new identity: captured %q, want %q (its first send, before, is not selected)", got, "late")
 		}
 	})
-}
-
-// onCPU starts a goroutine on a thread of its own on cpu, ended at the
-// test's end, and returns a function that writes s to conn from it.
-func onCPU(t *testing.T, cpu int) func(conn *net.UnixConn, s string) error {
-	t.Helper()
-	type write struct {
-		conn *net.UnixConn
-		s    string
-	}
-	writes, errs := make(chan write), make(chan error)
-	go func() {
-		restore := pinThread(t, cpu)
-		defer restore()
-		for w := range writes {
-			_, err := w.conn.Write([]byte(w.s))
-			errs <- err
-		}
-	}()
-	t.Cleanup(func() { close(writes) })
-	return func(conn *net.UnixConn, s string) error {
-		writes <- write{conn, s}
-		return <-errs
-	}
 }

@@ -1,7 +1,6 @@
 package bpf
 
 import (
-	"bufio"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -81,8 +80,8 @@ func setThreadName(name string) error {
 }
 
 // cgroupV2Ino is the inode number of this process's cgroup v2 directory,
-// which is its cgroup id, or 0 (and a log line) when there is no cgroup
-// v2 mount showing it.
+// which is its cgroup id, or 0 (and a log line) when cgroup v2 is not
+// mounted where systemd mounts it (the whole tree, or beside v1).
 func cgroupV2Ino(t *testing.T) uint64 {
 	t.Helper()
 	data, err := os.ReadFile("/proc/self/cgroup")
@@ -95,31 +94,17 @@ func cgroupV2Ino(t *testing.T) uint64 {
 			rel = p
 		}
 	}
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// id parent major:minor root mountpoint options ... - fstype source options
-		fields := strings.Fields(sc.Text())
-		sep := -1
-		for i, f := range fields {
-			if f == "-" {
-				sep = i
-				break
-			}
-		}
-		if rel == "" || sep < 0 || sep+1 >= len(fields) || fields[sep+1] != "cgroup2" || fields[3] != "/" {
+	for _, root := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
+		var fs unix.Statfs_t
+		if rel == "" || unix.Statfs(root, &fs) != nil || fs.Type != unix.CGROUP2_SUPER_MAGIC {
 			continue
 		}
 		var st unix.Stat_t
-		if err := unix.Stat(filepath.Join(fields[4], rel), &st); err != nil {
+		if err := unix.Stat(filepath.Join(root, rel), &st); err != nil {
 			t.Fatal(err)
 		}
 		return st.Ino
 	}
-	t.Log("no cgroup v2 mount of this process's cgroup: cgroup ids not checked")
+	t.Log("no cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified: cgroup ids not checked")
 	return 0
 }
