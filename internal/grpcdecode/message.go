@@ -188,7 +188,7 @@ func alignedStart(data []byte) bool {
 			return false
 		}
 		if flag == 0 {
-			if _, ok := protoreg.Schemaless(data[off+5 : off+5+n]); !ok {
+			if !protoreg.WellFormed(data[off+5 : off+5+n]) {
 				return false
 			}
 		}

@@ -229,10 +229,9 @@ func (j *jsonWriter) render(m proto.Message, wireBytes int) rendering {
 // appendRaw renders a message of unknown type by field number, or null.
 func appendRaw(b []byte, raw []byte) []byte {
 	if raw != nil {
-		if fields, ok := protoreg.Schemaless(raw); ok {
-			if enc, err := json.Marshal(protoreg.SchemalessJSON(fields)); err == nil {
-				return append(b, enc...)
-			}
+		var scratch []protoreg.RawField
+		if out, ok := appendRawJSON(b, raw, 0, &scratch); ok {
+			return out
 		}
 	}
 	return append(b, "null"...)

@@ -185,9 +185,9 @@ func appendMessageText(b []byte, r *call.Record) ([]byte, bool) {
 		safe = t.safe
 	case r.Raw != nil:
 		n := len(b)
-		if fields, ok := protoreg.Schemaless(r.Raw); ok {
-			b = append(b, protoreg.SchemalessText(fields)...)
-		} else {
+		var scratch []protoreg.RawField
+		var ok bool
+		if b, ok = appendRawText(b, r.Raw, 0, &scratch); !ok {
 			b = fmt.Appendf(b, "<%d bytes, not protobuf>", len(r.Raw))
 		}
 		safe = termsafe.Safe(unsafe.String(unsafe.SliceData(b[n:]), len(b)-n))

@@ -11,8 +11,8 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
-	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
 	"github.com/containerdsnoop/containerdsnoop/internal/termsafe"
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/schemalessref"
 )
 
 // wantTableMessage is the MESSAGE column as it was built before it was
@@ -24,8 +24,8 @@ func wantTableMessage(r *call.Record) string {
 	case r.Message != nil:
 		s = messageText(r.Message, r.WireBytes).s
 	case r.Raw != nil:
-		if fields, ok := protoreg.Schemaless(r.Raw); ok {
-			s = protoreg.SchemalessText(fields)
+		if fields, ok := schemalessref.Fields(r.Raw); ok {
+			s = schemalessref.Text(fields)
 		} else {
 			s = fmt.Sprintf("<%d bytes, not protobuf>", len(r.Raw))
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/callfilter"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
 	"github.com/containerdsnoop/containerdsnoop/internal/output"
+	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
 	"github.com/containerdsnoop/containerdsnoop/internal/summary"
 	"github.com/containerdsnoop/containerdsnoop/internal/termsafe"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
@@ -317,5 +318,80 @@ func TestSweepDeadProcesses(t *testing.T) {
 	p.Sweep(t0.Add(SweepIdle + time.Second))
 	if p.asm.Len() != 1 {
 		t.Fatalf("%d connections after the sweep, want the live one", p.asm.Len())
+	}
+}
+
+// TestNestedMessageBomb: a call of a method no schema knows, whose 4 MiB
+// message is length-delimited fields nested a million deep (any local
+// process can send it), is shown, nested to protoreg.MaxSchemalessDepth
+// and the rest as hex, in both outputs, with allocation proportional to
+// its size. Before the depth bound every level was parsed and rendered all
+// the way down: hours of CPU and terabytes of garbage for this one call.
+func TestNestedMessageBomb(t *testing.T) {
+	const levels = 1 << 20
+	lens := make([]int, levels+1)
+	for i := levels - 1; i >= 0; i-- {
+		lens[i] = 1 + protowire.SizeVarint(uint64(lens[i+1])) + lens[i+1]
+	}
+	msg := make([]byte, 0, lens[0])
+	for i := range levels {
+		msg = protowire.AppendVarint(protowire.AppendTag(msg, 1, protowire.BytesType), uint64(lens[i+1]))
+	}
+	var cb, sb bytes.Buffer
+	cb.WriteString(http2.ClientPreface)
+	cf, sf := http2.NewFramer(&cb, nil), http2.NewFramer(&sb, nil)
+	cf.WriteSettings()
+	sf.WriteSettings()
+	var henc bytes.Buffer
+	enc := hpack.NewEncoder(&henc)
+	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/evil.Service/Nest"},
+		{":authority", "x"}, {"content-type", "application/grpc"}} {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	cf.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, BlockFragment: henc.Bytes()})
+	data := append([]byte{0, byte(len(msg) >> 24), byte(len(msg) >> 16), byte(len(msg) >> 8), byte(len(msg))}, msg...)
+	for len(data) > 0 {
+		k := min(len(data), 16384)
+		cf.WriteData(1, k == len(data), data[:k])
+		data = data[k:]
+	}
+	input := cb.Len() + sb.Len()
+	t0 := time.Unix(1767323045, 0)
+	var evs []capture.Event
+	var off [2]uint64
+	for end, b := range [][]byte{cb.Bytes(), sb.Bytes()} {
+		for len(b) > 0 {
+			k := min(len(b), 16384)
+			sock, peer := uint64(40+end), uint64(41-end)
+			evs = append(evs, capture.Event{Time: t0, Sock: sock, PeerSock: peer, Ino: sock, PeerIno: peer, Offset: off[end],
+				Len: uint32(k), PID: 7, TID: 7, Comm: "evil", Path: "/run/evil.sock", Bound: end == 1, Restart: off[end] == 0, Data: b[:k]})
+			off[end] += uint64(k)
+			b = b[k:]
+		}
+	}
+	for _, format := range []string{"json", "table"} {
+		var buf bytes.Buffer
+		w, _ := output.New(format, &buf, output.Options{})
+		p := New(w, Filter{})
+		var m0, m1 runtime.MemStats
+		runtime.ReadMemStats(&m0)
+		for i := range evs {
+			p.Feed(&evs[i])
+		}
+		p.Close()
+		runtime.ReadMemStats(&m1)
+		// The message is held once, its rendering (hex: twice its size)
+		// once in the line and once in the output's buffer.
+		t.Logf("%s: input %d, allocated %d", format, input, m1.TotalAlloc-m0.TotalAlloc)
+		if alloc := m1.TotalAlloc - m0.TotalAlloc; alloc > uint64(12*input) {
+			t.Errorf("%s: %d input bytes made the pipeline allocate %d", format, input, alloc)
+		}
+		want := strings.Repeat(`{"1":`, protoreg.MaxSchemalessDepth+1) + `"0x`
+		if format == "table" {
+			want = strings.Repeat(`1:{`, protoreg.MaxSchemalessDepth) + `1:"0x`
+		}
+		if !strings.Contains(buf.String(), "/evil.Service/Nest") || !strings.Contains(buf.String(), want) {
+			t.Errorf("%s: the call is not shown nested to depth %d (%d bytes of output)", format, protoreg.MaxSchemalessDepth, buf.Len())
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
 	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
 	"github.com/containerdsnoop/containerdsnoop/internal/redact"
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/schemalessref"
 )
 
 // TestSecretsWithoutSchema: a PullImage request shown without its schema
@@ -22,8 +23,8 @@ func TestSecretsWithoutSchema(t *testing.T) {
 		Auth: &runtimeapi.AuthConfig{Username: "deploy", Password: "hunter2", IdentityToken: "tok"}})
 	for _, guess := range []string{"/runtime.v1.ImageService/PullImage", ""} {
 		r := &call.Record{Type: call.Request, Raw: raw, MethodGuess: guess}
-		fields, ok := protoreg.Schemaless(redactedRaw(r))
-		text := protoreg.SchemalessText(fields)
+		fields, ok := schemalessref.Fields(redactedRaw(r))
+		text := schemalessref.Text(fields)
 		if !ok || strings.Contains(text, "hunter2") || strings.Contains(text, "tok") || !strings.Contains(text, redact.Placeholder) || !strings.Contains(text, "registry.example/app:1") {
 			t.Errorf("guess %q: shown as %s", guess, text)
 		}

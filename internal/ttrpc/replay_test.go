@@ -12,8 +12,8 @@ import (
 
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
 	"github.com/containerdsnoop/containerdsnoop/internal/capture"
-	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
 	"github.com/containerdsnoop/containerdsnoop/internal/stream"
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/schemalessref"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec/expected"
 )
@@ -144,13 +144,12 @@ func toLine(t testing.TB, r *call.Record) line {
 		}
 		l.message = b
 	case r.Raw != nil:
-		fields, ok := protoreg.Schemaless(r.Raw)
+		fields, ok := schemalessref.Fields(r.Raw)
 		if !ok {
 			l.message = json.RawMessage(`"not protobuf"`)
 			break
 		}
-		b, _ := json.Marshal(protoreg.SchemalessJSON(fields))
-		l.message = b
+		l.message = schemalessref.JSON(fields)
 	}
 	return l
 }

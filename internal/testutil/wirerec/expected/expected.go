@@ -25,7 +25,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/containerdsnoop/containerdsnoop/internal/protoreg"
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/schemalessref"
 )
 
 // Call is one entry of <name>.expected.json.
@@ -154,11 +154,11 @@ func Schemaless(hexBytes string) (json.RawMessage, error) {
 	if err != nil {
 		return nil, err
 	}
-	fields, ok := protoreg.Schemaless(b)
+	fields, ok := schemalessref.Fields(b)
 	if !ok {
 		return nil, fmt.Errorf("%s is not protobuf", hexBytes)
 	}
-	return json.Marshal(protoreg.SchemalessJSON(fields))
+	return schemalessref.JSON(fields), nil
 }
 
 // Scenario is one fixture: Run makes its calls and writes <Name>.wire and
