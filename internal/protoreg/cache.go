@@ -18,10 +18,11 @@ import (
 // protobuf encoders (containerd 2.x, grpc-go) write a map in Go's random
 // iteration order, so the same ListContainers answer comes in a different
 // byte order nearly every time. A message with maps that misses is
-// therefore also looked up by its deterministic encoding (maps sorted by
-// key), and its bytes as sent are kept as an alias of the message found
-// there: equal deterministic encodings are equal messages, so the same
-// message (and its rendering, and what pods learnt from it) is shared.
+// therefore also looked up by its bytes with every map's entries in one
+// order (canonicalMaps, from the bytes alone, before any unmarshal), and
+// its bytes as sent are kept as an alias of the message found there:
+// equal canonical forms are equal messages, so the same message (and its
+// rendering, and what pods learnt from it) is shared.
 //
 // Consumers must treat a Record's Message as read-only: redaction works on
 // a copy (pipeline.redacted), so a shared message is never changed.
@@ -74,15 +75,9 @@ func (c *messageCache) decode(mt protoreflect.MessageType, payload []byte) (prot
 	if ok {
 		return msg, nil
 	}
-	msg = mt.New().Interface()
-	if err := proto.Unmarshal(payload, msg); err != nil {
-		return msg, err
-	}
+	key, reordered := payload, false
 	if hasMaps(mt.Descriptor()) {
-		// Before convertJSONAnys, which changes the message: the
-		// encoding is of what was sent.
-		canon, err := proto.MarshalOptions{Deterministic: true}.Marshal(msg)
-		if err == nil && !bytes.Equal(canon, payload) {
+		if canon, ok := canonicalMaps(mt.Descriptor(), payload); ok && !bytes.Equal(canon, payload) {
 			c.mu.Lock()
 			shared, ok := c.entries[name][string(canon)]
 			c.mu.Unlock()
@@ -90,16 +85,20 @@ func (c *messageCache) decode(mt protoreflect.MessageType, payload []byte) (prot
 				c.alias(name, payload, shared)
 				return shared, nil
 			}
-			convertJSONAnys(msg.ProtoReflect(), 0)
-			c.add(name, canon, msg, cacheEntryFactor*len(canon))
-			c.alias(name, payload, msg)
-			return msg, nil
+			key, reordered = canon, true
 		}
+	}
+	msg = mt.New().Interface()
+	if err := proto.Unmarshal(payload, msg); err != nil {
+		return msg, err
 	}
 	convertJSONAnys(msg.ProtoReflect(), 0)
 	// An entry holds more than its key: the decoded message (a few times
 	// the wire size, in Go objects) and what the outputs render for it.
-	c.add(name, payload, msg, cacheEntryFactor*len(payload))
+	c.add(name, key, msg, cacheEntryFactor*len(key))
+	if reordered {
+		c.alias(name, payload, msg)
+	}
 	return msg, nil
 }
 
