@@ -58,6 +58,49 @@ type connState struct {
 	maxReq     uint32
 	early      call.Early[earlyEvent]
 	readyChunk chunk
+	// What proves where a stream without a call started (unopenedNote):
+	// fromStart, the capture saw the connection's preface; firstReq, the
+	// first stream it saw the client open (0: none yet); lostReq, the
+	// client's bytes had a gap since; forgot, a call was forgotten with
+	// too many open.
+	fromStart bool
+	firstReq  uint32
+	lostReq   bool
+	forgot    bool
+}
+
+// headerOrigin says where a header the trailers refer to but the table
+// does not hold came from. On a connection seen from its preface every
+// header the server sent came after the capture started (it sends
+// HEADERS only in answer to requests): the capture lost it, in bytes
+// lost with a full ring buffer or in a header block over its size limit.
+func (s *connState) headerOrigin() string {
+	if s.fromStart {
+		return "the capture lost"
+	}
+	return "from before the capture started"
+}
+
+// unopenedNote says why stream id has bytes but no call. Stream ids only
+// grow, so a stream above one the capture saw opened (or any, on a
+// connection seen from its preface) was opened after the capture started:
+// "before the capture started" is claimed only where that is possible.
+// What the capture then missed is said as far as it is known: bytes it
+// lost (a full ring buffer), calls it forgot, or neither (a late frame of
+// a call already ended, or a peer breaking HTTP/2).
+func (s *connState) unopenedNote(id uint32) string {
+	if !s.fromStart && (s.firstReq == 0 || id <= s.firstReq) {
+		return joinedNote
+	}
+	switch {
+	case s.lostReq && s.forgot:
+		return "stream not open in the bytes captured: the capture lost some of them and forgot calls"
+	case s.lostReq:
+		return "stream not open in the bytes captured: the capture lost some of them"
+	case s.forgot:
+		return "stream not open in the bytes captured, or forgotten with too many calls open"
+	}
+	return "stream not open in the bytes captured"
 }
 
 const maxReset = 64
@@ -96,6 +139,9 @@ type grpcCall struct {
 	// and until a frame proves a message boundary (see alignedStart),
 	// nothing of that direction can be split into messages.
 	joined [2]bool
+	// unopened: why a call seen first by its DATA or trailers has no
+	// start (connState.unopenedNote); its lines' note.
+	unopened string
 
 	// reqEnded: the client ended its side (END_STREAM), for early.go.
 	reqEnded bool
@@ -129,6 +175,13 @@ func state(c *h2.Conn) *connState {
 // Event implements h2.Handler.
 func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
 	s := state(c)
+	if ev.Kind == h2.Lost {
+		// Before early(), which shows the answers it held at a loss of
+		// the client's bytes: their notes say so.
+		if dir, ok := call.DirOf(c.Stream, ev.End); !ok || dir == call.Request {
+			s.lostReq = true
+		}
+	}
 	if d.early(c, s, ev) {
 		return
 	}
@@ -139,7 +192,8 @@ func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
 		// sockets; their ends will never be seen.
 		d.clear(s, droppedNote)
 		s.reset = [maxReset]uint32{}
-		s.maxReq = 0
+		s.maxReq, s.firstReq = 0, 0
+		s.fromStart, s.lostReq, s.forgot = true, false, false
 	case h2.Lost:
 		for _, cl := range s.calls.All() {
 			dir, ok := call.DirOf(c.Stream, ev.End)
@@ -164,8 +218,8 @@ func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
 		if cl == nil {
 			// A stream opened before the capture (a Subscribe stream's
 			// events): its messages are still shown, by field number.
-			cl = &grpcCall{stream: ev.Stream, joined: [2]bool{true, true}}
-			d.forget(s.calls.Put(ev.Stream, cl), evictedNote, false)
+			cl = &grpcCall{stream: ev.Stream, joined: [2]bool{true, true}, unopened: s.unopenedNote(ev.Stream)}
+			d.put(s, cl)
 		}
 		d.data(c, cl, dir, ev)
 		if ev.EndStream && dir == call.Response {
@@ -215,6 +269,15 @@ func (d *Decoder) Closed(c *h2.Conn) {
 	d.clear(s, droppedNote)
 }
 
+// put opens cl's call in s; a call forgotten to make room ends with a
+// line, and later bytes of it are said to be of a forgotten call.
+func (d *Decoder) put(s *connState, cl *grpcCall) {
+	if old := s.calls.Put(cl.stream, cl); old != nil {
+		s.forgot = true
+		d.forget(old, evictedNote, false)
+	}
+}
+
 // clear drops every open call of s, and what they hold: a response held
 // for its trailers is shown as the call's last line, with note (its status
 // will not be seen).
@@ -249,7 +312,7 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 		}
 		cl = d.newCall()
 		cl.stream, cl.start = ev.Stream, ev.Cap.Time
-		d.forget(s.calls.Put(ev.Stream, cl), evictedNote, false)
+		d.put(s, cl)
 		for _, f := range ev.Fields {
 			switch {
 			case !f.NameKnown:
@@ -279,8 +342,8 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 		}
 		// The call started before the capture: its method is unknown,
 		// but its end is still worth showing.
-		cl = &grpcCall{stream: ev.Stream}
-		d.forget(s.calls.Put(ev.Stream, cl), evictedNote, false)
+		cl = &grpcCall{stream: ev.Stream, unopened: s.unopenedNote(ev.Stream)}
+		d.put(s, cl)
 	}
 	var st *call.Status
 	httpStatus, note := "", ""
@@ -319,7 +382,7 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 				st.Message = percentDecode(f.Value)
 				peer = peer || f.Peer
 			} else {
-				note = "status message refers to a header from before the capture started"
+				note = "status message refers to a header " + s.headerOrigin()
 			}
 		}
 	}
@@ -338,7 +401,7 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 	case unknown:
 		// Never report a status the bytes do not prove.
 		st = nil
-		note = "status refers to a header from before the capture started"
+		note = "status refers to a header " + s.headerOrigin()
 	case st == nil && note == "":
 		st = &call.Status{Code: httpToCode(httpStatus), Message: "no grpc-status in trailers (HTTP status " + httpStatus + ")"}
 	}
@@ -352,7 +415,7 @@ func (d *Decoder) data(c *h2.Conn, cl *grpcCall, dir call.Type, ev *h2.Event) {
 			if len(ev.Data) > 0 {
 				// Every byte is accounted for: say what was not shown.
 				r := d.record(c, cl, dir, ev)
-				r.Note = "DATA of a stream opened before the capture started (" + strconv.Itoa(len(ev.Data)) + " bytes, not at a message boundary: not shown)"
+				r.Note = "DATA of a " + cl.unopened + " (" + strconv.Itoa(len(ev.Data)) + " bytes, not at a message boundary: not shown)"
 				r.WireBytes = len(ev.Data)
 				d.emit(r)
 			}
@@ -416,7 +479,7 @@ func (d *Decoder) message(c *h2.Conn, cl *grpcCall, dir call.Type, m message, ev
 		decodeInto(r, cl, dir, payload)
 	}
 	if cl.start.IsZero() && r.Note == "" {
-		r.Note = joinedNote
+		r.Note = cl.unopened
 	}
 	if dir == call.Request {
 		d.emit(r)

@@ -59,6 +59,9 @@ func (s *connState) requestProgress(c *h2.Conn, ev *h2.Event) {
 	}
 	if ev.Kind == h2.Headers {
 		s.maxReq = max(s.maxReq, ev.Stream)
+		if s.firstReq == 0 {
+			s.firstReq = ev.Stream
+		}
 	}
 	if ev.Kind != h2.Headers && ev.Kind != h2.Data {
 		return
