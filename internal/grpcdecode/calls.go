@@ -217,7 +217,8 @@ func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
 		cl := s.calls.Get(ev.Stream)
 		if cl == nil {
 			// A stream opened before the capture (a Subscribe stream's
-			// events): its messages are still shown, by field number.
+			// events) or in bytes it lost: its messages are still shown,
+			// by field number, noted with which (unopenedNote).
 			cl = &grpcCall{stream: ev.Stream, joined: [2]bool{true, true}, unopened: s.unopenedNote(ev.Stream)}
 			d.put(s, cl)
 		}
@@ -340,8 +341,8 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 		if s.wasReset(ev.Stream) {
 			return // the reset call's late answer: already ended
 		}
-		// The call started before the capture: its method is unknown,
-		// but its end is still worth showing.
+		// The call started before the capture, or in bytes it lost:
+		// its method is unknown, but its end is still worth showing.
 		cl = &grpcCall{stream: ev.Stream, unopened: s.unopenedNote(ev.Stream)}
 		d.put(s, cl)
 	}
