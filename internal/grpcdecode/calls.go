@@ -61,24 +61,32 @@ type connState struct {
 	// What proves where a stream without a call started (unopenedNote):
 	// fromStart, the capture saw the connection's preface; firstReq, the
 	// first stream it saw the client open (0: none yet); lostReq, the
-	// client's bytes had a gap since; forgot, a call was forgotten with
-	// too many open.
-	fromStart bool
-	firstReq  uint32
-	lostReq   bool
-	forgot    bool
+	// client's bytes had a gap since, lostReqEarly before firstReq;
+	// forgot, a call was forgotten with too many open.
+	fromStart    bool
+	firstReq     uint32
+	lostReq      bool
+	lostReqEarly bool
+	forgot       bool
 }
 
-// headerOrigin says where a header the trailers refer to but the table
-// does not hold came from. On a connection seen from its preface every
-// header the server sent came after the capture started (it sends
-// HEADERS only in answer to requests): the capture lost it, in bytes
-// lost with a full ring buffer or in a header block over its size limit.
-func (s *connState) headerOrigin() string {
-	if s.fromStart {
+// headerOrigin says where a header that trailers of header table table
+// (h2.Event.Table) refer to, but the table does not hold, came from.
+// Table 0 is the one the capture joined with, never started over: what
+// it lacks predates the capture. On a connection seen from its preface
+// every header the server sent came after the capture started (it sends
+// HEADERS only in answer to requests): a table started over since lacks
+// what the capture lost, in bytes lost with a full ring buffer or in a
+// header block over its size limit. A joined connection's table started
+// over may lack either.
+func (s *connState) headerOrigin(table uint64) string {
+	switch {
+	case table == 0:
+		return "from before the capture started"
+	case s.fromStart:
 		return "the capture lost"
 	}
-	return "from before the capture started"
+	return "from before the capture started or that the capture lost"
 }
 
 // unopenedNote says why stream id has bytes but no call. Stream ids only
@@ -90,6 +98,9 @@ func (s *connState) headerOrigin() string {
 // a call already ended, or a peer breaking HTTP/2).
 func (s *connState) unopenedNote(id uint32) string {
 	if !s.fromStart && (s.firstReq == 0 || id <= s.firstReq) {
+		if s.lostReqEarly {
+			return "stream opened before the capture started or in bytes it lost"
+		}
 		return joinedNote
 	}
 	switch {
@@ -180,6 +191,7 @@ func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
 		// the client's bytes: their notes say so.
 		if dir, ok := call.DirOf(c.Stream, ev.End); !ok || dir == call.Request {
 			s.lostReq = true
+			s.lostReqEarly = s.lostReqEarly || s.firstReq == 0
 		}
 	}
 	if d.early(c, s, ev) {
@@ -193,7 +205,7 @@ func (d *Decoder) Event(c *h2.Conn, ev *h2.Event) {
 		d.clear(s, droppedNote)
 		s.reset = [maxReset]uint32{}
 		s.maxReq, s.firstReq = 0, 0
-		s.fromStart, s.lostReq, s.forgot = true, false, false
+		s.fromStart, s.lostReq, s.lostReqEarly, s.forgot = true, false, false, false
 	case h2.Lost:
 		for _, cl := range s.calls.All() {
 			dir, ok := call.DirOf(c.Stream, ev.End)
@@ -383,7 +395,7 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 				st.Message = percentDecode(f.Value)
 				peer = peer || f.Peer
 			} else {
-				note = "status message refers to a header " + s.headerOrigin()
+				note = "status message refers to a header " + s.headerOrigin(ev.Table)
 			}
 		}
 	}
@@ -402,7 +414,7 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 	case unknown:
 		// Never report a status the bytes do not prove.
 		st = nil
-		note = "status refers to a header " + s.headerOrigin()
+		note = "status refers to a header " + s.headerOrigin(ev.Table)
 	case st == nil && note == "":
 		st = &call.Status{Code: httpToCode(httpStatus), Message: "no grpc-status in trailers (HTTP status " + httpStatus + ")"}
 	}
