@@ -78,7 +78,8 @@ type Record struct {
 	// method whose request type the payload fits. A guess, labelled so.
 	MethodGuess string
 	// Unresolved counts header references on this connection that pointed
-	// into the header table from before the capture started.
+	// into the part of the header table the capture does not hold: from
+	// before it started, or added in bytes it lost.
 	Unresolved uint64
 	// Namespace is the containerd-namespace header of the call, if any.
 	Namespace string

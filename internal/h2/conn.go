@@ -75,7 +75,8 @@ type Conn struct {
 }
 
 // Unresolved counts header references this connection could not resolve
-// because they point into the table from before the capture started.
+// because they point into the part of the table the capture does not hold:
+// from before it started, or added in bytes it lost.
 func (c *Conn) Unresolved() uint64 {
 	return c.dirs[0].dec.Unresolved() + c.dirs[1].dec.Unresolved()
 }
