@@ -153,3 +153,49 @@ func FuzzCanonicalMaps(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkMapOrderLookup: finding a decoded 64 KiB ListContainers answer
+// again when it comes in another map order (as every answer from a Go
+// server does): by its canonical form, and, for comparison, what the
+// cache did before (unmarshal, then marshal deterministically to look up).
+//
+//	go test -run '^$' -bench MapOrderLookup ./internal/protoreg/
+func BenchmarkMapOrderLookup(b *testing.B) {
+	msg := bigListContainers(40)
+	mt := msg.ProtoReflect().Type()
+	var payloads [][]byte
+	for range 16 {
+		p, _ := proto.Marshal(msg)
+		payloads = append(payloads, p)
+	}
+	size := int64(len(payloads[0]))
+	b.Run("canonical", func(b *testing.B) {
+		if _, err := messages.decode(mt, payloads[0]); err != nil {
+			b.Fatal(err)
+		}
+		b.SetBytes(size)
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			if _, err := messages.decode(mt, payloads[i%len(payloads)]); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+	b.Run("unmarshal_remarshal", func(b *testing.B) {
+		b.SetBytes(size)
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			m := mt.New().Interface()
+			if err := proto.Unmarshal(payloads[i%len(payloads)], m); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := (proto.MarshalOptions{Deterministic: true}).Marshal(m); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+}
