@@ -2,7 +2,7 @@ package protoreg
 
 import (
 	"bytes"
-	"encoding/binary"
+	"cmp"
 	"slices"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -33,7 +33,8 @@ import (
 // Hand-written because protobuf-go offers only the marshal of a decoded
 // message (MarshalOptions.Deterministic) as a canonical form.
 func canonicalMaps(md protoreflect.MessageDescriptor, payload []byte) ([]byte, bool) {
-	out, ok := appendCanonical(make([]byte, 0, len(payload)), md, payload, 0)
+	var entries []mapEntry // every level's, one after the other
+	out, ok := appendCanonical(make([]byte, 0, len(payload)), md, payload, 0, &entries)
 	return out, ok && len(out) == len(payload)
 }
 
@@ -42,18 +43,36 @@ func canonicalMaps(md protoreflect.MessageDescriptor, payload []byte) ([]byte, b
 const maxCanonDepth = 32
 
 // mapEntry is one entry of a map field: the whole field (tag, length,
-// entry) and the key it sorts and is compared by.
+// entry) and the key it sorts and is compared by (entryKey).
 type mapEntry struct {
 	num   protowire.Number
-	key   []byte
+	ukey  uint64 // a varint key's value
+	key   []byte // any other key's bytes
 	field []byte
 }
 
-func appendCanonical(out []byte, md protoreflect.MessageDescriptor, b []byte, depth int) ([]byte, bool) {
+func compareEntries(x, y mapEntry) int {
+	switch {
+	case x.num != y.num:
+		return int(x.num) - int(y.num)
+	case x.ukey != y.ukey:
+		return cmp.Compare(x.ukey, y.ukey)
+	}
+	if c := bytes.Compare(x.key, y.key); c != 0 {
+		return c
+	}
+	return bytes.Compare(x.field, y.field)
+}
+
+// appendCanonical appends b's canonical form to out. A level's map
+// entries are collected after those of the levels around it in
+// *entries, which it leaves as it found it: one slice for the whole walk.
+func appendCanonical(out []byte, md protoreflect.MessageDescriptor, b []byte, depth int, entries *[]mapEntry) ([]byte, bool) {
 	if depth > maxCanonDepth {
 		return out, false
 	}
-	var entries []mapEntry
+	base := len(*entries)
+	defer func() { *entries = (*entries)[:base] }()
 	fields := md.Fields()
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
@@ -73,11 +92,12 @@ func appendCanonical(out []byte, md protoreflect.MessageDescriptor, b []byte, de
 		}
 		value, _ := protowire.ConsumeBytes(field[n:]) // well-formed: consumeValue said so
 		if fd.IsMap() {
-			key, ok := entryKey(fd, value)
+			e, ok := entryKey(fd, value)
 			if !ok {
 				return out, false
 			}
-			entries = append(entries, mapEntry{num: num, key: key, field: field})
+			e.num, e.field = num, field
+			*entries = append(*entries, e)
 			continue
 		}
 		if !hasMaps(fd.Message()) {
@@ -86,21 +106,14 @@ func appendCanonical(out []byte, md protoreflect.MessageDescriptor, b []byte, de
 		}
 		out = append(out, field[:len(field)-len(value)]...)
 		var ok bool
-		if out, ok = appendCanonical(out, fd.Message(), value, depth+1); !ok {
+		if out, ok = appendCanonical(out, fd.Message(), value, depth+1, entries); !ok {
 			return out, false
 		}
 	}
-	slices.SortFunc(entries, func(x, y mapEntry) int {
-		if x.num != y.num {
-			return int(x.num) - int(y.num)
-		}
-		if c := bytes.Compare(x.key, y.key); c != 0 {
-			return c
-		}
-		return bytes.Compare(x.field, y.field)
-	})
-	for i, e := range entries {
-		if i > 0 && e.num == entries[i-1].num && bytes.Equal(e.key, entries[i-1].key) {
+	level := (*entries)[base:]
+	slices.SortFunc(level, compareEntries)
+	for i, e := range level {
+		if i > 0 && e.num == level[i-1].num && e.ukey == level[i-1].ukey && bytes.Equal(e.key, level[i-1].key) {
 			return out, false
 		}
 		out = append(out, e.field...)
@@ -108,28 +121,27 @@ func appendCanonical(out []byte, md protoreflect.MessageDescriptor, b []byte, de
 	return out, true
 }
 
-// entryKey is what identifies a map entry's key: its bytes for a string
-// or fixed-size key, its value (8 bytes, big-endian) for a varint one, so
-// that a key written as a longer varint than needed is still the same
-// key. ok is false unless the entry is a key of the key's wire type
-// followed by at most one value of the value's, none of them a message
-// with maps of its own.
-func entryKey(fd protoreflect.FieldDescriptor, entry []byte) ([]byte, bool) {
+// entryKey is what identifies a map entry's key (in ukey or key of the
+// entry returned): its value for a varint key, so that a key written as a
+// longer varint than needed is still the same key, its bytes for a string
+// or fixed-size one. ok is false unless the entry is a key of the key's
+// wire type followed by at most one value of the value's, none of them a
+// message with maps of its own.
+func entryKey(fd protoreflect.FieldDescriptor, entry []byte) (e mapEntry, ok bool) {
 	keyType, valueType := wireType(fd.MapKey()), wireType(fd.MapValue())
 	if v := fd.MapValue(); v.Kind() == protoreflect.MessageKind && hasMaps(v.Message()) {
-		return nil, false
+		return e, false
 	}
 	num, typ, n := protowire.ConsumeTag(entry)
 	if n < 0 || num != 1 || typ != keyType {
-		return nil, false
+		return e, false
 	}
 	rest := entry[n:]
-	var key []byte
 	switch typ {
 	case protowire.VarintType:
 		x, m := protowire.ConsumeVarint(rest)
 		if m < 0 {
-			return nil, false
+			return e, false
 		}
 		// As the decoder narrows it: a 32-bit key has one value however
 		// long its varint, a bool is true for any value but 0.
@@ -139,30 +151,29 @@ func entryKey(fd protoreflect.FieldDescriptor, entry []byte) ([]byte, bool) {
 		case protoreflect.BoolKind:
 			x = min(x, 1)
 		}
-		key = binary.BigEndian.AppendUint64(nil, x)
-		rest = rest[m:]
+		e.ukey, rest = x, rest[m:]
 	case protowire.BytesType:
 		x, m := protowire.ConsumeBytes(rest)
 		if m < 0 {
-			return nil, false
+			return e, false
 		}
-		key, rest = x, rest[m:]
+		e.key, rest = x, rest[m:]
 	default:
 		m := consumeValue(typ, rest)
 		if m < 0 {
-			return nil, false
+			return e, false
 		}
-		key, rest = rest[:m], rest[m:]
+		e.key, rest = rest[:m], rest[m:]
 	}
 	if len(rest) == 0 {
-		return key, true
+		return e, true
 	}
 	num, typ, n = protowire.ConsumeTag(rest)
 	if n < 0 || num != 2 || typ != valueType {
-		return nil, false
+		return e, false
 	}
 	m := consumeValue(typ, rest[n:])
-	return key, m >= 0 && n+m == len(rest)
+	return e, m >= 0 && n+m == len(rest)
 }
 
 // wireType is how a map key or value of fd's kind is written (maps hold
