@@ -328,15 +328,7 @@ func TestSweepDeadProcesses(t *testing.T) {
 // its size. Before the depth bound every level was parsed and rendered all
 // the way down: hours of CPU and terabytes of garbage for this one call.
 func TestNestedMessageBomb(t *testing.T) {
-	const levels = 1 << 20
-	lens := make([]int, levels+1)
-	for i := levels - 1; i >= 0; i-- {
-		lens[i] = 1 + protowire.SizeVarint(uint64(lens[i+1])) + lens[i+1]
-	}
-	msg := make([]byte, 0, lens[0])
-	for i := range levels {
-		msg = protowire.AppendVarint(protowire.AppendTag(msg, 1, protowire.BytesType), uint64(lens[i+1]))
-	}
+	msg := wirerec.NestedMessage(1 << 20)
 	var cb, sb bytes.Buffer
 	cb.WriteString(http2.ClientPreface)
 	cf, sf := http2.NewFramer(&cb, nil), http2.NewFramer(&sb, nil)
@@ -356,29 +348,15 @@ func TestNestedMessageBomb(t *testing.T) {
 		data = data[k:]
 	}
 	input := cb.Len() + sb.Len()
-	t0 := time.Unix(1767323045, 0)
-	var evs []capture.Event
-	var off [2]uint64
-	for end, b := range [][]byte{cb.Bytes(), sb.Bytes()} {
-		for len(b) > 0 {
-			k := min(len(b), 16384)
-			sock, peer := uint64(40+end), uint64(41-end)
-			evs = append(evs, capture.Event{Time: t0, Sock: sock, PeerSock: peer, Ino: sock, PeerIno: peer, Offset: off[end],
-				Len: uint32(k), PID: 7, TID: 7, Comm: "evil", Path: "/run/evil.sock", Bound: end == 1, Restart: off[end] == 0, Data: b[:k]})
-			off[end] += uint64(k)
-			b = b[k:]
-		}
-	}
 	for _, format := range []string{"json", "table"} {
 		var buf bytes.Buffer
 		w, _ := output.New(format, &buf, output.Options{})
-		p := New(w, Filter{})
+		c := &partialConn{p: New(w, Filter{}), sock: 40, t: time.Unix(1767323045, 0)}
 		var m0, m1 runtime.MemStats
 		runtime.ReadMemStats(&m0)
-		for i := range evs {
-			p.Feed(&evs[i])
-		}
-		p.Close()
+		c.send(0, cb.Bytes())
+		c.send(1, sb.Bytes())
+		c.p.Close()
 		runtime.ReadMemStats(&m1)
 		// The message is held once, its rendering (hex: twice its size)
 		// once in the line and once in the output's buffer.

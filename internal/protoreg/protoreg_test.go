@@ -6,9 +6,10 @@ import (
 	"testing"
 
 	"google.golang.org/protobuf/encoding/prototext"
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
 )
 
 func TestRegistryFromDescriptors(t *testing.T) {
@@ -82,17 +83,7 @@ func TestSchemaless(t *testing.T) {
 // level parsed all the levels below it and rendered them as hex: this
 // test then ran for hours (a 32,000-deep message: 4 s, 11 GB of garbage).
 func TestSchemalessDeepNesting(t *testing.T) {
-	// Level i holds level i+1 whole: built outermost first from the
-	// lengths, innermost (empty) first.
-	const levels = 1 << 20
-	lens := make([]int, levels+1)
-	for i := levels - 1; i >= 0; i-- {
-		lens[i] = 1 + protowire.SizeVarint(uint64(lens[i+1])) + lens[i+1]
-	}
-	b := make([]byte, 0, lens[0])
-	for i := range levels {
-		b = protowire.AppendVarint(protowire.AppendTag(b, 1, protowire.BytesType), uint64(lens[i+1]))
-	}
+	b := wirerec.NestedMessage(1 << 20)
 	msg, depth := b, 0
 	for {
 		fields, ok := AppendRawFields(nil, msg, depth)

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // ClientPreface is the HTTP/2 connection preface that starts every
@@ -209,4 +210,21 @@ var (
 func JoinedRequestWithPath(path string) []byte {
 	b := append([]byte{0x83, 0x86, 0x04, byte(len(path))}, path...)
 	return append(b, JoinedRequest[2:]...)
+}
+
+// NestedMessage is a protobuf message of levels length-delimited fields
+// (number 1) each holding the next, the innermost empty: a message any
+// process can send, for tests of how deep a decoder looks. Built outermost
+// first from the lengths, in one pass: wrapping the inner levels one at a
+// time would copy the whole message per level.
+func NestedMessage(levels int) []byte {
+	lens := make([]int, levels+1)
+	for i := levels - 1; i >= 0; i-- {
+		lens[i] = 1 + protowire.SizeVarint(uint64(lens[i+1])) + lens[i+1]
+	}
+	b := make([]byte, 0, lens[0])
+	for i := range levels {
+		b = protowire.AppendVarint(protowire.AppendTag(b, 1, protowire.BytesType), uint64(lens[i+1]))
+	}
+	return b
 }
