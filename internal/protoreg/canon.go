@@ -79,7 +79,7 @@ func appendCanonical(out []byte, md protoreflect.MessageDescriptor, b []byte, de
 		if n < 0 {
 			return out, false
 		}
-		m := consumeValue(typ, b[n:])
+		m := consumeValue(num, typ, b[n:])
 		if m < 0 {
 			return out, false
 		}
@@ -159,7 +159,7 @@ func entryKey(fd protoreflect.FieldDescriptor, entry []byte) (e mapEntry, ok boo
 		}
 		e.key, rest = x, rest[m:]
 	default:
-		m := consumeValue(typ, rest)
+		m := consumeValue(1, typ, rest)
 		if m < 0 {
 			return e, false
 		}
@@ -172,7 +172,7 @@ func entryKey(fd protoreflect.FieldDescriptor, entry []byte) (e mapEntry, ok boo
 	if n < 0 || num != 2 || typ != valueType {
 		return e, false
 	}
-	m := consumeValue(typ, rest[n:])
+	m := consumeValue(2, typ, rest[n:])
 	return e, m >= 0 && n+m == len(rest)
 }
 

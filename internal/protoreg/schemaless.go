@@ -53,12 +53,12 @@ type RawField struct {
 // and lengths only, one level.
 func WellFormed(b []byte) bool {
 	for len(b) > 0 {
-		_, typ, n := protowire.ConsumeTag(b)
+		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
 			return false
 		}
 		b = b[n:]
-		if n = consumeValue(typ, b); n < 0 {
+		if n = consumeValue(num, typ, b); n < 0 {
 			return false
 		}
 		b = b[n:]
@@ -66,25 +66,15 @@ func WellFormed(b []byte) bool {
 	return true
 }
 
-// consumeValue is the length of the value of wire type typ at the start
-// of b, or -1. Groups (start/end) are not accepted: no message here uses
-// them, and reading them would need the nesting this file avoids.
-func consumeValue(typ protowire.Type, b []byte) int {
-	switch typ {
-	case protowire.VarintType:
-		_, n := protowire.ConsumeVarint(b)
-		return n
-	case protowire.Fixed32Type:
-		_, n := protowire.ConsumeFixed32(b)
-		return n
-	case protowire.Fixed64Type:
-		_, n := protowire.ConsumeFixed64(b)
-		return n
-	case protowire.BytesType:
-		_, n := protowire.ConsumeBytes(b)
-		return n
+// consumeValue is the length of field num's value, of wire type typ, at
+// the start of b, or negative. Groups (start/end) are not accepted: no
+// message here uses them, and reading them would need the nesting this
+// file avoids.
+func consumeValue(num protowire.Number, typ protowire.Type, b []byte) int {
+	if typ == protowire.StartGroupType || typ == protowire.EndGroupType {
+		return -1
 	}
-	return -1
+	return protowire.ConsumeFieldValue(num, typ, b)
 }
 
 // AppendRawFields appends the fields of b, a message at nesting level
