@@ -93,7 +93,7 @@ bench:
 # Minimizing a new input is capped: by default it may take a minute, which
 # (for a target whose runs take milliseconds) was the whole minute spent
 # minimizing one input instead of fuzzing.
-FUZZ_TARGETS := FuzzDecode:./internal/h2/hpack/ FuzzPin:./internal/h2/hpack/ FuzzAttach:./internal/h2/ FuzzSplitter:./internal/grpcdecode/ FuzzReader:./internal/recording/ FuzzTTRPC:./internal/ttrpc/ FuzzPipeline:./internal/pipeline/ FuzzSchemaless:./internal/output/ FuzzCanonicalMaps:./internal/protoreg/
+FUZZ_TARGETS := FuzzDecode:./internal/h2/hpack/ FuzzPin:./internal/h2/hpack/ FuzzAttach:./internal/h2/ FuzzSplitter:./internal/grpcdecode/ FuzzReader:./internal/recording/ FuzzTTRPC:./internal/ttrpc/ FuzzPipeline:./internal/pipeline/ FuzzSchemaless:./internal/output/ FuzzCanonicalMaps:./internal/protoreg/ FuzzFit:./internal/protoreg/
 FUZZMINIMIZE ?= 2s
 
 fuzz:

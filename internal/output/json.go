@@ -229,7 +229,8 @@ func (j *jsonWriter) render(m proto.Message, wireBytes int) rendering {
 // appendRaw renders a message of unknown type by field number, or null.
 func appendRaw(b []byte, raw []byte) []byte {
 	if raw != nil {
-		var scratch []protoreg.RawField
+		b = growForRaw(b, raw)
+		var scratch []uint64
 		if out, ok := appendRawJSON(b, raw, 0, &scratch); ok {
 			return out
 		}

@@ -31,13 +31,13 @@ func checkSchemaless(t *testing.T, msg []byte) {
 	if got := appendRaw([]byte("x"), msg); !bytes.Equal(got[1:], wantJSON) {
 		t.Fatalf("JSON of %x:\n got %s\nwant %s", msg, got[1:], wantJSON)
 	}
-	var scratch []protoreg.RawField
-	got, gotOK := appendRawText([]byte("x"), msg, 0, &scratch)
+	got, gotOK := appendRawText([]byte("x"), msg, 0)
 	if gotOK != ok || (ok && string(got[1:]) != wantText) || (!ok && string(got) != "x") {
 		t.Fatalf("text of %x: %v %q, want %v %q", msg, gotOK, got, ok, wantText)
 	}
-	if len(scratch) != 0 {
-		t.Fatalf("scratch left with %d fields", len(scratch))
+	var scratch []uint64
+	if _, gotOK := appendRawJSON(nil, msg, 0, &scratch); gotOK != ok || len(scratch) != 0 {
+		t.Fatalf("JSON of %x: %v, scratch left with %d words", msg, gotOK, len(scratch))
 	}
 }
 
@@ -52,7 +52,12 @@ func schemalessSeeds() [][]byte {
 	many = protowire.AppendFixed64(protowire.AppendTag(many, 4, protowire.Fixed64Type), 1<<63)
 	many = protowire.AppendBytes(protowire.AppendTag(many, 5, protowire.BytesType), []byte{0xff, 0x00})
 	many = protowire.AppendBytes(protowire.AppendTag(many, 6, protowire.BytesType), nil)
-	return [][]byte{cri, many, nil, {}, {0x0a, 0x05, 'h'}, {0x0b}, {0x08}}
+	// Numbers whose decimal order is not their order, to the largest.
+	var numbers []byte
+	for _, n := range []protowire.Number{2147483647, 1000000000, 999999999, 100, 10, 1, 19, 2, 536870911, 10, 1000000000} {
+		numbers = protowire.AppendVarint(protowire.AppendTag(numbers, n, protowire.VarintType), 1)
+	}
+	return [][]byte{cri, many, numbers, nil, {}, {0x0a, 0x05, 'h'}, {0x0b}, {0x08}}
 }
 
 func TestSchemalessRendering(t *testing.T) {

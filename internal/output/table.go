@@ -185,9 +185,9 @@ func appendMessageText(b []byte, r *call.Record) ([]byte, bool) {
 		safe = t.safe
 	case r.Raw != nil:
 		n := len(b)
-		var scratch []protoreg.RawField
+		b = growForRaw(b, r.Raw)
 		var ok bool
-		if b, ok = appendRawText(b, r.Raw, 0, &scratch); !ok {
+		if b, ok = appendRawText(b, r.Raw, 0); !ok {
 			b = fmt.Appendf(b, "<%d bytes, not protobuf>", len(r.Raw))
 		}
 		safe = termsafe.Safe(unsafe.String(unsafe.SliceData(b[n:]), len(b)-n))

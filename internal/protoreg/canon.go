@@ -176,8 +176,9 @@ func entryKey(fd protoreflect.FieldDescriptor, entry []byte) (e mapEntry, ok boo
 	return e, m >= 0 && n+m == len(rest)
 }
 
-// wireType is how a map key or value of fd's kind is written (maps hold
-// no groups, and their scalars are never packed).
+// wireType is how a field of fd's kind is written, unpacked (a repeated
+// scalar may also come packed, as bytes; groups are never accepted here).
+// A map's keys and values are never packed.
 func wireType(fd protoreflect.FieldDescriptor) protowire.Type {
 	switch fd.Kind() {
 	case protoreflect.StringKind, protoreflect.BytesKind, protoreflect.MessageKind:

@@ -3,6 +3,7 @@ package protoreg
 import (
 	"sync"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
@@ -11,12 +12,69 @@ import (
 // GuessGRPCMethod decides (no unknown fields at any depth, strings are
 // text).
 func Fit(payload []byte, typ protoreflect.MessageType) (proto.Message, bool) {
+	if !wireFits(payload, typ.Descriptor(), 0) {
+		return nil, false
+	}
+	return fitParsed(payload, typ)
+}
+
+// fitParsed is Fit without its first look at the tags.
+func fitParsed(payload []byte, typ protoreflect.MessageType) (proto.Message, bool) {
 	m := typ.New().Interface()
 	if proto.Unmarshal(payload, m) != nil || !fits(m.ProtoReflect()) {
 		return nil, false
 	}
 	return m, true
 }
+
+// wireFits says whether b can fit md strictly as far as its tags tell:
+// every field, at every level the schema reaches (to maxFitDepth; not
+// into maps' entries), is one the level's type declares, written with its
+// wire type. Fit asks it before parsing: protobuf-go keeps undeclared
+// fields as unknown bytes, so a message of millions of fields no
+// credential type declares (any local process can send one on a method no
+// schema knows, and each is tried as every such type to hide its secrets)
+// was copied, and grown, once per type only to be refused: ~80 MB
+// allocated for 4 MiB of fields. What this accepts may still not fit (a
+// string that is not text, a closed enum's unknown value): parsing
+// decides.
+func wireFits(b []byte, md protoreflect.MessageDescriptor, depth int) bool {
+	if depth > maxFitDepth {
+		return true
+	}
+	fields := md.Fields()
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return false
+		}
+		m := consumeValue(num, typ, b[n:])
+		fd := fields.ByNumber(num)
+		if m < 0 || fd == nil {
+			return false
+		}
+		switch want := wireType(fd); {
+		case typ == want:
+		case typ == protowire.BytesType && fd.IsList() && want != protowire.BytesType: // packed
+		default:
+			return false
+		}
+		// Not into a map's entries: protobuf-go drops what an entry holds
+		// besides its key and value, where a message keeps it.
+		if fd.Kind() == protoreflect.MessageKind && !fd.IsMap() {
+			value, _ := protowire.ConsumeBytes(b[n:])
+			if !wireFits(value, fd.Message(), depth+1) {
+				return false
+			}
+		}
+		b = b[n+m:]
+	}
+	return true
+}
+
+// maxFitDepth is how deep wireFits looks; deeper levels are left to
+// parsing (protobuf-go bounds its recursion).
+const maxFitDepth = 64
 
 // CredentialTypes lists the registered request and response types that
 // can carry a credential, as secret(fd) tells of a field: the types a

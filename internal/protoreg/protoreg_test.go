@@ -67,13 +67,23 @@ func TestGuessGRPCMethod(t *testing.T) {
 }
 
 func TestSchemaless(t *testing.T) {
-	fields, ok := AppendRawFields(nil, []byte{0x0a, 0x05, 'h', 'e', 'l', 'l', 'o', 0x10, 0x96, 0x01, 0x1a, 0x02, 0x08, 0x07}, 0)
-	want := []RawField{{Number: 1, Kind: RawString, Bytes: []byte("hello")}, {Number: 2, Uint: 150}, {Number: 3, Kind: RawMessage, Bytes: []byte{0x08, 0x07}}}
-	if !ok || !reflect.DeepEqual(fields, want) {
-		t.Fatalf("%v %+v", ok, fields)
+	msg := []byte{0x0a, 0x05, 'h', 'e', 'l', 'l', 'o', 0x10, 0x96, 0x01, 0x1a, 0x02, 0x08, 0x07}
+	var fields []RawField
+	for b := msg; len(b) > 0; {
+		f, n := ReadRawField(b, 0)
+		if n <= 0 {
+			t.Fatalf("field %d of %x: %d", len(fields), msg, n)
+		}
+		fields, b = append(fields, f), b[n:]
 	}
-	if _, ok := AppendRawFields(nil, []byte{0x0a, 0x05, 'h'}, 0); ok || WellFormed([]byte{0x0a, 0x05, 'h'}) {
-		t.Fatal("truncated message accepted")
+	want := []RawField{{Number: 1, Kind: RawString, Bytes: []byte("hello")}, {Number: 2, Uint: 150}, {Number: 3, Kind: RawMessage, Bytes: []byte{0x08, 0x07}}}
+	if !reflect.DeepEqual(fields, want) || FieldCount(msg) != 3 {
+		t.Fatalf("%+v, %d fields counted", fields, FieldCount(msg))
+	}
+	for _, bad := range [][]byte{{0x0a, 0x05, 'h'}, {0x0b}, {0x08}, {0x00, 0x00}} {
+		if _, n := ReadRawField(bad, 0); n >= 0 || WellFormed(bad) || FieldCount(bad) != -1 {
+			t.Errorf("malformed %x accepted: %d", bad, n)
+		}
 	}
 }
 
@@ -86,17 +96,17 @@ func TestSchemalessDeepNesting(t *testing.T) {
 	b := wirerec.NestedMessage(1 << 20)
 	msg, depth := b, 0
 	for {
-		fields, ok := AppendRawFields(nil, msg, depth)
-		if !ok || len(fields) != 1 {
-			t.Fatalf("level %d: %v, %d fields", depth, ok, len(fields))
+		f, n := ReadRawField(msg, depth)
+		if n != len(msg) {
+			t.Fatalf("level %d: %d of %d bytes read as one field", depth, n, len(msg))
 		}
-		if fields[0].Kind != RawMessage {
-			if depth != MaxSchemalessDepth || fields[0].Kind != RawHex {
-				t.Fatalf("level %d: kind %d, want a message down to level %d and hex there", depth, fields[0].Kind, MaxSchemalessDepth)
+		if f.Kind != RawMessage {
+			if depth != MaxSchemalessDepth || f.Kind != RawHex {
+				t.Fatalf("level %d: kind %d, want a message down to level %d and hex there", depth, f.Kind, MaxSchemalessDepth)
 			}
 			break
 		}
-		msg, depth = fields[0].Bytes, depth+1
+		msg, depth = f.Bytes, depth+1
 	}
 }
 

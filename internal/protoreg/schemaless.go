@@ -41,7 +41,8 @@ const (
 	RawHex
 )
 
-// RawField is one field of a message read without its schema.
+// RawField is one field of a message read without its schema
+// (ReadRawField).
 type RawField struct {
 	Number protowire.Number
 	Kind   RawKind
@@ -51,19 +52,25 @@ type RawField struct {
 
 // WellFormed says whether b parses entirely as a protobuf message: tags
 // and lengths only, one level.
-func WellFormed(b []byte) bool {
+func WellFormed(b []byte) bool { return FieldCount(b) >= 0 }
+
+// FieldCount is how many fields b holds at its top level, or -1 when b
+// is not a well-formed message (tags and lengths only, one level).
+func FieldCount(b []byte) int {
+	count := 0
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
-			return false
+			return -1
 		}
 		b = b[n:]
 		if n = consumeValue(num, typ, b); n < 0 {
-			return false
+			return -1
 		}
 		b = b[n:]
+		count++
 	}
-	return true
+	return count
 }
 
 // consumeValue is the length of field num's value, of wire type typ, at
@@ -77,40 +84,42 @@ func consumeValue(num protowire.Number, typ protowire.Type, b []byte) int {
 	return protowire.ConsumeFieldValue(num, typ, b)
 }
 
-// AppendRawFields appends the fields of b, a message at nesting level
-// depth (0: the message itself), to dst in wire order; ok is false when b
-// is not well-formed. A length-delimited field's Kind is decided here;
-// the caller reads a RawMessage's fields with depth+1.
-func AppendRawFields(dst []RawField, b []byte, depth int) (fields []RawField, ok bool) {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return dst, false
-		}
-		b = b[n:]
-		f := RawField{Number: num}
-		switch typ {
-		case protowire.VarintType:
-			f.Uint, n = protowire.ConsumeVarint(b)
-		case protowire.Fixed32Type:
-			var x uint32
-			x, n = protowire.ConsumeFixed32(b)
-			f.Uint = uint64(x)
-		case protowire.Fixed64Type:
-			f.Uint, n = protowire.ConsumeFixed64(b)
-		case protowire.BytesType:
-			f.Bytes, n = protowire.ConsumeBytes(b)
-			f.Kind = bytesKind(f.Bytes, depth)
-		default:
-			return dst, false
-		}
-		if n < 0 {
-			return dst, false
-		}
-		b = b[n:]
-		dst = append(dst, f)
+// ReadRawField reads the field at the start of b, a message at nesting
+// level depth (0: the message itself): the field and how many bytes of b
+// it took, or n < 0 when b does not start with a well-formed field. A
+// length-delimited field's Kind is decided here; the caller reads a
+// RawMessage's fields with depth+1. One field at a time, so that a caller
+// never has to hold a record per field: a message of millions of
+// two-byte fields, collected as RawFields (40 bytes each, grown by
+// append), made the renderer allocate 100 times the message.
+func ReadRawField(b []byte, depth int) (f RawField, n int) {
+	num, typ, n := protowire.ConsumeTag(b)
+	if n < 0 {
+		return f, n
 	}
-	return dst, true
+	f.Number = num
+	var m int
+	switch typ {
+	case protowire.VarintType:
+		f.Uint, m = protowire.ConsumeVarint(b[n:])
+	case protowire.Fixed32Type:
+		var x uint32
+		x, m = protowire.ConsumeFixed32(b[n:])
+		f.Uint = uint64(x)
+	case protowire.Fixed64Type:
+		f.Uint, m = protowire.ConsumeFixed64(b[n:])
+	case protowire.BytesType:
+		f.Bytes, m = protowire.ConsumeBytes(b[n:])
+		if m >= 0 {
+			f.Kind = bytesKind(f.Bytes, depth)
+		}
+	default:
+		return RawField{}, -1
+	}
+	if m < 0 {
+		return RawField{}, m
+	}
+	return f, n + m
 }
 
 // bytesKind is how a length-delimited field of a message at level depth

@@ -1,6 +1,6 @@
 // Package schemalessref is the reference for how a message of unknown type
 // is shown (output's appendRawJSON and appendRawText over
-// protoreg.AppendRawFields): the plain way, a tree of fields rendered by
+// protoreg.ReadRawField): the plain way, a tree of fields rendered by
 // encoding/json and strings.Builder, kept for tests to compare the
 // streaming renderers with, by fuzzing and in the replay tests' expected
 // lines. Tests only: it allocates a tree per message.
