@@ -334,7 +334,7 @@ func TestNestedMessageBomb(t *testing.T) {
 	}
 	// The message is held once, its rendering (hex: twice its size) once
 	// in the line and once in the output's buffer.
-	unknownMessageCost(t, wirerec.NestedMessage(1<<20), 12, want)
+	messageCost(t, "/evil.Service/Nest", wirerec.NestedMessage(1<<20), 12, want)
 }
 
 // TestManyFieldsMessage: a message of unknown type made of millions of
@@ -370,14 +370,34 @@ func TestManyFieldsMessage(t *testing.T) {
 		{"distinct numbers", distinct, map[string]string{"json": `{"1":0,"10":0,"100":0,"1000":0,"10000":0,"100000":0,"100001":0,`, "table": `1:0 2:0 3:0 `}},
 		{"nested", nested, map[string]string{"json": `{"3":[{"1":[1,1,`, "table": `3:{1:1 1:1 `}},
 	} {
-		t.Run(tc.name, func(t *testing.T) { unknownMessageCost(t, tc.msg, 12, tc.want) })
+		t.Run(tc.name, func(t *testing.T) { messageCost(t, "/evil.Service/Nest", tc.msg, 12, tc.want) })
 	}
 }
 
-// unknownMessageCost sends msg as the request of a method no schema knows
-// and checks that each output shows it (want[format] in the line) having
-// allocated at most ratio times the bytes sent.
-func unknownMessageCost(t *testing.T, msg []byte, ratio int, want map[string]string) {
+// TestDenseKnownMessage: a message of a known method made of millions of
+// two-byte fields is not decoded with its schema (protobuf-go would take
+// 40-160x its size: 4 MiB of empty descriptors, 770 MB to decode and
+// show) but shown by field number, saying so, at the cost of a message of
+// unknown type; one that could be a type carrying a credential cannot be
+// checked for secrets, and is withheld, saying so.
+func TestDenseKnownMessage(t *testing.T) {
+	descriptors := bytes.Repeat([]byte{0x12, 0x00}, 2<<20) // Diff/Apply: field 2, repeated Descriptor
+	note := "not decoded as containerd.services.diff.v1.ApplyRequest, shown by field number: its 4194304 bytes hold so many values"
+	messageCost(t, "/containerd.services.diff.v1.Diff/Apply", descriptors, 12, map[string]string{
+		"json": `"message":{"2":["","",`, "table": `2:"" 2:"" 2:"" `, "note": note})
+	// A PullImageRequest (field 1, its ImageSpec) whose image's
+	// annotations are a million empty entries: sent on a method no schema
+	// knows, it could be one, whose auth would be hidden.
+	spec := bytes.Repeat([]byte{0x12, 0x00}, 1<<20)
+	pull := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), spec)
+	messageCost(t, "/evil.Service/Nest", pull, 12, map[string]string{"json": `"message":null`, "table": "REQ",
+		"note": "message of 2097157 bytes withheld: it may be a runtime.v1.PullImageRequest, which can carry a secret, and is too dense with values to check (--show-secrets shows it)"})
+}
+
+// messageCost sends msg as the request of a call to path and checks that
+// each output shows it (want[format] in the line, and want["note"] if
+// set) having allocated at most ratio times the bytes sent.
+func messageCost(t *testing.T, path string, msg []byte, ratio int, want map[string]string) {
 	t.Helper()
 	var cb, sb bytes.Buffer
 	cb.WriteString(http2.ClientPreface)
@@ -386,7 +406,7 @@ func unknownMessageCost(t *testing.T, msg []byte, ratio int, want map[string]str
 	sf.WriteSettings()
 	var henc bytes.Buffer
 	enc := hpack.NewEncoder(&henc)
-	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/evil.Service/Nest"},
+	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", path},
 		{":authority", "x"}, {"content-type", "application/grpc"}} {
 		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 	}
@@ -414,21 +434,27 @@ func unknownMessageCost(t *testing.T, msg []byte, ratio int, want map[string]str
 		if alloc := m1.TotalAlloc - m0.TotalAlloc; alloc > uint64(ratio*input) {
 			t.Errorf("%s: %d input bytes made the pipeline allocate %d", format, input, alloc)
 		}
-		if head := string(out.head); !strings.Contains(head, "/evil.Service/Nest") || !strings.Contains(head, want[format]) {
+		head := string(out.head)
+		if !strings.Contains(head, path) || !strings.Contains(head, want[format]) {
 			t.Errorf("%s: the call is not shown as %q (%d bytes of output)", format, want[format], out.n)
+		}
+		if want["note"] != "" && !strings.Contains(out.tail, want["note"]) && !strings.Contains(head, want["note"]) {
+			t.Errorf("%s: no note %q: %q", format, want["note"], out.tail)
 		}
 	}
 }
 
-// headWriter keeps the first cap(head) bytes written to it, and counts
-// them all.
+// headWriter keeps the first cap(head) bytes written to it and the last
+// write's last 4 KiB, and counts them all.
 type headWriter struct {
 	head []byte
+	tail string
 	n    int
 }
 
 func (w *headWriter) Write(b []byte) (int, error) {
 	w.head = append(w.head, b[:min(len(b), cap(w.head)-len(w.head))]...)
+	w.tail = string(b[max(0, len(b)-4096):])
 	w.n += len(b)
 	return len(b), nil
 }

@@ -5,6 +5,7 @@
 package pipeline
 
 import (
+	"fmt"
 	"path/filepath"
 	"strings"
 	"time"
@@ -332,7 +333,10 @@ func (p *Pipeline) write(r *call.Record) {
 		r.Message = p.redacted(r.Message, r.WireBytes)
 	}
 	if !p.filter.ShowSecrets && r.Message == nil && len(r.Raw) > 0 {
-		r.Raw = redactedRaw(r)
+		var withheld string
+		if r.Raw, withheld = redactedRaw(r); withheld != "" {
+			r.Note = strings.TrimPrefix(r.Note+"; "+withheld, "; ")
+		}
 	}
 	p.calls.Add(r)
 }
@@ -389,8 +393,10 @@ const (
 // carry a credential; the first that fits strictly and hides something
 // gives the bytes shown (the same message, secrets replaced). What fits
 // no such type has no field a known type calls a secret, and is shown as
-// it is.
-func redactedRaw(r *call.Record) []byte {
+// it is. A message that could be of such a type but is too dense to parse
+// (protoreg.FitDense) cannot be checked: it is withheld (nil), and
+// withheld says why.
+func redactedRaw(r *call.Record) (raw []byte, withheld string) {
 	var types []protoreflect.MessageType
 	if m, ok := protoreg.Lookup(r.MethodGuess); ok && r.MethodGuess != "" {
 		if r.Type == call.Request {
@@ -400,15 +406,19 @@ func redactedRaw(r *call.Record) []byte {
 		}
 	}
 	for _, t := range append(types, protoreg.CredentialTypes(redact.SecretField)...) {
-		m, ok := protoreg.Fit(r.Raw, t)
+		m, ok, dense := protoreg.FitDense(r.Raw, t)
+		if dense {
+			return nil, fmt.Sprintf("message of %d bytes withheld: it may be a %s, which can carry a secret, "+
+				"and is too dense with values to check (--show-secrets shows it)", len(r.Raw), t.Descriptor().FullName())
+		}
 		if !ok || !redact.Message(m) {
 			continue
 		}
 		if b, err := (proto.MarshalOptions{Deterministic: true}).Marshal(m); err == nil {
-			return b
+			return b, ""
 		}
 	}
-	return r.Raw
+	return r.Raw, ""
 }
 
 // emit takes a record the filters selected.

@@ -61,12 +61,7 @@ var messages = &messageCache{entries: map[protoreflect.FullName]map[string]proto
 
 func (c *messageCache) decode(mt protoreflect.MessageType, payload []byte) (proto.Message, error) {
 	if !Shared(len(payload)) {
-		msg := mt.New().Interface()
-		if err := proto.Unmarshal(payload, msg); err != nil {
-			return msg, err
-		}
-		convertJSONAnys(msg.ProtoReflect(), 0)
-		return msg, nil
+		return unmarshal(mt, payload)
 	}
 	name := mt.Descriptor().FullName()
 	c.mu.Lock()
@@ -88,11 +83,10 @@ func (c *messageCache) decode(mt protoreflect.MessageType, payload []byte) (prot
 			key, reordered = canon, true
 		}
 	}
-	msg = mt.New().Interface()
-	if err := proto.Unmarshal(payload, msg); err != nil {
+	msg, err := unmarshal(mt, payload)
+	if err != nil {
 		return msg, err
 	}
-	convertJSONAnys(msg.ProtoReflect(), 0)
 	// An entry holds more than its key: the decoded message (a few times
 	// the wire size, in Go objects) and what the outputs render for it.
 	c.add(name, key, msg, cacheEntryFactor*len(key))

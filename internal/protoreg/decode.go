@@ -2,6 +2,7 @@ package protoreg
 
 import (
 	"bytes"
+	"errors"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
 )
@@ -19,6 +20,11 @@ func DecodeMessage(r *call.Record, m *Method, dir call.Type, payload []byte) {
 		mt = m.Output
 	}
 	msg, err := messages.decode(mt, payload)
+	if dense := (*TooDenseError)(nil); errors.As(err, &dense) {
+		r.Raw = bytes.Clone(payload)
+		r.Note = "not decoded as " + string(mt.Descriptor().FullName()) + ", shown by field number: " + err.Error()
+		return
+	}
 	if err != nil {
 		r.Raw = bytes.Clone(payload)
 		r.Note = "does not parse as " + string(mt.Descriptor().FullName()) + ": " + err.Error()

@@ -1,6 +1,8 @@
 package protoreg
 
 import (
+	"slices"
+	"strings"
 	"sync"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -12,10 +14,23 @@ import (
 // GuessGRPCMethod decides (no unknown fields at any depth, strings are
 // text).
 func Fit(payload []byte, typ protoreflect.MessageType) (proto.Message, bool) {
+	m, ok, _ := FitDense(payload, typ)
+	return m, ok
+}
+
+// FitDense is Fit, and, when the payload does not fit, whether that is
+// because it was not parsed: its tags fit typ, but it is large and so
+// dense with values that parsing it would take many times its size
+// (TooDenseError). Such a payload may hold what typ holds.
+func FitDense(payload []byte, typ protoreflect.MessageType) (m proto.Message, ok, dense bool) {
 	if !wireFits(payload, typ.Descriptor(), 0) {
-		return nil, false
+		return nil, false, false
 	}
-	return fitParsed(payload, typ)
+	if _, dense := tooDense(typ.Descriptor(), payload); dense {
+		return nil, false, true
+	}
+	m, ok = fitParsed(payload, typ)
+	return m, ok, false
 }
 
 // fitParsed is Fit without its first look at the tags.
@@ -91,6 +106,11 @@ func CredentialTypes(secret func(protoreflect.FieldDescriptor) bool) []protorefl
 				}
 			}
 		}
+		// In one order, so that what is said of a message (which type
+		// it may be) is the same every run.
+		slices.SortFunc(credTypes, func(a, b protoreflect.MessageType) int {
+			return strings.Compare(string(a.Descriptor().FullName()), string(b.Descriptor().FullName()))
+		})
 	})
 	return credTypes
 }

@@ -10,7 +10,9 @@ import (
 )
 
 // FuzzFit: the look at the tags Fit takes before parsing refuses only
-// what parsing would: Fit and fitParsed agree on every candidate type.
+// what parsing would: Fit and fitParsed agree on every candidate type
+// (the fuzzer's inputs are far below where Fit also refuses messages too
+// dense to parse, TestDenseMessages).
 func FuzzFit(f *testing.F) {
 	pull, _ := proto.Marshal(&runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: "x", Annotations: map[string]string{"a": "b"}},
 		Auth: &runtimeapi.AuthConfig{Username: "u", Password: "p"}})
