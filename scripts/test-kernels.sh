@@ -510,6 +510,18 @@ fi
 if [[ -z ${KERNEL_PACKAGES:-} && $table_mode != skip ]]; then
 	"$kt" table "$table_mode" README.md "$manifest" || rc=1
 fi
+# The failures once more, last and short: a CI log is often read from its
+# tail, which the table's diff above would otherwise fill.
+if ((rc != 0)); then
+	echo
+	echo "---- failed rows (their logs: $logdir)"
+	while IFS=$'\t' read -r label _ out res ended _; do
+		grep -q '^KERNELTEST-RESULT: PASS' "$res" 2>/dev/null && continue
+		echo "$label: $(grep -m1 '^KERNELTEST-RESULT' "$res" 2>/dev/null || echo "no result ($ended)")"
+		[[ -f $out ]] || continue
+		tr -d '\r' <"$out" | grep -E -B3 '^\s*--- FAIL' | grep -v -E '^\s*=== (RUN|PAUSE|CONT)|^--$' | tail -n 12 | cut -c1-200
+	done <"$manifest"
+fi
 if [[ -n ${KERNEL_BENCH:-} ]]; then
 	while IFS=$'\t' read -r label _ out _ _ _; do
 		[[ -f $out ]] || continue
