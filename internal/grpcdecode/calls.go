@@ -31,6 +31,8 @@ type Decoder struct {
 	// holding is the connections holding answers for requests not seen
 	// yet (early.go), for Tick.
 	holding map[*h2.Conn]struct{}
+	// unshownCalls are the calls with a run of DATA not shown (unshown.go).
+	unshownCalls map[*grpcCall]struct{}
 }
 
 // New returns a Decoder that passes each Record to emit. The Record is
@@ -153,6 +155,9 @@ type grpcCall struct {
 	// unopened: why a call seen first by its DATA or trailers has no
 	// start (connState.unopenedNote); its lines' note.
 	unopened string
+	// unshown: per direction, the run of DATA frames not at a message
+	// boundary not shown yet (unshown.go).
+	unshown [2]unshownRun
 
 	// reqEnded: the client ended its side (END_STREAM), for early.go.
 	reqEnded bool
@@ -427,13 +432,11 @@ func (d *Decoder) data(c *h2.Conn, cl *grpcCall, dir call.Type, ev *h2.Event) {
 		if !alignedStart(ev.Data) {
 			if len(ev.Data) > 0 {
 				// Every byte is accounted for: say what was not shown.
-				r := d.record(c, cl, dir, ev)
-				r.Note = "DATA of a " + cl.unopened + " (" + strconv.Itoa(len(ev.Data)) + " bytes, not at a message boundary: not shown)"
-				r.WireBytes = len(ev.Data)
-				d.emit(r)
+				d.unshown(c, cl, dir, ev)
 			}
 			return
 		}
+		d.showUnshown(cl)
 		cl.joined[dir] = false
 	}
 	if cl.lost[dir] && !cl.split[dir].partial() {

@@ -143,6 +143,7 @@ func (d *Decoder) Tick(now time.Time) {
 		d.deliverEarly(c, s, s.early.TakeReady())
 		d.deliverEarly(c, s, s.early.TakeDue(now))
 	}
+	d.tickUnshown(now)
 }
 
 // chunk names a captured write: the sending socket and where the write

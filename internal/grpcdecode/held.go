@@ -80,6 +80,7 @@ func (d *Decoder) forget(cl *grpcCall, note string, final bool) {
 // held response, which it returns (nil if none), for a call that ends or
 // is dropped.
 func (d *Decoder) release(cl *grpcCall) *call.Record {
+	d.showUnshown(cl)
 	cl.split[call.Request].reset()
 	cl.split[call.Response].reset()
 	return d.unhold(cl)
