@@ -138,11 +138,16 @@ func (d *Decoder) deliverEarly(c *h2.Conn, s *connState, evs []earlyEvent) {
 // is idle): their requests are not coming. Call it after each captured
 // write, as the pipeline does.
 func (d *Decoder) Tick(now time.Time) {
-	for c := range d.holding {
-		s := state(c)
-		d.deliverEarly(c, s, s.early.TakeReady())
-		d.deliverEarly(c, s, s.early.TakeDue(now))
+	// Called for every captured write: no map iteration set up for
+	// nothing.
+	if len(d.holding) > 0 {
+		for c := range d.holding {
+			s := state(c)
+			d.deliverEarly(c, s, s.early.TakeReady())
+			d.deliverEarly(c, s, s.early.TakeDue(now))
+		}
 	}
+	// After: what was just delivered may be due too.
 	d.tickUnshown(now)
 }
 

@@ -180,6 +180,9 @@ func (d *Decoder) release(c *Conn) {
 // Tick delivers what connections hold past holdTime, for when nothing more
 // is sent on them; call it when the capture is idle.
 func (d *Decoder) Tick(now time.Time) {
+	if len(d.holding) == 0 {
+		return // called for every captured write: no map iteration set up
+	}
 	for c := range d.holding {
 		d.settle(c, now)
 	}

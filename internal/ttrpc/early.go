@@ -65,6 +65,9 @@ func (d *Decoder) deliverEarly(s *conn, frames []earlyFrame) {
 // time, or the clock while the capture is idle): their requests are not
 // coming.
 func (d *Decoder) Tick(now time.Time) {
+	if len(d.holding) == 0 {
+		return // called for every captured write: no map iteration set up
+	}
 	for s := range d.holding {
 		d.deliverEarly(s, s.early.TakeDue(now))
 	}
