@@ -5,8 +5,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
-	"testing"
 	"strings"
+	"testing"
 	"time"
 
 	"golang.org/x/net/http2"

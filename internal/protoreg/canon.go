@@ -75,12 +75,8 @@ func appendCanonical(out []byte, md protoreflect.MessageDescriptor, b []byte, de
 	defer func() { *entries = (*entries)[:base] }()
 	fields := md.Fields()
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return out, false
-		}
-		m := consumeValue(num, typ, b[n:])
-		if m < 0 {
+		num, typ, n, m, ok := nextField(b)
+		if !ok {
 			return out, false
 		}
 		field := b[:n+m]
@@ -105,7 +101,6 @@ func appendCanonical(out []byte, md protoreflect.MessageDescriptor, b []byte, de
 			continue
 		}
 		out = append(out, field[:len(field)-len(value)]...)
-		var ok bool
 		if out, ok = appendCanonical(out, fd.Message(), value, depth+1, entries); !ok {
 			return out, false
 		}

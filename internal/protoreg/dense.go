@@ -105,22 +105,14 @@ func decodedCost(md protoreflect.MessageDescriptor, b []byte, depth int) int {
 		return !was
 	}
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return cost
-		}
-		m := consumeValue(num, typ, b[n:])
-		if m < 0 {
-			return cost
+		num, typ, n, m, ok := nextField(b)
+		if !ok {
+			return cost // not decoded at all
 		}
 		field, value := b[:n+m], b[n:n+m]
 		b = b[n+m:]
 		fd := fields.ByNumber(num)
-		want := protowire.Type(0)
-		if fd != nil {
-			want = wireType(fd)
-		}
-		if fd == nil || typ != want && !(typ == protowire.BytesType && fd.IsList()) {
+		if fd == nil || typ != wireType(fd) && !(typ == protowire.BytesType && fd.IsList()) {
 			cost += len(field) // unknown
 			continue
 		}
@@ -177,12 +169,8 @@ func anyCost(md protoreflect.MessageDescriptor, b []byte, depth int) int {
 // b (the one a parse keeps), or nil.
 func lastBytesField(b []byte, num protowire.Number) (value []byte) {
 	for len(b) > 0 {
-		n2, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return value
-		}
-		m := consumeValue(n2, typ, b[n:])
-		if m < 0 {
+		n2, typ, n, m, ok := nextField(b)
+		if !ok {
 			return value
 		}
 		if n2 == num && typ == protowire.BytesType {

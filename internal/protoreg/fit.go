@@ -59,13 +59,12 @@ func wireFits(b []byte, md protoreflect.MessageDescriptor, depth int) bool {
 	}
 	fields := md.Fields()
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
+		num, typ, n, m, ok := nextField(b)
+		if !ok {
 			return false
 		}
-		m := consumeValue(num, typ, b[n:])
 		fd := fields.ByNumber(num)
-		if m < 0 || fd == nil {
+		if fd == nil {
 			return false
 		}
 		switch want := wireType(fd); {

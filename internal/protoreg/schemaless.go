@@ -59,18 +59,26 @@ func WellFormed(b []byte) bool { return FieldCount(b) >= 0 }
 func FieldCount(b []byte) int {
 	count := 0
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
+		_, _, n, m, ok := nextField(b)
+		if !ok {
 			return -1
 		}
-		b = b[n:]
-		if n = consumeValue(num, typ, b); n < 0 {
-			return -1
-		}
-		b = b[n:]
+		b = b[n+m:]
 		count++
 	}
 	return count
+}
+
+// nextField reads the tag of the field at the start of b: its number and
+// wire type, the tag's length n and the value's m; ok is false when b does
+// not start with a well-formed field (a group is not one: consumeValue).
+func nextField(b []byte) (num protowire.Number, typ protowire.Type, n, m int, ok bool) {
+	num, typ, n = protowire.ConsumeTag(b)
+	if n < 0 {
+		return 0, 0, 0, 0, false
+	}
+	m = consumeValue(num, typ, b[n:])
+	return num, typ, n, m, m >= 0
 }
 
 // consumeValue is the length of field num's value, of wire type typ, at
