@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/budget"
@@ -104,6 +107,44 @@ func TestInflate(t *testing.T) {
 	}
 	if _, err := inflate("", buf.Bytes()); err == nil {
 		t.Fatal("compressed flag without grpc-encoding accepted")
+	}
+}
+
+// TestInflateBomb: 64 MiB of zeros gzipped (~64 KiB, any local process can
+// send it) is not inflated past 128 times its size, nor held: refused
+// with a note, after allocating a bounded multiple of that limit; a
+// message that compressed 70x (what real answers reach) inflates.
+func TestInflateBomb(t *testing.T) {
+	gz := func(b []byte) []byte {
+		var buf bytes.Buffer
+		zw, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+		zw.Write(b)
+		zw.Close()
+		return buf.Bytes()
+	}
+	bomb := gz(make([]byte, 64<<20))
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	out, err := inflate("gzip", bomb)
+	runtime.ReadMemStats(&m1)
+	limit := maxInflateRatio * len(bomb)
+	t.Logf("%d bytes of gzip: %v; allocated %d (limit %d)", len(bomb), err, m1.TotalAlloc-m0.TotalAlloc, limit)
+	if out != nil || err == nil || !strings.Contains(err.Error(), fmt.Sprintf("gzip: message of %d bytes not decoded: it inflates past %d bytes", len(bomb), limit)) {
+		t.Fatalf("bomb inflated: %d bytes, %v", len(out), err)
+	}
+	if alloc := m1.TotalAlloc - m0.TotalAlloc; alloc > uint64(3*limit) {
+		t.Errorf("refusing it allocated %d, over 3x the %d-byte limit", alloc, limit)
+	}
+	// Records of repeated text and a pseudo-random id, compressing ~70x.
+	var real bytes.Buffer
+	rng := rand.New(rand.NewPCG(1, 2))
+	for real.Len() < 4<<20 {
+		fmt.Fprintf(&real, "%s%016x", bytes.Repeat([]byte("container-label=value;"), 45), rng.Uint64())
+	}
+	z := gz(real.Bytes())
+	ratio := float64(real.Len()) / float64(len(z))
+	if out, err := inflate("gzip", z); err != nil || !bytes.Equal(out, real.Bytes()) || ratio < 50 {
+		t.Errorf("a %.0fx compressed message: %d bytes, %v", ratio, len(out), err)
 	}
 }
 

@@ -203,6 +203,18 @@ func (s *splitter) reset() {
 	s.reserve(0)
 }
 
+// A compressed message is inflated to at most maxInflateRatio times its
+// size (at least minInflateLimit, at most MaxHeldMessage, the bound of an
+// uncompressed one). Deflate reaches ~1,000:1: unbounded but by the 64 MiB
+// message limit, 64 KiB of gzip any local process can send became 64 MiB
+// to hold and several times that to show, per message. Real answers
+// compress 11-18x (ListContainers, ListImages), up to ~70x (stats of
+// identical containers).
+const (
+	maxInflateRatio = 128
+	minInflateLimit = 1 << 20
+)
+
 // inflate undoes the message compression named by grpc-encoding.
 func inflate(encoding string, b []byte) ([]byte, error) {
 	switch encoding {
@@ -211,12 +223,14 @@ func inflate(encoding string, b []byte) ([]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("gzip: %w", err)
 		}
-		out, err := io.ReadAll(io.LimitReader(zr, maxMessage+1))
+		limit := min(MaxHeldMessage, max(maxInflateRatio*len(b), minInflateLimit))
+		out, err := io.ReadAll(io.LimitReader(zr, int64(limit)+1))
 		if err != nil {
 			return nil, fmt.Errorf("gzip: %w", err)
 		}
-		if len(out) > maxMessage {
-			return nil, fmt.Errorf("gzip: message inflates past %d bytes", maxMessage)
+		if len(out) > limit {
+			return nil, fmt.Errorf("gzip: message of %d bytes not decoded: it inflates past %d bytes (%d times its size, at least %d MiB, at most %d MiB; docs/security.md)",
+				len(b), limit, maxInflateRatio, minInflateLimit>>20, MaxHeldMessage>>20)
 		}
 		return out, nil
 	case "", "identity":
