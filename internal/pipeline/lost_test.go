@@ -12,6 +12,13 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
 )
 
+// framed is the bytes of the frames write writes.
+func framed(write func(*http2.Framer)) []byte {
+	var b bytes.Buffer
+	write(http2.NewFramer(&b, nil))
+	return b.Bytes()
+}
+
 // lostConn is connection 1 making unary calls on streams 1 to 9, as
 // wirerec.H2Call writes them (a call's HEADERS and DATA in one client
 // write, its answer in one server write), after the client's preface and
@@ -22,11 +29,6 @@ import (
 // "preface", "settings", "client ping", "server ping"), each at its
 // offset in the whole connection, for tests to lose some.
 func lostConn() map[string]capture.Event {
-	frames := func(write func(*http2.Framer)) []byte {
-		var b bytes.Buffer
-		write(http2.NewFramer(&b, nil))
-		return b.Bytes()
-	}
 	var cbuf, sbuf bytes.Buffer
 	cenc, senc := hpack.NewEncoder(&cbuf), hpack.NewEncoder(&sbuf)
 	cenc.SetMaxDynamicTableSizeLimit(0)
@@ -39,8 +41,8 @@ func lostConn() map[string]capture.Event {
 	}
 	names := []string{"preface", "settings"}
 	recs := []wirerec.Record{
-		{Conn: 1, Data: append([]byte(http2.ClientPreface), frames(func(f *http2.Framer) { f.WriteSettings() })...)},
-		{Conn: 1, FromServer: true, Data: frames(func(f *http2.Framer) { f.WriteSettings() })},
+		{Conn: 1, Data: append([]byte(http2.ClientPreface), framed(func(f *http2.Framer) { f.WriteSettings() })...)},
+		{Conn: 1, FromServer: true, Data: framed(func(f *http2.Framer) { f.WriteSettings() })},
 	}
 	for id := uint32(1); id <= 9; id += 2 {
 		recs = append(recs, wirerec.H2Call(id,
@@ -52,7 +54,7 @@ func lostConn() map[string]capture.Event {
 			block(senc, &sbuf, "grpc-status", "7", "grpc-message", "denied"))...)
 		names = append(names, "call "+string(rune('0'+id)), "answer "+string(rune('0'+id)))
 		if id == 5 {
-			ping := frames(func(f *http2.Framer) { f.WritePing(false, [8]byte{}) })
+			ping := framed(func(f *http2.Framer) { f.WritePing(false, [8]byte{}) })
 			recs = append(recs, wirerec.Record{Conn: 1, FromServer: true, Data: ping}, wirerec.Record{Conn: 1, Data: ping})
 			names = append(names, "server ping", "client ping")
 		}

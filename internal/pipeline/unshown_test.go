@@ -25,11 +25,6 @@ import (
 // (events 12 and 13). Header blocks use no dynamic table, so that a
 // capture that lost some of them reads the others.
 func bigAnswerConn() []capture.Event {
-	frames := func(write func(*http2.Framer)) []byte {
-		var b bytes.Buffer
-		write(http2.NewFramer(&b, nil))
-		return b.Bytes()
-	}
 	var hbuf bytes.Buffer
 	enc := hpack.NewEncoder(&hbuf)
 	enc.SetMaxDynamicTableSizeLimit(0)
@@ -45,13 +40,13 @@ func bigAnswerConn() []capture.Event {
 	resp := block(":status", "200", "content-type", "application/grpc")
 	trailers := block("grpc-status", "0")
 	recs := []wirerec.Record{
-		{Conn: 1, Data: append([]byte(http2.ClientPreface), frames(func(f *http2.Framer) { f.WriteSettings() })...)},
-		{Conn: 1, FromServer: true, Data: frames(func(f *http2.Framer) { f.WriteSettings() })},
-		{Conn: 1, Data: frames(func(f *http2.Framer) {
+		{Conn: 1, Data: append([]byte(http2.ClientPreface), framed(func(f *http2.Framer) { f.WriteSettings() })...)},
+		{Conn: 1, FromServer: true, Data: framed(func(f *http2.Framer) { f.WriteSettings() })},
+		{Conn: 1, Data: framed(func(f *http2.Framer) {
 			f.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: req, EndHeaders: true})
 			f.WriteData(1, true, []byte{0, 0, 0, 0, 0})
 		})},
-		{Conn: 1, FromServer: true, Data: frames(func(f *http2.Framer) {
+		{Conn: 1, FromServer: true, Data: framed(func(f *http2.Framer) {
 			f.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: resp, EndHeaders: true})
 		})},
 	}
@@ -62,10 +57,10 @@ func bigAnswerConn() []capture.Event {
 	for len(data) > 0 {
 		k := min(len(data), 16384)
 		chunk := data[:k]
-		recs = append(recs, wirerec.Record{Conn: 1, FromServer: true, Data: frames(func(f *http2.Framer) { f.WriteData(1, false, chunk) })})
+		recs = append(recs, wirerec.Record{Conn: 1, FromServer: true, Data: framed(func(f *http2.Framer) { f.WriteData(1, false, chunk) })})
 		data = data[k:]
 	}
-	recs = append(recs, wirerec.Record{Conn: 1, FromServer: true, Data: frames(func(f *http2.Framer) {
+	recs = append(recs, wirerec.Record{Conn: 1, FromServer: true, Data: framed(func(f *http2.Framer) {
 		f.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: trailers, EndHeaders: true, EndStream: true})
 	})})
 	recs = append(recs, wirerec.H2Call(3, req, nil, resp, []byte{0x0a, 1, 'x'}, trailers)...)
