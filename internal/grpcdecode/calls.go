@@ -436,7 +436,7 @@ func (d *Decoder) data(c *h2.Conn, cl *grpcCall, dir call.Type, ev *h2.Event) {
 			}
 			return
 		}
-		d.showUnshown(cl)
+		d.showRun(cl, dir)
 		cl.joined[dir] = false
 	}
 	if cl.lost[dir] && !cl.split[dir].partial() {

@@ -46,20 +46,27 @@ func (d *Decoder) unshown(c *h2.Conn, cl *grpcCall, dir call.Type, ev *h2.Event)
 // showUnshown shows cl's runs of unshown frames, if any.
 func (d *Decoder) showUnshown(cl *grpcCall) {
 	for dir := range cl.unshown {
-		run := &cl.unshown[dir]
-		if run.line == nil {
-			continue
-		}
-		r := run.line
-		if run.frames == 1 {
-			r.Note = fmt.Sprintf("DATA of a %s (%d bytes, not at a message boundary: not shown)", cl.unopened, r.WireBytes)
-		} else {
-			r.Note = fmt.Sprintf("%d DATA frames of a %s (%d bytes, not at a message boundary: not shown)", run.frames, cl.unopened, r.WireBytes)
-		}
-		*run = unshownRun{}
-		d.emit(r)
+		d.showRun(cl, call.Type(dir))
 	}
-	delete(d.unshownCalls, cl)
+}
+
+// showRun shows the run of unshown frames of cl's direction dir, if any.
+func (d *Decoder) showRun(cl *grpcCall, dir call.Type) {
+	run := &cl.unshown[dir]
+	if run.line == nil {
+		return
+	}
+	r := run.line
+	if run.frames == 1 {
+		r.Note = fmt.Sprintf("DATA of a %s (%d bytes, not at a message boundary: not shown)", cl.unopened, r.WireBytes)
+	} else {
+		r.Note = fmt.Sprintf("%d DATA frames of a %s (%d bytes, not at a message boundary: not shown)", run.frames, cl.unopened, r.WireBytes)
+	}
+	*run = unshownRun{}
+	if cl.unshown[call.Request].line == nil && cl.unshown[call.Response].line == nil {
+		delete(d.unshownCalls, cl)
+	}
+	d.emit(r)
 }
 
 // tickUnshown shows the runs begun unshownWait or more before now.
@@ -68,10 +75,9 @@ func (d *Decoder) tickUnshown(now time.Time) {
 		return
 	}
 	for cl := range d.unshownCalls {
-		for _, run := range cl.unshown {
+		for dir, run := range cl.unshown {
 			if run.line != nil && now.Sub(run.line.Time) >= unshownWait {
-				d.showUnshown(cl)
-				break
+				d.showRun(cl, call.Type(dir))
 			}
 		}
 	}

@@ -140,3 +140,69 @@ func TestUnshownFramesQuietStream(t *testing.T) {
 		t.Fatalf("not shown after its wait: %s", buf.String())
 	}
 }
+
+// TestUnshownRunsPerDirection: the runs of the two directions of a call
+// are apart: the answer reaching a message boundary shows the answer's
+// run, not the request's, which stays one line until the call ends.
+func TestUnshownRunsPerDirection(t *testing.T) {
+	var hbuf bytes.Buffer
+	enc := hpack.NewEncoder(&hbuf)
+	enc.SetMaxDynamicTableSizeLimit(0)
+	block := func(fields ...string) []byte {
+		hbuf.Reset()
+		for i := 0; i < len(fields); i += 2 {
+			enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+		}
+		return bytes.Clone(hbuf.Bytes())
+	}
+	message := func(size int) []byte {
+		msg := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), bytes.Repeat([]byte{'v'}, size))
+		return append(binary.BigEndian.AppendUint32([]byte{0}, uint32(len(msg))), msg...)
+	}
+	req, resp := message(40000), message(40000)
+	data := func(fromServer bool, b []byte) wirerec.Record {
+		return wirerec.Record{Conn: 1, FromServer: fromServer, Data: framed(func(f *http2.Framer) { f.WriteData(1, false, b) })}
+	}
+	recs := []wirerec.Record{
+		{Conn: 1, Data: append([]byte(http2.ClientPreface), framed(func(f *http2.Framer) { f.WriteSettings() })...)}, // 0
+		{Conn: 1, FromServer: true, Data: framed(func(f *http2.Framer) { f.WriteSettings() })},                       // 1
+		{Conn: 1, Data: framed(func(f *http2.Framer) { // 2, lost
+			f.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, BlockFragment: block(":method", "POST",
+				":scheme", "http", ":path", "/containerd.services.streaming.v1.Streaming/Stream", ":authority", "x", "content-type", "application/grpc")})
+		})},
+		data(false, req[:16384]),      // 3, lost
+		data(false, req[16384:32768]), // 4: the request's run begins
+		{Conn: 1, FromServer: true, Data: framed(func(f *http2.Framer) { // 5, lost
+			f.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, BlockFragment: block(":status", "200", "content-type", "application/grpc")})
+		})},
+		data(true, resp[:16384]),      // 6, lost
+		data(true, resp[16384:32768]), // 7: the answer's run begins
+		data(true, resp[32768:]),      // 8
+		data(true, message(10)),       // 9: a whole message: the answer is at a boundary
+		data(false, req[32768:]),      // 10: the request's run goes on
+		{Conn: 1, FromServer: true, Data: framed(func(f *http2.Framer) { // 11: the call ends
+			f.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, EndStream: true, BlockFragment: block("grpc-status", "0")})
+		})},
+	}
+	evs := events(recs)
+	var captured []capture.Event
+	for i, ev := range evs {
+		if i != 2 && i != 3 && i != 5 && i != 6 {
+			captured = append(captured, ev)
+		}
+	}
+	var notes []string
+	for _, l := range replay(t, captured) {
+		if strings.Contains(l.Note, "not at a message boundary") {
+			notes = append(notes, l.Type+": "+l.Note)
+		}
+	}
+	const stream = "stream not open in the bytes captured: the capture lost some of them"
+	want := []string{
+		fmt.Sprintf("response: 2 DATA frames of a %s (%d bytes, not at a message boundary: not shown)", stream, len(resp)-16384),
+		fmt.Sprintf("request: 2 DATA frames of a %s (%d bytes, not at a message boundary: not shown)", stream, len(req)-16384),
+	}
+	if !slices.Equal(notes, want) {
+		t.Errorf("lines for the frames not shown:\n%s\nwant\n%s", strings.Join(notes, "\n"), strings.Join(want, "\n"))
+	}
+}
