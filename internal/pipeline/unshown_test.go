@@ -18,6 +18,19 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/wirerec"
 )
 
+// plainBlock is a header block of fields (name, value, ...) that refers
+// to no dynamic table entry, so that a capture that lost other blocks
+// reads it.
+func plainBlock(fields ...string) []byte {
+	var b bytes.Buffer
+	enc := hpack.NewEncoder(&b)
+	enc.SetMaxDynamicTableSizeLimit(0)
+	for i := 0; i < len(fields); i += 2 {
+		enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+	}
+	return b.Bytes()
+}
+
 // bigAnswerConn is a connection whose server answers stream 1 with a
 // 99,999-byte message in seven DATA frames, each its own write (events 4
 // to 10, after the preface, SETTINGS, the call and the answer's HEADERS),
@@ -25,20 +38,10 @@ import (
 // (events 12 and 13). Header blocks use no dynamic table, so that a
 // capture that lost some of them reads the others.
 func bigAnswerConn() []capture.Event {
-	var hbuf bytes.Buffer
-	enc := hpack.NewEncoder(&hbuf)
-	enc.SetMaxDynamicTableSizeLimit(0)
-	block := func(fields ...string) []byte {
-		hbuf.Reset()
-		for i := 0; i < len(fields); i += 2 {
-			enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
-		}
-		return bytes.Clone(hbuf.Bytes())
-	}
-	req := block(":method", "POST", ":scheme", "http", ":path", "/runtime.v1.RuntimeService/Version",
+	req := plainBlock(":method", "POST", ":scheme", "http", ":path", "/runtime.v1.RuntimeService/Version",
 		":authority", "x", "content-type", "application/grpc")
-	resp := block(":status", "200", "content-type", "application/grpc")
-	trailers := block("grpc-status", "0")
+	resp := plainBlock(":status", "200", "content-type", "application/grpc")
+	trailers := plainBlock("grpc-status", "0")
 	recs := []wirerec.Record{
 		{Conn: 1, Data: append([]byte(http2.ClientPreface), framed(func(f *http2.Framer) { f.WriteSettings() })...)},
 		{Conn: 1, FromServer: true, Data: framed(func(f *http2.Framer) { f.WriteSettings() })},
@@ -145,16 +148,6 @@ func TestUnshownFramesQuietStream(t *testing.T) {
 // are apart: the answer reaching a message boundary shows the answer's
 // run, not the request's, which stays one line until the call ends.
 func TestUnshownRunsPerDirection(t *testing.T) {
-	var hbuf bytes.Buffer
-	enc := hpack.NewEncoder(&hbuf)
-	enc.SetMaxDynamicTableSizeLimit(0)
-	block := func(fields ...string) []byte {
-		hbuf.Reset()
-		for i := 0; i < len(fields); i += 2 {
-			enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
-		}
-		return bytes.Clone(hbuf.Bytes())
-	}
 	message := func(size int) []byte {
 		msg := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), bytes.Repeat([]byte{'v'}, size))
 		return append(binary.BigEndian.AppendUint32([]byte{0}, uint32(len(msg))), msg...)
@@ -167,13 +160,13 @@ func TestUnshownRunsPerDirection(t *testing.T) {
 		{Conn: 1, Data: append([]byte(http2.ClientPreface), framed(func(f *http2.Framer) { f.WriteSettings() })...)}, // 0
 		{Conn: 1, FromServer: true, Data: framed(func(f *http2.Framer) { f.WriteSettings() })},                       // 1
 		{Conn: 1, Data: framed(func(f *http2.Framer) { // 2, lost
-			f.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, BlockFragment: block(":method", "POST",
+			f.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, BlockFragment: plainBlock(":method", "POST",
 				":scheme", "http", ":path", "/containerd.services.streaming.v1.Streaming/Stream", ":authority", "x", "content-type", "application/grpc")})
 		})},
 		data(false, req[:16384]),      // 3, lost
 		data(false, req[16384:32768]), // 4: the request's run begins
 		{Conn: 1, FromServer: true, Data: framed(func(f *http2.Framer) { // 5, lost
-			f.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, BlockFragment: block(":status", "200", "content-type", "application/grpc")})
+			f.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, BlockFragment: plainBlock(":status", "200", "content-type", "application/grpc")})
 		})},
 		data(true, resp[:16384]),      // 6, lost
 		data(true, resp[16384:32768]), // 7: the answer's run begins
@@ -181,7 +174,7 @@ func TestUnshownRunsPerDirection(t *testing.T) {
 		data(true, message(10)),       // 9: a whole message: the answer is at a boundary
 		data(false, req[32768:]),      // 10: the request's run goes on
 		{Conn: 1, FromServer: true, Data: framed(func(f *http2.Framer) { // 11: the call ends
-			f.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, EndStream: true, BlockFragment: block("grpc-status", "0")})
+			f.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, EndStream: true, BlockFragment: plainBlock("grpc-status", "0")})
 		})},
 	}
 	evs := events(recs)
