@@ -62,10 +62,9 @@ func appendRawJSON(b, msg []byte, depth int, scratch *[]uint64) ([]byte, bool) {
 	base := len(*scratch)
 	*scratch = slices.Grow(*scratch, count)
 	for off := 0; off < len(msg); {
-		num, typ, n := protowire.ConsumeTag(msg[off:])
-		m := protowire.ConsumeFieldValue(num, typ, msg[off+n:])
+		num, _, n, m, _ := protoreg.NextField(msg[off:]) // FieldCount checked every field
 		*scratch = append(*scratch, decimalOrder(num)<<offsetBits|uint64(off))
-		off += n + m // FieldCount checked both
+		off += n + m
 	}
 	// The nested levels append after this one's words and may move the
 	// slice: level keeps the words it was given.
@@ -82,15 +81,14 @@ func appendRawJSON(b, msg []byte, depth int, scratch *[]uint64) ([]byte, bool) {
 		}
 		for k := i; k < j; k++ {
 			f, _ := protoreg.ReadRawField(msg[level[k]&(1<<offsetBits-1):], depth)
-			switch {
-			case k > i:
+			if k > i {
 				b = append(b, ',')
-			case j-i > 1:
-				b = strconv.AppendInt(append(b, '"'), int64(f.Number), 10)
-				b = append(b, '"', ':', '[')
-			default:
+			} else {
 				b = strconv.AppendInt(append(b, '"'), int64(f.Number), 10)
 				b = append(b, '"', ':')
+				if j-i > 1 {
+					b = append(b, '[')
+				}
 			}
 			b = appendRawValue(b, f, depth, scratch, true)
 		}

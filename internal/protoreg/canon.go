@@ -75,7 +75,7 @@ func appendCanonical(out []byte, md protoreflect.MessageDescriptor, b []byte, de
 	defer func() { *entries = (*entries)[:base] }()
 	fields := md.Fields()
 	for len(b) > 0 {
-		num, typ, n, m, ok := nextField(b)
+		num, typ, n, m, ok := NextField(b)
 		if !ok {
 			return out, false
 		}

@@ -105,7 +105,7 @@ func decodedCost(md protoreflect.MessageDescriptor, b []byte, depth int) int {
 		return !was
 	}
 	for len(b) > 0 {
-		num, typ, n, m, ok := nextField(b)
+		num, typ, n, m, ok := NextField(b)
 		if !ok {
 			return cost // not decoded at all
 		}
@@ -169,7 +169,7 @@ func anyCost(md protoreflect.MessageDescriptor, b []byte, depth int) int {
 // b (the one a parse keeps), or nil.
 func lastBytesField(b []byte, num protowire.Number) (value []byte) {
 	for len(b) > 0 {
-		n2, typ, n, m, ok := nextField(b)
+		n2, typ, n, m, ok := NextField(b)
 		if !ok {
 			return value
 		}

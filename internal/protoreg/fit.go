@@ -59,7 +59,7 @@ func wireFits(b []byte, md protoreflect.MessageDescriptor, depth int) bool {
 	}
 	fields := md.Fields()
 	for len(b) > 0 {
-		num, typ, n, m, ok := nextField(b)
+		num, typ, n, m, ok := NextField(b)
 		if !ok {
 			return false
 		}

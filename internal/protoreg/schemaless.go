@@ -59,7 +59,7 @@ func WellFormed(b []byte) bool { return FieldCount(b) >= 0 }
 func FieldCount(b []byte) int {
 	count := 0
 	for len(b) > 0 {
-		_, _, n, m, ok := nextField(b)
+		_, _, n, m, ok := NextField(b)
 		if !ok {
 			return -1
 		}
@@ -69,10 +69,11 @@ func FieldCount(b []byte) int {
 	return count
 }
 
-// nextField reads the tag of the field at the start of b: its number and
+// NextField reads the tag of the field at the start of b (the one walk
+// over a message's fields here and in output): its number and
 // wire type, the tag's length n and the value's m; ok is false when b does
 // not start with a well-formed field (a group is not one: consumeValue).
-func nextField(b []byte) (num protowire.Number, typ protowire.Type, n, m int, ok bool) {
+func NextField(b []byte) (num protowire.Number, typ protowire.Type, n, m int, ok bool) {
 	num, typ, n = protowire.ConsumeTag(b)
 	if n < 0 {
 		return 0, 0, 0, 0, false
