@@ -18,6 +18,10 @@ import (
 // the Go runtime starts later inherit it, so the capture's spool (a
 // goroutine on whichever thread the netpoller wakes) runs under it too:
 // the ring buffer covers the tick it may wait (internal/bpf/spool.go).
+// The nice value is the one the tracer was started with (0 unless under
+// nice(1)): sched_setattr sets it too, and used to reset it to 0. The
+// tracer does not lower it by itself: at nice 19 it loses calls on a
+// saturated node (docs/performance.md, "Yielding the CPU").
 // Failing (a seccomp profile, say) changes nothing else.
 func batchScheduling() {
 	tasks, err := os.ReadDir("/proc/self/task")
@@ -25,6 +29,9 @@ func batchScheduling() {
 		return
 	}
 	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_BATCH}
+	if cur, err := unix.SchedGetAttr(0, 0); err == nil {
+		attr.Nice = cur.Nice
+	}
 	for _, t := range tasks {
 		if tid, err := strconv.Atoi(t.Name()); err == nil {
 			_ = unix.SchedSetAttr(tid, &attr, 0)
