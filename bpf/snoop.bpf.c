@@ -21,6 +21,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 #define AF_UNIX 1
 #define EAGAIN 11
+#define EPIPE 32
 #define SOCK_STREAM 1
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
@@ -94,11 +95,13 @@ struct close_record {
 	__u8 pad[128];
 };
 
-enum { CLOSE_SLOT_RELEASE = 0, CLOSE_SLOT_EOF = 1 };
+/* One scratch record per program that reports closes: on a preemptible
+ * kernel a send program and a read program can interleave on one CPU. */
+enum { CLOSE_SLOT_RELEASE = 0, CLOSE_SLOT_EOF = 1, CLOSE_SLOT_EPIPE = 2 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, struct close_record);
 } close_scratch SEC(".maps");
@@ -1386,6 +1389,8 @@ struct {
 	__type(value, __u32);
 } socktp_busy SEC(".maps");
 
+static __always_inline void peer_released(struct sock *sk, struct socket *sock, __u32 tgid, __u32 slot);
+
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(socktp_send_length, struct sock *sk, int ret, int flags)
 {
@@ -1393,6 +1398,17 @@ int BPF_PROG(socktp_send_length, struct sock *sk, int ret, int flags)
 	__u32 zero = 0;
 	__u32 *busy;
 
+	if (ret == -EPIPE) {
+		/* The other end was released: as a read that ends, a send that
+		 * fails proves it, and a server that closes its end after such a
+		 * send, without reading again, would otherwise leave the close
+		 * unseen (a shim exiting while containerd answers it). */
+		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+		if (tgid != cfg.self_pid && (sock = unix_stream_socket(sk)))
+			peer_released(sk, sock, tgid, CLOSE_SLOT_EPIPE);
+		return 0;
+	}
 	if (ret <= 0 || !(sock = unix_stream_socket(sk)))
 		return 0;
 	busy = bpf_map_lookup_elem(&socktp_busy, &zero);
@@ -1440,13 +1456,14 @@ static __always_inline void submit_close(struct event *ev)
  * descriptor closed, or its process gone; not a shutdown(2), which leaves
  * it alive) reports that end's close, as the
  * probes on unix_release do: the connection's decoder state is freed and
- * its socket's stream offset dropped. A close that no read meets (both
- * ends closed without reading) is not seen: userspace drops such a
- * connection when it idles out, or when a new socket takes its address. */
-static __always_inline void peer_released(struct sock *sk, struct socket *sock, __u32 tgid)
+ * its socket's stream offset dropped; so does a send that fails with
+ * EPIPE (socktp_send_length). A close that neither meets (both ends
+ * closed without reading or sending again) is not seen: userspace drops
+ * such a connection when it idles out, or when a new socket takes its
+ * address. */
+static __always_inline void peer_released(struct sock *sk, struct socket *sock, __u32 tgid, __u32 slot)
 {
 	struct sock *peer = KREAD(struct unix_sock, sk, peer);
-	__u32 slot = CLOSE_SLOT_EOF;
 	struct unix_address *addr;
 	struct close_record *cr;
 	struct event *ev;
@@ -1519,7 +1536,7 @@ int BPF_PROG(socktp_recv_length, struct sock *sk, int ret, int flags)
 	note_owner(sock, sk, tgid);
 	/* End-of-file, or ECONNRESET when the other end left data unread. */
 	if (ret <= 0)
-		peer_released(sk, sock, tgid);
+		peer_released(sk, sock, tgid, CLOSE_SLOT_EOF);
 	return 0;
 }
 

@@ -2,10 +2,12 @@ package bpf
 
 import (
 	"bufio"
+	"errors"
 	"net"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -80,5 +82,67 @@ func testCloseOnExit(t *testing.T, backend string) {
 			t.Fatalf("exited client's socket %d: data captured %v, close reported %v", ino, data, closed)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestCloseAtFailedSend: a server that answers a client which has exited,
+// and closes its end when the send fails without reading again (as
+// containerd's ttrpc server does when a shim exits during a call), meets
+// the close at that send: reported all the same. The socket tracepoint
+// backend sees no release; the read that would end at the end-of-file
+// never comes, the failed send (EPIPE) proves it instead.
+func TestCloseAtFailedSend(t *testing.T) {
+	forEachBackendBut(t, "tracepoint", testCloseAtFailedSend)
+}
+
+func testCloseAtFailedSend(t *testing.T, backend string) {
+	_, c := startCapture(t, Options{Attach: backend, IncludeSelf: true})
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cmd := helper(t, "exit", sock)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := ln.AcceptUnix()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("helper: %v", err)
+	}
+	ino, err := strconv.ParseUint(strings.TrimSpace(line), 10, 64)
+	if err != nil {
+		t.Fatalf("helper printed %q", line)
+	}
+	// The client is gone: the answer fails, and nothing is read.
+	if _, err := conn.Write([]byte("answer")); !errors.Is(err, syscall.EPIPE) {
+		t.Fatalf("answer to an exited client: %v, want EPIPE", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c.mu.Lock()
+		var data, closed bool
+		for _, ev := range c.events[ino] {
+			data = data || ev.Len > 0
+			closed = closed || ev.Close
+		}
+		c.mu.Unlock()
+		if data && closed {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("exited client's socket %d: data captured %v, close reported %v", ino, data, closed)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
