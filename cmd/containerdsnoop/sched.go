@@ -24,17 +24,27 @@ import (
 // saturated node (docs/performance.md, "Yielding the CPU").
 // Failing (a seccomp profile, say) changes nothing else.
 func batchScheduling() {
-	tasks, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return
-	}
 	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_BATCH}
 	if cur, err := unix.SchedGetAttr(0, 0); err == nil {
 		attr.Nice = cur.Nice
 	}
+	_ = setEveryThread(&attr)
+}
+
+// setEveryThread applies attr to each thread of the process there is now;
+// the first error, if any, is returned after trying them all.
+func setEveryThread(attr *unix.SchedAttr) error {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return err
+	}
+	var first error
 	for _, t := range tasks {
 		if tid, err := strconv.Atoi(t.Name()); err == nil {
-			_ = unix.SchedSetAttr(tid, &attr, 0)
+			if err := unix.SchedSetAttr(tid, attr, 0); err != nil && first == nil {
+				first = err
+			}
 		}
 	}
+	return first
 }

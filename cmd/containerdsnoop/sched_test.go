@@ -12,22 +12,14 @@ import (
 // nice value the process was started with, not at 0 (sched_setattr sets
 // both; an operator who starts the tracer under nice(1) keeps it).
 func TestBatchSchedulingKeepsNice(t *testing.T) {
-	tasks, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		t.Skip(err)
-	}
 	// Lowering the priority needs no privilege; this test process keeps
 	// nice 7 and SCHED_BATCH afterwards, which no other test minds.
 	started := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL, Nice: 7}
-	for _, task := range tasks {
-		if tid, err := strconv.Atoi(task.Name()); err == nil {
-			if err := unix.SchedSetAttr(tid, &started, 0); err != nil {
-				t.Skipf("cannot set nice 7: %v", err)
-			}
-		}
+	if err := setEveryThread(&started); err != nil {
+		t.Skipf("cannot set nice 7: %v", err)
 	}
 	batchScheduling()
-	tasks, err = os.ReadDir("/proc/self/task")
+	tasks, err := os.ReadDir("/proc/self/task")
 	if err != nil {
 		t.Fatal(err)
 	}

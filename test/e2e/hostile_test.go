@@ -133,10 +133,10 @@ func cpuTime(t *testing.T, pid int) time.Duration {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Fields after the parenthesized comm; utime and stime are 14 and 15.
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	s, _ := strconv.ParseInt(f[12], 10, 64)
+	// utime and stime are fields 14 and 15.
+	f := statFields(string(b))
+	u, _ := strconv.ParseInt(f[14-3], 10, 64)
+	s, _ := strconv.ParseInt(f[15-3], 10, 64)
 	return time.Duration(u+s) * 10 * time.Millisecond // USER_HZ is 100 on Linux
 }
 

@@ -11,8 +11,8 @@ import (
 // TestSchedulingPolicy: every thread of the tracer runs SCHED_BATCH at the
 // nice value it was started with (a tracer thread that wakes never
 // preempts a traced process, and keeps its share of the CPU on a busy
-// node), the spool's
-// too: it is an ordinary goroutine, on no thread of its own.
+// node), the spool's too: it is an ordinary goroutine, on no thread of its
+// own.
 func TestSchedulingPolicy(t *testing.T) {
 	tr := startTracer(t, "--output", "json", "--socket", filepath.Join(t.TempDir(), "none.sock"))
 	defer tr.stop(os.Interrupt)

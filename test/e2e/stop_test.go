@@ -72,18 +72,13 @@ func TestTraceStopWhileBusy(t *testing.T) {
 			}
 		}()
 	}
-	trafficStopped := false
-	endTraffic := func() {
-		if trafficStopped {
-			return
-		}
-		trafficStopped = true
+	endTraffic := sync.OnceFunc(func() {
 		close(stopTraffic)
 		wg.Wait()
 		if trafficErr != nil {
 			t.Errorf("ListContainers: %v", trafficErr)
 		}
-	}
+	})
 	defer endTraffic()
 
 	// The traffic reaches the tracers once they print; from then on they
