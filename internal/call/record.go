@@ -114,3 +114,27 @@ type Record struct {
 	// by its connection closing).
 	WireBytes int
 }
+
+// NoteAnswerFirst is the note of a line that ends a call whose answer was
+// captured before its request (README, "What is shown"): every backend
+// captures a send once the kernel has queued its bytes, so a client
+// preempted between the two lets the server read, answer and be captured
+// first. The call's latency is then not known and not shown.
+const NoteAnswerFirst = "latency unknown: the answer was captured before its request"
+
+// SetLatency sets r.Latency for a call that started at start (zero when
+// its request was not seen) and ends at end, the time of r's capture. When
+// the answer was captured no later than the request, the latency is not
+// measurable: none is set, and r says so unless it already has a note.
+func (r *Record) SetLatency(start, end time.Time) {
+	if start.IsZero() {
+		return
+	}
+	if end.After(start) {
+		r.Latency = end.Sub(start)
+		return
+	}
+	if r.Note == "" {
+		r.Note = NoteAnswerFirst
+	}
+}

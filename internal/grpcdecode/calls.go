@@ -584,9 +584,7 @@ func (d *Decoder) finish(c *h2.Conn, s *connState, cl *grpcCall, ev *h2.Event, s
 	r.Type = call.Response
 	r.Final = true
 	r.Status = st
-	if !cl.start.IsZero() {
-		r.Latency = ev.Cap.Time.Sub(cl.start)
-	}
+	r.SetLatency(cl.start, ev.Cap.Time)
 	d.emit(r)
 	d.recycle(cl)
 }

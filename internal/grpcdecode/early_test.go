@@ -60,6 +60,37 @@ func TestEarlyAnswerBeforeRequestMessage(t *testing.T) {
 		resp.Status.Code != codes.OK || resp.MessageType != "runtime.v1.VersionResponse" {
 		t.Errorf("response: %+v", resp)
 	}
+	// The request's first byte (its HEADERS) was captured before the
+	// answer: the latency is measured from it.
+	if resp.Latency <= 0 || resp.Note != "" {
+		t.Errorf("latency %v, note %q: want a latency and no note", resp.Latency, resp.Note)
+	}
+}
+
+// TestEarlyAnswerWholeRequestLater: a request captured whole after its
+// answer (the client preempted between queueing it and the capture) is
+// shown in causal order, but its latency is not known: the answer's line
+// has none and says why.
+func TestEarlyAnswerWholeRequestLater(t *testing.T) {
+	var recs []*call.Record
+	w, d := newWireDecoder(func(r *call.Record) { c := *r; recs = append(recs, &c) })
+	startConn(w)
+	answer(w, 1)
+	w.send(0, func() {
+		w.headers(1, false, ":method", "POST", ":scheme", "http", ":path", versionPath, ":authority", "x", "content-type", "application/grpc")
+		w.fr.WriteData(1, true, versionRequest)
+	})
+	d.Tick(w.now)
+	if len(recs) != 2 {
+		t.Fatalf("%d lines, want 2", len(recs))
+	}
+	resp := recs[1]
+	if resp.Type != call.Response || resp.Method != versionPath || !resp.Final || resp.Status == nil || resp.Status.Code != codes.OK {
+		t.Errorf("response: %+v", resp)
+	}
+	if resp.Latency != 0 || resp.Note != call.NoteAnswerFirst {
+		t.Errorf("latency %v, note %q: want none and %q", resp.Latency, resp.Note, call.NoteAnswerFirst)
+	}
 }
 
 // TestEarlyAnswerNeverAsked: an answer on a stream the client never opened

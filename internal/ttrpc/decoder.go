@@ -501,9 +501,6 @@ func (d *Decoder) data(s *conn, end int, h header, payload []byte, ev *capture.E
 func (d *Decoder) finish(rec *call.Record, cl *ttrpcCall, ev *capture.Event, st *call.Status) {
 	rec.Final = true
 	rec.Status = st
-	if cl.seen {
-		rec.Latency = ev.Time.Sub(cl.start)
-	}
 	if rec.Note == "" {
 		switch {
 		case cl.lost[call.Response] && cl.streaming[call.Response]:
@@ -511,6 +508,9 @@ func (d *Decoder) finish(rec *call.Record, cl *ttrpcCall, ev *capture.Event, st 
 		case cl.lost[call.Request] && cl.streaming[call.Request]:
 			rec.Note = "capture lost bytes of the request stream"
 		}
+	}
+	if cl.seen {
+		rec.SetLatency(cl.start, ev.Time)
 	}
 	d.emit(rec)
 }

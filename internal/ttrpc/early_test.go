@@ -51,7 +51,7 @@ var statePayload = requestPayload("containerd.task.v2.Task", "State", []byte{0x0
 // TestEarlyAnswerCapturedFirst: the answer's capture time may even be
 // before its request's (both are taken after the kernel queued the bytes).
 // The call is shown in causal order, with its method; its latency, which
-// the capture cannot measure then, is not shown.
+// the capture cannot measure then, is not shown, and the line says why.
 func TestEarlyAnswerCapturedFirst(t *testing.T) {
 	f, _, recs := earlyFeeder()
 	f.send(0, frameBytes(1, typeRequest, 0, statePayload))
@@ -66,8 +66,11 @@ func TestEarlyAnswerCapturedFirst(t *testing.T) {
 		t.Errorf("third line: %+v", req)
 	}
 	if resp.Type != call.Response || resp.Stream != 3 || resp.Method != "/containerd.task.v2.Task/State" || !resp.Final ||
-		resp.Status == nil || resp.Status.Code != codes.OK || resp.Latency > 0 {
+		resp.Status == nil || resp.Status.Code != codes.OK || resp.Latency != 0 || resp.Note != call.NoteAnswerFirst {
 		t.Errorf("answer: %+v", resp)
+	}
+	if first := (*recs)[1]; first.Latency <= 0 || first.Note != "" {
+		t.Errorf("the call answered after its request: latency %v, note %q", first.Latency, first.Note)
 	}
 }
 

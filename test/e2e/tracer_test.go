@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	callrec "github.com/containerdsnoop/containerdsnoop/internal/call"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/child"
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/privileged"
 )
@@ -295,6 +296,15 @@ var documentedKeys = map[string]bool{
 var requiredKeys = []string{
 	"time", "comm", "pid", "tid", "peer_pid", "peer_comm", "socket", "conn",
 	"protocol", "type", "stream", "method", "message_type", "message",
+}
+
+// answeredFirst: r ends a call whose answer was captured before its
+// request (a client preempted between queueing its request and the
+// capture), whose latency is documented as unknown (README, "What is
+// shown"): no latency, and the note that says why.
+func (r *record) answeredFirst() bool {
+	return r.Type == "response" && r.Status != nil && r.LatencyNS == nil &&
+		r.Note != nil && *r.Note == callrec.NoteAnswerFirst
 }
 
 func (r *record) method() string {
