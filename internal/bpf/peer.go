@@ -95,7 +95,7 @@ func (t *Tracer) decodeField(k *snoopEvent, raw []byte, ev *capture.Event) bool 
 		f.Prefix = append([]byte(nil), data[nc+vc:nc+vc+pc]...)
 	}
 	*ev = capture.Event{
-		Time:     t.wallTime(k.TsNs),
+		Time:     t.clock.wallTime(k.TsNs),
 		CgroupID: k.CgroupId,
 		PID:      k.Pid,
 		TID:      k.Tid,

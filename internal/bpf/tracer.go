@@ -83,12 +83,12 @@ type Tracer struct {
 	backend string
 	poll    time.Duration
 	record  ringbuf.Record
-	// bootOffset converts the kernel's CLOCK_MONOTONIC stamps to wall time.
-	bootOffset time.Duration
-	comms      map[[16]byte]string
-	paths      map[string]string
-	sockWatch  *socketWatch
-	spool      *spool
+	// clock converts the kernel's CLOCK_MONOTONIC stamps to wall time.
+	clock     wallClock
+	comms     map[[16]byte]string
+	paths     map[string]string
+	sockWatch *socketWatch
+	spool     *spool
 	// parked is the programs' reader_parked flag (nil when the kernel
 	// cannot map global data: the spool then keeps polling when idle).
 	parked *ebpf.Variable
@@ -284,7 +284,7 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 		// the next forced one.
 		t.reader.SetDeadline(time.Now())
 	}
-	t.bootOffset = monotonicToWall()
+	t.clock = newWallClock(sampleClocks)
 	if opts.SpoolBytes >= 0 {
 		if opts.SpoolBytes == 0 {
 			opts.SpoolBytes = DefaultSpoolBytes
@@ -381,7 +381,7 @@ func (t *Tracer) decode(raw []byte, ev *capture.Event) bool {
 		return t.decodeField(k, raw, ev)
 	}
 	*ev = capture.Event{
-		Time:     t.wallTime(k.TsNs),
+		Time:     t.clock.wallTime(k.TsNs),
 		Sock:     k.Sk,
 		PeerSock: k.PeerSk,
 		Ino:      k.SockIno,
@@ -547,23 +547,6 @@ func ringBufSize(n int) uint32 {
 		size <<= 1
 	}
 	return size
-}
-
-// wallTime is the wall time of a kernel CLOCK_MONOTONIC stamp: one
-// constructor per event, where Unix(0, ts).Add(bootOffset) normalized
-// the time twice (the sum cannot overflow: today in Unix nanoseconds is
-// about 2^61, a monotonic stamp far less, and int64 holds 2^63).
-func (t *Tracer) wallTime(tsNs uint64) time.Time {
-	return time.Unix(0, int64(tsNs)+int64(t.bootOffset))
-}
-
-func monotonicToWall() time.Duration {
-	var ts unix.Timespec
-	wall := time.Now()
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		return 0
-	}
-	return wall.Sub(time.Unix(ts.Unix()))
 }
 
 // Pending is how many bytes wait in the ring buffer and the spool (0
