@@ -152,6 +152,10 @@ struct send_src {
 	__u64 base; /* the buffer, or the (i)ovec array */
 	__u64 nr_segs;
 	__u64 skip; /* bytes of the first segment already consumed */
+	/* When the send began (0: not seen). The exit is too late for a
+	 * call's start: the kernel queues the bytes before it, so the peer
+	 * may read, answer and have its answer's exit run first. */
+	__u64 start_ns;
 	__u32 kind;
 	__u32 verdict;
 };
@@ -875,6 +879,7 @@ static __always_inline void fill_header(struct event *ev, struct socket *sock,
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 
 	ev->ts_ns = bpf_ktime_get_ns();
+	ev->start_ns = 0;
 	ev->sk = (__u64)sk;
 	ev->peer_sk = (__u64)peer;
 	ev->sock_ino = socket_ino(sock);
@@ -993,6 +998,7 @@ static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 bac
 	if (!sc)
 		return;
 	fill_header(&sc->ev, sock, sk, sent);
+	sc->ev.start_ns = src->start_ns;
 	sc->ev.backend = backend;
 	if (src->verdict == UNDECIDED)
 		sc->ev.flags |= EVENT_F_UNDECIDED;
@@ -1166,6 +1172,7 @@ static __always_inline int enter_send(__u64 fd, int args, __u64 arg1, __u64 arg2
 		return 0;
 	src.sock = (__u64)sock;
 	src.sk = (__u64)sk;
+	src.start_ns = bpf_ktime_get_ns();
 	switch (args) {
 	case ARGS_BUF:
 		src.kind = SRC_UBUF;
@@ -1491,6 +1498,7 @@ static __always_inline void peer_released(struct sock *sk, struct socket *sock, 
 	/* The closing end is the sender of this record; its process is not
 	 * known here (it may be gone): 0, never the reader's. */
 	ev->ts_ns = bpf_ktime_get_ns();
+	ev->start_ns = 0;
 	ev->sk = key;
 	ev->peer_sk = (__u64)sk;
 	ev->sock_ino = ino;
@@ -1823,6 +1831,7 @@ static __always_inline int enter_sendmsg(struct socket *sock, struct msghdr *msg
 		return 0;
 	src.sock = (__u64)sock;
 	src.sk = (__u64)sk;
+	src.start_ns = bpf_ktime_get_ns();
 	type = iter_type_of(it);
 	src.skip = BPF_CORE_READ(it, iov_offset);
 	src.nr_segs = BPF_CORE_READ(it, nr_segs);

@@ -83,7 +83,10 @@ enum backend_id {
 };
 
 struct event {
-	__u64 ts_ns;      /* bpf_ktime_get_ns (CLOCK_MONOTONIC) at syscall exit */
+	__u64 ts_ns;      /* bpf_ktime_get_ns (CLOCK_MONOTONIC) as the send returns */
+	__u64 start_ns;   /* the same clock as the send began (its entry program), 0
+			   * where the backend has none (sock-tracepoint) and for
+			   * closes and header fields */
 	__u64 sk;         /* sender's struct sock: identifies the direction */
 	__u64 peer_sk;    /* receiver's struct sock */
 	__u64 sock_ino;   /* sender's socket inode, as in /proc/PID/fd and ss -x */

@@ -324,7 +324,9 @@ func testCaptureByteExact(t *testing.T, backend string) {
 	// One blocking write of 1 MiB: the kernel accepts it all in one call
 	// while the reader drains, so the BPF side must chunk it (64 chunks,
 	// as much as kernels without bpf_loop copy of one send).
+	bigBefore := time.Now()
 	send("write 1MiB", func(p []byte) (int, error) { return unix.Write(fd, p) }, randomBytes(1<<20))
+	bigAfter := time.Now()
 
 	ino := inode(t, fd)
 	got := c.waitFor(t, ino, sent.Len())
@@ -359,6 +361,18 @@ func testCaptureByteExact(t *testing.T, backend string) {
 	}
 	if first.Comm == "" || first.Time.IsZero() || time.Since(first.Time) > time.Minute || first.Time.After(time.Now()) {
 		t.Errorf("comm %q time %v", first.Comm, first.Time)
+	}
+	// The 1 MiB write's last chunk: when the send began, where the
+	// backend has an entry program, within the write (the clocks are
+	// read apart, so a millisecond of slack).
+	last := c.events[ino][len(c.events[ino])-1]
+	if backend == "sock-tracepoint" {
+		if last.SendTook != 0 {
+			t.Errorf("send took %v on a backend that sees only a send's end", last.SendTook)
+		}
+	} else if began := last.Began(); last.SendTook <= 0 || began.Before(bigBefore.Add(-time.Millisecond)) || last.Time.After(bigAfter.Add(time.Millisecond)) {
+		t.Errorf("the 1 MiB write, made from %s to %s, began %s and ended %s (took %v)",
+			bigBefore.Format(time.StampMicro), bigAfter.Format(time.StampMicro), began.Format(time.StampMicro), last.Time.Format(time.StampMicro), last.SendTook)
 	}
 	st, err := tr.Stats()
 	if err != nil {

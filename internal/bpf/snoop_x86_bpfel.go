@@ -40,6 +40,7 @@ type snoopConfig struct {
 type snoopEvent struct {
 	_         structs.HostLayout
 	TsNs      uint64
+	StartNs   uint64
 	Sk        uint64
 	PeerSk    uint64
 	SockIno   uint64
@@ -159,6 +160,7 @@ type snoopSendSrc struct {
 	Base    uint64
 	NrSegs  uint64
 	Skip    uint64
+	StartNs uint64
 	Kind    uint32
 	Verdict uint32
 }

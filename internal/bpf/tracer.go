@@ -347,6 +347,15 @@ func (t *Tracer) readRing(ev *capture.Event, wait time.Duration) error {
 	}
 }
 
+// sendTook is how long the send of k ran: 0 where its start is not known
+// (a backend without an entry program, a close) or not before its end.
+func sendTook(k *snoopEvent) time.Duration {
+	if k.StartNs == 0 || k.StartNs > k.TsNs {
+		return 0
+	}
+	return time.Duration(k.TsNs - k.StartNs)
+}
+
 // ErrClosed is returned by Read once the tracer is closed.
 var ErrClosed = errors.New("tracer closed")
 
@@ -382,6 +391,7 @@ func (t *Tracer) decode(raw []byte, ev *capture.Event) bool {
 	}
 	*ev = capture.Event{
 		Time:     t.clock.wallTime(k.TsNs),
+		SendTook: sendTook(k),
 		Sock:     k.Sk,
 		PeerSock: k.PeerSk,
 		Ino:      k.SockIno,

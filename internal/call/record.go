@@ -116,10 +116,12 @@ type Record struct {
 }
 
 // NoteAnswerFirst is the note of a line that ends a call whose answer was
-// captured before its request (README, "What is shown"): every backend
-// captures a send once the kernel has queued its bytes, so a client
-// preempted between the two lets the server read, answer and be captured
-// first. The call's latency is then not known and not shown.
+// captured before its request was known to have begun (README, "What is
+// shown"): a send is captured once the kernel has queued its bytes, so a
+// client preempted between the two lets the server read, answer and be
+// captured first, and a backend that sees only a send's end
+// (sock-tracepoint: capture.Event.SendTook 0) cannot tell when the
+// request began. The call's latency is then not known and not shown.
 const NoteAnswerFirst = "latency unknown: the answer was captured before its request"
 
 // SetLatency sets r.Latency for a call that started at start (zero when

@@ -11,6 +11,10 @@ import "time"
 type Event struct {
 	// Time is when the send returned, from the kernel's clock.
 	Time time.Time
+	// SendTook is how long the send ran before Time: 0 where the backend
+	// sees only its end (sock-tracepoint), and for closes and header
+	// fields. See Began.
+	SendTook time.Duration
 	// Sock and PeerSock identify the sending and receiving socket for the
 	// connection's lifetime (kernel addresses: unlike inodes, the receiver's
 	// is known before it is accepted).
@@ -53,6 +57,12 @@ type Event struct {
 	// only Time, PID, TID, Comm and CgroupID are set besides it.
 	Field *HeaderField
 }
+
+// Began is when the send began, as near as the backend saw it: the start
+// of a call is its request's first send's beginning, not its end, since
+// the kernel queues the bytes before the send returns and the peer may
+// read, answer and have its answer's send end first.
+func (e *Event) Began() time.Time { return e.Time.Add(-e.SendTook) }
 
 // HeaderField is what a peer probe saw at the entry of a Go process's
 // hpack.(*Encoder).WriteField.

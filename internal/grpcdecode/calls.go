@@ -329,7 +329,7 @@ func (d *Decoder) headers(c *h2.Conn, s *connState, ev *h2.Event) {
 			return
 		}
 		cl = d.newCall()
-		cl.stream, cl.start = ev.Stream, ev.Cap.Time
+		cl.stream, cl.start = ev.Stream, ev.Cap.Began()
 		d.put(s, cl)
 		for _, f := range ev.Fields {
 			switch {

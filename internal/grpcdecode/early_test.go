@@ -2,6 +2,7 @@ package grpcdecode
 
 import (
 	"testing"
+	"time"
 
 	"golang.org/x/net/http2"
 	"google.golang.org/grpc/codes"
@@ -90,6 +91,28 @@ func TestEarlyAnswerWholeRequestLater(t *testing.T) {
 	}
 	if resp.Latency != 0 || resp.Note != call.NoteAnswerFirst {
 		t.Errorf("latency %v, note %q: want none and %q", resp.Latency, resp.Note, call.NoteAnswerFirst)
+	}
+}
+
+// TestEarlyAnswerMeasuredFromSendStart: where the backend sees when a
+// send began, a request captured whole after its answer is measured from
+// its send's beginning.
+func TestEarlyAnswerMeasuredFromSendStart(t *testing.T) {
+	var recs []*call.Record
+	w, d := newWireDecoder(func(r *call.Record) { c := *r; recs = append(recs, &c) })
+	startConn(w)
+	answer(w, 1) // captured at t
+	w.took = 5 * time.Millisecond
+	w.send(0, func() { // ended at t+1ms, began at t-4ms
+		w.headers(1, false, ":method", "POST", ":scheme", "http", ":path", versionPath, ":authority", "x", "content-type", "application/grpc")
+		w.fr.WriteData(1, true, versionRequest)
+	})
+	d.Tick(w.now)
+	if len(recs) != 2 {
+		t.Fatalf("%d lines, want 2", len(recs))
+	}
+	if resp := recs[1]; resp.Latency != 4*time.Millisecond || resp.Note != "" {
+		t.Errorf("latency %v, note %q: want 4ms from the request send's beginning, and no note", resp.Latency, resp.Note)
 	}
 }
 

@@ -27,6 +27,8 @@ type wire struct {
 	henc [2]*hpack.Encoder // each direction has its own table
 	hbuf bytes.Buffer
 	end  int
+	// took, when set, is how long the next send ran before its capture.
+	took time.Duration
 }
 
 func newWire(emit func(*call.Record)) *wire {
@@ -50,9 +52,10 @@ func (w *wire) send(end int, f func()) {
 	f()
 	b := bytes.Clone(w.buf.Bytes())
 	w.now = w.now.Add(time.Millisecond)
-	ev := capture.Event{Time: w.now, Sock: uint64(end + 1), PeerSock: uint64(2 - end), PID: uint32(100 * (end + 1)), PeerPID: uint32(100 * (2 - end)),
+	ev := capture.Event{Time: w.now, SendTook: w.took, Sock: uint64(end + 1), PeerSock: uint64(2 - end), PID: uint32(100 * (end + 1)), PeerPID: uint32(100 * (2 - end)),
 		Offset: w.off[end], Len: uint32(len(b)), Data: b, Path: "/run/containerd/containerd.sock", Bound: end == 1}
 	w.off[end] += uint64(len(b))
+	w.took = 0
 	w.asm.Feed(&ev)
 }
 

@@ -58,6 +58,10 @@ const (
 	// optional, since a reader without it decodes as a trace without
 	// peer probes.
 	recField = 0x80
+	// recSendTook is how long the send of the event record that follows
+	// ran (capture.Event.SendTook), written only when known: optional,
+	// since a reader without it measures a call from its request's end.
+	recSendTook = 0x81
 )
 
 // Field flag bits, and the most of each string a field record may hold

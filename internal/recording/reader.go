@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"slices"
 	"time"
@@ -25,8 +26,12 @@ type Reader struct {
 	last      int64
 	events    uint64
 	trailer   *Trailer
-	buf       []byte
-	err       error
+	// took is the duration of the next event's send, from the record
+	// just before it (at offset tookAt); 0 when there was none.
+	took   time.Duration
+	tookAt int64
+	buf    []byte
+	err    error
 }
 
 // Open opens the recording at path and reads its header.
@@ -159,6 +164,9 @@ func (r *Reader) next(ev *capture.Event) error {
 			return r.readErr(err, start, "record")
 		}
 		r.off = start + hdrLen + int64(size)
+		if r.took > 0 && typ != recEvent {
+			return errorf(ErrCorrupt, r.tookAt, "corrupt record at offset %d: a send duration not followed by its event", r.tookAt)
+		}
 		switch typ {
 		case recString:
 			if len(r.dict) >= maxDict || r.dictBytes+len(body) > maxDictBytes {
@@ -174,8 +182,16 @@ func (r *Reader) next(ev *capture.Event) error {
 			if err := r.event(body, ev); err != nil {
 				return errorf(ErrCorrupt, start, "corrupt record at offset %d: %v", start, err)
 			}
+			ev.SendTook, r.took = r.took, 0
 			r.events++
 			return nil
+		case recSendTook:
+			d := dec{b: body}
+			took := d.uvarint()
+			if d.err != nil || len(d.b) != 0 || took == 0 || took > math.MaxInt64 {
+				return errorf(ErrCorrupt, start, "corrupt record at offset %d: bad send duration", start)
+			}
+			r.took, r.tookAt = time.Duration(took), start
 		case recTrailer:
 			t, err := parseTrailer(body)
 			if err != nil {

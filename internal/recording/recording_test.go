@@ -106,6 +106,14 @@ func TestRoundTrip(t *testing.T) {
 	closed := evs[2]
 	closed.Close, closed.Data, closed.Len = true, nil, 0
 	evs = append(evs, extra, restart, closed)
+	// How long a send ran, where the backend saw its start: on every
+	// other event, up to a send blocked for an hour.
+	for i := range evs {
+		if i%2 == 1 {
+			evs[i].SendTook = time.Duration(i*1500) * time.Nanosecond
+		}
+	}
+	evs[len(evs)-2].SendTook = time.Hour
 
 	b := record(t, evs)
 	got, r, err := readAll(t, b)
@@ -349,6 +357,10 @@ func TestCorruptRecords(t *testing.T) {
 		{"huge", []byte{0x02, 0xff, 0xff, 0xff, 0xff, 0x0f}, "bytes long"},
 		{"short event", []byte{0x02, 2, 0, 0}, "event fields cut short"},
 		{"bad string index", append([]byte{0x02, 29}, append(make([]byte, 27), 9, 0)...), "not in the dictionary"},
+		{"send duration not followed by its event", []byte{0x81, 1, 5, 0x03, 0}, "not followed by its event"},
+		{"send duration of 0", []byte{0x81, 1, 0}, "bad send duration"},
+		{"send duration with more bytes", []byte{0x81, 2, 5, 5}, "bad send duration"},
+		{"send duration over int64", []byte{0x81, 10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}, "bad send duration"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := append(append(bytes.Clone(good[:first]), tc.rec...), good[first:]...)

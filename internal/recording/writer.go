@@ -124,6 +124,10 @@ func (w *Writer) Write(ev *capture.Event) error {
 	if ev.Undecided {
 		flags |= flagUndecided
 	}
+	if ev.SendTook > 0 {
+		var took [binary.MaxVarintLen64]byte
+		w.record(recSendTook, took[:binary.PutUvarint(took[:], uint64(ev.SendTook))], nil)
+	}
 	t := ev.Time.UnixNano()
 	b := append(w.body[:0], flags)
 	b = binary.AppendVarint(b, t-w.last)

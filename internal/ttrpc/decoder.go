@@ -106,7 +106,7 @@ func (d *Decoder) Bytes(sc *stream.Conn, end int, ev *capture.Event, data []byte
 		data = data[k:]
 	}
 	if len(dir.buf) == 0 {
-		dir.start = ev.Time
+		dir.start = ev.Began()
 	}
 	dir.buf = append(dir.buf, data...)
 	dir.last = *ev
@@ -241,7 +241,7 @@ func (d *Decoder) parse(s *conn, end int) {
 		if consumed > 0 {
 			dir.buf = budget.Consume(dir.buf, consumed)
 			// Frames after the first start in the newest chunk.
-			dir.start = ev.Time
+			dir.start = ev.Began()
 		}
 	}()
 	for {
@@ -255,7 +255,7 @@ func (d *Decoder) parse(s *conn, end int) {
 			dir.synced = true
 			b = dir.buf[consumed:]
 			if off > 0 {
-				start = ev.Time
+				start = ev.Began()
 			}
 		}
 		if len(b) < HeaderLen {
@@ -278,7 +278,7 @@ func (d *Decoder) parse(s *conn, end int) {
 			continue
 		}
 		consumed += n
-		start = ev.Time
+		start = ev.Began()
 	}
 }
 

@@ -57,7 +57,7 @@ func (d *Decoder) deliverEarly(s *conn, frames []earlyFrame) {
 		delete(d.holding, s)
 	}
 	s.early.Deliver(frames, func(f *earlyFrame) {
-		d.frame(s, f.end, f.h, f.payload, &f.ev, f.ev.Time)
+		d.frame(s, f.end, f.h, f.payload, &f.ev, f.ev.Began())
 	})
 }
 

@@ -74,6 +74,29 @@ func TestEarlyAnswerCapturedFirst(t *testing.T) {
 	}
 }
 
+// TestEarlyAnswerMeasuredFromSendStart: where the backend sees when a
+// send began (every backend but sock-tracepoint), an answer captured
+// before its request's send returned is measured from the request send's
+// beginning, which its answer cannot precede.
+func TestEarlyAnswerMeasuredFromSendStart(t *testing.T) {
+	f, _, recs := earlyFeeder()
+	f.send(0, frameBytes(1, typeRequest, 0, statePayload))
+	f.send(1, frameBytes(1, typeResponse, 0, nil))
+	f.send(1, frameBytes(3, typeResponse, 0, nil)) // captured at t
+	f.took = 3 * time.Millisecond
+	f.send(0, frameBytes(3, typeRequest, 0, statePayload)) // ended at t+1ms, began at t-2ms
+	if len(*recs) != 4 {
+		t.Fatalf("%d records, want 4", len(*recs))
+	}
+	resp := (*recs)[3]
+	if resp.Type != call.Response || resp.Stream != 3 || resp.Method != "/containerd.task.v2.Task/State" || !resp.Final {
+		t.Errorf("answer: %+v", resp)
+	}
+	if resp.Latency != 2*time.Millisecond || resp.Note != "" {
+		t.Errorf("latency %v, note %q: want 2ms from the request send's beginning, and no note", resp.Latency, resp.Note)
+	}
+}
+
 // TestEarlyAnswerWithoutRequest: an answer whose request never comes (lost
 // with a full ring, or a hostile server answering nothing) is shown as
 // before, its method unknown, once call.EarlyWait has passed.

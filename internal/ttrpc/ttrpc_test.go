@@ -93,6 +93,8 @@ type feeder struct {
 	asm *stream.Assembler
 	off [2]uint64
 	now time.Time
+	// took, when set, is how long the next send ran before its capture.
+	took time.Duration
 }
 
 func newFeeder(emit func(*call.Record)) *feeder {
@@ -101,8 +103,9 @@ func newFeeder(emit func(*call.Record)) *feeder {
 
 func (f *feeder) send(end int, b []byte) {
 	f.now = f.now.Add(time.Millisecond)
-	ev := capture.Event{Time: f.now, Sock: uint64(end + 1), PeerSock: uint64(2 - end), PID: uint32(100 * (end + 1)), PeerPID: uint32(100 * (2 - end)),
+	ev := capture.Event{Time: f.now, SendTook: f.took, Sock: uint64(end + 1), PeerSock: uint64(2 - end), PID: uint32(100 * (end + 1)), PeerPID: uint32(100 * (2 - end)),
 		Offset: f.off[end], Len: uint32(len(b)), Data: b, Path: "/run/containerd/s/abc"}
+	f.took = 0
 	f.off[end] += uint64(len(b))
 	f.asm.Feed(&ev)
 }
