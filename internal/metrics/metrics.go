@@ -94,7 +94,7 @@ func New(version string) *Metrics {
 	}, []string{"protocol", "service", "method", "code", "client_comm"})
 	m.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: Namespace, Name: "call_duration_seconds",
-		Help:    "Latency of calls that ended, from the request's first byte to the call's end.",
+		Help:    "Latency of calls that ended, from the request's first byte to the call's end; calls whose latency is not known are not observed.",
 		Buckets: LatencyBuckets,
 	}, []string{"protocol", "service", "method"})
 	m.bytes = prometheus.NewCounterVec(prometheus.CounterOpts{
