@@ -153,16 +153,18 @@ func attachKprobes(t *Tracer) error {
 		{"unix_accept", "kprobe_unix_accept", false},
 	} {
 		attach, kind := link.Kprobe, "kprobe"
-		var opts *link.KprobeOptions
+		// Named after this process where it takes tracefs (probegroups.go).
+		opts := link.KprobeOptions{TraceFSPrefix: probeGroupPrefix}
 		if p.ret {
 			attach, kind = link.Kretprobe, "kretprobe"
-			opts = &link.KprobeOptions{RetprobeMaxActive: retprobeMaxActive}
+			opts.RetprobeMaxActive = retprobeMaxActive
 		}
-		l, err := attach(p.fn, t.progs[p.prog], opts)
-		if err != nil && opts != nil {
+		l, err := attach(p.fn, t.progs[p.prog], &opts)
+		if err != nil && p.ret {
 			// Setting maxactive takes tracefs's kprobe_events; without
 			// it, the kernel's default, and skips are counted.
-			l, err = attach(p.fn, t.progs[p.prog], nil)
+			opts.RetprobeMaxActive = 0
+			l, err = attach(p.fn, t.progs[p.prog], &opts)
 		}
 		if err != nil {
 			return fmt.Errorf("attach %s %s: %w", kind, p.fn, err)

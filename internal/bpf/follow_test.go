@@ -27,6 +27,19 @@ func TestHelperProcess(t *testing.T) {
 	}
 	sock := os.Getenv("CDSNOOP_SOCK")
 	switch mode {
+	case "kprobe-tracer":
+		// A tracer that stays attached until killed
+		// (TestCaptureProbesLeftByKill).
+		tr, err := Open(Options{Attach: "kprobe", IncludeSelf: true, RingBufSize: 1 << 16})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		defer tr.Close()
+		fmt.Println("ready")
+		for {
+			time.Sleep(time.Hour) // until killed
+		}
 	case "server":
 		ln, err := net.Listen("unix", sock)
 		if err != nil {

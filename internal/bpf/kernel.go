@@ -53,7 +53,7 @@ func checkKernel() error {
 // It looks where cilium/ebpf does: any tracefs in /proc/self/mountinfo, a
 // debugfs with a tracing directory, then the canonical paths.
 func ensureTracefs() error {
-	if tracefsReachable() {
+	if tracefsDir() != "" {
 		return nil
 	}
 	if err := unix.Mount("nodev", tracefsPath, "tracefs", 0, ""); err != nil {
@@ -91,7 +91,8 @@ func useBoundedPrograms(spec *ebpf.CollectionSpec, loop bool) {
 	}
 }
 
-func tracefsReachable() bool {
+// tracefsDir is where tracefs is reachable, or "".
+func tracefsDir() string {
 	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
 		for _, line := range strings.Split(string(mi), "\n") {
 			// "id parent major:minor root mountpoint options [optional...] - fstype source super"
@@ -102,18 +103,18 @@ func tracefsReachable() bool {
 			}
 			switch g[0] {
 			case "tracefs":
-				return true
+				return f[4]
 			case "debugfs":
 				if st, err := os.Stat(f[4] + "/tracing/events"); err == nil && st.IsDir() {
-					return true
+					return f[4] + "/tracing"
 				}
 			}
 		}
 	}
 	for _, p := range []string{tracefsPath, "/sys/kernel/debug/tracing"} {
 		if _, err := os.Stat(p + "/events"); err == nil {
-			return true
+			return p
 		}
 	}
-	return false
+	return ""
 }

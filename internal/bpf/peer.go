@@ -45,7 +45,7 @@ func (t *Tracer) AttachPeerProbe(path string, off uint64) error {
 	if t.closed {
 		return ErrClosed
 	}
-	l, err := ex.Uprobe("", prog, &link.UprobeOptions{Address: off})
+	l, err := ex.Uprobe("", prog, &link.UprobeOptions{Address: off, TraceFSPrefix: probeGroupPrefix})
 	if err != nil {
 		return fmt.Errorf("attach uprobe at %s+%#x: %w", path, off, err)
 	}

@@ -131,6 +131,13 @@ func Open(opts Options) (*Tracer, error) {
 	if err := ensureTracefs(); err != nil {
 		return nil, err
 	}
+	// Probes of tracers killed before they could remove them
+	// (probegroups.go): failing to remove them costs nothing now.
+	if n, err := removeStaleProbes(tracefsDir()); err != nil {
+		logf("removed %d probes left in tracefs by killed tracers; others could not be: %v", n, err)
+	} else if n > 0 {
+		logf("removed %d probes left in tracefs by killed tracers", n)
+	}
 
 	candidates, err := backendsFor(opts.Attach)
 	if err != nil {
