@@ -869,9 +869,10 @@ static __always_inline void fill_task(struct event *ev)
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 }
 
-/* Fill what every chunk of one send shares. */
+/* Fill what every chunk of one send shares; start_ns is when the send
+ * began (0: not seen, and for closes). */
 static __always_inline void fill_header(struct event *ev, struct socket *sock,
-					struct sock *sk, __u64 send_len)
+					struct sock *sk, __u64 send_len, __u64 start_ns)
 {
 	struct unix_sock *u = (struct unix_sock *)sk;
 	struct sock *peer = KREAD(struct unix_sock, u, peer);
@@ -879,7 +880,7 @@ static __always_inline void fill_header(struct event *ev, struct socket *sock,
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 
 	ev->ts_ns = bpf_ktime_get_ns();
-	ev->start_ns = 0;
+	ev->start_ns = start_ns;
 	ev->sk = (__u64)sk;
 	ev->peer_sk = (__u64)peer;
 	ev->sock_ino = socket_ino(sock);
@@ -997,8 +998,7 @@ static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 bac
 	sc = bpf_map_lookup_elem(&scratch_map, &slot);
 	if (!sc)
 		return;
-	fill_header(&sc->ev, sock, sk, sent);
-	sc->ev.start_ns = src->start_ns;
+	fill_header(&sc->ev, sock, sk, sent, src->start_ns);
 	sc->ev.backend = backend;
 	if (src->verdict == UNDECIDED)
 		sc->ev.flags |= EVENT_F_UNDECIDED;
@@ -1579,7 +1579,7 @@ static __always_inline int close_sock(struct socket *sock, struct sock *sk)
 	if (!cr)
 		return 0;
 	ev = &cr->ev;
-	fill_header(ev, sock, sk, 0);
+	fill_header(ev, sock, sk, 0, 0);
 	ev->flags |= EVENT_F_CLOSE;
 	ev->stream_off = 0;
 	submit_close(ev);

@@ -44,7 +44,7 @@ func checkKernel() error {
 	return nil
 }
 
-// ensureTracefs mounts tracefs when no tracefs is reachable, because minimal
+// ensureTracefs returns where tracefs is, mounting it when none is reachable, because minimal
 // hosts and fresh VMs often lack it. It must run before anything calls into
 // cilium/ebpf's tracefs code (link.Tracepoint, the kprobe fallback):
 // cilium/ebpf looks tracefs up once per process (internal/tracefs
@@ -52,14 +52,14 @@ func checkKernel() error {
 // mount made after a failed backend would not be seen until the next run.
 // It looks where cilium/ebpf does: any tracefs in /proc/self/mountinfo, a
 // debugfs with a tracing directory, then the canonical paths.
-func ensureTracefs() error {
-	if tracefsDir() != "" {
-		return nil
+func ensureTracefs() (dir string, err error) {
+	if dir := tracefsDir(); dir != "" {
+		return dir, nil
 	}
 	if err := unix.Mount("nodev", tracefsPath, "tracefs", 0, ""); err != nil {
-		return fmt.Errorf("tracefs is not mounted and mounting it at %s failed (%w): mount it (mount -t tracefs nodev %s) or run with CAP_SYS_ADMIN", tracefsPath, err, tracefsPath)
+		return "", fmt.Errorf("tracefs is not mounted and mounting it at %s failed (%w): mount it (mount -t tracefs nodev %s) or run with CAP_SYS_ADMIN", tracefsPath, err, tracefsPath)
 	}
-	return nil
+	return tracefsPath, nil
 }
 
 // haveLoop tells whether the kernel has the bpf_loop helper (5.17+), which

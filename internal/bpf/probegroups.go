@@ -91,12 +91,8 @@ func staleEvents(path string) ([]string, error) {
 		if m == nil {
 			continue
 		}
-		pid, err := strconv.Atoi(m[1])
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
 		if _, err := os.Stat("/proc/" + m[1]); err == nil {
-			continue // still running, or its pid taken since: left alone
+			continue // running (this process too), or its pid taken since: left alone
 		}
 		stale = append(stale, name)
 	}

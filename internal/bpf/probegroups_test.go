@@ -100,8 +100,7 @@ func TestCaptureProbesLeftByKill(t *testing.T) {
 // waits until it has attached.
 func startProbeTracer(t *testing.T) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$")
-	cmd.Env = append(os.Environ(), "CDSNOOP_HELPER=kprobe-tracer")
+	cmd := helper(t, "kprobe-tracer", "")
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {

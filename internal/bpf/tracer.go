@@ -128,12 +128,13 @@ func Open(opts Options) (*Tracer, error) {
 	}
 	// Every backend attaches the sched tracepoints (exits, execs), and
 	// cilium/ebpf caches its first tracefs lookup: mount before any of it.
-	if err := ensureTracefs(); err != nil {
+	tracefs, err := ensureTracefs()
+	if err != nil {
 		return nil, err
 	}
 	// Probes of tracers killed before they could remove them
 	// (probegroups.go): failing to remove them costs nothing now.
-	if n, err := removeStaleProbes(tracefsDir()); err != nil {
+	if n, err := removeStaleProbes(tracefs); err != nil {
 		logf("removed %d probes left in tracefs by killed tracers; others could not be: %v", n, err)
 	} else if n > 0 {
 		logf("removed %d probes left in tracefs by killed tracers", n)

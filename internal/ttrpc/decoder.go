@@ -235,13 +235,16 @@ func (s *conn) plausible(h header, end int) bool {
 func (d *Decoder) parse(s *conn, end int) {
 	dir := &s.dirs[end]
 	ev := &dir.last
+	// When the newest chunk's send began: the start of every frame that
+	// starts in it.
+	began := ev.Began()
 	consumed := 0
 	start := dir.start
 	defer func() {
 		if consumed > 0 {
 			dir.buf = budget.Consume(dir.buf, consumed)
 			// Frames after the first start in the newest chunk.
-			dir.start = ev.Began()
+			dir.start = began
 		}
 	}()
 	for {
@@ -255,7 +258,7 @@ func (d *Decoder) parse(s *conn, end int) {
 			dir.synced = true
 			b = dir.buf[consumed:]
 			if off > 0 {
-				start = ev.Began()
+				start = began
 			}
 		}
 		if len(b) < HeaderLen {
@@ -278,7 +281,7 @@ func (d *Decoder) parse(s *conn, end int) {
 			continue
 		}
 		consumed += n
-		start = ev.Began()
+		start = began
 	}
 }
 
