@@ -519,7 +519,10 @@ func (d *Decoder) headerBlock(c *Conn, end int, cap *capture.Event) {
 		budget.HeaderBlocks.Add(1)
 		return
 	}
-	if err != nil || !plausibleFields(fields) {
+	// A block the decoder repeats from its cache was found plausible when
+	// first decoded: an implausible one would have discarded the decoder
+	// with its cache (desync).
+	if err != nil || !dir.dec.Repeated() && !plausibleFields(fields) {
 		// The table is now in an unknown state, or the block was not a
 		// header block at all (a false frame boundary): start over.
 		d.desync(c, end, cap)

@@ -137,6 +137,12 @@ type Decoder struct {
 	// table size any setting or update may allow (0: no cap).
 	maxList  uint64
 	tableCap uint32
+
+	// version moves whenever what a block decodes to may change (repeat.go);
+	// decoded counts blocks decoded; repeats remembers recent blocks.
+	version uint64
+	decoded uint64
+	repeats *repeats
 }
 
 // NewDecoder returns a decoder for a connection joined mid-stream: the table
@@ -151,6 +157,7 @@ func NewDecoder() *Decoder {
 // protocol default. The unresolved count restarts too, since it is reported
 // per connection.
 func (d *Decoder) Reset() {
+	d.changed()
 	d.clearTable()
 	if len(d.ring) > scratchKeep {
 		d.ring = nil
@@ -175,6 +182,7 @@ func (d *Decoder) Reset() {
 // the start of its next block, and lowering M early could drop entries that
 // blocks still in flight refer to.
 func (d *Decoder) SetMaxTableSize(n uint32) {
+	d.changed()
 	if d.tableCap > 0 {
 		n = min(n, d.tableCap)
 	}
@@ -192,6 +200,7 @@ func (d *Decoder) SetMaxTableSize(n uint32) {
 // ErrListTooLarge with the table kept exact; an update over tableCap is
 // an error like any update above the allowed maximum. 0 means no limit.
 func (d *Decoder) SetLimits(maxList uint64, tableCap uint32) {
+	d.changed()
 	d.maxList, d.tableCap = maxList, tableCap
 	if tableCap > 0 {
 		d.allowed = min(d.allowed, tableCap)
@@ -228,6 +237,11 @@ func (d *Decoder) Decode(block []byte) ([]Field, error) {
 	if cap(d.scratch) > scratchKeep {
 		d.scratch = nil // one huge block must not pin its size
 	}
+	if fields, ok := d.repeated(block); ok {
+		d.scratch = fields
+		return fields, nil
+	}
+	before := d.version
 	fields, err := d.decode(d.scratch[:0], block)
 	d.scratch = fields
 	if err != nil {
@@ -238,6 +252,7 @@ func (d *Decoder) Decode(block []byte) ([]Field, error) {
 	if len(fields) == 0 {
 		return nil, nil
 	}
+	d.remember(block, before, fields)
 	return fields, nil
 }
 
@@ -438,6 +453,7 @@ func (d *Decoder) sizeUpdate(p []byte) ([]byte, error) {
 		return p, errSizeUpdateTooLarge
 	}
 	// An in-band update is the encoder's actual limit, so M may shrink here.
+	d.changed()
 	d.maxSize = uint32(v)
 	d.evict()
 	return p, nil
@@ -449,6 +465,7 @@ func (d *Decoder) at(i int) *entry {
 }
 
 func (d *Decoder) insert(e entry) {
+	d.changed()
 	if d.n == len(d.ring) {
 		d.grow()
 	}
@@ -475,6 +492,7 @@ func (d *Decoder) grow() {
 // evict drops the entries that are certainly gone under the limit M and
 // notes when no pre-attach entry can remain.
 func (d *Decoder) evict() {
+	d.changed()
 	limit := uint64(d.maxSize)
 	// Any pre-attach entry is older than all recorded ones and needs at
 	// least 32 bytes: if they leave less room than that, either they all
@@ -502,6 +520,7 @@ func (d *Decoder) forget() {
 }
 
 func (d *Decoder) clearTable() {
+	d.changed()
 	d.epoch++
 	for i := 0; i < d.n; i++ {
 		*d.at(i) = entry{}

@@ -121,6 +121,7 @@ func (d *Decoder) pin(age uint32, p pin) error {
 	if d.pins == nil {
 		d.pins = map[uint32]pin{}
 	}
+	d.changed()
 	d.pins[age] = p
 	d.peerUsed = true
 	// Recorded entries that took this entry's name learn it now.
@@ -168,6 +169,7 @@ func (d *Decoder) Fill(f *Field) bool {
 // nameEntry gives a recorded entry its name; its size becomes exact, so the
 // caller must call evict.
 func (d *Decoder) nameEntry(e *entry, name string) {
+	d.changed()
 	d.peerUsed = true
 	d.size -= e.size
 	e.name, e.nameKnown, e.nameAge, e.peer = name, true, 0, true
