@@ -48,8 +48,7 @@ type repeatEntry struct {
 // blocks were decoded.
 type repeats struct {
 	entries [repeatEntries]repeatEntry
-	next    int    // entry replaced next
-	hits    uint64 // blocks taken from the cache, for tests
+	next    int // entry replaced next
 	// last: the last Decode's fields came from the cache.
 	last bool
 }
@@ -76,7 +75,6 @@ func (d *Decoder) repeated(block []byte) (fields []Field, ok bool) {
 	for i := range d.repeats.entries {
 		e := &d.repeats.entries[i]
 		if e.version == d.version && e.fields != nil && bytes.Equal(e.block, block) {
-			d.repeats.hits++
 			d.repeats.last = true
 			return append(d.scratch[:0], e.fields...), true
 		}
