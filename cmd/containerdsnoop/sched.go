@@ -20,8 +20,8 @@ import (
 // the ring buffer covers the tick it may wait (internal/bpf/spool.go).
 // The nice value is the one the tracer was started with (0 unless under
 // nice(1)): sched_setattr sets it too, and used to reset it to 0. The
-// tracer does not lower it by itself: at nice 19 it loses calls on a
-// saturated node (docs/performance.md, "Yielding the CPU").
+// watchdog lowers it to 19 afterwards (yield.go), and the watchdog, forked
+// after this, runs under SCHED_BATCH at the starting value.
 // Failing (a seccomp profile, say) changes nothing else.
 func batchScheduling() {
 	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_BATCH}

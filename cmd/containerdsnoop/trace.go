@@ -31,6 +31,7 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/pods"
 	"github.com/containerdsnoop/containerdsnoop/internal/spans"
 	"github.com/containerdsnoop/containerdsnoop/internal/termsafe"
+	"github.com/containerdsnoop/containerdsnoop/internal/watchdog"
 )
 
 type traceFlags struct {
@@ -47,6 +48,7 @@ type traceFlags struct {
 	otlp           string
 	otlpMsgs       bool
 	listPods       bool
+	yieldCPU       bool
 }
 
 func newTraceCommand() *cobra.Command {
@@ -106,6 +108,7 @@ before containerd creates its socket.`,
 	fl.StringVar(&f.attach, "attach", "auto", "capture backend: auto or "+strings.Join(bpf.Backends(), ", "))
 	fl.IntVar(&f.ringBufSize, "ringbuf-size", bpf.DefaultRingBufSize, "bytes of kernel ring buffer between the capture and this process: a power of two from 4 KiB to 1 GiB")
 	fl.StringVar(&f.memBudget, "memory-budget", fmt.Sprintf("%dMi", budget.DefaultMemory>>20), "memory this process aims to stay within, besides the kernel ring buffer (e.g. 160Mi, 1Gi; at least 64Mi): the Go runtime's soft limit; the decoders' own limits keep hostile input under it (docs/security.md)")
+	fl.BoolVar(&f.yieldCPU, "yield-cpu", true, "run at nice 19, raised by "+watchdog.Name+" (beside the binary, needs CAP_SYS_NICE) once a quarter of the ring buffer is unread; false: keep the starting priority")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "explain decisions (backend selection, peer probes) on stderr")
 	fl.BoolVar(&f.peerProbes, "peer-probes", true, "read HTTP/2 header fields from the Go processes at either end (uprobes), so connections open before the tracer decode fully; see docs/attach.md")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics of the calls shown at http://ADDR/metrics, e.g. :9520 (off by default)")
@@ -167,6 +170,10 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 		return err
 	}
 	defer tracer.Close()
+	wd := startWatchdog(f.yieldCPU, cmd.Flags().Changed("yield-cpu"), tracer, stderr, opts.Logf)
+	if wd != nil {
+		defer wd.Close() // first: the tracer's ring goes with tracer.Close
+	}
 
 	p := pipeline.New(out, filter)
 	p.CommOf = procComms()
@@ -187,6 +194,9 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 		m.CaptureStats(tracer.Stats)
 		for _, c := range budget.All() {
 			m.AddDropCounter(c.Reason(), c.Load)
+		}
+		if wd != nil {
+			m.AddCounterFunc("watchdog_raises", "Times the watchdog raised the yielding tracer to its starting priority: a quarter of its ring buffer was unread.", wd.Raises)
 		}
 		m.AddCounterFunc("inferred_wrong", "Inferred methods or statuses that a later fact contradicted (docs/attach.md).", grpcdecode.InferredWrong)
 		p.AddRecordSink(m)

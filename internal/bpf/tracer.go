@@ -308,6 +308,12 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 // Backend names the attached backend.
 func (t *Tracer) Backend() string { return t.backend }
 
+// Ring is the ring buffer map's fd and its data size in bytes, for a
+// watcher of its positions (internal/watchdog).
+func (t *Tracer) Ring() (fd, size int) {
+	return t.maps.Events.FD(), int(t.maps.Events.MaxEntries())
+}
+
 // Read blocks for the next chunk. ev.Data aliases an internal buffer that
 // the next Read overwrites. It returns ErrClosed after Close.
 func (t *Tracer) Read(ev *capture.Event) error { return t.ReadWithin(ev, t.poll) }
