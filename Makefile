@@ -3,6 +3,10 @@ GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 BIN       := bin/containerdsnoop
+# Beside the tracer: it raises the tracer when its ring buffer fills, so that
+# the tracer can yield the CPU (internal/watchdog). Without it the tracer
+# keeps its priority.
+WATCHDOG  := bin/containerdsnoop-watchdog
 FUZZTIME  ?= 60s
 
 .PHONY: all build generate check-generated vmlinux release image test test-unit test-deps test-kernels bench lint vet fmt staticcheck fuzz clean
@@ -11,6 +15,7 @@ all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/containerdsnoop
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(WATCHDOG) ./cmd/containerdsnoop-watchdog
 
 # The committed BPF objects are built with Debian 12's clang 14. Another
 # clang major emits other (equally valid) bytes, so that the committed
@@ -48,11 +53,10 @@ release:
 # built without a container engine and reproducibly: the same commit gives
 # the same image digest (cmd/mkimage, internal/image).
 IMAGE ?= ghcr.io/containerdsnoop/containerdsnoop:$(VERSION)
-image:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/containerdsnoop
+image: build
 	mkdir -p $(DIST)
 	SOURCE_DATE_EPOCH=$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct 2>/dev/null || echo 0)} \
-		$(GO) run ./cmd/mkimage -binary $(BIN) -arch $$($(GO) env GOARCH) -tag '$(IMAGE)' -version '$(VERSION)' -o $(DIST)/containerdsnoop-image-$$($(GO) env GOARCH).tar
+		$(GO) run ./cmd/mkimage -binary $(BIN) -watchdog $(WATCHDOG) -arch $$($(GO) env GOARCH) -tag '$(IMAGE)' -version '$(VERSION)' -o $(DIST)/containerdsnoop-image-$$($(GO) env GOARCH).tar
 
 # Every test, privileged ones included: run as root. Installs what the tests
 # need (containerd, runc, clang, ...) from the distribution first.

@@ -2,7 +2,7 @@
 // binary, without a container engine, into an image tarball that
 // `ctr image import` and other OCI tools take: `make image`.
 //
-//	mkimage -binary bin/containerdsnoop -arch amd64 -tag ghcr.io/containerdsnoop/containerdsnoop:v1.2.3 -o dist/image.tar
+//	mkimage -binary bin/containerdsnoop -watchdog bin/containerdsnoop-watchdog -arch amd64 -tag ghcr.io/containerdsnoop/containerdsnoop:v1.2.3 -o dist/image.tar
 //
 // The same binary gives the same image digest (printed): timestamps are
 // SOURCE_DATE_EPOCH (default: 0, the Unix epoch). See internal/image.
@@ -21,6 +21,7 @@ import (
 
 func main() {
 	binary := flag.String("binary", "bin/containerdsnoop", "the static containerdsnoop binary")
+	watchdog := flag.String("watchdog", "bin/containerdsnoop-watchdog", "the static containerdsnoop-watchdog binary, put beside it")
 	arch := flag.String("arch", runtime.GOARCH, "GOARCH the binary was built for")
 	tag := flag.String("tag", "ghcr.io/containerdsnoop/containerdsnoop:dev", "image name and tag")
 	version := flag.String("version", "dev", "version label")
@@ -37,6 +38,7 @@ func main() {
 	img, err := image.Build(image.Options{
 		Files: []image.File{
 			{Path: "/containerdsnoop", Source: *binary, Mode: 0o755},
+			{Path: "/containerdsnoop-watchdog", Source: *watchdog, Mode: 0o755},
 			{Path: "/usr/share/doc/containerdsnoop/LICENSE", Source: "LICENSE", Mode: 0o644},
 			{Path: "/usr/share/doc/containerdsnoop/README.md", Source: "README.md", Mode: 0o644},
 		},

@@ -5,11 +5,13 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -264,6 +266,10 @@ func TestDaemonSetPodSpec(t *testing.T) {
 		}
 	}
 	waitUntil("readiness line in the container's log", func() bool { return strings.Contains(readLog(), readyLine) })
+	// With the DaemonSet's capabilities (SYS_NICE among them) the tracer
+	// runs at nice 19 under its watchdog, which runs beside it in the
+	// container at the starting nice value (internal/watchdog).
+	checkYielding(t, c.Socket)
 
 	// Calls made to containerd now, on a connection of their own. The
 	// first is about the tracer's own pod, which it can know only from its
@@ -320,6 +326,67 @@ func TestDaemonSetPodSpec(t *testing.T) {
 	}
 }
 
+// checkYielding finds the tracer whose command line names socket and
+// checks that its threads run at nice 19 and its watchdog at the
+// starting nice value.
+func checkYielding(t *testing.T, socket string) {
+	t.Helper()
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	tracer, watchdog := 0, 0
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		switch {
+		case filepath.Base(args[0]) == "containerdsnoop" && slices.Contains(args, socket):
+			tracer = pid
+		case filepath.Base(args[0]) == "containerdsnoop-watchdog":
+			watchdog = pid
+		}
+	}
+	if tracer == 0 {
+		t.Fatalf("no tracer process with %s on its command line", socket)
+	}
+	if watchdog == 0 || ppidOf(t, watchdog) != tracer {
+		t.Fatalf("the tracer (pid %d) runs no watchdog (found %d): it does not yield the CPU", tracer, watchdog)
+	}
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", tracer))
+	for _, path := range tasks {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		if nice := statFields(string(b))[19-3]; nice != "19" {
+			t.Errorf("tracer thread %s at nice %s; want 19", path, nice)
+		}
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", watchdog))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The container starts at containerd's nice value, this test's.
+	self, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nice, want := statFields(string(b))[19-3], statFields(string(self))[19-3]; nice != want {
+		t.Errorf("watchdog at nice %s; want %s, the tracer's starting value", nice, want)
+	}
+}
+
+// ppidOf is pid's parent, 0 if unknown.
+func ppidOf(t *testing.T, pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(statFields(string(b))[4-3])
+	return ppid
+}
+
 // importTracerImage builds the image as `make image` does, from a static
 // build of this checkout, and imports it into c's CRI namespace.
 func importTracerImage(t *testing.T, c *containerdtest.Containerd) string {
@@ -330,15 +397,21 @@ func importTracerImage(t *testing.T, c *containerdtest.Containerd) string {
 	}
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "containerdsnoop")
-	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/containerdsnoop")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("static build: %v\n%s", err, out)
+	watchdog := filepath.Join(dir, "containerdsnoop-watchdog")
+	for _, c := range []struct{ out, pkg string }{{bin, "./cmd/containerdsnoop"}, {watchdog, "./cmd/containerdsnoop-watchdog"}} {
+		cmd := exec.Command("go", "build", "-trimpath", "-o", c.out, c.pkg)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("static build of %s: %v\n%s", c.pkg, err, out)
+		}
 	}
 	const ref = "ghcr.io/containerdsnoop/containerdsnoop:e2e"
 	img, err := image.Build(image.Options{
-		Files:      []image.File{{Path: "/containerdsnoop", Source: bin, Mode: 0o755}},
+		Files: []image.File{
+			{Path: "/containerdsnoop", Source: bin, Mode: 0o755},
+			{Path: "/containerdsnoop-watchdog", Source: watchdog, Mode: 0o755},
+		},
 		Arch:       goarch(t),
 		Epoch:      time.Unix(0, 0).UTC(),
 		Entrypoint: []string{"/containerdsnoop"},

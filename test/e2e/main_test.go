@@ -83,11 +83,15 @@ func snoopBinary(t testing.TB) string {
 			return
 		}
 		out := filepath.Join(binDir, "containerdsnoop")
-		cmd := exec.Command("go", "build", "-o", out, "./cmd/containerdsnoop")
-		cmd.Dir = root
-		if b, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/containerdsnoop: %w\n%s", err, b)
-			return
+		// With its watchdog beside it, as installed: the tracer yields the
+		// CPU under its watch (internal/watchdog).
+		for _, c := range []struct{ out, pkg string }{{out, "./cmd/containerdsnoop"}, {filepath.Join(binDir, "containerdsnoop-watchdog"), "./cmd/containerdsnoop-watchdog"}} {
+			cmd := exec.Command("go", "build", "-o", c.out, c.pkg)
+			cmd.Dir = root
+			if b, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("go build %s: %w\n%s", c.pkg, err, b)
+				return
+			}
 		}
 		binPath = out
 	})

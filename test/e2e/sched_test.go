@@ -8,44 +8,73 @@ import (
 	"testing"
 )
 
-// TestSchedulingPolicy: every thread of the tracer runs SCHED_BATCH at the
-// nice value it was started with (a tracer thread that wakes never
-// preempts a traced process, and keeps its share of the CPU on a busy
-// node), the spool's too: it is an ordinary goroutine, on no thread of its
-// own.
+// TestSchedulingPolicy: every thread of the tracer runs SCHED_BATCH (a
+// tracer thread that wakes never preempts a traced process), the spool's
+// too: it is an ordinary goroutine, on no thread of its own. Installed
+// with its watchdog beside it (as snoopBinary builds it), the tracer runs
+// at nice 19 and the watchdog at the nice value the tracer was started
+// with, which it gives back to the tracer when the ring buffer fills
+// (internal/watchdog). With --yield-cpu=false, the tracer keeps that
+// value.
 func TestSchedulingPolicy(t *testing.T) {
-	tr := startTracer(t, "--output", "json", "--socket", filepath.Join(t.TempDir(), "none.sock"))
-	defer tr.stop(os.Interrupt)
-	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", tr.cmd.Process.Pid))
-	if err != nil || len(tasks) < 2 {
-		t.Fatalf("threads of the tracer: %v, %v", tasks, err)
-	}
-	// The tracer keeps the nice value it is started with: this test's
-	// own (0 unless the tests run under nice(1)).
 	self, err := os.ReadFile("/proc/self/stat")
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantNice := statFields(string(self))[19-3]
-	batch := 0
-	for _, path := range tasks {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			continue // the thread exited
+	started := statFields(string(self))[19-3] // 0 unless the tests run under nice(1)
+	for _, c := range []struct {
+		yield bool
+		want  string
+	}{{true, "19"}, {false, started}} {
+		if c.yield && started != "0" {
+			t.Logf("the tests run at nice %s: the tracer keeps it, it does not yield", started)
+			c.want = started
 		}
-		f := statFields(string(b))
-		nice, policy := f[19-3], f[41-3]
-		// Not lowered by the tracer: a tracer that yields (nice 19)
-		// loses calls on a saturated node (docs/performance.md,
-		// "Yielding the CPU").
-		if policy != "3" || nice != wantNice { // SCHED_BATCH
-			t.Errorf("thread %s: policy %s, nice %s; want SCHED_BATCH (3) at nice %s, as started", path, policy, nice, wantNice)
-			continue
+		tr := startTracer(t, "--output", "json", "--socket", filepath.Join(t.TempDir(), "none.sock"), fmt.Sprintf("--yield-cpu=%v", c.yield))
+		pid := tr.cmd.Process.Pid
+		tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		if err != nil || len(tasks) < 2 {
+			t.Fatalf("threads of the tracer: %v, %v", tasks, err)
 		}
-		batch++
-	}
-	if batch < 2 {
-		t.Errorf("%d threads under SCHED_BATCH; want every thread (%d)", batch, len(tasks))
+		batch := 0
+		for _, path := range tasks {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				continue // the thread exited
+			}
+			f := statFields(string(b))
+			nice, policy := f[19-3], f[41-3]
+			if policy != "3" || nice != c.want { // SCHED_BATCH
+				t.Errorf("--yield-cpu=%v: thread %s: policy %s, nice %s; want SCHED_BATCH (3) at nice %s", c.yield, path, policy, nice, c.want)
+				continue
+			}
+			batch++
+		}
+		if batch < 2 {
+			t.Errorf("--yield-cpu=%v: %d threads under SCHED_BATCH; want every thread (%d)", c.yield, batch, len(tasks))
+		}
+		// Each thread lists the children it forked.
+		var children []string
+		lists, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+		for _, l := range lists {
+			b, _ := os.ReadFile(l)
+			children = append(children, strings.Fields(string(b))...)
+		}
+		var watchdogs []string
+		for _, child := range children {
+			argv, _ := os.ReadFile("/proc/" + child + "/cmdline")
+			if b, err := os.ReadFile("/proc/" + child + "/stat"); err == nil && strings.HasPrefix(string(argv), "containerdsnoop-watchdog\x00") {
+				f := statFields(string(b))
+				watchdogs = append(watchdogs, child)
+				if f[19-3] != started || f[41-3] != "3" {
+					t.Errorf("watchdog %s: nice %s, policy %s; want SCHED_BATCH at nice %s, the tracer's starting value", child, f[19-3], f[41-3], started)
+				}
+			}
+		}
+		if yields := c.want == "19"; yields != (len(watchdogs) == 1) {
+			t.Errorf("--yield-cpu=%v: watchdogs %v", c.yield, watchdogs)
+		}
+		tr.stop(os.Interrupt)
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -235,7 +236,7 @@ func checkTarball(t *testing.T, path, top string, machine elf.Machine, readme, l
 			files[h.Name] = b
 		}
 	}
-	wantOrder := []string{top + "/", top + "/LICENSE", top + "/README.md", top + "/containerdsnoop"}
+	wantOrder := []string{top + "/", top + "/LICENSE", top + "/README.md", top + "/containerdsnoop", top + "/containerdsnoop-watchdog"}
 	if strings.Join(order, " ") != strings.Join(wantOrder, " ") {
 		t.Fatalf("%s holds %q, want %q", filepath.Base(path), order, wantOrder)
 	}
@@ -245,30 +246,36 @@ func checkTarball(t *testing.T, path, top string, machine elf.Machine, readme, l
 	if !bytes.Equal(files[top+"/LICENSE"], license) {
 		t.Errorf("LICENSE in the tarball differs from the repository's")
 	}
-	if m := modes[top+"/containerdsnoop"]; m&0o111 != 0o111 {
-		t.Errorf("containerdsnoop has mode %o, want it executable by all", m)
-	}
-
-	bin := files[top+"/containerdsnoop"]
-	ef, err := elf.NewFile(bytes.NewReader(bin))
-	if err != nil {
-		t.Fatalf("containerdsnoop is not ELF: %v", err)
-	}
-	if ef.Machine != machine {
-		t.Errorf("containerdsnoop is for %v, want %v", ef.Machine, machine)
-	}
-	for _, p := range ef.Progs {
-		if p.Type == elf.PT_INTERP || p.Type == elf.PT_DYNAMIC {
-			t.Errorf("containerdsnoop is dynamically linked (%v): want a static CGO_ENABLED=0 binary", p.Type)
+	for _, name := range []string{"containerdsnoop", "containerdsnoop-watchdog"} {
+		if m := modes[top+"/"+name]; m&0o111 != 0o111 || m&0o022 != 0 {
+			// Writable by others, the tracer would refuse to run the watchdog.
+			t.Errorf("%s has mode %o, want it executable by all and writable by its owner only", name, m)
 		}
-	}
-	if ef.Section(".symtab") != nil {
-		t.Errorf("containerdsnoop has a symbol table: want it stripped (-s -w)")
+		checkStaticBinary(t, name, files[top+"/"+name], machine)
 	}
 	// The version is stamped into the binary for every architecture, not
 	// only the one that can be run here.
-	if !bytes.Contains(bin, []byte(version)) {
+	if !bytes.Contains(files[top+"/containerdsnoop"], []byte(version)) {
 		t.Errorf("containerdsnoop does not contain its version %q", version)
+	}
+}
+
+// checkStaticBinary: an ELF executable for machine, static, stripped.
+func checkStaticBinary(t *testing.T, name string, bin []byte, machine elf.Machine) {
+	ef, err := elf.NewFile(bytes.NewReader(bin))
+	if err != nil {
+		t.Fatalf("%s is not ELF: %v", name, err)
+	}
+	if ef.Machine != machine {
+		t.Errorf("%s is for %v, want %v", name, ef.Machine, machine)
+	}
+	for _, p := range ef.Progs {
+		if p.Type == elf.PT_INTERP || p.Type == elf.PT_DYNAMIC {
+			t.Errorf("%s is dynamically linked (%v): want a static CGO_ENABLED=0 binary", name, p.Type)
+		}
+	}
+	if ef.Section(".symtab") != nil {
+		t.Errorf("%s has a symbol table: want it stripped (-s -w)", name)
 	}
 }
 
@@ -276,7 +283,7 @@ func checkTarball(t *testing.T, path, top string, machine elf.Machine, readme, l
 // unpacked tarball, waits for its readiness line on stderr, interrupts it
 // and expects a clean exit.
 func traceUntilReady(t *testing.T, dir string) {
-	cmd := exec.Command("./containerdsnoop", "trace", "--output", "json")
+	cmd := exec.Command("./containerdsnoop", "trace", "--output", "json", "-v")
 	cmd.Dir = dir
 	stdoutPath := filepath.Join(t.TempDir(), "stdout")
 	stdout, err := os.Create(stdoutPath)
@@ -324,6 +331,14 @@ func traceUntilReady(t *testing.T, dir string) {
 		t.Fatalf("trace printed no %q within %v; stderr:\n%s", readyLine, readyTimeout, strings.Join(stderrLines, "\n"))
 	}
 
+	// Unpacked, the tracer finds its watchdog beside it and yields the
+	// CPU (internal/watchdog), as it does from the image.
+	if !slices.ContainsFunc(stderrLines, func(l string) bool {
+		return strings.HasPrefix(l, "containerdsnoop: yielding the CPU: nice 19; containerdsnoop-watchdog (pid ")
+	}) && startedAtNice0(t) {
+		t.Errorf("the unpacked tracer does not yield the CPU under its watchdog; stderr:\n%s", strings.Join(stderrLines, "\n"))
+	}
+
 	if err := cmd.Process.Signal(os.Interrupt); err != nil {
 		t.Fatal(err)
 	}
@@ -354,6 +369,18 @@ func traceUntilReady(t *testing.T, dir string) {
 			t.Errorf("stdout line is not a JSON object: %v\n%s", err, line)
 		}
 	}
+}
+
+// startedAtNice0: the tests run at nice 0, where the tracer yields (under
+// nice(1) it keeps the priority it was given).
+func startedAtNice0(t *testing.T) bool {
+	stat, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(stat)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	return len(f) > 16 && f[16] == "0" // proc(5) field 19
 }
 
 // moduleRoot walks up from the package directory to this module's go.mod.
