@@ -101,14 +101,23 @@ wait_line() {
 	done
 }
 
-# cpu_ticks PID: utime+stime of the whole process, in clock ticks.
+# cpu_ticks PID: utime+stime of the whole process and of its children still
+# running (the tracer's watchdog, internal/watchdog), in clock ticks.
 cpu_ticks() {
-	local s
-	read -r s <"/proc/$1/stat"
+	local pid=$1 s t c
+	read -r s <"/proc/$pid/stat"
 	s=${s##*) } # the comm may hold spaces and parentheses
 	# shellcheck disable=SC2086
 	set -- $s
-	echo $((${12} + ${13}))
+	t=$((${12} + ${13}))
+	for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+		read -r s <"/proc/$c/stat" 2>/dev/null || continue
+		s=${s##*) }
+		# shellcheck disable=SC2086
+		set -- $s
+		t=$((t + ${12} + ${13}))
+	done
+	echo "$t"
 }
 
 # status_kb PID FIELD: VmHWM, VmRSS or RssAnon in kB.
@@ -199,8 +208,10 @@ if ! command -v strace >/dev/null && [[ " $CONFIGS " == *" strace "* ]]; then
 	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace; } >&2 ||
 		{ log "could not install strace: skipping config (d)"; CONFIGS=${CONFIGS/strace/}; }
 fi
-log "building containerdsnoop and snoopbench"
+log "building containerdsnoop, its watchdog and snoopbench"
 CGO_ENABLED=0 "$GO" build -trimpath -o "$W/containerdsnoop" ./cmd/containerdsnoop
+# Beside it, as installed: the tracer yields the CPU under its watchdog.
+CGO_ENABLED=0 "$GO" build -trimpath -ldflags '-s -w' -o "$W/containerdsnoop-watchdog" ./cmd/containerdsnoop-watchdog
 CGO_ENABLED=0 "$GO" build -trimpath -o "$W/snoopbench" ./cmd/snoopbench
 SNOOP=$W/containerdsnoop
 BENCH=$W/snoopbench

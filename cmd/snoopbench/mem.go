@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,6 +26,9 @@ type memResult struct {
 	AnonKB    int64  `json:"anon_kb"`     // RssAnon: the Go heap, stacks, runtime
 	RingRSSKB int64  `json:"ring_rss_kb"` // the BPF map mappings (the ring buffer), as RSS counts them
 	RingPSSKB int64  `json:"ring_pss_kb"` // the same, each page once
+	// The tracer's children (its watchdog, internal/watchdog), counted in
+	// PSSKB too: the tracer's cost is both processes'.
+	ChildPSSKB int64 `json:"child_pss_kb"`
 }
 
 // MiB of the process's memory with the ring counted once.
@@ -45,6 +49,29 @@ func runMem(args []string) error {
 }
 
 func readMem(pid int) (memResult, error) {
+	m, err := readProcMem(pid)
+	if err != nil {
+		return m, err
+	}
+	lists, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, l := range lists {
+		b, _ := os.ReadFile(l)
+		for _, f := range strings.Fields(string(b)) {
+			child, err := strconv.Atoi(f)
+			if err != nil {
+				continue
+			}
+			if c, err := readProcMem(child); err == nil { // gone meanwhile: not counted
+				m.ChildPSSKB += c.PSSKB
+			}
+		}
+	}
+	m.PSSKB += m.ChildPSSKB
+	return m, nil
+}
+
+// readProcMem is readMem for pid alone.
+func readProcMem(pid int) (memResult, error) {
 	m := memResult{Mode: "mem"}
 	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
