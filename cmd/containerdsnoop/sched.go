@@ -2,6 +2,8 @@ package main
 
 import (
 	"os"
+	"os/exec"
+	"runtime"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -23,12 +25,45 @@ import (
 // watchdog lowers it to 19 afterwards (yield.go), and the watchdog, forked
 // after this, runs under SCHED_BATCH at the starting value.
 // Failing (a seccomp profile, say) changes nothing else.
-func batchScheduling() {
+//
+// It returns the scheduling the tracer was started with (nil if unknown),
+// which the command of trace -- COMMAND is started with (startAsStarted).
+func batchScheduling() *unix.SchedAttr {
 	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_BATCH}
-	if cur, err := unix.SchedGetAttr(0, 0); err == nil {
+	cur, err := unix.SchedGetAttr(0, 0)
+	if err == nil {
 		attr.Nice = cur.Nice
 	}
 	_ = setEveryThread(&attr)
+	return cur
+}
+
+// startAsStarted starts cmd with the scheduling the tracer was started
+// with (started), not the tracer's own: a command traced with
+// trace -- COMMAND must run as it would untraced, not under SCHED_BATCH
+// at nice 19. A child inherits the scheduling of the thread that forks it,
+// so the fork is made from a thread locked for it and set to started, then
+// set back to the tracer's scheduling (a higher nice value and SCHED_BATCH
+// need no privilege) before it does anything else. Where it cannot be set
+// to started (no CAP_SYS_NICE to go below nice 19 again), the command is
+// started all the same, with the tracer's scheduling.
+func startAsStarted(cmd *exec.Cmd, started *unix.SchedAttr) error {
+	if started == nil {
+		return cmd.Start()
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	own, err := unix.SchedGetAttr(0, 0)
+	if err != nil {
+		return cmd.Start()
+	}
+	attr := *started
+	attr.Size, attr.Flags = unix.SizeofSchedAttr, 0
+	_ = unix.SchedSetAttr(0, &attr, 0)
+	err = cmd.Start()
+	own.Size, own.Flags = unix.SizeofSchedAttr, 0
+	_ = unix.SchedSetAttr(0, own, 0)
+	return err
 }
 
 // setEveryThread applies attr to each thread of the process there is now;

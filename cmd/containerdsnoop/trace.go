@@ -164,7 +164,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 	if f.listPods {
 		known = listPods(f.socket, opts.Logf)
 	}
-	batchScheduling() // before Open: the spool thread it starts sets its own
+	started := batchScheduling() // before Open and the watchdog: what they start inherits it
 	tracer, err := bpf.Open(opts)
 	if err != nil {
 		return err
@@ -261,7 +261,7 @@ func runTrace(cmd *cobra.Command, f traceFlags, command []string) error {
 			// read: the command's own output must not break it.
 			child.Stdout = os.Stderr
 		}
-		if err := child.Start(); err != nil {
+		if err := startAsStarted(child, started); err != nil {
 			return fmt.Errorf("start %s: %w", command[0], err)
 		}
 		signal.Ignore(os.Interrupt) // Ctrl-C is for the command; we stop when it exits
