@@ -236,20 +236,29 @@ func trustedDir(t *testing.T) string {
 	return dir
 }
 
+// setUp is what each stand-in test needs: root, the tests' nice value
+// (one a tracer yields from), a trusted directory with the watchdog built
+// in it, and an empty fake ring there.
+func setUp(t *testing.T) (start int, dir, wdPath string, ring *fakeRing) {
+	t.Helper()
+	privileged.Require(t) // CAP_SYS_NICE; another user for the stand-in
+	start = ownNice(t)
+	if start < 0 || start >= YieldNice {
+		t.Skipf("the tests run at nice %d: a tracer started there does not yield", start)
+	}
+	dir = trustedDir(t)
+	wdPath = buildWatchdog(t, dir)
+	ring = newFakeRing(t, dir)
+	ring.set(0, 0)
+	return start, dir, wdPath, ring
+}
+
 // TestWatchdogRaisesAndLowers: the stand-in tracer runs at nice 19 once
 // Start returns, the watchdog at the starting nice value; a quarter of the
 // ring unread raises every thread, a second of an empty ring lowers them
 // again; and the watchdog ends with the tracer.
 func TestWatchdogRaisesAndLowers(t *testing.T) {
-	privileged.Require(t) // CAP_SYS_NICE
-	start := ownNice(t)
-	if start < 0 || start >= YieldNice {
-		t.Skipf("the tests run at nice %d: a tracer started there does not yield", start)
-	}
-	dir := trustedDir(t)
-	wdPath := buildWatchdog(t, dir)
-	ring := newFakeRing(t, dir)
-	ring.set(0, 0)
+	start, _, wdPath, ring := setUp(t)
 	s := startStandIn(t, wdPath, ring, nil, "")
 	f := strings.Fields(s.next())
 	if len(f) != 2 || f[0] != "ready" {
@@ -298,15 +307,8 @@ func TestWatchdogRaisesAndLowers(t *testing.T) {
 // TestWatchdogLost: a watchdog killed while the tracer runs leaves the
 // tracer at its starting priority, and the tracer says so.
 func TestWatchdogLost(t *testing.T) {
-	privileged.Require(t)
-	start := ownNice(t)
-	if start < 0 || start >= YieldNice {
-		t.Skipf("the tests run at nice %d", start)
-	}
-	dir := trustedDir(t)
-	ring := newFakeRing(t, dir)
-	ring.set(0, 0)
-	s := startStandIn(t, buildWatchdog(t, dir), ring, nil, "")
+	start, _, wdPath, ring := setUp(t)
+	s := startStandIn(t, wdPath, ring, nil, "")
 	f := strings.Fields(s.next())
 	if len(f) != 2 || f[0] != "ready" {
 		t.Fatalf("stand-in: %q; want ready PID", strings.Join(f, " "))
@@ -329,17 +331,10 @@ func TestWatchdogLost(t *testing.T) {
 // TestWatchdogWithoutCapSysNice: a tracer whose watchdog could not raise
 // it (no CAP_SYS_NICE: here, another user) is not lowered at all.
 func TestWatchdogWithoutCapSysNice(t *testing.T) {
-	privileged.Require(t) // to run the stand-in as another user
-	start := ownNice(t)
-	if start < 0 || start >= YieldNice {
-		t.Skipf("the tests run at nice %d", start)
-	}
-	dir := trustedDir(t)
-	ring := newFakeRing(t, dir)
-	ring.set(0, 0)
+	start, dir, wdPath, ring := setUp(t)
 	exe := filepath.Join(dir, "stand-in")
 	copyFile(t, os.Args[0], exe)
-	s := startStandIn(t, buildWatchdog(t, dir), ring, &syscall.Credential{Uid: 65534, Gid: 65534}, exe)
+	s := startStandIn(t, wdPath, ring, &syscall.Credential{Uid: 65534, Gid: 65534}, exe)
 	l := s.next()
 	if !strings.HasPrefix(l, "refused ") || !strings.Contains(l, "CAP_SYS_NICE") {
 		t.Fatalf("stand-in without CAP_SYS_NICE: %q; want Start refused, naming CAP_SYS_NICE", l)
