@@ -3,9 +3,8 @@ GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 BIN       := bin/containerdsnoop
-# Beside the tracer: it raises the tracer when its ring buffer fills, so that
-# the tracer can yield the CPU (internal/watchdog). Without it the tracer
-# keeps its priority.
+# Beside the tracer: with --yield-cpu it raises the tracer when its ring
+# buffer fills, so that the tracer can yield the CPU (internal/watchdog).
 WATCHDOG  := bin/containerdsnoop-watchdog
 FUZZTIME  ?= 60s
 

@@ -21,9 +21,9 @@ import (
 // goroutine on whichever thread the netpoller wakes) runs under it too:
 // the ring buffer covers the tick it may wait (internal/bpf/spool.go).
 // The nice value is the one the tracer was started with (0 unless under
-// nice(1)): sched_setattr sets it too, and used to reset it to 0. The
-// watchdog lowers it to 19 afterwards (yield.go), and the watchdog, forked
-// after this, runs under SCHED_BATCH at the starting value.
+// nice(1)): sched_setattr sets it too, and used to reset it to 0. With
+// --yield-cpu the watchdog lowers it to 19 afterwards (yield.go); the
+// watchdog, forked after this, runs under SCHED_BATCH at the starting value.
 // Failing (a seccomp profile, say) changes nothing else.
 //
 // It returns the scheduling the tracer was started with (nil if unknown),

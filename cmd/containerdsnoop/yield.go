@@ -10,14 +10,17 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/watchdog"
 )
 
-// startWatchdog lowers the tracer to nice 19 under the watch of
-// containerdsnoop-watchdog (internal/watchdog), which raises it again when
-// its ring buffer fills: the traced calls get the CPU first, and no call
-// is lost on a saturated node. Without the watchdog (a build of this
-// command alone, no CAP_SYS_NICE, a seccomp profile refusing
-// setpriority) the tracer keeps its starting priority, as it did before:
-// said with -v, or as a warning when --yield-cpu was asked for.
-func startWatchdog(yield, asked bool, tracer *bpf.Tracer, stderr io.Writer, logf func(string, ...any)) *watchdog.Watchdog {
+// startWatchdog, with --yield-cpu, lowers the tracer to nice 19 under the
+// watch of containerdsnoop-watchdog (internal/watchdog), which raises it
+// again when its ring buffer fills: the traced calls in the tracer's
+// cgroup get the CPU first, and no call is lost on a saturated node. Not
+// the default: measured, it brought the traced calls' p99 at 5,000
+// calls/s down but cost the tracer ~20 % more CPU and no full-speed
+// throughput (docs/performance.md, "Yielding the CPU"). Without the
+// watchdog (a build of this command alone, no CAP_SYS_NICE, a seccomp
+// profile refusing setpriority, a starting nice value below 0 or at 19)
+// the tracer keeps its starting priority and says why.
+func startWatchdog(yield bool, tracer *bpf.Tracer, stderr io.Writer, logf func(string, ...any)) *watchdog.Watchdog {
 	if !yield {
 		return nil
 	}
@@ -34,12 +37,10 @@ func startWatchdog(yield, asked bool, tracer *bpf.Tracer, stderr io.Writer, logf
 			logf("yielding the CPU: nice %d; %s (pid %d) raises the tracer to nice %d once %d KiB of the ring buffer are unread",
 				watchdog.YieldNice, watchdog.Name, wd.Pid(), wd.Nice(), size/4/1024)
 		}
-	case asked:
+	case errors.Is(err, watchdog.ErrNotYielding):
 		warn("warning: --yield-cpu: %v", err)
-	case logf != nil:
-		logf("not yielding the CPU: %v", err)
-	case !errors.Is(err, watchdog.ErrNotYielding):
-		warn("warning: %v; the tracer keeps its priority", err)
+	default:
+		warn("warning: --yield-cpu: %v; the tracer keeps its priority", err)
 	}
 	return wd
 }

@@ -10,12 +10,11 @@ import (
 
 // TestSchedulingPolicy: every thread of the tracer runs SCHED_BATCH (a
 // tracer thread that wakes never preempts a traced process), the spool's
-// too: it is an ordinary goroutine, on no thread of its own. Installed
-// with its watchdog beside it (as snoopBinary builds it), the tracer runs
-// at nice 19 and the watchdog at the nice value the tracer was started
-// with, which it gives back to the tracer when the ring buffer fills
-// (internal/watchdog). With --yield-cpu=false, the tracer keeps that
-// value.
+// too: it is an ordinary goroutine, on no thread of its own. By default it
+// keeps the nice value it was started with and starts no watchdog; with
+// --yield-cpu (its watchdog beside it, as snoopBinary builds it) it runs
+// at nice 19 and the watchdog at the starting value, which it gives back
+// to the tracer when the ring buffer fills (internal/watchdog).
 func TestSchedulingPolicy(t *testing.T) {
 	self, err := os.ReadFile("/proc/self/stat")
 	if err != nil {
@@ -30,7 +29,11 @@ func TestSchedulingPolicy(t *testing.T) {
 			t.Logf("the tests run at nice %s: the tracer keeps it, it does not yield", started)
 			c.want = started
 		}
-		tr := startTracer(t, "--output", "json", "--socket", filepath.Join(t.TempDir(), "none.sock"), fmt.Sprintf("--yield-cpu=%v", c.yield))
+		args := []string{"--output", "json", "--socket", filepath.Join(t.TempDir(), "none.sock")}
+		if c.yield {
+			args = append(args, "--yield-cpu")
+		}
+		tr := startTracer(t, args...)
 		pid := tr.cmd.Process.Pid
 		tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
 		if err != nil || len(tasks) < 2 {

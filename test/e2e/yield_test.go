@@ -18,8 +18,8 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/testutil/privileged"
 )
 
-// TestYieldingTracerKeepsUpBesideBusyLoops: the tracer runs at nice 19 (its
-// watchdog beside it), and the node is saturated: eight busy loops at nice
+// TestYieldingTracerKeepsUpBesideBusyLoops: the tracer runs at nice 19
+// (--yield-cpu, its watchdog beside it), and the node is saturated: eight busy loops at nice
 // 0 beside full-speed gRPC traffic (snoopbench, grpc-go, 4 callers on one
 // connection). A nice-19 tracer alone gets the CPU too seldom there and
 // lost thousands of events in every such run (docs/performance.md,
@@ -46,7 +46,7 @@ func TestYieldingTracerKeepsUpBesideBusyLoops(t *testing.T) {
 	go io.Copy(io.Discard, out)
 
 	metrics := freeAddr(t)
-	tr := startTracer(t, "--output", "json", "--socket", sock, "--metrics-addr", metrics, "-v")
+	tr := startTracer(t, "--output", "json", "--socket", sock, "--metrics-addr", metrics, "-v", "--yield-cpu")
 	if !strings.Contains(tr.Stderr(), "yielding the CPU: nice 19") {
 		if startedAtNice0(t) {
 			t.Fatalf("the tracer does not yield the CPU:\n%s", indent(tr.Stderr()))
@@ -143,4 +143,3 @@ func buildModuleTool(t *testing.T, pkg string) string {
 	}
 	return out
 }
-
