@@ -15,7 +15,7 @@ import (
 // again when its ring buffer fills: the traced calls in the tracer's
 // cgroup get the CPU first, and no call is lost on a saturated node. Not
 // the default: measured, it brought the traced calls' p99 at 5,000
-// calls/s down but cost the tracer ~20 % more CPU and no full-speed
+// calls/s down but cost the tracer ~23 % more CPU and no full-speed
 // throughput (docs/performance.md, "Yielding the CPU"). Without the
 // watchdog (a build of this command alone, no CAP_SYS_NICE, a seccomp
 // profile refusing setpriority, a starting nice value below 0 or at 19)

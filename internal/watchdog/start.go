@@ -37,7 +37,6 @@ type Watchdog struct {
 	status    *os.File
 	nice      int
 	raises    atomic.Uint64
-	raised    atomic.Bool
 	closing   atomic.Bool
 	done      chan struct{}
 	stderr    *capped
@@ -48,8 +47,9 @@ type Watchdog struct {
 }
 
 // ErrNotYielding is wrapped by Start's errors that say why the tracer
-// keeps its priority: they are expected (no watchdog installed, a nice
-// value the tracer was started with) rather than failures.
+// keeps its priority (no watchdog installed beside it or not a trusted
+// one, no CAP_SYS_NICE, a nice value the tracer was started with) rather
+// than that something broke.
 var ErrNotYielding = errors.New("the tracer keeps its priority")
 
 // Start runs the watchdog beside the tracer and returns once it has set
@@ -159,9 +159,6 @@ func (w *Watchdog) follow() {
 			switch b {
 			case msgRaised:
 				w.raises.Add(1)
-				w.raised.Store(true)
-			case msgLowered:
-				w.raised.Store(false)
 			}
 		}
 		if err != nil {
