@@ -163,6 +163,21 @@ func (s *standIn) next() string {
 	return ""
 }
 
+// ready waits for the stand-in's "ready PID" and returns the watchdog's pid.
+func (s *standIn) ready() int {
+	s.t.Helper()
+	l := s.next()
+	f := strings.Fields(l)
+	pid := 0
+	if len(f) == 2 && f[0] == "ready" {
+		pid, _ = strconv.Atoi(f[1])
+	}
+	if pid <= 0 {
+		s.t.Fatalf("stand-in: %q; want ready PID", l)
+	}
+	return pid
+}
+
 // threadNices are the nice values of pid's threads, by tid.
 func threadNices(t *testing.T, pid int) map[int]int {
 	t.Helper()
@@ -260,11 +275,7 @@ func setUp(t *testing.T) (start int, dir, wdPath string, ring *fakeRing) {
 func TestWatchdogRaisesAndLowers(t *testing.T) {
 	start, _, wdPath, ring := setUp(t)
 	s := startStandIn(t, wdPath, ring, nil, "")
-	f := strings.Fields(s.next())
-	if len(f) != 2 || f[0] != "ready" {
-		t.Fatalf("stand-in: %q; want ready PID", strings.Join(f, " "))
-	}
-	wdPid, _ := strconv.Atoi(f[1])
+	wdPid := s.ready()
 	tracer := s.cmd.Process.Pid
 
 	for tid, n := range threadNices(t, tracer) {
@@ -309,11 +320,7 @@ func TestWatchdogRaisesAndLowers(t *testing.T) {
 func TestWatchdogLost(t *testing.T) {
 	start, _, wdPath, ring := setUp(t)
 	s := startStandIn(t, wdPath, ring, nil, "")
-	f := strings.Fields(s.next())
-	if len(f) != 2 || f[0] != "ready" {
-		t.Fatalf("stand-in: %q; want ready PID", strings.Join(f, " "))
-	}
-	wdPid, _ := strconv.Atoi(f[1])
+	wdPid := s.ready()
 	waitNice(t, s.cmd.Process.Pid, YieldNice)
 	if err := unix.Kill(wdPid, unix.SIGKILL); err != nil {
 		t.Fatal(err)
