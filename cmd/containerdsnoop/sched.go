@@ -4,9 +4,10 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/containerdsnoop/containerdsnoop/internal/watchdog"
 )
 
 // batchScheduling puts the process's threads under SCHED_BATCH: the
@@ -66,20 +67,7 @@ func startAsStarted(cmd *exec.Cmd, started *unix.SchedAttr) error {
 	return err
 }
 
-// setEveryThread applies attr to each thread of the process there is now;
-// the first error, if any, is returned after trying them all.
+// setEveryThread applies attr to each thread of the process there is now.
 func setEveryThread(attr *unix.SchedAttr) error {
-	tasks, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return err
-	}
-	var first error
-	for _, t := range tasks {
-		if tid, err := strconv.Atoi(t.Name()); err == nil {
-			if err := unix.SchedSetAttr(tid, attr, 0); err != nil && first == nil {
-				first = err
-			}
-		}
-	}
-	return first
+	return watchdog.EachThread(os.Getpid(), func(tid int) error { return unix.SchedSetAttr(tid, attr, 0) })
 }

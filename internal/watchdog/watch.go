@@ -14,7 +14,7 @@
 // milliseconds and sets every tracer thread back to the starting nice value
 // once a quarter of the ring is unread, and to nice 19 again after a second
 // with the ring (nearly) empty. It reads no record and writes nothing the
-// tracer reads but one byte per change of priority on a pipe.
+// tracer reads but one byte when it is ready and one per raise on a pipe.
 //
 // It is a program of its own, not this binary executed again: the tracer's
 // package initialization (protobuf registries of the CRI and containerd
@@ -42,9 +42,8 @@ import (
 
 // Bytes written on the status pipe, one per event.
 const (
-	msgReady   = 'Y' // tracer lowered to the yield value, watching
-	msgRaised  = 'R' // tracer set to its starting nice: the ring filled
-	msgLowered = 'L' // tracer back at the yield value: the ring drained
+	msgReady  = 'Y' // tracer lowered to the yield value, watching
+	msgRaised = 'R' // tracer set to its starting nice: the ring filled
 )
 
 // Fds the watchdog inherits (exec.Cmd.ExtraFiles start at 3).
@@ -149,8 +148,8 @@ func Main(args []string) error {
 }
 
 // watch looks at the ring until the tracer is gone: every interval while
-// the ring holds records, every idleInterval while it was empty at the
-// last look (an idle node is woken 20 times a second, not 200: from
+// the ring holds records, every idleTicks intervals while it was empty at
+// the last look (an idle node is woken 20 times a second, not 200: from
 // empty, even full-speed traffic, ~40 MB/s on the test host, takes 50 ms
 // to fill a quarter of the 8 MiB ring, and the tracer drains at its low
 // priority meanwhile).
@@ -184,7 +183,6 @@ func watch(c config, pos positions, status *os.File) {
 			calm++
 			if calm >= calmTicks && setThreads(c.pid, c.yield) == nil {
 				raised = false
-				status.Write([]byte{msgLowered})
 			}
 		case raised:
 			calm = 0
@@ -239,9 +237,16 @@ func canRaise(nice int) error {
 	return <-done
 }
 
-// setThreads gives every thread of pid the nice value; the first error,
-// if any, is returned after trying them all.
+// setThreads gives every thread of pid the nice value.
 func setThreads(pid, nice int) error {
+	return EachThread(pid, func(tid int) error { return unix.Setpriority(unix.PRIO_PROCESS, tid, nice) })
+}
+
+// EachThread calls apply for each thread of pid there is now (a thread
+// that ends meanwhile is no error); the first error, if any, is returned
+// after trying them all. Linux sets a nice value or a scheduling policy
+// per thread, so a process's is set thread by thread.
+func EachThread(pid int, apply func(tid int) error) error {
 	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
 	if err != nil {
 		return err
@@ -252,7 +257,7 @@ func setThreads(pid, nice int) error {
 		if err != nil {
 			continue
 		}
-		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, nice); err != nil && !errors.Is(err, unix.ESRCH) && first == nil {
+		if err := apply(tid); err != nil && !errors.Is(err, unix.ESRCH) && first == nil {
 			first = err
 		}
 	}
