@@ -26,7 +26,7 @@ RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache
 # (see deploy/daemonset.yaml) instead of running privileged.
 FROM gcr.io/distroless/static-debian12
 COPY --from=build /src/bin/containerdsnoop /containerdsnoop
-# Beside the tracer, which finds it there and runs it (internal/watchdog).
+# Beside the tracer, which runs it with --yield-cpu (internal/watchdog).
 COPY --from=build /src/bin/containerdsnoop-watchdog /containerdsnoop-watchdog
 COPY LICENSE README.md /usr/share/doc/containerdsnoop/
 ENTRYPOINT ["/containerdsnoop"]

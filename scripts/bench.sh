@@ -210,7 +210,7 @@ if ! command -v strace >/dev/null && [[ " $CONFIGS " == *" strace "* ]]; then
 fi
 log "building containerdsnoop, its watchdog and snoopbench"
 CGO_ENABLED=0 "$GO" build -trimpath -o "$W/containerdsnoop" ./cmd/containerdsnoop
-# Beside it, as installed: the tracer yields the CPU under its watchdog.
+# Beside it, as installed (the tracer runs it with --yield-cpu).
 CGO_ENABLED=0 "$GO" build -trimpath -ldflags '-s -w' -o "$W/containerdsnoop-watchdog" ./cmd/containerdsnoop-watchdog
 CGO_ENABLED=0 "$GO" build -trimpath -o "$W/snoopbench" ./cmd/snoopbench
 SNOOP=$W/containerdsnoop

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the release: static binaries per platform (the tracer and its
-# watchdog, internal/watchdog), packed with README.md and LICENSE as DIST/containerdsnoop-VERSION-linux-ARCH.tar.gz (one top-level
-# directory of the same name), and DIST/sha256sums.txt over the tarballs.
+# watchdog, internal/watchdog), packed with README.md and LICENSE as
+# DIST/containerdsnoop-VERSION-linux-ARCH.tar.gz (one top-level directory
+# of the same name), and DIST/sha256sums.txt over the tarballs.
 #
 #   scripts/release.sh                     (or: make release [VERSION=v1.2.3] [DIST=dir])
 #
@@ -48,7 +49,7 @@ for p in $PLATFORMS; do
 	CGO_ENABLED=0 GOOS=$os GOARCH=$arch "$GO" build -trimpath \
 		-ldflags "-s -w -X main.version=$VERSION" \
 		-o "$stage/containerdsnoop" ./cmd/containerdsnoop
-	# Beside the tracer, which finds it there (internal/watchdog).
+	# Beside the tracer, which runs it with --yield-cpu (internal/watchdog).
 	CGO_ENABLED=0 GOOS=$os GOARCH=$arch "$GO" build -trimpath -ldflags "-s -w" \
 		-o "$stage/containerdsnoop-watchdog" ./cmd/containerdsnoop-watchdog
 	install -m 0644 README.md LICENSE "$stage/"

@@ -324,20 +324,11 @@ func TestDaemonSetPodSpec(t *testing.T) {
 // build of this checkout, and imports it into c's CRI namespace.
 func importTracerImage(t *testing.T, c *containerdtest.Containerd) string {
 	t.Helper()
-	root, err := moduleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "containerdsnoop")
 	watchdog := filepath.Join(dir, "containerdsnoop-watchdog")
-	for _, c := range []struct{ out, pkg string }{{bin, "./cmd/containerdsnoop"}, {watchdog, "./cmd/containerdsnoop-watchdog"}} {
-		cmd := exec.Command("go", "build", "-trimpath", "-o", c.out, c.pkg)
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("static build of %s: %v\n%s", c.pkg, err, out)
-		}
+	if err := goBuild(dir, true, "./cmd/containerdsnoop", "./cmd/containerdsnoop-watchdog"); err != nil {
+		t.Fatalf("static build: %v", err)
 	}
 	const ref = "ghcr.io/containerdsnoop/containerdsnoop:e2e"
 	img, err := image.Build(image.Options{

@@ -77,28 +77,40 @@ func TestMain(m *testing.M) {
 func snoopBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		root, err := moduleRoot()
-		if err != nil {
-			buildErr = err
-			return
+		// With its watchdog beside it, as installed (--yield-cpu runs it).
+		if buildErr = goBuild(binDir, false, "./cmd/containerdsnoop", "./cmd/containerdsnoop-watchdog"); buildErr == nil {
+			binPath = filepath.Join(binDir, "containerdsnoop")
 		}
-		out := filepath.Join(binDir, "containerdsnoop")
-		// With its watchdog beside it, as installed: the tracer yields the
-		// CPU under its watch (internal/watchdog).
-		for _, c := range []struct{ out, pkg string }{{out, "./cmd/containerdsnoop"}, {filepath.Join(binDir, "containerdsnoop-watchdog"), "./cmd/containerdsnoop-watchdog"}} {
-			cmd := exec.Command("go", "build", "-o", c.out, c.pkg)
-			cmd.Dir = root
-			if b, err := cmd.CombinedOutput(); err != nil {
-				buildErr = fmt.Errorf("go build %s: %w\n%s", c.pkg, err, b)
-				return
-			}
-		}
-		binPath = out
 	})
 	if buildErr != nil {
 		t.Fatalf("build containerdsnoop: %v", buildErr)
 	}
 	return binPath
+}
+
+// goBuild builds this module's commands pkgs into dir, each under its
+// directory's name; static: with CGO_ENABLED=0 and -trimpath, as the
+// release and the image are.
+func goBuild(dir string, static bool, pkgs ...string) error {
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	for _, pkg := range pkgs {
+		args := []string{"build", "-o", filepath.Join(dir, filepath.Base(pkg))}
+		if static {
+			args = append(args, "-trimpath")
+		}
+		cmd := exec.Command("go", append(args, pkg)...)
+		cmd.Dir = root
+		if static {
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		}
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
+		}
+	}
+	return nil
 }
 
 // moduleRoot walks up from the working directory (go test runs in the

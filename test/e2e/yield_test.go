@@ -28,7 +28,11 @@ import (
 // is shown, request and response, and nothing is reported lost.
 func TestYieldingTracerKeepsUpBesideBusyLoops(t *testing.T) {
 	privileged.Require(t)
-	bench := buildModuleTool(t, "./cmd/snoopbench")
+	dir := t.TempDir()
+	if err := goBuild(dir, false, "./cmd/snoopbench"); err != nil {
+		t.Fatal(err)
+	}
+	bench := filepath.Join(dir, "snoopbench")
 	sock := filepath.Join(t.TempDir(), "cri.sock")
 	server := exec.Command(bench, "server", "-socket", sock)
 	out, err := server.StdoutPipe()
@@ -125,21 +129,4 @@ func startedAtNice0(t *testing.T) bool {
 		t.Fatal(err)
 	}
 	return statFields(string(self))[19-3] == "0"
-}
-
-// buildModuleTool builds one of this module's commands into a temporary
-// directory.
-func buildModuleTool(t *testing.T, pkg string) string {
-	t.Helper()
-	root, err := moduleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(t.TempDir(), filepath.Base(pkg))
-	cmd := exec.Command("go", "build", "-o", out, pkg)
-	cmd.Dir = root
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build %s: %v\n%s", pkg, err, b)
-	}
-	return out
 }
