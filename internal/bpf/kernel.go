@@ -4,12 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/features"
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -91,23 +93,22 @@ func useBoundedPrograms(spec *ebpf.CollectionSpec, loop bool) {
 	}
 }
 
-// tracefsDir is where tracefs is reachable, or "".
+// tracefsDir is where tracefs is reachable, or "". Mount points are read
+// with moby/sys/mountinfo, which decodes the kernel's octal escapes (a
+// space in a mount point is "\040" in the table).
 func tracefsDir() string {
-	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
-		for _, line := range strings.Split(string(mi), "\n") {
-			// "id parent major:minor root mountpoint options [optional...] - fstype source super"
-			pre, post, ok := strings.Cut(line, " - ")
-			f, g := strings.Fields(pre), strings.Fields(post)
-			if !ok || len(f) < 5 || len(g) < 1 || f[3] != "/" {
-				continue
+	if mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
+		return m.Root != "/" || (m.FSType != "tracefs" && m.FSType != "debugfs"), false
+	}); err == nil {
+		for _, m := range mounts {
+			if m.FSType == "tracefs" {
+				return m.Mountpoint
 			}
-			switch g[0] {
-			case "tracefs":
-				return f[4]
-			case "debugfs":
-				if st, err := os.Stat(f[4] + "/tracing/events"); err == nil && st.IsDir() {
-					return f[4] + "/tracing"
-				}
+		}
+		for _, m := range mounts {
+			tracing := filepath.Join(m.Mountpoint, "tracing")
+			if st, err := os.Stat(filepath.Join(tracing, "events")); err == nil && st.IsDir() {
+				return tracing
 			}
 		}
 	}

@@ -145,20 +145,6 @@ func TestCleanupRemovesEverything(t *testing.T) {
 	}
 }
 
-func TestUnescapeMountinfo(t *testing.T) {
-	for in, want := range map[string]string{
-		`/tmp/plain`:          `/tmp/plain`,
-		`/tmp/a\040b`:         `/tmp/a b`,
-		`/tmp/tab\011nl\012x`: "/tmp/tab\tnl\nx",
-		`/tmp/back\134slash`:  `/tmp/back\slash`,
-		`/tmp/trailing\04`:    `/tmp/trailing\04`,
-	} {
-		if got := unescapeMountinfo(in); got != want {
-			t.Errorf("unescapeMountinfo(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 // TestStartContainerd2WithMetrics: containerd 2.x (config version 3) serves
 // CRI, and its grpc_server_handled_total counts the calls it answered, by
 // method and code; so does 1.6's.
