@@ -23,7 +23,7 @@ import (
 // the ring buffer covers the tick it may wait (internal/bpf/spool.go).
 // The nice value is the one the tracer was started with (0 unless under
 // nice(1)): sched_setattr sets it too, and used to reset it to 0. With
-// --yield-cpu the watchdog lowers it to 19 afterwards (yield.go); the
+// --yield-cpu the watchdog sets SCHED_IDLE afterwards (yield.go); the
 // watchdog, forked after this, runs under SCHED_BATCH at the starting value.
 // Failing (a seccomp profile, say) changes nothing else.
 //
@@ -42,12 +42,13 @@ func batchScheduling() *unix.SchedAttr {
 // startAsStarted starts cmd with the scheduling the tracer was started
 // with (started), not the tracer's own: a command traced with
 // trace -- COMMAND must run as it would untraced, not under SCHED_BATCH
-// at nice 19. A child inherits the scheduling of the thread that forks it,
+// or SCHED_IDLE. A child inherits the scheduling of the thread that forks it,
 // so the fork is made from a thread locked for it and set to started, then
-// set back to the tracer's scheduling (a higher nice value and SCHED_BATCH
-// need no privilege) before it does anything else. Where it cannot be set
-// to started (no CAP_SYS_NICE to go below nice 19 again), the command is
-// started all the same, with the tracer's scheduling.
+// set back to the tracer's scheduling (a higher nice value, SCHED_BATCH and
+// SCHED_IDLE need no privilege) before it does anything else. Where it
+// cannot be set to started (no CAP_SYS_NICE to leave SCHED_IDLE or lower
+// the nice value), the command is started all the same, with the tracer's
+// scheduling.
 func startAsStarted(cmd *exec.Cmd, started *unix.SchedAttr) error {
 	if started == nil {
 		return cmd.Start()

@@ -42,7 +42,7 @@ func TestBatchSchedulingKeepsNice(t *testing.T) {
 
 // TestStartAsStarted: the command of trace -- COMMAND runs with the
 // scheduling the tracer was started with, not the tracer's own (SCHED_BATCH,
-// nice 19 once its watchdog runs), and the tracer's threads keep theirs.
+// or SCHED_IDLE once its watchdog runs), and the tracer's threads keep theirs.
 func TestStartAsStarted(t *testing.T) {
 	// Needs no privilege: a higher nice value and SCHED_NORMAL from
 	// SCHED_BATCH are always allowed.

@@ -108,7 +108,7 @@ before containerd creates its socket.`,
 	fl.StringVar(&f.attach, "attach", "auto", "capture backend: auto or "+strings.Join(bpf.Backends(), ", "))
 	fl.IntVar(&f.ringBufSize, "ringbuf-size", bpf.DefaultRingBufSize, "bytes of kernel ring buffer between the capture and this process: a power of two from 4 KiB to 1 GiB")
 	fl.StringVar(&f.memBudget, "memory-budget", fmt.Sprintf("%dMi", budget.DefaultMemory>>20), "memory this process aims to stay within, besides the kernel ring buffer (e.g. 160Mi, 1Gi; at least 64Mi): the Go runtime's soft limit; the decoders' own limits keep hostile input under it (docs/security.md)")
-	fl.BoolVar(&f.yieldCPU, "yield-cpu", false, "run at nice 19, given the starting priority back by "+watchdog.Name+" (beside the binary; needs CAP_SYS_NICE) whenever a quarter of the ring buffer is unread: the traced processes in the tracer's cgroup get the CPU first, and no call is lost on a saturated node")
+	fl.BoolVar(&f.yieldCPU, "yield-cpu", false, "run under SCHED_IDLE, given the starting priority back by "+watchdog.Name+" (beside the binary; needs CAP_SYS_NICE) whenever a quarter of the ring buffer is unread: the traced processes in the tracer's cgroup get the CPU first, and no call is lost on a saturated node")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "explain decisions (backend selection, peer probes) on stderr")
 	fl.BoolVar(&f.peerProbes, "peer-probes", true, "read HTTP/2 header fields from the Go processes at either end (uprobes), so connections open before the tracer decode fully; see docs/attach.md")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics of the calls shown at http://ADDR/metrics, e.g. :9520 (off by default)")

@@ -10,15 +10,15 @@ import (
 	"github.com/containerdsnoop/containerdsnoop/internal/watchdog"
 )
 
-// startWatchdog, with --yield-cpu, lowers the tracer to nice 19 under the
-// watch of containerdsnoop-watchdog (internal/watchdog), which raises it
-// again when its ring buffer fills: the traced calls in the tracer's
+// startWatchdog, with --yield-cpu, lowers the tracer to SCHED_IDLE under
+// the watch of containerdsnoop-watchdog (internal/watchdog), which raises
+// it again when its ring buffer fills: the traced calls in the tracer's
 // cgroup get the CPU first, and no call is lost on a saturated node. Not
-// the default: measured, it brought the traced calls' p99 at 5,000
-// calls/s down but cost the tracer ~23 % more CPU and no full-speed
-// throughput (docs/performance.md, "Yielding the CPU"). Without the
-// watchdog (a build of this command alone, no CAP_SYS_NICE, a seccomp
-// profile refusing setpriority, a starting nice value below 0 or at 19)
+// the default: measured, the traced calls ran faster at full speed (in 19
+// rounds of 22) but the tracer took a quarter to a half more CPU,
+// preempted mid-batch (docs/performance.md, "SCHED_IDLE instead of nice 19").
+// Without the watchdog (a build of this command alone, no CAP_SYS_NICE, a
+// seccomp profile refusing sched_setattr, a starting nice value below 0)
 // the tracer keeps its starting priority and says why.
 func startWatchdog(yield bool, tracer *bpf.Tracer, stderr io.Writer, logf func(string, ...any)) *watchdog.Watchdog {
 	if !yield {
@@ -34,8 +34,8 @@ func startWatchdog(yield bool, tracer *bpf.Tracer, stderr io.Writer, logf func(s
 	switch {
 	case err == nil:
 		if logf != nil {
-			logf("yielding the CPU: nice %d; %s (pid %d) raises the tracer to nice %d once %d KiB of the ring buffer are unread",
-				watchdog.YieldNice, watchdog.Name, wd.Pid(), wd.Nice(), size/4/1024)
+			logf("yielding the CPU: SCHED_IDLE; %s (pid %d) raises the tracer to %s once %d KiB of the ring buffer are unread",
+				watchdog.Name, wd.Pid(), wd.Raised(), size/4/1024)
 		}
 	case errors.Is(err, watchdog.ErrNotYielding):
 		warn("warning: --yield-cpu: %v", err)

@@ -20,9 +20,6 @@ import (
 // Name is the watchdog's file name, beside the tracer's executable.
 const Name = "containerdsnoop-watchdog"
 
-// YieldNice is the nice value the tracer runs at while the ring is empty.
-const YieldNice = 19
-
 // Options tell Start about the tracer's ring buffer.
 type Options struct {
 	RingFD   int // the BPF ring buffer map
@@ -35,39 +32,39 @@ type Options struct {
 type Watchdog struct {
 	cmd       *exec.Cmd
 	status    *os.File
-	nice      int
+	start     sched
 	raises    atomic.Uint64
 	closing   atomic.Bool
 	done      chan struct{}
 	stderr    *capped
 	closeOnce sync.Once
 	// Lost is called once if the watchdog ends while the tracer still
-	// runs (the tracer is then set back to its starting nice value).
+	// runs (the tracer is then set back to its starting scheduling).
 	lost func(error)
 }
 
 // ErrNotYielding is wrapped by Start's errors that say why the tracer
 // keeps its priority (no watchdog installed beside it or not a trusted
-// one, no CAP_SYS_NICE, a nice value the tracer was started with) rather
+// one, no CAP_SYS_NICE, a priority the tracer was started with) rather
 // than that something broke.
 var ErrNotYielding = errors.New("the tracer keeps its priority")
 
 // Start runs the watchdog beside the tracer and returns once it has set
-// every tracer thread to YieldNice. The tracer must be at the nice value
+// every tracer thread to SCHED_IDLE. The tracer must be at the scheduling
 // it was started with (not yet lowered); the watchdog inherits it, so it
 // runs at that priority. lost is called (once, from another goroutine) if
 // the watchdog ends before Close: every tracer thread is back at its
-// starting nice value by then.
+// starting scheduling by then.
 func Start(o Options, lost func(error)) (*Watchdog, error) {
 	attr, err := unix.SchedGetAttr(0, 0)
 	if err != nil {
-		return nil, fmt.Errorf("%w: read its nice value: %v", ErrNotYielding, err)
+		return nil, fmt.Errorf("%w: read its scheduling: %v", ErrNotYielding, err)
 	}
-	nice := int(attr.Nice)
-	if nice < 0 || nice >= YieldNice {
-		// Started under nice(1) with a priority of its own: the operator
-		// chose it.
-		return nil, fmt.Errorf("%w: started at nice %d", ErrNotYielding, nice)
+	start := sched{policy: attr.Policy, nice: int(attr.Nice)}
+	if start.nice < 0 || (start.policy != unix.SCHED_NORMAL && start.policy != unix.SCHED_BATCH) {
+		// Started under nice(1) or chrt(1) with a priority of its own:
+		// the operator chose it.
+		return nil, fmt.Errorf("%w: started at %v", ErrNotYielding, start)
 	}
 	if o.RingSize <= 0 {
 		return nil, errors.New("watchdog: no ring buffer size")
@@ -95,14 +92,13 @@ func Start(o Options, lost func(error)) (*Watchdog, error) {
 	defer statusW.Close()
 	c := config{
 		pid:      os.Getpid(),
-		nice:     nice,
-		yield:    YieldNice,
+		start:    start,
 		mark:     uint64(o.RingSize / 4),
 		interval: 5 * time.Millisecond,
 	}
 	w := &Watchdog{
 		status: statusR,
-		nice:   nice,
+		start:  start,
 		done:   make(chan struct{}),
 		stderr: &capped{max: 512},
 		lost:   lost,
@@ -125,7 +121,7 @@ func Start(o Options, lost func(error)) (*Watchdog, error) {
 		w.cmd.Wait()
 		statusR.Close()
 		// It may have lowered some threads before failing.
-		setThreads(os.Getpid(), nice)
+		setThreads(os.Getpid(), start)
 		return nil, fmt.Errorf("%w: %s: %v%s", ErrNotYielding, Name, err, w.stderr.line())
 	}
 	go w.follow()
@@ -171,13 +167,13 @@ func (w *Watchdog) follow() {
 		return
 	}
 	// Gone while the tracer runs (killed, say): the tracer takes its
-	// priority back rather than stay at nice 19 unwatched.
-	err := setThreads(os.Getpid(), w.nice)
+	// priority back rather than stay idle unwatched.
+	err := setThreads(os.Getpid(), w.start)
 	if w.lost != nil {
 		if werr == nil {
 			werr = errors.New("exited")
 		}
-		msg := fmt.Errorf("%s: %v%s; the tracer is back at nice %d", Name, werr, w.stderr.line(), w.nice)
+		msg := fmt.Errorf("%s: %v%s; the tracer is back at %v", Name, werr, w.stderr.line(), w.start)
 		if err != nil {
 			msg = fmt.Errorf("%w (some threads not: %v)", msg, err)
 		}
@@ -188,14 +184,15 @@ func (w *Watchdog) follow() {
 // Raises is how many times the watchdog raised the tracer.
 func (w *Watchdog) Raises() uint64 { return w.raises.Load() }
 
-// Nice is the nice value the watchdog raises the tracer to.
-func (w *Watchdog) Nice() int { return w.nice }
+// Raised is the scheduling the watchdog raises the tracer to, its
+// starting one, as text ("SCHED_BATCH at nice 0").
+func (w *Watchdog) Raised() string { return w.start.String() }
 
 // Pid is the watchdog's process id.
 func (w *Watchdog) Pid() int { return w.cmd.Process.Pid }
 
 // Close stops the watchdog and waits for it. The tracer's threads keep
-// the nice value they have: it is exiting.
+// the scheduling they have: it is exiting.
 func (w *Watchdog) Close() {
 	w.closeOnce.Do(func() {
 		w.closing.Store(true)

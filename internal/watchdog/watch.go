@@ -1,20 +1,25 @@
 // Package watchdog lets the tracer yield the CPU to the node's own work
-// (nice 19) without losing calls when the node is saturated.
+// (SCHED_IDLE) without losing calls when the node is saturated.
 //
-// A tracer at nice 19 costs the traced calls least: on a busy CPU a client
-// or server thread that wakes runs before it, and it catches up in the
-// gaps (docs/performance.md, "Yielding the CPU"). But beside busy loops it
-// gets the CPU too seldom to drain its ring buffer, and something must
-// raise it before the ring fills. That something cannot be Go code in the
-// tracer: a goroutine needs a P, the starved nice-19 threads hold them, and
-// a stop-the-world waits for them too. So it is a second, small process,
-// containerdsnoop-watchdog (cmd/containerdsnoop-watchdog), running at the
-// tracer's starting nice value: it maps the ring buffer's two position
-// pages read-only (the map's fd is inherited), looks at them every few
-// milliseconds and sets every tracer thread back to the starting nice value
-// once a quarter of the ring is unread, and to nice 19 again after a second
-// with the ring (nearly) empty. It reads no record and writes nothing the
-// tracer reads but one byte when it is ready and one per raise on a pipe.
+// A tracer under SCHED_IDLE costs the traced calls least: a client or
+// server thread that wakes on its CPU preempts it at once, and it catches
+// up in the gaps (docs/performance.md, "SCHED_IDLE instead of nice 19").
+// Nice 19 was tried first and bought nothing measurable at full speed: a
+// woken thread preempts a running nice-19 one only when the scheduler
+// (EEVDF) finds its deadline earlier, where a SCHED_IDLE thread is
+// preempted by any other that wakes on its CPU, at once. But beside
+// busy loops it gets the CPU too seldom to drain its ring buffer, and
+// something must raise it before the ring fills. That something cannot be
+// Go code in the tracer: a goroutine needs a P, the starved threads hold
+// them, and a stop-the-world waits for them too. So it is a second, small
+// process, containerdsnoop-watchdog (cmd/containerdsnoop-watchdog), running
+// at the tracer's starting scheduling: it maps the ring buffer's two
+// position pages read-only (the map's fd is inherited), looks at them
+// every few milliseconds and sets every tracer thread back to its starting
+// policy and nice value once a quarter of the ring is unread, and to
+// SCHED_IDLE again after a second with the ring (nearly) empty. It reads
+// no record and writes nothing the tracer reads but one byte when it is
+// ready and one per raise on a pipe.
 //
 // It is a program of its own, not this binary executed again: the tracer's
 // package initialization (protobuf registries of the CRI and containerd
@@ -23,7 +28,7 @@
 // and neither is writable by anyone else: the tracer runs as root.
 //
 // Written by hand: no library does this; it is a loop over two atomic
-// loads and setpriority(2).
+// loads and sched_setattr(2).
 package watchdog
 
 import (
@@ -42,8 +47,8 @@ import (
 
 // Bytes written on the status pipe, one per event.
 const (
-	msgReady  = 'Y' // tracer lowered to the yield value, watching
-	msgRaised = 'R' // tracer set to its starting nice: the ring filled
+	msgReady  = 'Y' // tracer lowered to SCHED_IDLE, watching
+	msgRaised = 'R' // tracer set to its starting scheduling: the ring filled
 )
 
 // Fds the watchdog inherits (exec.Cmd.ExtraFiles start at 3).
@@ -61,11 +66,32 @@ const calmTicks = 200
 // idleTicks intervals pass between two looks at a ring found empty.
 const idleTicks = 10
 
+// sched is a scheduling policy and nice value, what sched_setattr(2) sets
+// for a thread.
+type sched struct {
+	policy uint32
+	nice   int
+}
+
+// idle is the tracer's scheduling while the ring is (nearly) empty.
+var idleSched = sched{policy: unix.SCHED_IDLE}
+
+func (s sched) String() string {
+	switch s.policy {
+	case unix.SCHED_IDLE:
+		return "SCHED_IDLE"
+	case unix.SCHED_BATCH:
+		return fmt.Sprintf("SCHED_BATCH at nice %d", s.nice)
+	case unix.SCHED_NORMAL:
+		return fmt.Sprintf("SCHED_NORMAL at nice %d", s.nice)
+	}
+	return fmt.Sprintf("policy %d at nice %d", s.policy, s.nice)
+}
+
 // config is what the tracer passes on the command line.
 type config struct {
 	pid      int           // the tracer: must be the parent
-	nice     int           // its starting nice value, given back when raised
-	yield    int           // the nice value it runs at while the ring is empty
+	start    sched         // its starting scheduling, given back when raised
 	mark     uint64        // unread bytes that raise it
 	interval time.Duration // between two looks at the ring
 }
@@ -73,8 +99,8 @@ type config struct {
 func (c *config) args() []string {
 	return []string{
 		"-pid", strconv.Itoa(c.pid),
-		"-nice", strconv.Itoa(c.nice),
-		"-yield", strconv.Itoa(c.yield),
+		"-policy", strconv.FormatUint(uint64(c.start.policy), 10),
+		"-nice", strconv.Itoa(c.start.nice),
 		"-mark", strconv.FormatUint(c.mark, 10),
 		"-interval", c.interval.String(),
 	}
@@ -82,23 +108,27 @@ func (c *config) args() []string {
 
 func parseArgs(args []string) (config, error) {
 	var c config
+	var policy uint
 	fs := flag.NewFlagSet("containerdsnoop-watchdog", flag.ContinueOnError)
 	fs.SetOutput(new(discard))
 	fs.IntVar(&c.pid, "pid", 0, "")
-	fs.IntVar(&c.nice, "nice", 0, "")
-	fs.IntVar(&c.yield, "yield", 19, "")
+	fs.UintVar(&policy, "policy", unix.SCHED_BATCH, "")
+	fs.IntVar(&c.start.nice, "nice", 0, "")
 	fs.Uint64Var(&c.mark, "mark", 0, "")
 	fs.DurationVar(&c.interval, "interval", 5*time.Millisecond, "")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
+	c.start.policy = uint32(policy)
 	switch {
 	case fs.NArg() != 0:
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	case c.pid <= 1:
 		return c, errors.New("-pid: the tracer's pid is required")
-	case c.nice < -20 || c.nice > 19 || c.yield < -20 || c.yield > 19 || c.yield <= c.nice:
-		return c, fmt.Errorf("-nice %d, -yield %d: want -20 <= nice < yield <= 19", c.nice, c.yield)
+	case policy != unix.SCHED_NORMAL && policy != unix.SCHED_BATCH:
+		return c, fmt.Errorf("-policy %d: want SCHED_NORMAL (%d) or SCHED_BATCH (%d)", policy, unix.SCHED_NORMAL, unix.SCHED_BATCH)
+	case c.start.nice < 0 || c.start.nice > 19:
+		return c, fmt.Errorf("-nice %d: want 0 to 19", c.start.nice)
 	case c.mark == 0:
 		return c, errors.New("-mark: the unread bytes that raise the tracer are required")
 	case c.interval < time.Millisecond || c.interval > time.Second:
@@ -130,17 +160,17 @@ func Main(args []string) error {
 	if err := unix.SetNonblock(statusFD, true); err != nil {
 		return fmt.Errorf("status pipe: %w", err)
 	}
-	if err := canRaise(c.nice); err != nil {
+	if err := canRaise(c.start); err != nil {
 		return err
 	}
-	if err := setThreads(c.pid, c.yield); err != nil {
-		// Whatever was lowered goes back: a tracer half at nice 19 and
+	if err := setThreads(c.pid, idleSched); err != nil {
+		// Whatever was lowered goes back: a tracer half idle and
 		// unwatched would lose calls on a saturated node.
-		setThreads(c.pid, c.nice)
-		return fmt.Errorf("lower the tracer to nice %d: %w", c.yield, err)
+		setThreads(c.pid, c.start)
+		return fmt.Errorf("lower the tracer to %v: %w", idleSched, err)
 	}
 	if _, err := status.Write([]byte{msgReady}); err != nil {
-		setThreads(c.pid, c.nice)
+		setThreads(c.pid, c.start)
 		return fmt.Errorf("status pipe: %w", err)
 	}
 	watch(c, pos, status)
@@ -172,16 +202,19 @@ func watch(c config, pos positions, status *os.File) {
 			wait = idle
 		}
 		switch {
-		case !raised && unread >= c.mark:
+		case unread >= c.mark:
 			// Errors (a thread that just ended) are not fatal: the next
-			// look retries while the ring stays full.
-			if setThreads(c.pid, c.nice) == nil {
-				raised, calm = true, 0
+			// look retries while the ring stays full. While raised, each
+			// look sets every thread again: one the runtime started from
+			// a thread still idle at the raise would have stayed idle.
+			if setThreads(c.pid, c.start) == nil && !raised {
+				raised = true
 				status.Write([]byte{msgRaised}) // a full pipe only loses a count
 			}
+			calm = 0
 		case raised && unread <= c.mark/8:
 			calm++
-			if calm >= calmTicks && setThreads(c.pid, c.yield) == nil {
+			if calm >= calmTicks && setThreads(c.pid, idleSched) == nil {
 				raised = false
 			}
 		case raised:
@@ -213,22 +246,22 @@ func mapPositions(fd int) (positions, error) {
 	}, nil
 }
 
-// canRaise proves that this process may give a thread a lower nice value
-// than it has (CAP_SYS_NICE or RLIMIT_NICE, and no seccomp profile
-// refusing setpriority): on a thread of its own, which it then throws away,
-// so that a refusal strands nothing. A tracer lowered by a watchdog that
-// cannot raise it would lose calls on a saturated node.
-func canRaise(nice int) error {
+// canRaise proves that this process may take a thread out of SCHED_IDLE
+// back to start (CAP_SYS_NICE or RLIMIT_NICE, and no seccomp profile
+// refusing sched_setattr): on a thread of its own, which it then throws
+// away, so that a refusal strands nothing. A tracer lowered by a watchdog
+// that cannot raise it would lose calls on a saturated node.
+func canRaise(start sched) error {
 	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		tid := unix.Gettid()
-		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, nice+1); err != nil {
-			done <- fmt.Errorf("setpriority: %w", err)
+		if err := setThread(tid, idleSched); err != nil {
+			done <- fmt.Errorf("sched_setattr: %w", err)
 			return // the thread ends with the goroutine: it is locked
 		}
-		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, nice); err != nil {
-			done <- fmt.Errorf("cannot raise a thread from nice %d to %d (CAP_SYS_NICE): %w", nice+1, nice, err)
+		if err := setThread(tid, start); err != nil {
+			done <- fmt.Errorf("cannot raise a thread from %v to %v (CAP_SYS_NICE): %w", idleSched, start, err)
 			return
 		}
 		runtime.UnlockOSThread()
@@ -237,9 +270,13 @@ func canRaise(nice int) error {
 	return <-done
 }
 
-// setThreads gives every thread of pid the nice value.
-func setThreads(pid, nice int) error {
-	return EachThread(pid, func(tid int) error { return unix.Setpriority(unix.PRIO_PROCESS, tid, nice) })
+// setThreads gives every thread of pid the scheduling s.
+func setThreads(pid int, s sched) error {
+	return EachThread(pid, func(tid int) error { return setThread(tid, s) })
+}
+
+func setThread(tid int, s sched) error {
+	return unix.SchedSetAttr(tid, &unix.SchedAttr{Policy: s.policy, Nice: int32(s.nice)}, 0)
 }
 
 // EachThread calls apply for each thread of pid there is now (a thread

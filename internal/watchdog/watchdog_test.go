@@ -178,50 +178,57 @@ func (s *standIn) ready() int {
 	return pid
 }
 
-// threadNices are the nice values of pid's threads, by tid.
-func threadNices(t *testing.T, pid int) map[int]int {
+// threadScheds are the scheduling of pid's threads, by tid.
+func threadScheds(t *testing.T, pid int) map[int]sched {
 	t.Helper()
 	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
-	nices := map[int]int{}
+	scheds := map[int]sched{}
 	for _, task := range tasks {
 		tid, _ := strconv.Atoi(task.Name())
-		if n, err := unix.Getpriority(unix.PRIO_PROCESS, tid); err == nil {
-			nices[tid] = 20 - n // the raw syscall gives 20 - nice
+		if a, err := unix.SchedGetAttr(tid, 0); err == nil {
+			s := sched{policy: a.Policy, nice: int(a.Nice)}
+			if s.policy == unix.SCHED_IDLE {
+				s.nice = 0 // the kernel keeps a nice value it does not use
+			}
+			scheds[tid] = s
 		}
 	}
-	return nices
+	return scheds
 }
 
-// waitNice waits until every thread of pid has the nice value, at most 20
-// s (the watchdog looks every 5 ms; it lowers after a second of calm).
-func waitNice(t *testing.T, pid, want int) {
+// waitSched waits until every thread of pid has the scheduling want, at
+// most 20 s (the watchdog looks every 5 ms; it lowers after a second of
+// calm).
+func waitSched(t *testing.T, pid int, want sched) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		nices := threadNices(t, pid)
-		ok := len(nices) > 0
-		for _, n := range nices {
-			ok = ok && n == want
+		scheds := threadScheds(t, pid)
+		ok := len(scheds) > 0
+		for _, s := range scheds {
+			ok = ok && s == want
 		}
 		if ok {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("threads of %d at nice %v; want all at %d", pid, nices, want)
+			t.Fatalf("threads of %d at %v; want all at %v", pid, scheds, want)
 		}
 		time.Sleep(5 * time.Millisecond) // polls a state; no readiness assumed
 	}
 }
 
-func ownNice(t *testing.T) int {
+// ownSched is the scheduling of the test's thread, which a stand-in
+// tracer starts with.
+func ownSched(t *testing.T) sched {
 	attr, err := unix.SchedGetAttr(0, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return int(attr.Nice)
+	return sched{policy: attr.Policy, nice: int(attr.Nice)}
 }
 
 // buildWatchdog builds cmd/containerdsnoop-watchdog into dir.
@@ -251,15 +258,15 @@ func trustedDir(t *testing.T) string {
 	return dir
 }
 
-// setUp is what each stand-in test needs: root, the tests' nice value
+// setUp is what each stand-in test needs: root, the tests' scheduling
 // (one a tracer yields from), a trusted directory with the watchdog built
 // in it, and an empty fake ring there.
-func setUp(t *testing.T) (start int, dir, wdPath string, ring *fakeRing) {
+func setUp(t *testing.T) (start sched, dir, wdPath string, ring *fakeRing) {
 	t.Helper()
 	privileged.Require(t) // CAP_SYS_NICE; another user for the stand-in
-	start = ownNice(t)
-	if start < 0 || start >= YieldNice {
-		t.Skipf("the tests run at nice %d: a tracer started there does not yield", start)
+	start = ownSched(t)
+	if start.nice < 0 || (start.policy != unix.SCHED_NORMAL && start.policy != unix.SCHED_BATCH) {
+		t.Skipf("the tests run at %v: a tracer started there does not yield", start)
 	}
 	dir = trustedDir(t)
 	wdPath = buildWatchdog(t, dir)
@@ -268,31 +275,31 @@ func setUp(t *testing.T) (start int, dir, wdPath string, ring *fakeRing) {
 	return start, dir, wdPath, ring
 }
 
-// TestWatchdogRaisesAndLowers: the stand-in tracer runs at nice 19 once
-// Start returns, the watchdog at the starting nice value; a quarter of the
-// ring unread raises every thread, a second of an empty ring lowers them
-// again; and the watchdog ends with the tracer.
+// TestWatchdogRaisesAndLowers: the stand-in tracer runs under SCHED_IDLE
+// once Start returns, the watchdog at the starting scheduling; a quarter
+// of the ring unread raises every thread, a second of an empty ring lowers
+// them again; and the watchdog ends with the tracer.
 func TestWatchdogRaisesAndLowers(t *testing.T) {
 	start, _, wdPath, ring := setUp(t)
 	s := startStandIn(t, wdPath, ring, nil, "")
 	wdPid := s.ready()
 	tracer := s.cmd.Process.Pid
 
-	for tid, n := range threadNices(t, tracer) {
-		if n != YieldNice {
-			t.Errorf("tracer thread %d at nice %d once Start returned; want %d", tid, n, YieldNice)
+	for tid, got := range threadScheds(t, tracer) {
+		if got != idleSched {
+			t.Errorf("tracer thread %d at %v once Start returned; want %v", tid, got, idleSched)
 		}
 	}
-	for tid, n := range threadNices(t, wdPid) {
-		if n != start {
-			t.Errorf("watchdog thread %d at nice %d; want the tracer's starting %d", tid, n, start)
+	for tid, got := range threadScheds(t, wdPid) {
+		if got != start {
+			t.Errorf("watchdog thread %d at %v; want the tracer's starting %v", tid, got, start)
 		}
 	}
 
 	ring.set(1000, 1000+ringSize/4) // a quarter unread
-	waitNice(t, tracer, start)
+	waitSched(t, tracer, start)
 	ring.set(5000, 5000) // drained: yields again after a calm second
-	waitNice(t, tracer, YieldNice)
+	waitSched(t, tracer, idleSched)
 	s.in.Write([]byte("raises?\n"))
 	if l := s.next(); l != "raises 1" {
 		t.Errorf("stand-in: %q; want raises 1", l)
@@ -321,16 +328,16 @@ func TestWatchdogLost(t *testing.T) {
 	start, _, wdPath, ring := setUp(t)
 	s := startStandIn(t, wdPath, ring, nil, "")
 	wdPid := s.ready()
-	waitNice(t, s.cmd.Process.Pid, YieldNice)
+	waitSched(t, s.cmd.Process.Pid, idleSched)
 	if err := unix.Kill(wdPid, unix.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	if l := s.next(); !strings.HasPrefix(l, "lost "+Name+": signal: killed") || !strings.Contains(l, fmt.Sprintf("back at nice %d", start)) {
-		t.Errorf("stand-in: %q; want the watchdog reported lost and the tracer back at nice %d", l, start)
+	if l := s.next(); !strings.HasPrefix(l, "lost "+Name+": signal: killed") || !strings.Contains(l, fmt.Sprintf("back at %v", start)) {
+		t.Errorf("stand-in: %q; want the watchdog reported lost and the tracer back at %v", l, start)
 	}
-	for tid, n := range threadNices(t, s.cmd.Process.Pid) {
-		if n != start {
-			t.Errorf("tracer thread %d at nice %d after its watchdog was killed; want %d", tid, n, start)
+	for tid, got := range threadScheds(t, s.cmd.Process.Pid) {
+		if got != start {
+			t.Errorf("tracer thread %d at %v after its watchdog was killed; want %v", tid, got, start)
 		}
 	}
 }
@@ -346,9 +353,9 @@ func TestWatchdogWithoutCapSysNice(t *testing.T) {
 	if !strings.HasPrefix(l, "refused ") || !strings.Contains(l, "CAP_SYS_NICE") {
 		t.Fatalf("stand-in without CAP_SYS_NICE: %q; want Start refused, naming CAP_SYS_NICE", l)
 	}
-	for tid, n := range threadNices(t, s.cmd.Process.Pid) {
-		if n != start {
-			t.Errorf("tracer thread %d at nice %d; want %d, untouched", tid, n, start)
+	for tid, got := range threadScheds(t, s.cmd.Process.Pid) {
+		if got != start {
+			t.Errorf("tracer thread %d at %v; want %v, untouched", tid, got, start)
 		}
 	}
 }
@@ -399,15 +406,17 @@ func TestTrusted(t *testing.T) {
 
 // TestParseArgs: the watchdog refuses arguments it cannot act on.
 func TestParseArgs(t *testing.T) {
-	good := config{pid: 1234, nice: 0, yield: 19, mark: 4096, interval: 5 * time.Millisecond}
+	good := config{pid: 1234, start: sched{policy: unix.SCHED_BATCH, nice: 3}, mark: 4096, interval: 5 * time.Millisecond}
 	if c, err := parseArgs(good.args()); err != nil || c != good {
 		t.Errorf("parseArgs(%q) = %+v, %v; want %+v", good.args(), c, err, good)
 	}
 	for _, args := range [][]string{
-		{"-nice", "0", "-yield", "19", "-mark", "1"},
+		{"-nice", "0", "-mark", "1"},
 		{"-pid", "1", "-mark", "1"},
-		{"-pid", "99", "-nice", "19", "-yield", "19", "-mark", "1"},
-		{"-pid", "99", "-nice", "0", "-yield", "20", "-mark", "1"},
+		{"-pid", "99", "-nice", "-1", "-mark", "1"},
+		{"-pid", "99", "-nice", "20", "-mark", "1"},
+		{"-pid", "99", "-policy", "5", "-mark", "1"}, // SCHED_IDLE is not a start
+		{"-pid", "99", "-policy", "1", "-mark", "1"}, // nor SCHED_FIFO
 		{"-pid", "99", "-mark", "0"},
 		{"-pid", "99", "-mark", "1", "-interval", "0s"},
 		{"-pid", "99", "-mark", "1", "extra"},

@@ -334,7 +334,7 @@ func traceUntilReady(t *testing.T, dir string) {
 	// Unpacked, the tracer finds its watchdog beside it and, asked to,
 	// yields the CPU (internal/watchdog).
 	if !slices.ContainsFunc(stderrLines, func(l string) bool {
-		return strings.HasPrefix(l, "containerdsnoop: yielding the CPU: nice 19; containerdsnoop-watchdog (pid ")
+		return strings.HasPrefix(l, "containerdsnoop: yielding the CPU: SCHED_IDLE; containerdsnoop-watchdog (pid ")
 	}) && startedAtNice0(t) {
 		t.Errorf("the unpacked tracer does not yield the CPU under its watchdog; stderr:\n%s", strings.Join(stderrLines, "\n"))
 	}
