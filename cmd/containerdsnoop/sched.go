@@ -70,5 +70,5 @@ func startAsStarted(cmd *exec.Cmd, started *unix.SchedAttr) error {
 
 // setEveryThread applies attr to each thread of the process there is now.
 func setEveryThread(attr *unix.SchedAttr) error {
-	return watchdog.EachThread(os.Getpid(), func(tid int) error { return unix.SchedSetAttr(tid, attr, 0) })
+	return watchdog.SetThreads(os.Getpid(), *attr)
 }

@@ -73,7 +73,7 @@ type sched struct {
 	nice   int
 }
 
-// idle is the tracer's scheduling while the ring is (nearly) empty.
+// idleSched is the tracer's scheduling while the ring is (nearly) empty.
 var idleSched = sched{policy: unix.SCHED_IDLE}
 
 func (s sched) String() string {
@@ -271,19 +271,22 @@ func canRaise(start sched) error {
 }
 
 // setThreads gives every thread of pid the scheduling s.
-func setThreads(pid int, s sched) error {
-	return EachThread(pid, func(tid int) error { return setThread(tid, s) })
-}
+func setThreads(pid int, s sched) error { return SetThreads(pid, s.attr()) }
 
 func setThread(tid int, s sched) error {
-	return unix.SchedSetAttr(tid, &unix.SchedAttr{Policy: s.policy, Nice: int32(s.nice)}, 0)
+	attr := s.attr()
+	return unix.SchedSetAttr(tid, &attr, 0)
 }
 
-// EachThread calls apply for each thread of pid there is now (a thread
-// that ends meanwhile is no error); the first error, if any, is returned
-// after trying them all. Linux sets a nice value or a scheduling policy
-// per thread, so a process's is set thread by thread.
-func EachThread(pid int, apply func(tid int) error) error {
+func (s sched) attr() unix.SchedAttr {
+	return unix.SchedAttr{Policy: s.policy, Nice: int32(s.nice)}
+}
+
+// SetThreads applies attr (sched_setattr(2)) to each thread of pid there
+// is now (a thread that ends meanwhile is no error); the first error, if
+// any, is returned after trying them all. Linux sets a nice value or a
+// scheduling policy per thread, so a process's is set thread by thread.
+func SetThreads(pid int, attr unix.SchedAttr) error {
 	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
 	if err != nil {
 		return err
@@ -294,7 +297,7 @@ func EachThread(pid int, apply func(tid int) error) error {
 		if err != nil {
 			continue
 		}
-		if err := apply(tid); err != nil && !errors.Is(err, unix.ESRCH) && first == nil {
+		if err := unix.SchedSetAttr(tid, &attr, 0); err != nil && !errors.Is(err, unix.ESRCH) && first == nil {
 			first = err
 		}
 	}
