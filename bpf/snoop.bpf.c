@@ -37,6 +37,17 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * kernel before 5.17 runs. */
 #define MAX_CHUNKS_NO_LOOP 64
 
+/* A send's bytes past its first BULK_AFTER are bulk: they may fill the ring
+ * buffer only up to cfg.bulk_room unread bytes, and are shed (dropped and
+ * counted) beyond it. One large write(2), from any local process, would
+ * otherwise fill the whole ring in one bpf_loop, faster than any reader
+ * drains it, and the small sends of every other connection in that moment
+ * (a kubelet's or ctr's calls) would find no room. gRPC's writes are at
+ * most ~32 KiB (its write buffer), so a gRPC send is never bulk; ttrpc
+ * writes a message in one send, and only a message's tail past 64 KiB can
+ * be shed, and only while the ring is that full. */
+#define BULK_AFTER (64 << 10)
+
 const volatile struct config cfg = {};
 
 struct {
@@ -53,6 +64,7 @@ struct emit_state {
 	__u64 left;     /* bytes of the send not yet emitted */
 	__u64 off;      /* stream offset of cur */
 	__u64 skip;
+	__u64 bulk_left; /* left at or below this, the bytes are bulk (0: none) */
 	__u32 kind;
 };
 
@@ -950,6 +962,18 @@ static long emit_step(__u64 index, void *ctx)
 	barrier_var(n);
 	if (n > SNOOP_CHUNK)
 		n = SNOOP_CHUNK;
+	s = stats();
+	if (st->left <= st->bulk_left && cfg.bulk_room &&
+	    bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > cfg.bulk_room) {
+		/* Shed: the offset still advances, so userspace sees a gap
+		 * of this size, as for a chunk the ring had no room for. */
+		if (s) {
+			s->lost_events++;
+			s->lost_bytes += n;
+			s->shed_bytes += n;
+		}
+		goto next;
+	}
 	sc->ev.len = n;
 	sc->ev.stream_off = st->off;
 	if (st->kind == SRC_KVEC)
@@ -957,7 +981,6 @@ static long emit_step(__u64 index, void *ctx)
 	else
 		err = bpf_probe_read_user(sc->data, n, (void *)st->cur);
 	size = sizeof(sc->ev) + n;
-	s = stats();
 	if (err) {
 		sc->ev.flags |= EVENT_F_FAULT;
 		size = sizeof(sc->ev);
@@ -974,6 +997,7 @@ static long emit_step(__u64 index, void *ctx)
 		s->bytes += n;
 	}
 	sc->ev.flags &= ~(EVENT_F_FAULT | EVENT_F_NEW);
+next:
 	st->cur += n;
 	st->cur_left -= n;
 	st->left -= n;
@@ -1037,6 +1061,7 @@ static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 bac
 	}
 	st->kind = src->kind;
 	st->left = sent;
+	st->bulk_left = sent > BULK_AFTER ? sent - BULK_AFTER : 0;
 	st->skip = src->skip;
 	if (src->kind == SRC_UBUF) {
 		st->base = 0;

@@ -110,12 +110,13 @@ struct event {
 struct stats {
 	__u64 events;       /* records submitted (sends and closes) */
 	__u64 bytes;        /* payload bytes submitted */
-	__u64 lost_events;  /* records (sends and closes) the ring buffer had no room for */
+	__u64 lost_events;  /* records (sends and closes) the ring buffer had no room for, or shed */
 	__u64 lost_bytes;   /* payload bytes in those records, and truncated sends */
 	__u64 faults;       /* reads of user memory that failed */
 	__u64 hpack_events; /* hpack field records submitted */
 	__u64 hpack_lost;   /* hpack field records the ring buffer had no room for */
 	__u64 missed_exits; /* traced sends whose exit program the kernel skipped (snoop.bpf.c, SEND_MISSED) */
+	__u64 shed_bytes;   /* bulk bytes of large sends dropped to keep room (snoop.bpf.c, BULK_AFTER); also in lost_* */
 };
 
 /* Set from Go before load; const volatile so the verifier prunes what is off. */
@@ -125,6 +126,7 @@ struct config {
 	__u32 follow_forks; /* nonzero: processes forked by one in pid_filter join it */
 	__u32 wakeup_bytes; /* wake the reader only past this much unread data; 0: every record */
 	__u32 filter_socket; /* nonzero: only connections on a socket file named in sock_filter */
+	__u32 bulk_room;    /* unread bytes past which a send's bulk is shed (snoop.bpf.c, BULK_AFTER); 0: never */
 };
 
 /* A socket file, by where it is: its directory (device as the kernel

@@ -39,13 +39,14 @@ func startLossWatch(t *bpf.Tracer, w interface{ Write([]byte) (int, error) }) *l
 			}
 			if final {
 				if s.Lost() {
-					fmt.Fprintf(w, "containerdsnoop: lost %d events (%d bytes) and %d unreadable chunks in total; calls in them are not shown\n", s.LostEvents, s.LostBytes, s.Faults)
+					fmt.Fprintf(w, "containerdsnoop: lost %d events (%d bytes%s) and %d unreadable chunks in total; calls in them are not shown\n",
+						s.LostEvents, s.LostBytes, shedClause(s.ShedBytes), s.Faults)
 				}
 				return
 			}
 			if s.LostEvents > last.LostEvents || s.LostBytes > last.LostBytes || s.Faults > last.Faults {
-				fmt.Fprintf(w, "containerdsnoop: warning: capture lost %d events (%d bytes) in the last second; raise --ringbuf-size or filter with --pid/--socket\n",
-					s.LostEvents-last.LostEvents, s.LostBytes-last.LostBytes)
+				fmt.Fprintf(w, "containerdsnoop: warning: capture lost %d events (%d bytes%s) in the last second; raise --ringbuf-size or filter with --pid/--socket\n",
+					s.LostEvents-last.LostEvents, s.LostBytes-last.LostBytes, shedClause(s.ShedBytes-last.ShedBytes))
 			}
 			last = s
 		}
@@ -60,6 +61,17 @@ func startLossWatch(t *bpf.Tracer, w interface{ Write([]byte) (int, error) }) *l
 		}
 	}()
 	return l
+}
+
+// shedClause names the part of lost bytes that were large sends' tails,
+// dropped on purpose to keep room in the ring buffer for smaller sends
+// (bpf/snoop.bpf.c, BULK_AFTER): a user who sees calls lost should know
+// whether a flood of large writes caused it.
+func shedClause(shed uint64) string {
+	if shed == 0 {
+		return ""
+	}
+	return fmt.Sprintf(", %d of them the tails of sends over 64 KiB, dropped to keep room for smaller sends", shed)
 }
 
 // reportInferredWrong says on exit how many inferred methods or statuses

@@ -35,6 +35,7 @@ type snoopConfig struct {
 	FollowForks  uint32
 	WakeupBytes  uint32
 	FilterSocket uint32
+	BulkRoom     uint32
 }
 
 type snoopEvent struct {
@@ -137,17 +138,18 @@ type snoopPos struct {
 type snoopScratch struct {
 	_  structs.HostLayout
 	St struct {
-		_       structs.HostLayout
-		Base    uint64
-		NrSegs  uint64
-		Seg     uint64
-		Cur     uint64
-		CurLeft uint64
-		Left    uint64
-		Off     uint64
-		Skip    uint64
-		Kind    uint32
-		_       [4]byte
+		_        structs.HostLayout
+		Base     uint64
+		NrSegs   uint64
+		Seg      uint64
+		Cur      uint64
+		CurLeft  uint64
+		Left     uint64
+		Off      uint64
+		Skip     uint64
+		BulkLeft uint64
+		Kind     uint32
+		_        [4]byte
 	}
 	Ev   snoopEvent
 	Data [16384]uint8
@@ -183,6 +185,7 @@ type snoopStats struct {
 	HpackEvents uint64
 	HpackLost   uint64
 	MissedExits uint64
+	ShedBytes   uint64
 }
 
 type snoopVerdictMemo struct {

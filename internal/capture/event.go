@@ -105,7 +105,11 @@ type Stats struct {
 	// (and closes) the kernel skipped the capture's programs for
 	// (internal/bpf, missed.go); LostBytes the bytes known lost.
 	LostEvents, LostBytes uint64
-	Faults                uint64
+	// ShedBytes are the part of LostBytes the capture dropped on purpose:
+	// the tail past 64 KiB of large sends, while the ring buffer was
+	// three quarters full, to keep room for everyone's smaller sends.
+	ShedBytes uint64
+	Faults    uint64
 	// HeaderFields and LostHeaderFields count peer-probe records
 	// submitted and lost (internal/peerprobe).
 	HeaderFields, LostHeaderFields uint64

@@ -311,7 +311,8 @@ var (
 	capEvents = prometheus.NewDesc(Namespace+"_capture_events_total", "Events the kernel capture handed over.", nil, nil)
 	capBytes  = prometheus.NewDesc(Namespace+"_capture_bytes_total", "Payload bytes the kernel capture handed over.", nil, nil)
 	lostEv    = prometheus.NewDesc(Namespace+"_capture_lost_events_total", "Events lost because the kernel ring buffer was full (raise --ringbuf-size).", nil, nil)
-	lostBytes = prometheus.NewDesc(Namespace+"_capture_lost_bytes_total", "Bytes lost because the kernel ring buffer was full.", nil, nil)
+	lostBytes = prometheus.NewDesc(Namespace+"_capture_lost_bytes_total", "Bytes lost because the kernel ring buffer was full, or shed (see _capture_shed_bytes_total).", nil, nil)
+	shedBytes = prometheus.NewDesc(Namespace+"_capture_shed_bytes_total", "The part of the lost bytes that were the tails past 64 KiB of large sends, dropped while the ring buffer was three quarters full to keep room for smaller sends.", nil, nil)
 	faults    = prometheus.NewDesc(Namespace+"_capture_unreadable_chunks_total", "Chunks the probes could not read (spliced pages, faults); their bytes are reported as gaps.", nil, nil)
 )
 
@@ -320,7 +321,7 @@ type captureCollector struct {
 }
 
 func (c *captureCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{capEvents, capBytes, lostEv, lostBytes, faults} {
+	for _, d := range []*prometheus.Desc{capEvents, capBytes, lostEv, lostBytes, shedBytes, faults} {
 		ch <- d
 	}
 }
@@ -328,7 +329,7 @@ func (c *captureCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *captureCollector) Collect(ch chan<- prometheus.Metric) {
 	s, err := c.stats()
 	if err != nil {
-		for _, d := range []*prometheus.Desc{capEvents, capBytes, lostEv, lostBytes, faults} {
+		for _, d := range []*prometheus.Desc{capEvents, capBytes, lostEv, lostBytes, shedBytes, faults} {
 			ch <- prometheus.NewInvalidMetric(d, err)
 		}
 		return
@@ -337,6 +338,7 @@ func (c *captureCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(capBytes, prometheus.CounterValue, float64(s.Bytes))
 	ch <- prometheus.MustNewConstMetric(lostEv, prometheus.CounterValue, float64(s.LostEvents))
 	ch <- prometheus.MustNewConstMetric(lostBytes, prometheus.CounterValue, float64(s.LostBytes))
+	ch <- prometheus.MustNewConstMetric(shedBytes, prometheus.CounterValue, float64(s.ShedBytes))
 	ch <- prometheus.MustNewConstMetric(faults, prometheus.CounterValue, float64(s.Faults))
 }
 

@@ -207,19 +207,22 @@ containerdsnoop_calls_in_flight{method="Wait",protocol="ttrpc",service="containe
 func TestCaptureStats(t *testing.T) {
 	m := metrics.New("test")
 	m.CaptureStats(func() (capture.Stats, error) {
-		return capture.Stats{Events: 10, Bytes: 1000, LostEvents: 2, LostBytes: 300, Faults: 1}, nil
+		return capture.Stats{Events: 10, Bytes: 1000, LostEvents: 2, LostBytes: 300, ShedBytes: 200, Faults: 1}, nil
 	})
 	m.AddDropCounter("test_budget", func() uint64 { return 5 })
 	want := `
-# HELP containerdsnoop_capture_lost_bytes_total Bytes lost because the kernel ring buffer was full.
+# HELP containerdsnoop_capture_lost_bytes_total Bytes lost because the kernel ring buffer was full, or shed (see _capture_shed_bytes_total).
 # TYPE containerdsnoop_capture_lost_bytes_total counter
 containerdsnoop_capture_lost_bytes_total 300
+# HELP containerdsnoop_capture_shed_bytes_total The part of the lost bytes that were the tails past 64 KiB of large sends, dropped while the ring buffer was three quarters full to keep room for smaller sends.
+# TYPE containerdsnoop_capture_shed_bytes_total counter
+containerdsnoop_capture_shed_bytes_total 200
 # HELP containerdsnoop_dropped_total Things the tracer dropped to stay within its memory budget, by reason.
 # TYPE containerdsnoop_dropped_total counter
 containerdsnoop_dropped_total{reason="in_flight_untracked"} 0
 containerdsnoop_dropped_total{reason="test_budget"} 5
 `
-	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), "containerdsnoop_capture_lost_bytes_total", "containerdsnoop_dropped_total"); err != nil {
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), "containerdsnoop_capture_lost_bytes_total", "containerdsnoop_capture_shed_bytes_total", "containerdsnoop_dropped_total"); err != nil {
 		t.Error(err)
 	}
 	lint(t, m)
