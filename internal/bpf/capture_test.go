@@ -568,20 +568,8 @@ func testCaptureLargeSend(t *testing.T, backend string) {
 		readDone <- err
 	}()
 	big, tail := randomBytes(16<<20), []byte("after the big one")
-	// A blocking write(2) returns early when a signal interrupts it (the Go
-	// runtime's preemption signal does, seen on an arm64 guest): the rest
-	// is another send, and a kernel that cuts sends cuts each one.
-	var sends [][]byte
-	for rest := big; len(rest) > 0; {
-		n, err := unix.Write(fd, rest)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil || n <= 0 {
-			t.Fatalf("write 16 MiB: %d, %v", n, err)
-		}
-		sends, rest = append(sends, rest[:n]), rest[n:]
-	}
+	// A kernel that cuts sends cuts each one (writeSends).
+	sends := writeSends(t, fd, big)
 	if _, err := unix.Write(fd, tail); err != nil {
 		t.Fatal(err)
 	}
@@ -628,6 +616,26 @@ func testCaptureLargeSend(t *testing.T, backend string) {
 		t.Fatalf("lost bytes %d, want %d", st.LostBytes, lost)
 	}
 	t.Logf("large send: first %d KiB, the rest reported lost", cut>>10)
+}
+
+// writeSends writes b whole with blocking write(2)s on fd and returns the
+// sends it took: a blocking write returns early when a signal interrupts
+// it (the Go runtime's preemption signal does, seen on an arm64 guest),
+// and the rest is another send.
+func writeSends(t *testing.T, fd int, b []byte) [][]byte {
+	t.Helper()
+	var sends [][]byte
+	for rest := b; len(rest) > 0; {
+		n, err := unix.Write(fd, rest)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n <= 0 {
+			t.Fatalf("write %d bytes: %d, %v", len(rest), n, err)
+		}
+		sends, rest = append(sends, rest[:n]), rest[n:]
+	}
+	return sends
 }
 
 // waitMarker sends a marker from this process and waits until it is read:

@@ -48,16 +48,7 @@ func TestBulkShedKeepsRoom(t *testing.T) {
 
 		big := randomBytes(8 << 20)
 		fd := rawFD(t, large)
-		for rest := big; len(rest) > 0; {
-			n, err := unix.Write(fd, rest)
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil || n <= 0 {
-				t.Fatalf("write 8 MiB: %d, %v", n, err)
-			}
-			rest = rest[n:]
-		}
+		writeSends(t, fd, big)
 		// Small calls beside the flood: together more than the last
 		// chunk of a ring the flood filled would leave.
 		var msg []byte
