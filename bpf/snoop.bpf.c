@@ -42,8 +42,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * counted) beyond it. One large write(2), from any local process, would
  * otherwise fill the whole ring in one bpf_loop, faster than any reader
  * drains it, and the small sends of every other connection in that moment
- * (a kubelet's or ctr's calls) would find no room. gRPC's writes are at
- * most ~32 KiB (its write buffer), so a gRPC send is never bulk; ttrpc
+ * (a kubelet's or ctr's calls) would find no room. grpc-go writes at
+ * most its 32 KiB write buffer at a time, so a gRPC send is never bulk; ttrpc
  * writes a message in one send, and only a message's tail past 64 KiB can
  * be shed, and only while the ring is that full. */
 #define BULK_AFTER (64 << 10)
