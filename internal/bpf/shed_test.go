@@ -3,7 +3,6 @@ package bpf
 import (
 	"bytes"
 	"errors"
-	"net"
 	"path/filepath"
 	"testing"
 	"time"
@@ -47,7 +46,7 @@ func TestCaptureShedsBulkKeepingRoom(t *testing.T) {
 		}
 		t.Cleanup(func() { tr.Close() })
 		large, _, ln := listenAt(t, path)
-		small := dialDrained(t, ln, path)
+		small, _ := dialDrained(t, ln, path)
 
 		big := randomBytes(8 << 20)
 		fd := rawFD(t, large)
@@ -115,33 +114,4 @@ func TestCaptureShedsBulkKeepingRoom(t *testing.T) {
 			t.Errorf("lost bytes %d; want the %d of the write not captured", st.LostBytes, want)
 		}
 	})
-}
-
-// dialDrained connects another client to ln, whose accepted end is read
-// and discarded.
-func dialDrained(t *testing.T, ln *net.UnixListener, path string) *net.UnixConn {
-	t.Helper()
-	accepted := make(chan *net.UnixConn, 1)
-	go func() {
-		c, _ := ln.AcceptUnix()
-		accepted <- c
-	}()
-	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	server := <-accepted
-	if server == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { c.Close(); server.Close() })
-	go func() {
-		buf := make([]byte, 64<<10)
-		for {
-			if _, err := server.Read(buf); err != nil {
-				return
-			}
-		}
-	}()
-	return c
 }

@@ -21,12 +21,20 @@ func listenAt(t *testing.T, path string) (client, server *net.UnixConn, ln *net.
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
+	client, server = dialDrained(t, ln, path)
+	return client, server, ln
+}
+
+// dialDrained connects a client to ln at path; what it sends is read and
+// discarded, so that its sends never block on a full socket.
+func dialDrained(t *testing.T, ln *net.UnixListener, path string) (client, server *net.UnixConn) {
+	t.Helper()
 	accepted := make(chan *net.UnixConn, 1)
 	go func() {
 		c, _ := ln.AcceptUnix()
 		accepted <- c
 	}()
-	client, err = net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	client, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,8 +43,8 @@ func listenAt(t *testing.T, path string) (client, server *net.UnixConn, ln *net.
 		t.Fatal("accept failed")
 	}
 	t.Cleanup(func() { client.Close(); server.Close() })
-	go io.Copy(io.Discard, server) // keep the client's sends from blocking
-	return client, server, ln
+	go io.Copy(io.Discard, server)
+	return client, server
 }
 
 func tempDir(t *testing.T) string {

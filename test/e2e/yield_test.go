@@ -24,8 +24,9 @@ import (
 // (snoopbench, grpc-go, 4 callers on one connection). A tracer at the
 // lowest priority alone gets the CPU too seldom there and lost thousands
 // of events in every such run (docs/performance.md, "Yielding the CPU");
-// the watchdog must raise it before its ring buffer fills. Oracle: the client's own count of the calls it made; every one
-// is shown, request and response, and nothing is reported lost.
+// the watchdog must raise it before its ring buffer fills. Oracle: the
+// client's own count of the calls it made; every one is shown, request
+// and response, and nothing is reported lost.
 func TestYieldingTracerKeepsUpBesideBusyLoops(t *testing.T) {
 	privileged.Require(t)
 	dir := t.TempDir()
