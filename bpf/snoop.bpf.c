@@ -37,16 +37,6 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * kernel before 5.17 runs. */
 #define MAX_CHUNKS_NO_LOOP 64
 
-/* A send's bytes past its first BULK_AFTER are bulk: they may fill the ring
- * buffer only up to cfg.bulk_room unread bytes, and are shed (dropped and
- * counted) beyond it. One large write(2), from any local process, would
- * otherwise fill the whole ring in one bpf_loop, faster than any reader
- * drains it, and the small sends of every other connection in that moment
- * (a kubelet's or ctr's calls) would find no room. grpc-go writes at
- * most its 32 KiB write buffer at a time, so a gRPC send is never bulk; ttrpc
- * writes a message in one send, and only a message's tail past 64 KiB can
- * be shed, and only while the ring is that full. */
-#define BULK_AFTER (64 << 10)
 
 const volatile struct config cfg = {};
 
@@ -1061,7 +1051,7 @@ static __always_inline void emit_send(struct send_src *src, __u64 sent, __u8 bac
 	}
 	st->kind = src->kind;
 	st->left = sent;
-	st->bulk_left = sent > BULK_AFTER ? sent - BULK_AFTER : 0;
+	st->bulk_left = sent > cfg.bulk_after ? sent - cfg.bulk_after : 0;
 	st->skip = src->skip;
 	if (src->kind == SRC_UBUF) {
 		st->base = 0;

@@ -116,7 +116,7 @@ struct stats {
 	__u64 hpack_events; /* hpack field records submitted */
 	__u64 hpack_lost;   /* hpack field records the ring buffer had no room for */
 	__u64 missed_exits; /* traced sends whose exit program the kernel skipped (snoop.bpf.c, SEND_MISSED) */
-	__u64 shed_bytes;   /* bulk bytes of large sends dropped to keep room (snoop.bpf.c, BULK_AFTER); also in lost_* */
+	__u64 shed_bytes;   /* bulk bytes of large sends dropped to keep room (config.bulk_after); also in lost_* */
 };
 
 /* Set from Go before load; const volatile so the verifier prunes what is off. */
@@ -126,7 +126,14 @@ struct config {
 	__u32 follow_forks; /* nonzero: processes forked by one in pid_filter join it */
 	__u32 wakeup_bytes; /* wake the reader only past this much unread data; 0: every record */
 	__u32 filter_socket; /* nonzero: only connections on a socket file named in sock_filter */
-	__u32 bulk_room;    /* unread bytes past which a send's bulk is shed (snoop.bpf.c, BULK_AFTER); 0: never */
+	/* A send's bytes past its first bulk_after are bulk: they may fill the
+	 * ring buffer only up to bulk_room unread bytes, and are shed
+	 * (dropped, counted in lost_* and shed_bytes) beyond it, so that one
+	 * large write(2) cannot fill the ring in one bpf_loop, faster than any
+	 * reader drains it, and crowd out every other connection's small
+	 * sends in that moment. Why these values: capture.ShedAfter. */
+	__u32 bulk_after;
+	__u32 bulk_room;    /* 0: never shed */
 };
 
 /* A socket file, by where it is: its directory (device as the kernel

@@ -124,8 +124,8 @@ func runDecode(cmd *cobra.Command, f decodeFlags, path string) error {
 	reportDrops(stderr, nil, "in total")
 	reportInferredWrong(stderr)
 	if t, ok := r.Trailer(); ok && t.StatsKnown && t.Stats.Lost() {
-		fmt.Fprintf(stderr, "containerdsnoop: the live capture lost %d events (%d bytes) and %d unreadable chunks; calls in them are not shown\n",
-			t.Stats.LostEvents, t.Stats.LostBytes, t.Stats.Faults)
+		fmt.Fprintf(stderr, "containerdsnoop: the live capture lost %d events (%d bytes%s) and %d unreadable chunks; calls in them are not shown\n",
+			t.Stats.LostEvents, t.Stats.LostBytes, shedClause(t.Stats.ShedBytes), t.Stats.Faults)
 	}
 	if readErr != nil {
 		return fileError(path, readErr)

@@ -207,6 +207,13 @@ func TestDecodeLoss(t *testing.T) {
 	if r.code != 0 || r.stderr != want {
 		t.Errorf("exit %d, stderr %q, want %q", r.code, r.stderr, want)
 	}
+	// The part shed to keep room in the ring is named, as live.
+	path, _ = writeRecording(t, evs, capture.Stats{Events: 100, LostEvents: 3, LostBytes: 4096, ShedBytes: 2048, Faults: 1})
+	r = runMain(t, "decode", "-o", "json", path)
+	want = "containerdsnoop: the live capture lost 3 events (4096 bytes, 2048 of them " + capture.ShedDescription + ") and 1 unreadable chunks; calls in them are not shown\n"
+	if r.code != 0 || r.stderr != want {
+		t.Errorf("exit %d, stderr %q, want %q", r.code, r.stderr, want)
+	}
 }
 
 var oneError = regexp.MustCompile(`^containerdsnoop: \S+: [^\n]+\n$`)

@@ -65,13 +65,13 @@ func startLossWatch(t *bpf.Tracer, w interface{ Write([]byte) (int, error) }) *l
 
 // shedClause names the part of lost bytes that were large sends' tails,
 // dropped on purpose to keep room in the ring buffer for smaller sends
-// (bpf/snoop.bpf.c, BULK_AFTER): a user who sees calls lost should know
-// whether a flood of large writes caused it.
+// (capture.ShedAfter): a user who sees calls lost should know whether a
+// flood of large writes caused it.
 func shedClause(shed uint64) string {
 	if shed == 0 {
 		return ""
 	}
-	return fmt.Sprintf(", %d of them the tails of sends over 64 KiB, dropped to keep room for smaller sends", shed)
+	return fmt.Sprintf(", %d of them %s", shed, capture.ShedDescription)
 }
 
 // reportInferredWrong says on exit how many inferred methods or statuses

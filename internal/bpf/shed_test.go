@@ -14,8 +14,8 @@ import (
 )
 
 // TestCaptureShedsBulkKeepingRoom: one large send cannot take the whole
-// ring buffer from the small sends of other connections (snoop.bpf.c,
-// BULK_AFTER). Named TestCapture* so that the kernel matrix runs it on
+// ring buffer from the small sends of other connections
+// (capture.ShedAfter). Named TestCapture* so that the kernel matrix runs it on
 // every backend, the bounded programs of kernels before 5.17 included
 // (whose cut of a send past 1 MiB then counts as lost, not shed).
 // Nothing reads the 1 MiB ring while an 8 MiB write goes through it, as
@@ -33,7 +33,7 @@ func TestCaptureShedsBulkKeepingRoom(t *testing.T) {
 		path := filepath.Join(dir, "bulk.sock")
 		const (
 			ring      = 1 << 20
-			bulkAfter = 64 << 10 // snoop.bpf.c's BULK_AFTER
+			bulkAfter = capture.ShedAfter
 			chunk     = 16 << 10 // snoop.h's SNOOP_CHUNK
 		)
 		// No spool: nothing moves records out of the ring until the

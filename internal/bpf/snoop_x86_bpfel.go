@@ -35,6 +35,7 @@ type snoopConfig struct {
 	FollowForks  uint32
 	WakeupBytes  uint32
 	FilterSocket uint32
+	BulkAfter    uint32
 	BulkRoom     uint32
 }
 

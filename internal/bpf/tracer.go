@@ -205,11 +205,11 @@ func openBackend(b backend, opts Options) (*Tracer, error) {
 	if opts.PollInterval > 0 {
 		cfg.WakeupBytes = spec.Maps["events"].MaxEntries / 32
 	}
-	// A large send's bulk may fill three quarters of the ring; the last
-	// quarter is kept for every send's first 64 KiB (snoop.bpf.c,
-	// BULK_AFTER), so that one process's large write cannot crowd out
-	// the calls of every other in the same moment.
-	cfg.BulkRoom = spec.Maps["events"].MaxEntries - spec.Maps["events"].MaxEntries/4
+	// A large send's bulk may fill only part of the ring, so that one
+	// process's large write cannot crowd out the calls of every other in
+	// the same moment (capture.ShedAfter).
+	cfg.BulkAfter = capture.ShedAfter
+	cfg.BulkRoom = capture.ShedRoom(spec.Maps["events"].MaxEntries)
 	if len(opts.PIDs) > 0 {
 		cfg.FilterPids = 1
 		if n := len(opts.PIDs); n > int(spec.Maps["pid_filter"].MaxEntries) {

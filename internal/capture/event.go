@@ -5,7 +5,10 @@
 // can be tested and recordings replayed without a kernel.
 package capture
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // Event is one chunk of a send on a unix stream socket.
 type Event struct {
@@ -105,15 +108,34 @@ type Stats struct {
 	// (and closes) the kernel skipped the capture's programs for
 	// (internal/bpf, missed.go); LostBytes the bytes known lost.
 	LostEvents, LostBytes uint64
-	// ShedBytes are the part of LostBytes the capture dropped on purpose:
-	// the tail past 64 KiB of large sends, while the ring buffer was
-	// three quarters full, to keep room for everyone's smaller sends.
+	// ShedBytes are the part of LostBytes the capture dropped on purpose
+	// (ShedAfter, ShedRoom): ShedDescription says what they are.
 	ShedBytes uint64
 	Faults    uint64
 	// HeaderFields and LostHeaderFields count peer-probe records
 	// submitted and lost (internal/peerprobe).
 	HeaderFields, LostHeaderFields uint64
 }
+
+// ShedAfter is where a send's bulk starts: its bytes past the first
+// ShedAfter may fill the ring buffer only up to ShedRoom unread bytes and
+// are shed (dropped on purpose, counted in LostBytes and ShedBytes)
+// beyond it, so that one process's large write cannot fill the ring
+// faster than any reader drains it and crowd out every other process's
+// smaller sends in that moment. grpc-go writes at most its 32 KiB write
+// buffer at a time, so a gRPC send is never bulk; ttrpc writes a message
+// in one send, and only its tail past ShedAfter can be shed. The capture
+// backends take it as configuration (bpf/snoop.bpf.c, cfg.bulk_after).
+const ShedAfter = 64 << 10
+
+// ShedRoom is the unread part of a ring buffer of ringBytes past which a
+// send's bulk is shed: three quarters, so that the last quarter is kept
+// for every send's first ShedAfter bytes.
+func ShedRoom(ringBytes uint32) uint32 { return ringBytes - ringBytes/4 }
+
+// ShedDescription says what ShedBytes are, for the loss line and the
+// metric's help text: one wording of the rule above, beside it.
+var ShedDescription = fmt.Sprintf("the tails past %d KiB of large sends, dropped while the ring buffer was three quarters full to keep room for smaller sends", ShedAfter>>10)
 
 // Lost reports whether anything was lost or unreadable.
 func (s Stats) Lost() bool { return s.LostEvents+s.LostBytes+s.Faults > 0 }

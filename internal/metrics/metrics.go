@@ -312,7 +312,7 @@ var (
 	capBytes  = prometheus.NewDesc(Namespace+"_capture_bytes_total", "Payload bytes the kernel capture handed over.", nil, nil)
 	lostEv    = prometheus.NewDesc(Namespace+"_capture_lost_events_total", "Events lost because the kernel ring buffer was full (raise --ringbuf-size).", nil, nil)
 	lostBytes = prometheus.NewDesc(Namespace+"_capture_lost_bytes_total", "Bytes lost because the kernel ring buffer was full, or shed (see _capture_shed_bytes_total).", nil, nil)
-	shedBytes = prometheus.NewDesc(Namespace+"_capture_shed_bytes_total", "The part of the lost bytes that were the tails past 64 KiB of large sends, dropped while the ring buffer was three quarters full to keep room for smaller sends.", nil, nil)
+	shedBytes = prometheus.NewDesc(Namespace+"_capture_shed_bytes_total", "The part of the lost bytes that were "+capture.ShedDescription+".", nil, nil)
 	faults    = prometheus.NewDesc(Namespace+"_capture_unreadable_chunks_total", "Chunks the probes could not read (spliced pages, faults); their bytes are reported as gaps.", nil, nil)
 )
 

@@ -433,6 +433,17 @@ func parseTrailer(body []byte) (Trailer, error) {
 	if d.err != nil {
 		return t, errors.New("trailer cut short")
 	}
+	// The shed part of the lost bytes came later: a recording made
+	// before it ends here, and its loss is reported as plain loss.
+	if len(d.b) > 0 {
+		t.Stats.ShedBytes = d.uvarint()
+		if d.err != nil {
+			return t, errors.New("trailer cut short")
+		}
+		if t.Stats.ShedBytes > t.Stats.LostBytes {
+			return t, fmt.Errorf("trailer counts %d bytes shed of %d lost", t.Stats.ShedBytes, t.Stats.LostBytes)
+		}
+	}
 	t.StatsKnown = flags&1 != 0
 	t.End = time.Unix(0, end)
 	return t, nil

@@ -38,9 +38,14 @@ var testHeader = recording.Header{
 	CommandLine: []string{"containerdsnoop", "trace", "--record", "x.cdsnoop"}, KernelPIDs: []uint32{42},
 }
 
-var testStats = capture.Stats{Events: 1000, Bytes: 1 << 20, LostEvents: 3, LostBytes: 4096, Faults: 1}
+var testStats = capture.Stats{Events: 1000, Bytes: 1 << 20, LostEvents: 3, LostBytes: 4096, ShedBytes: 1024, Faults: 1}
 
 func record(t testing.TB, evs []capture.Event) []byte {
+	t.Helper()
+	return recordStats(t, evs, testStats)
+}
+
+func recordStats(t testing.TB, evs []capture.Event, stats capture.Stats) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	w, err := recording.NewWriter(&buf, testHeader)
@@ -52,7 +57,7 @@ func record(t testing.TB, evs []capture.Event) []byte {
 			t.Fatal(err)
 		}
 	}
-	w.SetStats(testStats)
+	w.SetStats(stats)
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -375,6 +380,42 @@ func TestCorruptRecords(t *testing.T) {
 	b := append(append(bytes.Clone(good[:first]), 0x90, 3, 1, 2, 3), good[first:]...)
 	if _, _, err := readAll(t, b); err != nil {
 		t.Errorf("optional record: %v", err)
+	}
+}
+
+// TestTrailerShed: the shed part of the lost bytes, the trailer's last
+// field, is read when there; a recording from before it (the trailer
+// ending at the faults) reads with nothing shed, and one that says more
+// was shed than lost is refused.
+func TestTrailerShed(t *testing.T) {
+	evs := fixtureEvents(t, "unary_version")
+	stats := testStats
+	stats.ShedBytes = 0
+	b := recordStats(t, evs, stats)
+	// The trailer is the last record, short enough for a one-byte length,
+	// and its last byte is the shed count 0.
+	end := -1
+	for i := len(b) - 2; i >= 0; i-- {
+		if b[i] == 0x04 && int(b[i+1]) == len(b)-i-2 {
+			end = i
+			break
+		}
+	}
+	if end < 0 || b[len(b)-1] != 0 {
+		t.Fatalf("no trailer ending in a zero shed count found")
+	}
+	old := bytes.Clone(b[:len(b)-1])
+	old[end+1]--
+	if _, r, err := readAll(t, old); err != nil {
+		t.Errorf("trailer without the shed count: %v", err)
+	} else if tr, _ := r.Trailer(); tr.Stats != stats {
+		t.Errorf("trailer without the shed count: stats %+v, want %+v", tr.Stats, stats)
+	}
+
+	stats.ShedBytes = stats.LostBytes + 1
+	_, _, err := readAll(t, recordStats(t, evs, stats))
+	if err == nil || !errors.Is(err, recording.ErrCorrupt) || !strings.Contains(err.Error(), "shed of") {
+		t.Errorf("more shed than lost: error %v", err)
 	}
 }
 

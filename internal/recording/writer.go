@@ -226,7 +226,8 @@ func (w *Writer) Close() error {
 		b := append(w.body[:0], flags)
 		b = binary.AppendVarint(b, time.Now().UnixNano())
 		b = binary.AppendUvarint(b, w.events)
-		for _, v := range []uint64{w.stats.Events, w.stats.Bytes, w.stats.LostEvents, w.stats.LostBytes, w.stats.Faults} {
+		// ShedBytes last: readers from before it stop after Faults.
+		for _, v := range []uint64{w.stats.Events, w.stats.Bytes, w.stats.LostEvents, w.stats.LostBytes, w.stats.Faults, w.stats.ShedBytes} {
 			b = binary.AppendUvarint(b, v)
 		}
 		w.record(recTrailer, b, nil)

@@ -184,7 +184,7 @@ func TestHostileAttacks(t *testing.T) {
 	// The attacker's HTTP/2 bytes are one 16 MiB write(2), twice the
 	// default ring buffer: when the spool thread does not get a CPU in
 	// time, the capture sheds its tail past three quarters of the ring
-	// (bpf/snoop.bpf.c, BULK_AFTER), and the tracer says so; ctr's calls
+	// (capture.ShedAfter), and the tracer says so; ctr's calls
 	// in the same moment keep the last quarter (waitCtrCalls above: a CI
 	// run lost one before the shedding). The open gRPC call at the
 	// write's end may then be among what was lost; its ttrpc calls, sent
@@ -212,7 +212,7 @@ func TestHostileAttacks(t *testing.T) {
 	if lost() {
 		// The attack's one large write is what was lost: shed, not
 		// crowding out the rest.
-		if !strings.Contains(tr.Stderr(), "of them the tails of sends over 64 KiB, dropped to keep room for smaller sends") {
+		if !strings.Contains(tr.Stderr(), "of them the tails past 64 KiB of large sends, dropped while the ring buffer was three quarters full to keep room for smaller sends") {
 			t.Errorf("the capture lost events, but not by shedding the attack's large write; stderr:\n%s", indent(tr.Stderr()))
 		}
 		// Which header blocks reached the decoder depends on where the
