@@ -28,6 +28,11 @@ type Decoder struct {
 	// (callfilter), so one serves every such line: one allocation less
 	// per call, which paced the collector.
 	line call.Record
+	// spare is emitted records for reuse (newRecord, emitRecord): the
+	// lines that cannot be d.line because they wait (a response held for
+	// its trailers, a run of unshown frames) take one from here and give
+	// it back once emitted, instead of ~400 bytes allocated per call.
+	spare []*call.Record
 	// holding is the connections holding answers for requests not seen
 	// yet (early.go), for Tick.
 	holding map[*h2.Conn]struct{}
@@ -281,7 +286,7 @@ func (d *Decoder) Closed(c *h2.Conn) {
 			}
 			r.Type, r.Final = call.Response, true
 			r.Note = "connection closed before the call ended"
-			d.emit(r)
+			d.emitRecord(r)
 		}
 	}
 	d.clear(s, droppedNote)
@@ -505,13 +510,13 @@ func (d *Decoder) message(c *h2.Conn, cl *grpcCall, dir call.Type, m message, ev
 	// lives long (events): each message is shown as it comes rather than
 	// held for trailers that may never come.
 	if cl.m != nil && cl.m.ServerStreaming || cl.start.IsZero() {
-		d.emit(r)
+		d.emitRecord(r)
 		return
 	}
 	// Unary, or unknown: hold until the trailers say how it ended. A
 	// second message proves it streams; the first is shown then.
 	if prev := d.unhold(cl); prev != nil {
-		d.emit(prev)
+		d.emitRecord(prev)
 	}
 	d.hold(cl, r)
 }
@@ -524,8 +529,32 @@ func decodeInto(r *call.Record, cl *grpcCall, dir call.Type, payload []byte) {
 	protoreg.DecodeMessage(r, cl.m, dir, payload)
 }
 
+// record returns a new line of cl, from d.spare when it can: a line
+// record returns must be emitted with emitRecord (or dropped).
 func (d *Decoder) record(c *h2.Conn, cl *grpcCall, dir call.Type, ev *h2.Event) *call.Record {
-	return d.fill(new(call.Record), c, cl, dir, ev)
+	var r *call.Record
+	if n := len(d.spare); n > 0 {
+		r = d.spare[n-1]
+		d.spare = d.spare[:n-1]
+	} else {
+		r = new(call.Record)
+	}
+	return d.fill(r, c, cl, dir, ev)
+}
+
+// maxSpareRecords bounds d.spare: lines waiting at once are a connection's
+// held responses, a handful.
+const maxSpareRecords = 64
+
+// emitRecord emits r, a line from record, and keeps it for reuse: emit's
+// Record is valid only until emit returns. It is zeroed, so that a spare
+// keeps no decoded message alive.
+func (d *Decoder) emitRecord(r *call.Record) {
+	d.emit(r)
+	*r = call.Record{}
+	if len(d.spare) < maxSpareRecords {
+		d.spare = append(d.spare, r)
+	}
 }
 
 // fill sets r to a new line of cl, sent by ev's end, and returns it.
@@ -585,7 +614,7 @@ func (d *Decoder) finish(c *h2.Conn, s *connState, cl *grpcCall, ev *h2.Event, s
 	r.Final = true
 	r.Status = st
 	r.SetLatency(cl.start, ev.Cap.Time)
-	d.emit(r)
+	d.emitRecord(r)
 	d.recycle(cl)
 }
 

@@ -54,7 +54,7 @@ func (d *Decoder) showHeld(r *call.Record, note string, final bool) {
 		r.Note = note
 	}
 	r.Final = final
-	d.emit(r)
+	d.emitRecord(r)
 }
 
 // unhold returns cl's held response, nil if none, and stops counting it.

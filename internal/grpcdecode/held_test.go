@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"golang.org/x/net/http2"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/containerdsnoop/containerdsnoop/internal/call"
 )
@@ -177,6 +178,31 @@ func TestRecycledCallStartsEmpty(t *testing.T) {
 	for range maxFreeCalls + 1 {
 		if cl := d.newCall(); !reflect.DeepEqual(*cl, grpcCall{}) {
 			t.Fatalf("a reused call is not empty: %+v", *cl)
+		}
+	}
+}
+
+// TestSpareRecordKeepsNothing: an emitted line kept for reuse holds no
+// decoded message (a large one would stay alive), and the spares are
+// bounded.
+func TestSpareRecordKeepsNothing(t *testing.T) {
+	emitted := 0
+	d := New(func(r *call.Record) {
+		if r.Message == nil {
+			t.Fatal("emitted a line without its message")
+		}
+		emitted++
+	})
+	for range maxSpareRecords + 10 {
+		r := &call.Record{Method: "/x.Y/Z", Note: "n", Message: &emptypb.Empty{}, Raw: []byte{1}, Status: &call.Status{Code: 5}}
+		d.emitRecord(r)
+	}
+	if emitted != maxSpareRecords+10 || len(d.spare) != maxSpareRecords {
+		t.Fatalf("%d emitted, %d kept; want %d and %d", emitted, len(d.spare), maxSpareRecords+10, maxSpareRecords)
+	}
+	for _, r := range d.spare {
+		if !reflect.DeepEqual(*r, call.Record{}) {
+			t.Fatalf("a spare line is not empty: %+v", *r)
 		}
 	}
 }

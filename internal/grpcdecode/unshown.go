@@ -66,7 +66,7 @@ func (d *Decoder) showRun(cl *grpcCall, dir call.Type) {
 	if cl.unshown[call.Request].line == nil && cl.unshown[call.Response].line == nil {
 		delete(d.unshownCalls, cl)
 	}
-	d.emit(r)
+	d.emitRecord(r)
 }
 
 // tickUnshown shows the runs begun unshownWait or more before now.
