@@ -28,7 +28,7 @@ type Decoder struct {
 	// (callfilter), so one serves every such line: one allocation less
 	// per call, which paced the collector.
 	line call.Record
-	// spare is emitted records for reuse (newRecord, emitRecord): the
+	// spare is emitted records for reuse (record, emitRecord): the
 	// lines that cannot be d.line because they wait (a response held for
 	// its trailers, a run of unshown frames) take one from here and give
 	// it back once emitted, instead of ~400 bytes allocated per call.
