@@ -536,12 +536,17 @@ func (d *Decoder) headerBlock(c *Conn, end int, cap *capture.Event) {
 			c.Stream.SetClient(end)
 		}
 	}
+	// Then the request's pseudo-headers, never a :status: a server's end
+	// always carries its listener's address (Bound, above), so a :status
+	// from an end without one is not a server's but a false frame
+	// boundary's after an attach or a gap (FuzzAttach), and taking it
+	// would make every request of the connection a response (a client's
+	// request ending "without grpc-status trailers": INTERNAL, on the
+	// wire's word).
 	if _, known := c.Stream.ClientEnd(); !known {
 		for _, f := range fields {
 			if f.NameKnown && (f.Name == ":path" || f.Name == ":method") {
 				c.Stream.SetClient(end)
-			} else if f.NameKnown && f.Name == ":status" {
-				c.Stream.SetClient(stream.Peer(end))
 			}
 		}
 	}
