@@ -23,15 +23,12 @@ type Decoder struct {
 	held *budget.Pool
 	// free is ended calls for reuse (newCall).
 	free []*grpcCall
-	// line is the Record of lines emitted at once (requests): emit's
-	// Record is valid only during the call, and what is kept is copied
-	// (callfilter), so one serves every such line: one allocation less
-	// per call, which paced the collector.
-	line call.Record
-	// spare is emitted records for reuse (record, emitRecord): the
-	// lines that cannot be d.line because they wait (a response held for
-	// its trailers, a run of unshown frames) take one from here and give
-	// it back once emitted, instead of ~400 bytes allocated per call.
+	// spare is emitted lines' records for reuse (record, emitRecord):
+	// emit's Record is valid only during the call, and what is kept is
+	// copied (callfilter), so a line's record is taken from here and given
+	// back once emitted, also when it waits first (a response held for its
+	// trailers, a run of unshown frames): ~400 bytes less allocated per
+	// line, which paced the collector.
 	spare []*call.Record
 	// holding is the connections holding answers for requests not seen
 	// yet (early.go), for Tick.
@@ -461,12 +458,7 @@ func (d *Decoder) data(c *h2.Conn, cl *grpcCall, dir call.Type, ev *h2.Event) {
 }
 
 func (d *Decoder) message(c *h2.Conn, cl *grpcCall, dir call.Type, m message, ev *h2.Event) {
-	var r *call.Record
-	if dir == call.Request {
-		r = d.fill(&d.line, c, cl, dir, ev) // emitted at once
-	} else {
-		r = d.record(c, cl, dir, ev) // may be held for the trailers
-	}
+	r := d.record(c, cl, dir, ev)
 	r.WireBytes = 5 + len(m.payload)
 	payload := m.payload
 	if m.skipped > 0 {
@@ -503,7 +495,7 @@ func (d *Decoder) message(c *h2.Conn, cl *grpcCall, dir call.Type, m message, ev
 		r.Note = cl.unopened
 	}
 	if dir == call.Request {
-		d.emit(r)
+		d.emitRecord(r)
 		return
 	}
 	// A call opened before the capture is most likely a stream that
@@ -542,8 +534,8 @@ func (d *Decoder) record(c *h2.Conn, cl *grpcCall, dir call.Type, ev *h2.Event) 
 	return d.fill(r, c, cl, dir, ev)
 }
 
-// maxSpareRecords bounds d.spare: lines waiting at once are a connection's
-// held responses, a handful.
+// maxSpareRecords bounds d.spare: lines in hand at once are one being
+// emitted and a connection's held responses, a handful.
 const maxSpareRecords = 64
 
 // emitRecord emits r, a line from record, and keeps it for reuse: emit's
