@@ -15,8 +15,8 @@ import (
 
 // TestCaptureShedsBulkKeepingRoom: one large send cannot take the whole
 // ring buffer from the small sends of other connections
-// (capture.ShedAfter). Named TestCapture* so that the kernel matrix runs it on
-// every backend, the bounded programs of kernels before 5.17 included
+// (capture.ShedAfter). Named TestCapture* so that the kernel matrix runs
+// it on every backend, the bounded programs of kernels before 5.17 included
 // (whose cut of a send past 1 MiB then counts as lost, not shed).
 // Nothing reads the 1 MiB ring while an 8 MiB write goes through it, as
 // when the tracer's reader gets no CPU during a flood: the write's bulk
